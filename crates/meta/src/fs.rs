@@ -1,0 +1,1142 @@
+//! Every file-system operation on metadata, written once over [`KvEngine`].
+//!
+//! Each operation is one transaction: it reads what it needs, checks the
+//! POSIX rules the kernel leaves to the file system, and writes the new
+//! state. Data objects are never touched here; operations that free slices
+//! return them so the chunk layer can delete their blocks.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::attr::{Attr, FileType};
+use crate::keys;
+use crate::kv::{run_txn, scan_prefix, KvEngine, KvTxn};
+use crate::slice::SliceRecord;
+use crate::{now, Ctx, Format, Ino, MetaError, Result, CHUNK_SIZE, MAX_NAME_LEN, ROOT_INO};
+
+/// Runtime options of a mounted volume.
+#[derive(Debug, Clone, Default)]
+pub struct MetaConfig {
+    pub read_only: bool,
+}
+
+/// A directory entry as readdir returns it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub typ: FileType,
+    pub attr: Option<Attr>,
+}
+
+/// Which attributes a setattr changes. Times: `Some(None)` means "now".
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<Option<(i64, u32)>>,
+    pub mtime: Option<Option<(i64, u32)>>,
+}
+
+/// statfs figures.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub total_space: u64,
+    pub avail_space: u64,
+    pub used_inodes: u64,
+    pub avail_inodes: u64,
+}
+
+/// What an unlink (or a rename over an existing name) did to the target.
+#[derive(Debug, Clone, Default)]
+pub struct UnlinkResult {
+    pub ino: Ino,
+    /// The target's data is scheduled for deletion.
+    pub data_freed: bool,
+}
+
+/// Slices no longer referenced, whose blocks can be deleted: (id, size).
+pub type FreedSlices = Vec<(u64, u64)>;
+
+#[derive(Debug, Clone)]
+pub struct TruncateResult {
+    pub attr: Attr,
+    pub freed: FreedSlices,
+}
+
+const ID_BATCH: u64 = 1024;
+
+/// The metadata client of one process.
+pub struct Meta {
+    engine: Arc<dyn KvEngine>,
+    config: MetaConfig,
+    format: Mutex<Option<Format>>,
+    inode_ids: Mutex<(u64, u64)>,
+    slice_ids: Mutex<(u64, u64)>,
+    pub(crate) sid: AtomicU64,
+    /// Open handles per inode in this process.
+    open_counts: Mutex<HashMap<Ino, u32>>,
+    /// Inodes unlinked while open here; removed when the last handle closes.
+    pub(crate) sustained: Mutex<HashSet<Ino>>,
+}
+
+fn align4k(n: u64) -> i64 {
+    (n.div_ceil(4096) * 4096) as i64
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(MetaError::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(MetaError::Invalid(format!(
+            "bad file name {:?}",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn get_attr(tx: &mut dyn KvTxn, ino: Ino) -> Result<Attr> {
+    match tx.get(&keys::attr(ino))? {
+        Some(v) => Attr::decode(&v),
+        None => Err(MetaError::NotFound),
+    }
+}
+
+pub(crate) fn put_attr(tx: &mut dyn KvTxn, ino: Ino, attr: &Attr) -> Result<()> {
+    tx.set(&keys::attr(ino), &attr.encode())
+}
+
+fn get_dentry(tx: &mut dyn KvTxn, parent: Ino, name: &[u8]) -> Result<Option<(Ino, FileType)>> {
+    match tx.get(&keys::dentry(parent, name))? {
+        Some(v) if v.len() == 9 => {
+            let ino = keys::be_u64(&v, 0).unwrap_or(0);
+            let typ = FileType::from_u8(v[8])
+                .ok_or_else(|| MetaError::Corrupt(format!("dentry type {}", v[8])))?;
+            Ok(Some((ino, typ)))
+        }
+        Some(v) => Err(MetaError::Corrupt(format!("dentry of {} bytes", v.len()))),
+        None => Ok(None),
+    }
+}
+
+fn put_dentry(tx: &mut dyn KvTxn, parent: Ino, name: &[u8], ino: Ino, typ: FileType) -> Result<()> {
+    let mut v = ino.to_be_bytes().to_vec();
+    v.push(typ as u8);
+    tx.set(&keys::dentry(parent, name), &v)
+}
+
+pub(crate) fn incr(tx: &mut dyn KvTxn, name: &str, delta: i64) -> Result<i64> {
+    let key = keys::counter(name);
+    let cur = match tx.get(&key)? {
+        Some(v) if v.len() == 8 => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&v);
+            i64::from_le_bytes(a)
+        }
+        _ => 0,
+    };
+    let next = cur + delta;
+    tx.set(&key, &next.to_le_bytes())?;
+    Ok(next)
+}
+
+pub(crate) fn get_counter(tx: &mut dyn KvTxn, name: &str) -> Result<i64> {
+    Ok(match tx.get(&keys::counter(name))? {
+        Some(v) if v.len() == 8 => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&v);
+            i64::from_le_bytes(a)
+        }
+        _ => 0,
+    })
+}
+
+fn dir_is_empty(tx: &mut dyn KvTxn, ino: Ino) -> Result<bool> {
+    let p = keys::dentry_prefix(ino);
+    Ok(tx.scan(&p, &crate::kv::prefix_end(&p), 1)?.is_empty())
+}
+
+/// Drop one reference to a slice; returns it when nothing refers to it any more.
+pub(crate) fn unref_slice(tx: &mut dyn KvTxn, r: &SliceRecord, freed: &mut FreedSlices) -> Result<()> {
+    if r.is_hole() || r.kind != crate::SliceKind::Internal {
+        return Ok(());
+    }
+    let key = keys::slice_refs(r.id, r.size);
+    match tx.get(&key)? {
+        Some(v) if v.len() == 8 => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&v);
+            let extra = i64::from_le_bytes(a) - 1;
+            if extra <= 0 {
+                tx.delete(&key)?;
+            } else {
+                tx.set(&key, &extra.to_le_bytes())?;
+            }
+        }
+        _ => freed.push((r.id, r.size)),
+    }
+    Ok(())
+}
+
+fn add_slice_ref(tx: &mut dyn KvTxn, r: &SliceRecord) -> Result<()> {
+    if r.is_hole() || r.kind != crate::SliceKind::Internal {
+        return Ok(());
+    }
+    let key = keys::slice_refs(r.id, r.size);
+    let cur = match tx.get(&key)? {
+        Some(v) if v.len() == 8 => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&v);
+            i64::from_le_bytes(a)
+        }
+        _ => 0,
+    };
+    tx.set(&key, &(cur + 1).to_le_bytes())
+}
+
+impl Meta {
+    pub fn new(engine: Arc<dyn KvEngine>, config: MetaConfig) -> Self {
+        Meta {
+            engine,
+            config,
+            format: Mutex::new(None),
+            inode_ids: Mutex::new((0, 0)),
+            slice_ids: Mutex::new((0, 0)),
+            sid: AtomicU64::new(0),
+            open_counts: Mutex::new(HashMap::new()),
+            sustained: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn engine(&self) -> &dyn KvEngine {
+        &*self.engine
+    }
+
+    pub(crate) fn txn<T>(&self, f: impl FnMut(&mut dyn KvTxn) -> Result<T>) -> Result<T> {
+        run_txn(&*self.engine, false, f)
+    }
+
+    pub(crate) fn read_txn<T>(&self, f: impl FnMut(&mut dyn KvTxn) -> Result<T>) -> Result<T> {
+        run_txn(&*self.engine, true, f)
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.config.read_only {
+            Err(MetaError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Create the volume, or confirm an existing one has the same settings.
+    /// Returns true when a new volume was written.
+    pub fn init(&self, format: &Format) -> Result<bool> {
+        let created = self.txn(|tx| {
+            if let Some(v) = tx.get(keys::SETTING)? {
+                let old: Format = serde_json::from_slice(&v)
+                    .map_err(|e| MetaError::Corrupt(format!("volume settings: {e}")))?;
+                if let Some(diff) = old.incompatible_with(format) {
+                    return Err(MetaError::Format(format!(
+                        "refusing to reformat volume {:?}: it exists with other settings ({diff}); \
+                         use the same settings, or a new metadata URL",
+                        old.name
+                    )));
+                }
+                let mut merged = old.clone();
+                merged.trash_days = format.trash_days;
+                merged.capacity = format.capacity;
+                merged.inodes = format.inodes;
+                let raw = serde_json::to_vec(&merged)
+                    .map_err(|e| MetaError::Corrupt(e.to_string()))?;
+                tx.set(keys::SETTING, &raw)?;
+                return Ok(false);
+            }
+            let raw = serde_json::to_vec(format).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+            tx.set(keys::SETTING, &raw)?;
+            let mut root = Attr::new(FileType::Dir, 0o777, 0, 0, now());
+            root.nlink = 2;
+            root.length = 4096;
+            root.parent = ROOT_INO;
+            put_attr(tx, ROOT_INO, &root)?;
+            tx.set(&keys::counter("nextInode"), &2i64.to_le_bytes())?;
+            tx.set(&keys::counter("nextSlice"), &1i64.to_le_bytes())?;
+            Ok(true)
+        })?;
+        self.load()?;
+        Ok(created)
+    }
+
+    /// Read the volume settings; fails with [`MetaError::NotFormatted`] on an
+    /// empty engine.
+    pub fn load(&self) -> Result<Format> {
+        let raw = self
+            .read_txn(|tx| tx.get(keys::SETTING))?
+            .ok_or(MetaError::NotFormatted)?;
+        let format: Format = serde_json::from_slice(&raw)
+            .map_err(|e| MetaError::Corrupt(format!("volume settings: {e}")))?;
+        if format.version > Format::VERSION {
+            return Err(MetaError::Format(format!(
+                "volume layout version {} is newer than this binary understands ({})",
+                format.version,
+                Format::VERSION
+            )));
+        }
+        if let Ok(mut f) = self.format.lock() {
+            *f = Some(format.clone());
+        }
+        Ok(format)
+    }
+
+    pub fn format(&self) -> Result<Format> {
+        self.format
+            .lock()
+            .ok()
+            .and_then(|f| f.clone())
+            .ok_or(MetaError::NotFormatted)
+    }
+
+    fn next_id(&self, which: &Mutex<(u64, u64)>, counter: &'static str) -> Result<u64> {
+        let mut ids = which
+            .lock()
+            .map_err(|_| MetaError::Engine("id allocator lock poisoned".into()))?;
+        if ids.0 >= ids.1 {
+            let end = self.txn(|tx| incr(tx, counter, ID_BATCH as i64))? as u64;
+            *ids = (end - ID_BATCH, end);
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
+    }
+
+    pub fn new_slice_id(&self) -> Result<u64> {
+        self.next_id(&self.slice_ids, "nextSlice")
+    }
+
+    fn new_inode(&self) -> Result<Ino> {
+        self.next_id(&self.inode_ids, "nextInode")
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        self.read_txn(|tx| get_attr(tx, ino))
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<(Ino, Attr)> {
+        if name == b"." {
+            return Ok((parent, self.getattr(parent)?));
+        }
+        check_name(name)?;
+        self.read_txn(|tx| {
+            if name == b".." {
+                let p = get_attr(tx, parent)?;
+                let ino = if parent == ROOT_INO { ROOT_INO } else { p.parent };
+                return Ok((ino, get_attr(tx, ino)?));
+            }
+            match get_dentry(tx, parent, name)? {
+                Some((ino, _)) => Ok((ino, get_attr(tx, ino)?)),
+                None => {
+                    let p = get_attr(tx, parent)?;
+                    if p.typ != FileType::Dir {
+                        Err(MetaError::NotDir)
+                    } else {
+                        Err(MetaError::NotFound)
+                    }
+                }
+            }
+        })
+    }
+
+    pub fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
+        self.writable()?;
+        self.txn(|tx| {
+            let mut a = get_attr(tx, ino)?;
+            let t = now();
+            if let Some(mode) = set.mode {
+                a.mode = (mode & 0o7777) as u16;
+            }
+            if let Some(uid) = set.uid {
+                a.uid = uid;
+            }
+            if let Some(gid) = set.gid {
+                a.gid = gid;
+            }
+            if let Some(at) = set.atime {
+                (a.atime, a.atime_ns) = at.unwrap_or(t);
+            }
+            if let Some(mt) = set.mtime {
+                (a.mtime, a.mtime_ns) = mt.unwrap_or(t);
+            }
+            a.touch_ctime(t);
+            put_attr(tx, ino, &a)?;
+            Ok(a)
+        })
+    }
+
+    /// Create a node of any type. `target` is the symlink target.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(
+        &self,
+        ctx: &Ctx,
+        parent: Ino,
+        name: &[u8],
+        typ: FileType,
+        mode: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+    ) -> Result<(Ino, Attr)> {
+        self.writable()?;
+        check_name(name)?;
+        let ino = self.new_inode()?;
+        let attr = self.txn(|tx| {
+            let mut p = get_attr(tx, parent)?;
+            if p.typ != FileType::Dir {
+                return Err(MetaError::NotDir);
+            }
+            if p.nlink == 0 {
+                return Err(MetaError::NotFound);
+            }
+            if get_dentry(tx, parent, name)?.is_some() {
+                return Err(MetaError::Exists);
+            }
+            let t = now();
+            let mut mode = (mode & 0o7777) as u16;
+            let mut gid = ctx.gid;
+            if p.mode & 0o2000 != 0 {
+                gid = p.gid;
+                if typ == FileType::Dir {
+                    mode |= 0o2000;
+                }
+            }
+            let mut a = Attr::new(typ, mode, ctx.uid, gid, t);
+            a.parent = parent;
+            a.rdev = rdev;
+            match typ {
+                FileType::Dir => {
+                    a.nlink = 2;
+                    a.length = 4096;
+                    p.nlink += 1;
+                }
+                FileType::Symlink => {
+                    let target = target.unwrap_or_default();
+                    a.length = target.len() as u64;
+                    a.mode = 0o777;
+                    tx.set(&keys::symlink(ino), target)?;
+                }
+                _ => {}
+            }
+            p.touch_mtime(t);
+            put_attr(tx, parent, &p)?;
+            put_attr(tx, ino, &a)?;
+            put_dentry(tx, parent, name, ino, typ)?;
+            incr(tx, "usedSpace", align4k(a.length))?;
+            incr(tx, "totalInodes", 1)?;
+            Ok(a)
+        })?;
+        Ok((ino, attr))
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.read_txn(|tx| tx.get(&keys::symlink(ino))?.ok_or(MetaError::Invalid("not a symlink".into())))
+    }
+
+    /// Drop one link of `ino` inside a transaction. With no links left the
+    /// inode goes away, or waits for its last handle if it is open here.
+    fn drop_link(&self, tx: &mut dyn KvTxn, parent: Ino, ino: Ino, t: (i64, u32)) -> Result<UnlinkResult> {
+        let mut a = get_attr(tx, ino)?;
+        a.nlink = a.nlink.saturating_sub(1);
+        a.touch_ctime(t);
+        let pkey = keys::parent(ino, parent);
+        if let Some(v) = tx.get(&pkey)? {
+            let n = v.first().copied().unwrap_or(1).saturating_sub(1);
+            if n == 0 {
+                tx.delete(&pkey)?;
+            } else {
+                tx.set(&pkey, &[n])?;
+            }
+        }
+        if a.nlink > 0 {
+            if a.parent == parent {
+                // Point `parent` at a directory that still holds a link.
+                if let Some((k, _)) = scan_prefix(tx, &keys::parent_prefix(ino))?.into_iter().next() {
+                    a.parent = keys::be_u64(&k, 10).unwrap_or(a.parent);
+                }
+            }
+            put_attr(tx, ino, &a)?;
+            return Ok(UnlinkResult { ino, data_freed: false });
+        }
+        let open_here = self
+            .open_counts
+            .lock()
+            .map(|c| c.get(&ino).copied().unwrap_or(0) > 0)
+            .unwrap_or(false);
+        if open_here && a.typ == FileType::File {
+            put_attr(tx, ino, &a)?;
+            tx.set(&keys::sustained(self.sid.load(Ordering::Relaxed), ino), b"1")?;
+            if let Ok(mut s) = self.sustained.lock() {
+                s.insert(ino);
+            }
+            return Ok(UnlinkResult { ino, data_freed: false });
+        }
+        self.remove_inode(tx, ino, &a)?;
+        Ok(UnlinkResult {
+            ino,
+            data_freed: a.typ == FileType::File,
+        })
+    }
+
+    /// Delete an inode with no links. File data is left for the cleaner.
+    pub(crate) fn remove_inode(&self, tx: &mut dyn KvTxn, ino: Ino, a: &Attr) -> Result<()> {
+        tx.delete(&keys::attr(ino))?;
+        tx.delete(&keys::symlink(ino))?;
+        for (k, _) in scan_prefix(tx, &keys::xattr_prefix(ino))? {
+            tx.delete(&k)?;
+        }
+        for (k, _) in scan_prefix(tx, &keys::parent_prefix(ino))? {
+            tx.delete(&k)?;
+        }
+        if a.typ == FileType::File {
+            tx.set(&keys::deleted(ino, a.length), b"")?;
+        }
+        incr(tx, "usedSpace", -align4k(a.length))?;
+        incr(tx, "totalInodes", -1)?;
+        Ok(())
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<UnlinkResult> {
+        self.writable()?;
+        check_name(name)?;
+        self.txn(|tx| {
+            let (ino, typ) = get_dentry(tx, parent, name)?.ok_or(MetaError::NotFound)?;
+            if typ == FileType::Dir {
+                return Err(MetaError::IsDir);
+            }
+            let t = now();
+            let mut p = get_attr(tx, parent)?;
+            p.touch_mtime(t);
+            put_attr(tx, parent, &p)?;
+            tx.delete(&keys::dentry(parent, name))?;
+            self.drop_link(tx, parent, ino, t)
+        })
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.writable()?;
+        if name == b"." {
+            return Err(MetaError::Invalid("cannot remove \".\"".into()));
+        }
+        if name == b".." {
+            return Err(MetaError::NotEmpty);
+        }
+        check_name(name)?;
+        self.txn(|tx| {
+            let (ino, typ) = get_dentry(tx, parent, name)?.ok_or(MetaError::NotFound)?;
+            if typ != FileType::Dir {
+                return Err(MetaError::NotDir);
+            }
+            if !dir_is_empty(tx, ino)? {
+                return Err(MetaError::NotEmpty);
+            }
+            let a = get_attr(tx, ino)?;
+            let t = now();
+            let mut p = get_attr(tx, parent)?;
+            p.nlink = p.nlink.saturating_sub(1);
+            p.touch_mtime(t);
+            put_attr(tx, parent, &p)?;
+            tx.delete(&keys::dentry(parent, name))?;
+            self.remove_inode(tx, ino, &a)
+        })
+    }
+
+    /// Is `ancestor` on the path from `ino` up to the root?
+    fn is_ancestor(tx: &mut dyn KvTxn, ancestor: Ino, mut ino: Ino) -> Result<bool> {
+        for _ in 0..4096 {
+            if ino == ancestor {
+                return Ok(true);
+            }
+            if ino == ROOT_INO || ino == 0 {
+                return Ok(false);
+            }
+            ino = get_attr(tx, ino)?.parent;
+        }
+        Ok(false)
+    }
+
+    /// Rename with Linux flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    /// Returns what happened to a replaced target, if any.
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<Option<UnlinkResult>> {
+        self.writable()?;
+        check_name(name)?;
+        check_name(new_name)?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        if exchange && noreplace {
+            return Err(MetaError::Invalid("RENAME_EXCHANGE with RENAME_NOREPLACE".into()));
+        }
+        self.txn(|tx| {
+            let (ino, typ) = get_dentry(tx, parent, name)?.ok_or(MetaError::NotFound)?;
+            let np = get_attr(tx, new_parent)?;
+            if np.typ != FileType::Dir {
+                return Err(MetaError::NotDir);
+            }
+            let dst = get_dentry(tx, new_parent, new_name)?;
+            if parent == new_parent && name == new_name {
+                return if noreplace { Err(MetaError::Exists) } else { Ok(None) };
+            }
+            if typ == FileType::Dir && Self::is_ancestor(tx, ino, new_parent)? {
+                return Err(MetaError::Invalid("cannot move a directory into itself".into()));
+            }
+            if let Some((dino, dtyp)) = dst {
+                if noreplace {
+                    return Err(MetaError::Exists);
+                }
+                if exchange {
+                    if dtyp == FileType::Dir && Self::is_ancestor(tx, dino, parent)? {
+                        return Err(MetaError::Invalid("cannot move a directory into itself".into()));
+                    }
+                } else {
+                    if dino == ino {
+                        return Ok(None);
+                    }
+                    if typ == FileType::Dir && dtyp != FileType::Dir {
+                        return Err(MetaError::NotDir);
+                    }
+                    if typ != FileType::Dir && dtyp == FileType::Dir {
+                        return Err(MetaError::IsDir);
+                    }
+                    if dtyp == FileType::Dir && !dir_is_empty(tx, dino)? {
+                        return Err(MetaError::NotEmpty);
+                    }
+                }
+            } else if exchange {
+                return Err(MetaError::NotFound);
+            }
+            let t = now();
+            let mut replaced = None;
+            let mut src = get_attr(tx, ino)?;
+            if let (true, Some((dino, dtyp))) = (exchange, dst) {
+                let mut d = get_attr(tx, dino)?;
+                put_dentry(tx, parent, name, dino, dtyp)?;
+                put_dentry(tx, new_parent, new_name, ino, typ)?;
+                if parent != new_parent {
+                    Self::move_parent_link(tx, ino, &mut src, parent, new_parent)?;
+                    Self::move_parent_link(tx, dino, &mut d, new_parent, parent)?;
+                    if typ == FileType::Dir && dtyp != FileType::Dir {
+                        Self::adjust_nlink(tx, parent, -1)?;
+                        Self::adjust_nlink(tx, new_parent, 1)?;
+                    } else if typ != FileType::Dir && dtyp == FileType::Dir {
+                        Self::adjust_nlink(tx, parent, 1)?;
+                        Self::adjust_nlink(tx, new_parent, -1)?;
+                    }
+                }
+                d.touch_ctime(t);
+                put_attr(tx, dino, &d)?;
+            } else {
+                if let Some((dino, dtyp)) = dst {
+                    if dtyp == FileType::Dir {
+                        let da = get_attr(tx, dino)?;
+                        self.remove_inode(tx, dino, &da)?;
+                        Self::adjust_nlink(tx, new_parent, -1)?;
+                        replaced = Some(UnlinkResult { ino: dino, data_freed: false });
+                    } else {
+                        replaced = Some(self.drop_link(tx, new_parent, dino, t)?);
+                    }
+                }
+                tx.delete(&keys::dentry(parent, name))?;
+                put_dentry(tx, new_parent, new_name, ino, typ)?;
+                if parent != new_parent {
+                    Self::move_parent_link(tx, ino, &mut src, parent, new_parent)?;
+                    if typ == FileType::Dir {
+                        Self::adjust_nlink(tx, parent, -1)?;
+                        Self::adjust_nlink(tx, new_parent, 1)?;
+                    }
+                }
+            }
+            src.touch_ctime(t);
+            put_attr(tx, ino, &src)?;
+            for p in [parent, new_parent] {
+                let mut pa = get_attr(tx, p)?;
+                pa.touch_mtime(t);
+                put_attr(tx, p, &pa)?;
+                if parent == new_parent {
+                    break;
+                }
+            }
+            Ok(replaced)
+        })
+    }
+
+    fn adjust_nlink(tx: &mut dyn KvTxn, ino: Ino, delta: i32) -> Result<()> {
+        let mut a = get_attr(tx, ino)?;
+        a.nlink = a.nlink.saturating_add_signed(delta);
+        put_attr(tx, ino, &a)
+    }
+
+    fn move_parent_link(tx: &mut dyn KvTxn, ino: Ino, a: &mut Attr, from: Ino, to: Ino) -> Result<()> {
+        if a.parent == from {
+            a.parent = to;
+        }
+        let old = keys::parent(ino, from);
+        if let Some(v) = tx.get(&old)? {
+            let n = v.first().copied().unwrap_or(1).saturating_sub(1);
+            if n == 0 {
+                tx.delete(&old)?;
+            } else {
+                tx.set(&old, &[n])?;
+            }
+            let new = keys::parent(ino, to);
+            let m = tx.get(&new)?.and_then(|v| v.first().copied()).unwrap_or(0);
+            tx.set(&new, &[m.saturating_add(1)])?;
+        }
+        Ok(())
+    }
+
+    pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
+        self.writable()?;
+        check_name(new_name)?;
+        self.txn(|tx| {
+            let mut a = get_attr(tx, ino)?;
+            if a.typ == FileType::Dir {
+                return Err(MetaError::Perm);
+            }
+            let mut p = get_attr(tx, new_parent)?;
+            if p.typ != FileType::Dir {
+                return Err(MetaError::NotDir);
+            }
+            if get_dentry(tx, new_parent, new_name)?.is_some() {
+                return Err(MetaError::Exists);
+            }
+            if a.nlink == 0 {
+                return Err(MetaError::NotFound);
+            }
+            let t = now();
+            if scan_prefix(tx, &keys::parent_prefix(ino))?.is_empty() {
+                tx.set(&keys::parent(ino, a.parent), &[a.nlink.min(255) as u8])?;
+            }
+            let pk = keys::parent(ino, new_parent);
+            let n = tx.get(&pk)?.and_then(|v| v.first().copied()).unwrap_or(0);
+            tx.set(&pk, &[n.saturating_add(1)])?;
+            a.nlink += 1;
+            a.touch_ctime(t);
+            put_attr(tx, ino, &a)?;
+            put_dentry(tx, new_parent, new_name, ino, a.typ)?;
+            p.touch_mtime(t);
+            put_attr(tx, new_parent, &p)?;
+            Ok(a)
+        })
+    }
+
+    /// All entries of a directory, without `.` and `..`.
+    pub fn readdir(&self, ino: Ino, with_attrs: bool) -> Result<Vec<Entry>> {
+        self.read_txn(|tx| {
+            let a = get_attr(tx, ino)?;
+            if a.typ != FileType::Dir {
+                return Err(MetaError::NotDir);
+            }
+            let prefix = keys::dentry_prefix(ino);
+            let rows = scan_prefix(tx, &prefix)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (k, v) in rows {
+                if v.len() != 9 {
+                    return Err(MetaError::Corrupt("dentry value".into()));
+                }
+                let child = keys::be_u64(&v, 0).unwrap_or(0);
+                let typ = FileType::from_u8(v[8]).ok_or_else(|| MetaError::Corrupt("dentry type".into()))?;
+                let attr = if with_attrs { Some(get_attr(tx, child)?) } else { None };
+                out.push(Entry {
+                    name: k[prefix.len()..].to_vec(),
+                    ino: child,
+                    typ,
+                    attr,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    // ---- data: chunks and slices -------------------------------------
+
+    pub fn read_chunk(&self, ino: Ino, index: u32) -> Result<Vec<SliceRecord>> {
+        let raw = self.read_txn(|tx| tx.get(&keys::chunk(ino, index)))?;
+        match raw {
+            Some(v) => SliceRecord::decode_all(&v),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    pub fn read_chunk_raw(&self, ino: Ino, index: u32) -> Result<Vec<u8>> {
+        Ok(self.read_txn(|tx| tx.get(&keys::chunk(ino, index)))?.unwrap_or_default())
+    }
+
+    /// Append written slices and grow the file to at least `min_length`.
+    /// Returns the new attributes and the largest record count of any chunk
+    /// touched (the compaction trigger).
+    pub fn write_slices(&self, ino: Ino, slices: &[(u32, SliceRecord)], min_length: u64) -> Result<(Attr, usize)> {
+        self.writable()?;
+        self.txn(|tx| {
+            let mut a = get_attr(tx, ino)?;
+            if a.typ != FileType::File {
+                return Err(MetaError::Invalid("write to a non-regular file".into()));
+            }
+            let mut most = 0usize;
+            for (index, rec) in slices {
+                let key = keys::chunk(ino, *index);
+                let mut v = tx.get(&key)?.unwrap_or_default();
+                rec.encode_into(&mut v);
+                most = most.max(v.len() / crate::slice::RECORD_LEN);
+                tx.set(&key, &v)?;
+            }
+            if min_length > a.length {
+                incr(tx, "usedSpace", align4k(min_length) - align4k(a.length))?;
+                a.length = min_length;
+            }
+            a.touch_mtime(now());
+            put_attr(tx, ino, &a)?;
+            Ok((a, most))
+        })
+    }
+
+    /// Replace the first records of a chunk (exactly `old` bytes) with
+    /// `replacement`, if the chunk still starts with them. Records appended
+    /// since stay after it. Returns the freed slices, or None when the chunk
+    /// changed under us.
+    pub fn replace_chunk_prefix(&self, ino: Ino, index: u32, old: &[u8], replacement: &[SliceRecord]) -> Result<Option<FreedSlices>> {
+        self.txn(|tx| {
+            let key = keys::chunk(ino, index);
+            let cur = tx.get(&key)?.unwrap_or_default();
+            if !cur.starts_with(old) {
+                return Ok(None);
+            }
+            let mut v = SliceRecord::encode_all(replacement);
+            v.extend_from_slice(&cur[old.len()..]);
+            tx.set(&key, &v)?;
+            let mut freed = Vec::new();
+            for r in SliceRecord::decode_all(old)? {
+                unref_slice(tx, &r, &mut freed)?;
+            }
+            Ok(Some(freed))
+        })
+    }
+
+    /// Change a file's length. Shrinking drops whole chunks past the end and
+    /// covers the tail of the last chunk with a hole.
+    pub fn truncate(&self, ino: Ino, length: u64) -> Result<TruncateResult> {
+        self.writable()?;
+        self.txn(|tx| {
+            let mut a = get_attr(tx, ino)?;
+            if a.typ == FileType::Dir {
+                return Err(MetaError::IsDir);
+            }
+            if a.typ != FileType::File {
+                return Err(MetaError::Invalid("truncate of a special file".into()));
+            }
+            let mut freed = Vec::new();
+            if length < a.length {
+                Self::zero_range(tx, ino, length, a.length - length, &mut freed, true)?;
+            }
+            incr(tx, "usedSpace", align4k(length) - align4k(a.length))?;
+            a.length = length;
+            a.touch_mtime(now());
+            put_attr(tx, ino, &a)?;
+            Ok(TruncateResult { attr: a, freed })
+        })
+    }
+
+    /// Make `[off, off + len)` read as zeros. With `drop_whole` (the range runs
+    /// to the end of the file), chunks that start inside it are deleted.
+    fn zero_range(tx: &mut dyn KvTxn, ino: Ino, off: u64, len: u64, freed: &mut FreedSlices, drop_whole: bool) -> Result<()> {
+        let end = off + len;
+        let mut pos = off;
+        while pos < end {
+            let index = (pos / CHUNK_SIZE) as u32;
+            let chunk_start = u64::from(index) * CHUNK_SIZE;
+            let in_chunk = pos - chunk_start;
+            let upto = (end - chunk_start).min(CHUNK_SIZE);
+            let key = keys::chunk(ino, index);
+            if drop_whole && in_chunk == 0 {
+                if let Some(v) = tx.get(&key)? {
+                    for r in SliceRecord::decode_all(&v)? {
+                        unref_slice(tx, &r, freed)?;
+                    }
+                    tx.delete(&key)?;
+                }
+            } else if let Some(mut v) = tx.get(&key)? {
+                SliceRecord::hole(in_chunk as u32, (upto - in_chunk) as u32).encode_into(&mut v);
+                tx.set(&key, &v)?;
+            }
+            pos = chunk_start + upto;
+        }
+        Ok(())
+    }
+
+    /// fallocate: plain allocation grows the file; `FALLOC_FL_PUNCH_HOLE`
+    /// and `FALLOC_FL_ZERO_RANGE` make the range read as zeros.
+    pub fn fallocate(&self, ino: Ino, mode: i32, off: u64, len: u64) -> Result<TruncateResult> {
+        self.writable()?;
+        if len == 0 {
+            return Err(MetaError::Invalid("fallocate of zero bytes".into()));
+        }
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        let known = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 || (punch && !keep_size) {
+            return Err(MetaError::Invalid(format!("unsupported fallocate mode {mode:#x}")));
+        }
+        self.txn(|tx| {
+            let mut a = get_attr(tx, ino)?;
+            if a.typ == FileType::Dir {
+                return Err(MetaError::IsDir);
+            }
+            let mut freed = Vec::new();
+            if punch || zero {
+                let end = (off + len).min(a.length.max(if keep_size { 0 } else { off + len }));
+                if end > off {
+                    Self::zero_range(tx, ino, off, end - off, &mut freed, false)?;
+                }
+            }
+            let t = now();
+            if !keep_size && off + len > a.length {
+                incr(tx, "usedSpace", align4k(off + len) - align4k(a.length))?;
+                a.length = off + len;
+            }
+            if punch || zero || !keep_size {
+                a.touch_mtime(t);
+            }
+            put_attr(tx, ino, &a)?;
+            Ok(TruncateResult { attr: a, freed })
+        })
+    }
+
+    /// Copy the slice records covering `[off_in, off_in + len)` of `src` to
+    /// `off_out` of `dst`, sharing the underlying objects. Both files must
+    /// have no buffered writes. Returns the destination's new attributes.
+    pub fn copy_range(&self, src: Ino, off_in: u64, dst: Ino, off_out: u64, len: u64) -> Result<(Attr, u64)> {
+        self.writable()?;
+        self.txn(|tx| {
+            let sa = get_attr(tx, src)?;
+            let mut da = get_attr(tx, dst)?;
+            if sa.typ != FileType::File || da.typ != FileType::File {
+                return Err(MetaError::Invalid("copy_file_range needs regular files".into()));
+            }
+            if off_in >= sa.length {
+                return Ok((da, 0));
+            }
+            let len = len.min(sa.length - off_in);
+            let mut done = 0u64;
+            while done < len {
+                let s = off_in + done;
+                let d = off_out + done;
+                // Copy up to the nearer chunk boundary of source and destination.
+                let step = (len - done)
+                    .min(CHUNK_SIZE - s % CHUNK_SIZE)
+                    .min(CHUNK_SIZE - d % CHUNK_SIZE);
+                let src_pos = (s % CHUNK_SIZE) as u32;
+                let dst_pos = (d % CHUNK_SIZE) as u32;
+                let records = match tx.get(&keys::chunk(src, (s / CHUNK_SIZE) as u32))? {
+                    Some(v) => SliceRecord::decode_all(&v)?,
+                    None => Vec::new(),
+                };
+                let dkey = keys::chunk(dst, (d / CHUNK_SIZE) as u32);
+                let mut dv = tx.get(&dkey)?.unwrap_or_default();
+                // Start with a hole so that holes of the source stay holes.
+                SliceRecord::hole(dst_pos, step as u32).encode_into(&mut dv);
+                for seg in crate::slice::visible_segments(&records) {
+                    let (a0, a1) = (seg.pos.max(src_pos), seg.end().min(src_pos + step as u32));
+                    if a0 >= a1 {
+                        continue;
+                    }
+                    let mut r = seg.record;
+                    r.off = seg.off + u64::from(a0 - seg.pos);
+                    r.len = a1 - a0;
+                    r.pos = dst_pos + (a0 - src_pos);
+                    add_slice_ref(tx, &r)?;
+                    r.encode_into(&mut dv);
+                }
+                tx.set(&dkey, &dv)?;
+                done += step;
+            }
+            let end = off_out + len;
+            if end > da.length {
+                incr(tx, "usedSpace", align4k(end) - align4k(da.length))?;
+                da.length = end;
+            }
+            da.touch_mtime(now());
+            put_attr(tx, dst, &da)?;
+            Ok((da, len))
+        })
+    }
+
+    // ---- open files and deferred deletion ------------------------------
+
+    pub fn open_inode(&self, ino: Ino) {
+        if let Ok(mut c) = self.open_counts.lock() {
+            *c.entry(ino).or_insert(0) += 1;
+        }
+    }
+
+    /// Forget one open handle; when the last handle of an inode that was
+    /// unlinked meanwhile closes, the inode is removed. Returns true then.
+    pub fn close_inode(&self, ino: Ino) -> Result<bool> {
+        let last = match self.open_counts.lock() {
+            Ok(mut c) => {
+                let n = c.entry(ino).or_insert(1);
+                *n -= 1;
+                if *n == 0 {
+                    c.remove(&ino);
+                    true
+                } else {
+                    false
+                }
+            }
+            Err(_) => false,
+        };
+        if !last {
+            return Ok(false);
+        }
+        let was_sustained = self.sustained.lock().map(|mut s| s.remove(&ino)).unwrap_or(false);
+        if !was_sustained {
+            return Ok(false);
+        }
+        let sid = self.sid.load(Ordering::Relaxed);
+        self.txn(|tx| {
+            tx.delete(&keys::sustained(sid, ino))?;
+            match get_attr(tx, ino) {
+                Ok(a) if a.nlink == 0 => {
+                    self.remove_inode(tx, ino, &a)?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })
+    }
+
+    /// Files deleted whose data still awaits cleanup: (ino, length).
+    pub fn pending_deletes(&self, limit: usize) -> Result<Vec<(Ino, u64)>> {
+        let rows = self.read_txn(|tx| tx.scan(keys::DELETED_PREFIX, &crate::kv::prefix_end(keys::DELETED_PREFIX), limit))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, _)| Some((keys::be_u64(&k, 1)?, keys::be_u64(&k, 9)?)))
+            .collect())
+    }
+
+    /// Drop the chunk lists of a deleted file; returns slices to delete.
+    pub fn cleanup_deleted(&self, ino: Ino, length: u64) -> Result<FreedSlices> {
+        self.txn(|tx| {
+            let mut freed = Vec::new();
+            for (k, v) in scan_prefix(tx, &keys::chunk_prefix(ino))? {
+                for r in SliceRecord::decode_all(&v)? {
+                    unref_slice(tx, &r, &mut freed)?;
+                }
+                tx.delete(&k)?;
+            }
+            tx.delete(&keys::deleted(ino, length))?;
+            Ok(freed)
+        })
+    }
+
+    // ---- extended attributes ------------------------------------------
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        self.read_txn(|tx| {
+            get_attr(tx, ino)?;
+            tx.get(&keys::xattr(ino, name))?.ok_or(MetaError::NoData)
+        })
+    }
+
+    /// `flags`: XATTR_CREATE (1) or XATTR_REPLACE (2).
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        self.writable()?;
+        if name.is_empty() || name.len() > 255 {
+            return Err(MetaError::Range);
+        }
+        if value.len() > 65536 {
+            return Err(MetaError::TooBig);
+        }
+        self.txn(|tx| {
+            let mut a = get_attr(tx, ino)?;
+            let key = keys::xattr(ino, name);
+            let exists = tx.get(&key)?.is_some();
+            if flags & libc::XATTR_CREATE != 0 && exists {
+                return Err(MetaError::Exists);
+            }
+            if flags & libc::XATTR_REPLACE != 0 && !exists {
+                return Err(MetaError::NoData);
+            }
+            tx.set(&key, value)?;
+            a.touch_ctime(now());
+            put_attr(tx, ino, &a)
+        })
+    }
+
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        self.read_txn(|tx| {
+            get_attr(tx, ino)?;
+            let p = keys::xattr_prefix(ino);
+            Ok(scan_prefix(tx, &p)?.into_iter().map(|(k, _)| k[p.len()..].to_vec()).collect())
+        })
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.writable()?;
+        self.txn(|tx| {
+            let mut a = get_attr(tx, ino)?;
+            let key = keys::xattr(ino, name);
+            if tx.get(&key)?.is_none() {
+                return Err(MetaError::NoData);
+            }
+            tx.delete(&key)?;
+            a.touch_ctime(now());
+            put_attr(tx, ino, &a)
+        })
+    }
+
+    // ---- usage ----------------------------------------------------------
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        let format = self.format()?;
+        let (used, inodes) = self.read_txn(|tx| Ok((get_counter(tx, "usedSpace")?, get_counter(tx, "totalInodes")?)))?;
+        let used = used.max(0) as u64;
+        let inodes = inodes.max(0) as u64;
+        let total = if format.capacity > 0 { format.capacity } else { (1u64 << 50).max(used * 2) };
+        let total_inodes = if format.inodes > 0 { format.inodes } else { (10u64 << 20).max(inodes * 2) };
+        Ok(StatFs {
+            total_space: total,
+            avail_space: total.saturating_sub(used),
+            used_inodes: inodes,
+            avail_inodes: total_inodes.saturating_sub(inodes),
+        })
+    }
+
+    /// Every chunk key of a file with its records, for `tessera info`.
+    pub fn chunks_of(&self, ino: Ino) -> Result<Vec<(u32, Vec<SliceRecord>)>> {
+        self.read_txn(|tx| {
+            let p = keys::chunk_prefix(ino);
+            let mut out = Vec::new();
+            for (k, v) in scan_prefix(tx, &p)? {
+                let idx = k.get(p.len()..p.len() + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes).unwrap_or(0);
+                out.push((idx, SliceRecord::decode_all(&v)?));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Resolve a path relative to the root (for `--subdir` and the CLI).
+    pub fn resolve(&self, path: &str) -> Result<(Ino, Attr)> {
+        let mut ino = ROOT_INO;
+        let mut attr = self.getattr(ino)?;
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            (ino, attr) = self.lookup(ino, part.as_bytes())?;
+        }
+        Ok((ino, attr))
+    }
+}

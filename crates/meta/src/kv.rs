@@ -1,0 +1,91 @@
+//! The transactional key-value trait that every metadata engine implements.
+//!
+//! Engines only store bytes; the schema lives in `keys`, `attr` and `fs`.
+//! A transaction is a closure that may run more than once: engines report a
+//! conflict as [`MetaError::Conflict`] and [`run_txn`] retries it with
+//! jittered backoff a bounded number of times.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::{MetaError, Result};
+
+/// Operations available inside one transaction. Reads see the transaction's
+/// own writes.
+pub trait KvTxn {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+    fn delete(&mut self, key: &[u8]) -> Result<()>;
+    /// Keys in `[begin, end)` in ascending order, at most `limit` of them.
+    fn scan(&mut self, begin: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+}
+
+/// A metadata engine: something that runs transactions over ordered keys.
+pub trait KvEngine: Send + Sync {
+    /// Short name of the engine, for status output ("sqlite", "memory").
+    fn name(&self) -> &'static str;
+    /// Run `f` once inside a transaction. `read_only` lets the engine pick a
+    /// cheaper mode. Conflicts come back as [`MetaError::Conflict`].
+    fn run_once(&self, read_only: bool, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>)
+        -> Result<()>;
+    /// Remove every key (tests and `format --force` on an empty volume).
+    fn reset(&self) -> Result<()>;
+}
+
+/// Conflicts retried so far, process-wide, for metrics.
+pub static TXN_RESTARTS: AtomicU64 = AtomicU64::new(0);
+const MAX_ATTEMPTS: u32 = 50;
+
+/// Run a transaction, retrying on conflicts with jittered exponential backoff.
+pub fn run_txn<T>(
+    engine: &dyn KvEngine,
+    read_only: bool,
+    mut f: impl FnMut(&mut dyn KvTxn) -> Result<T>,
+) -> Result<T> {
+    let mut attempt = 0u32;
+    loop {
+        let mut out = None;
+        let res = engine.run_once(read_only, &mut |tx| {
+            out = Some(f(tx)?);
+            Ok(())
+        });
+        match res {
+            Ok(()) => {
+                return out.ok_or_else(|| MetaError::Engine("transaction produced no result".into()))
+            }
+            Err(e) if e.is_retryable() && attempt + 1 < MAX_ATTEMPTS => {
+                attempt += 1;
+                TXN_RESTARTS.fetch_add(1, Ordering::Relaxed);
+                let base = 1u64 << attempt.min(8);
+                let jitter = jitter_micros(base * 100);
+                std::thread::sleep(Duration::from_micros(base * 100 + jitter));
+            }
+            Err(MetaError::Conflict(_)) => return Err(MetaError::Conflict(attempt + 1)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn jitter_micros(max: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(max);
+    h.finish() % max.max(1)
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+/// Scan every key with the given prefix.
+pub fn scan_prefix(tx: &mut dyn KvTxn, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    tx.scan(prefix, &prefix_end(prefix), usize::MAX)
+}

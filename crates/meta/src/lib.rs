@@ -1,0 +1,213 @@
+//! Tessera's metadata: one schema, written once, over a transactional
+//! key-value trait.
+//!
+//! * [`kv`] defines the trait every engine implements ([`KvEngine`]).
+//! * [`engines`] holds the engines (in-memory for tests, SQLite embedded).
+//! * [`keys`] and [`attr`] own the binary layout of keys and values.
+//! * [`Meta`] (in `fs.rs`) implements every file-system operation on top.
+//! * [`conformance`] is the suite every engine must pass.
+
+pub mod attr;
+pub mod conformance;
+pub mod engines;
+mod fs;
+pub mod keys;
+pub mod kv;
+mod locks;
+mod session;
+pub mod slice;
+
+use serde::{Deserialize, Serialize};
+
+pub use attr::{Attr, FileType};
+pub use fs::{Entry, Meta, MetaConfig, SetAttr, StatFs, TruncateResult, UnlinkResult};
+pub use kv::{KvEngine, KvTxn};
+pub use locks::{FlockType, PosixLock};
+pub use session::SessionInfo;
+pub use slice::{SliceKind, SliceRecord, VisibleSegment};
+
+/// Inode number. 1 is the root.
+pub type Ino = u64;
+pub const ROOT_INO: Ino = 1;
+/// Logical size of a chunk: a file is a sequence of 64 MiB chunks.
+pub const CHUNK_SIZE: u64 = 64 << 20;
+/// Longest name of a directory entry, as on ext4.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Errors at the metadata boundary. Each maps to one errno.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("operation not permitted")]
+    Perm,
+    #[error("permission denied")]
+    Access,
+    #[error("file name too long")]
+    NameTooLong,
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("no such attribute")]
+    NoData,
+    #[error("attribute value too large")]
+    TooBig,
+    #[error("result does not fit the buffer")]
+    Range,
+    #[error("resource temporarily unavailable")]
+    WouldBlock,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("transaction conflict after {0} attempts")]
+    Conflict(u32),
+    #[error("the volume is not formatted: run `tessera format` first")]
+    NotFormatted,
+    #[error("{0}")]
+    Format(String),
+    #[error("metadata engine error: {0}")]
+    Engine(String),
+    #[error("corrupt metadata: {0}")]
+    Corrupt(String),
+    #[error("invalid metadata URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+impl MetaError {
+    /// The errno a system call should return for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            MetaError::NotFound => libc::ENOENT,
+            MetaError::Exists => libc::EEXIST,
+            MetaError::NotDir => libc::ENOTDIR,
+            MetaError::IsDir => libc::EISDIR,
+            MetaError::NotEmpty => libc::ENOTEMPTY,
+            MetaError::Perm => libc::EPERM,
+            MetaError::Access => libc::EACCES,
+            MetaError::NameTooLong => libc::ENAMETOOLONG,
+            MetaError::Invalid(_) => libc::EINVAL,
+            MetaError::NoData => libc::ENODATA,
+            MetaError::TooBig => libc::E2BIG,
+            MetaError::Range => libc::ERANGE,
+            MetaError::WouldBlock => libc::EAGAIN,
+            MetaError::ReadOnly => libc::EROFS,
+            _ => libc::EIO,
+        }
+    }
+
+    /// Errors that a retry of the whole transaction may cure.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, MetaError::Conflict(_))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, MetaError>;
+
+/// Caller identity for an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Ctx {
+    pub const ROOT: Ctx = Ctx {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
+}
+
+/// Block compression of a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(Compression::None),
+            "lz4" => Ok(Compression::Lz4),
+            "zstd" => Ok(Compression::Zstd),
+            other => Err(format!(
+                "unknown compression {other:?}: use none, lz4 or zstd"
+            )),
+        }
+    }
+}
+
+/// The settings of a volume, stored in the engine and mirrored to the bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Format {
+    pub name: String,
+    pub uuid: String,
+    pub storage: String,
+    /// Block size in bytes.
+    pub block_size: u32,
+    pub compression: Compression,
+    pub trash_days: u32,
+    /// Capacity reported by statfs, bytes; 0 means unlimited.
+    pub capacity: u64,
+    /// Inode limit reported by statfs; 0 means unlimited.
+    pub inodes: u64,
+    /// Layout version, bumped on incompatible changes.
+    pub version: u32,
+}
+
+impl Format {
+    pub const VERSION: u32 = 1;
+
+    /// Settings that may not change once data is written.
+    pub fn incompatible_with(&self, other: &Format) -> Option<String> {
+        let mut diffs = Vec::new();
+        if self.name != other.name {
+            diffs.push(format!("name {:?} vs {:?}", self.name, other.name));
+        }
+        if self.storage != other.storage {
+            diffs.push(format!("storage {:?} vs {:?}", self.storage, other.storage));
+        }
+        if self.block_size != other.block_size {
+            diffs.push(format!(
+                "block size {} vs {}",
+                self.block_size, other.block_size
+            ));
+        }
+        if self.compression != other.compression {
+            diffs.push(format!(
+                "compression {:?} vs {:?}",
+                self.compression, other.compression
+            ));
+        }
+        if diffs.is_empty() {
+            None
+        } else {
+            Some(diffs.join(", "))
+        }
+    }
+}
+
+/// Open an engine from a metadata URL.
+pub fn open_engine(url: &str) -> Result<std::sync::Arc<dyn KvEngine>> {
+    engines::open(url)
+}
+
+/// Seconds and nanoseconds since the epoch.
+pub fn now() -> (i64, u32) {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() as i64, d.subsec_nanos())
+}
