@@ -1,1 +1,655 @@
-//! placeholder
+//! POSIX semantics over metadata and the data path, independent of FUSE.
+//!
+//! [`Vfs`] owns file handles, open files (one write buffer and one cache of
+//! slice records per open inode), lock owners and the background workers
+//! (session heartbeat, stale-session cleanup, deletion of freed data,
+//! compaction). The FUSE adapter only translates requests into these calls,
+//! so everything here can be exercised in-process.
+
+mod handles;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use tessera_chunk::{ChunkError, ChunkStore, FileWriter};
+use tessera_meta::{
+    Attr, Ctx, Entry, FileType, FlockType, Ino, Meta, MetaError, PosixLock, SetAttr, SessionInfo,
+    SliceRecord, StatFs, UnlinkResult,
+};
+use tracing::{debug, info, warn};
+
+pub use handles::Handle;
+
+/// An errno with the reason behind it, for logs.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason} (errno {errno})")]
+pub struct VfsError {
+    pub errno: i32,
+    pub reason: String,
+}
+
+impl VfsError {
+    pub fn new(errno: i32, reason: impl Into<String>) -> Self {
+        VfsError {
+            errno,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<MetaError> for VfsError {
+    fn from(e: MetaError) -> Self {
+        let errno = e.errno();
+        if errno == libc::EIO {
+            warn!(error = %e, "metadata operation failed");
+        }
+        VfsError::new(errno, e.to_string())
+    }
+}
+
+impl From<ChunkError> for VfsError {
+    fn from(e: ChunkError) -> Self {
+        let errno = e.errno();
+        if errno == libc::EIO {
+            warn!(error = %e, "data operation failed");
+        }
+        VfsError::new(errno, e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, VfsError>;
+
+/// Mount-level options the VFS needs.
+#[derive(Debug, Clone)]
+pub struct VfsConfig {
+    pub read_only: bool,
+    /// Seconds between heartbeats of this session.
+    pub heartbeat: Duration,
+    /// A session silent for this long is cleaned up by live ones.
+    pub session_timeout: Duration,
+}
+
+impl Default for VfsConfig {
+    fn default() -> Self {
+        VfsConfig {
+            read_only: false,
+            heartbeat: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// State shared by every handle of one open inode.
+pub struct OpenFile {
+    pub writer: FileWriter,
+    handles: AtomicU64,
+    /// Slice records per chunk, refreshed at open and after our own commits.
+    records: Mutex<HashMap<u32, Arc<Vec<SliceRecord>>>>,
+}
+
+impl OpenFile {
+    fn invalidate(&self) {
+        if let Ok(mut r) = self.records.lock() {
+            r.clear();
+        }
+    }
+}
+
+enum Work {
+    Compact(Ino, u32),
+    Clean,
+}
+
+/// The file system of one mount.
+pub struct Vfs {
+    pub meta: Arc<Meta>,
+    pub chunks: Arc<ChunkStore>,
+    config: VfsConfig,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    open_files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
+    work: Mutex<Option<mpsc::Sender<Work>>>,
+    stop: Arc<AtomicBool>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+fn is_write_open(flags: i32) -> bool {
+    matches!(flags & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR)
+}
+
+impl Vfs {
+    pub fn new(meta: Arc<Meta>, chunks: Arc<ChunkStore>, config: VfsConfig) -> Arc<Self> {
+        Arc::new(Vfs {
+            meta,
+            chunks,
+            config,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            open_files: Mutex::new(HashMap::new()),
+            work: Mutex::new(None),
+            stop: Arc::new(AtomicBool::new(false)),
+            workers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Register a session and start the background workers.
+    pub fn start(self: &Arc<Self>, mountpoint: &str) -> Result<u64> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let sid = self.meta.new_session(SessionInfo {
+            sid: 0,
+            host,
+            pid: std::process::id(),
+            mountpoint: mountpoint.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            heartbeat: 0,
+        })?;
+        let (tx, rx) = mpsc::channel();
+        if let Ok(mut w) = self.work.lock() {
+            *w = Some(tx);
+        }
+        let mut workers = Vec::new();
+        let me = self.clone();
+        workers.push(
+            std::thread::Builder::new()
+                .name("tessera-heartbeat".into())
+                .spawn(move || me.heartbeat_loop())
+                .map_err(|e| VfsError::new(libc::EIO, e.to_string()))?,
+        );
+        let me = self.clone();
+        workers.push(
+            std::thread::Builder::new()
+                .name("tessera-cleaner".into())
+                .spawn(move || me.work_loop(rx))
+                .map_err(|e| VfsError::new(libc::EIO, e.to_string()))?,
+        );
+        if let Ok(mut w) = self.workers.lock() {
+            *w = workers;
+        }
+        info!(sid, "session started");
+        Ok(sid)
+    }
+
+    fn heartbeat_loop(&self) {
+        let mut last_clean = std::time::Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            for _ in 0..(self.config.heartbeat.as_millis() / 100).max(1) {
+                if self.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if let Err(e) = self.meta.heartbeat() {
+                warn!(error = %e, "heartbeat failed");
+            }
+            if last_clean.elapsed() >= self.config.session_timeout / 2 {
+                last_clean = std::time::Instant::now();
+                match self.meta.clean_stale_sessions(self.config.session_timeout.as_secs() as i64) {
+                    Ok(s) if !s.is_empty() => {
+                        info!(sessions = ?s, "cleaned up stale sessions");
+                        self.send(Work::Clean);
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "stale session cleanup failed"),
+                }
+            }
+        }
+    }
+
+    fn work_loop(&self, rx: mpsc::Receiver<Work>) {
+        loop {
+            let work = rx.recv_timeout(Duration::from_secs(2));
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match work {
+                Ok(Work::Compact(ino, index)) => {
+                    match self.chunks.compact(ino, index) {
+                        Ok(true) => {
+                            if let Some(of) = self.open_file(ino) {
+                                of.invalidate();
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(e) => warn!(ino, index, error = %e, "compaction failed"),
+                    }
+                }
+                Ok(Work::Clean) | Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = self.chunks.clean_deleted_files() {
+                        warn!(error = %e, "cleaning deleted files failed");
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn send(&self, w: Work) {
+        if let Ok(tx) = self.work.lock() {
+            if let Some(tx) = tx.as_ref() {
+                let _ = tx.send(w);
+            }
+        }
+    }
+
+    /// Flush everything, stop the workers and close the session.
+    pub fn shutdown(&self) {
+        let files: Vec<_> = self
+            .open_files
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        for of in files {
+            if let Err(e) = of.writer.flush() {
+                warn!(error = %e, "flush at unmount failed");
+            }
+        }
+        if let Err(e) = self.chunks.clean_deleted_files() {
+            warn!(error = %e, "cleaning deleted files at unmount failed");
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        if let Ok(mut w) = self.work.lock() {
+            w.take();
+        }
+        let workers = self.workers.lock().map(|mut w| std::mem::take(&mut *w)).unwrap_or_default();
+        for w in workers {
+            let _ = w.join();
+        }
+        let sid = self.meta.session_id();
+        if sid != 0 {
+            if let Err(e) = self.meta.close_session(sid) {
+                warn!(error = %e, "closing the session failed");
+            }
+        }
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.config.read_only {
+            Err(VfsError::new(libc::EROFS, "mounted read-only"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
+        self.open_files.lock().ok().and_then(|m| m.get(&ino).cloned())
+    }
+
+    /// Attributes with the length of buffered writes folded in.
+    fn with_buffered(&self, ino: Ino, mut attr: Attr) -> Attr {
+        if let Some(of) = self.open_file(ino) {
+            attr.length = attr.length.max(of.writer.buffered_length());
+        }
+        attr
+    }
+
+    fn freed(&self, r: &UnlinkResult) {
+        if r.data_freed {
+            self.send(Work::Clean);
+        }
+    }
+
+    // ---- namespace -------------------------------------------------------
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<(Ino, Attr)> {
+        let (ino, attr) = self.meta.lookup(parent, name)?;
+        Ok((ino, self.with_buffered(ino, attr)))
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        Ok(self.with_buffered(ino, self.meta.getattr(ino)?))
+    }
+
+    pub fn setattr(&self, ino: Ino, set: &SetAttr, size: Option<u64>) -> Result<Attr> {
+        self.writable()?;
+        if let Some(size) = size {
+            self.truncate(ino, size)?;
+        }
+        let attr = if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.atime.is_some() || set.mtime.is_some() {
+            self.meta.setattr(ino, set)?
+        } else {
+            self.meta.getattr(ino)?
+        };
+        Ok(self.with_buffered(ino, attr))
+    }
+
+    pub fn truncate(&self, ino: Ino, size: u64) -> Result<Attr> {
+        self.writable()?;
+        let of = self.open_file(ino);
+        if let Some(of) = &of {
+            self.flush_file(ino, of)?;
+        }
+        let t = self.meta.truncate(ino, size)?;
+        if let Some(of) = &of {
+            of.invalidate();
+        }
+        if !t.freed.is_empty() {
+            self.chunks.delete_slices(&t.freed);
+        }
+        Ok(t.attr)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32, rdev: u32) -> Result<(Ino, Attr)> {
+        self.writable()?;
+        let typ = FileType::from_mode(mode).ok_or_else(|| VfsError::new(libc::EINVAL, format!("bad file type in mode {mode:o}")))?;
+        if typ == FileType::Dir || typ == FileType::Symlink {
+            return Err(VfsError::new(libc::EINVAL, "mknod cannot make directories or symlinks"));
+        }
+        Ok(self.meta.mknod(ctx, parent, name, typ, mode, rdev, None)?)
+    }
+
+    pub fn mkdir(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32) -> Result<(Ino, Attr)> {
+        self.writable()?;
+        Ok(self.meta.mknod(ctx, parent, name, FileType::Dir, mode, 0, None)?)
+    }
+
+    pub fn symlink(&self, ctx: &Ctx, parent: Ino, name: &[u8], target: &[u8]) -> Result<(Ino, Attr)> {
+        self.writable()?;
+        if target.is_empty() || target.len() >= 4096 {
+            return Err(VfsError::new(libc::ENAMETOOLONG, "symlink target length"));
+        }
+        Ok(self.meta.mknod(ctx, parent, name, FileType::Symlink, 0o777, 0, Some(target))?)
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        Ok(self.meta.readlink(ino)?)
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.writable()?;
+        let r = self.meta.unlink(parent, name)?;
+        self.freed(&r);
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.writable()?;
+        Ok(self.meta.rmdir(parent, name)?)
+    }
+
+    pub fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], flags: u32) -> Result<()> {
+        self.writable()?;
+        if let Some(r) = self.meta.rename(parent, name, new_parent, new_name, flags)? {
+            self.freed(&r);
+        }
+        Ok(())
+    }
+
+    pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
+        self.writable()?;
+        Ok(self.with_buffered(ino, self.meta.link(ino, new_parent, new_name)?))
+    }
+
+    pub fn opendir(&self, ino: Ino) -> Result<u64> {
+        let attr = self.meta.getattr(ino)?;
+        let mut entries = vec![
+            Entry { name: b".".to_vec(), ino, typ: FileType::Dir, attr: None },
+            Entry { name: b"..".to_vec(), ino: if ino == tessera_meta::ROOT_INO { ino } else { attr.parent }, typ: FileType::Dir, attr: None },
+        ];
+        entries.extend(self.meta.readdir(ino, false)?);
+        Ok(self.new_handle(Handle::dir(ino, entries)))
+    }
+
+    /// Entries of an open directory from `offset` on.
+    pub fn readdir(&self, fh: u64) -> Result<Arc<Handle>> {
+        self.handle(fh)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.drop_handle(fh);
+    }
+
+    // ---- files -------------------------------------------------------------
+
+    fn new_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.handles.lock() {
+            m.insert(fh, Arc::new(h));
+        }
+        fh
+    }
+
+    pub fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
+        self.handles
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&fh).cloned())
+            .ok_or_else(|| VfsError::new(libc::EBADF, format!("no open handle {fh}")))
+    }
+
+    fn drop_handle(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.handles.lock().ok().and_then(|mut m| m.remove(&fh))
+    }
+
+    /// Open (and, with `create`, make) a regular file.
+    pub fn open(&self, ino: Ino, flags: i32) -> Result<(u64, Attr)> {
+        if is_write_open(flags) {
+            self.writable()?;
+        }
+        let attr = self.meta.getattr(ino)?;
+        if attr.typ == FileType::Dir && is_write_open(flags) {
+            return Err(VfsError::new(libc::EISDIR, "cannot open a directory for writing"));
+        }
+        let of = {
+            let mut files = self.open_files.lock().map_err(|_| VfsError::new(libc::EIO, "open files lock poisoned"))?;
+            files
+                .entry(ino)
+                .or_insert_with(|| {
+                    Arc::new(OpenFile {
+                        writer: FileWriter::new(ino, self.chunks.clone()),
+                        handles: AtomicU64::new(0),
+                        records: Mutex::new(HashMap::new()),
+                    })
+                })
+                .clone()
+        };
+        if of.handles.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.meta.open_inode(ino);
+        }
+        // Close-to-open: a new open sees what other mounts committed.
+        if !of.writer.has_dirty() {
+            of.invalidate();
+        }
+        let fh = self.new_handle(Handle::file(ino, flags));
+        Ok((fh, self.with_buffered(ino, attr)))
+    }
+
+    pub fn create(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32, flags: i32) -> Result<(Ino, Attr, u64)> {
+        self.writable()?;
+        let (ino, _) = self.meta.mknod(ctx, parent, name, FileType::File, mode, 0, None)?;
+        let (fh, attr) = self.open(ino, flags)?;
+        Ok((ino, attr, fh))
+    }
+
+    pub fn read(&self, ino: Ino, fh: u64, off: u64, size: usize) -> Result<Vec<u8>> {
+        let _span = tracing::debug_span!("read", ino, off, size).entered();
+        let of = self.open_file(ino).ok_or_else(|| VfsError::new(libc::EBADF, "file is not open"))?;
+        self.handle(fh)?;
+        let attr = self.meta.getattr(ino)?;
+        let length = attr.length.max(of.writer.buffered_length());
+        if off >= length {
+            return Ok(Vec::new());
+        }
+        let n = (size as u64).min(length - off) as usize;
+        let mut buf = vec![0u8; n];
+        self.chunks.read_committed_with(off, &mut buf, &mut |index| {
+            if let Some(r) = of.records.lock().ok().and_then(|m| m.get(&index).cloned()) {
+                return Ok(r);
+            }
+            let r = Arc::new(self.meta.read_chunk(ino, index)?);
+            if let Ok(mut m) = of.records.lock() {
+                m.insert(index, r.clone());
+            }
+            Ok(r)
+        })?;
+        of.writer.overlay(off, &mut buf);
+        Ok(buf)
+    }
+
+    pub fn write(&self, ino: Ino, fh: u64, off: u64, data: &[u8]) -> Result<usize> {
+        let _span = tracing::debug_span!("write", ino, off, len = data.len()).entered();
+        self.writable()?;
+        let h = self.handle(fh)?;
+        let of = self.open_file(ino).ok_or_else(|| VfsError::new(libc::EBADF, "file is not open"))?;
+        let off = if h.flags & libc::O_APPEND != 0 {
+            self.meta.getattr(ino)?.length.max(of.writer.buffered_length())
+        } else {
+            off
+        };
+        if off.checked_add(data.len() as u64).is_none_or(|end| end > (1u64 << 60)) {
+            return Err(VfsError::new(libc::EFBIG, "write past the largest file size"));
+        }
+        if of.writer.write(off, data)? {
+            self.flush_file(ino, &of)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush_file(&self, ino: Ino, of: &OpenFile) -> Result<()> {
+        let compact = of.writer.flush()?;
+        of.invalidate();
+        for index in compact {
+            self.send(Work::Compact(ino, index));
+        }
+        Ok(())
+    }
+
+    /// close(2) of one descriptor: commit buffered data, drop POSIX locks of
+    /// the owner.
+    pub fn flush(&self, ino: Ino, _fh: u64, lock_owner: u64) -> Result<()> {
+        if let Some(of) = self.open_file(ino) {
+            self.flush_file(ino, &of)?;
+        }
+        if lock_owner != 0 {
+            self.meta.setlk(ino, lock_owner, 0, libc::F_UNLCK, 0, u64::MAX)?;
+        }
+        Ok(())
+    }
+
+    pub fn fsync(&self, ino: Ino) -> Result<()> {
+        if let Some(of) = self.open_file(ino) {
+            self.flush_file(ino, &of)?;
+        }
+        Ok(())
+    }
+
+    pub fn release(&self, ino: Ino, fh: u64, flock_owner: Option<u64>) -> Result<()> {
+        let h = self.drop_handle(fh);
+        if let Some(owner) = flock_owner.or(h.as_ref().and_then(|h| h.flock_owner())) {
+            if let Err(e) = self.meta.flock(ino, owner, FlockType::Unlock) {
+                debug!(error = %e, "releasing flock");
+            }
+        }
+        let Some(of) = self.open_file(ino) else {
+            return Ok(());
+        };
+        let flushed = self.flush_file(ino, &of);
+        if of.handles.fetch_sub(1, Ordering::Relaxed) == 1 {
+            if let Ok(mut files) = self.open_files.lock() {
+                if of.handles.load(Ordering::Relaxed) == 0 && !of.writer.has_dirty() {
+                    files.remove(&ino);
+                }
+            }
+            if self.meta.close_inode(ino)? {
+                self.send(Work::Clean);
+            }
+        }
+        flushed
+    }
+
+    pub fn fallocate(&self, ino: Ino, mode: i32, off: u64, len: u64) -> Result<()> {
+        self.writable()?;
+        let of = self.open_file(ino);
+        if let Some(of) = &of {
+            self.flush_file(ino, of)?;
+        }
+        let r = self.meta.fallocate(ino, mode, off, len)?;
+        if let Some(of) = &of {
+            of.invalidate();
+        }
+        if !r.freed.is_empty() {
+            self.chunks.delete_slices(&r.freed);
+        }
+        Ok(())
+    }
+
+    /// Copy between files by sharing slices: no data moves.
+    pub fn copy_file_range(&self, ino_in: Ino, off_in: u64, ino_out: Ino, off_out: u64, len: u64) -> Result<u64> {
+        self.writable()?;
+        if ino_in == ino_out && off_in.max(off_out) < off_in.min(off_out) + len {
+            return Err(VfsError::new(libc::EINVAL, "overlapping copy within one file"));
+        }
+        for ino in [ino_in, ino_out] {
+            if let Some(of) = self.open_file(ino) {
+                self.flush_file(ino, &of)?;
+            }
+        }
+        let (_, n) = self.meta.copy_range(ino_in, off_in, ino_out, off_out, len)?;
+        if let Some(of) = self.open_file(ino_out) {
+            of.invalidate();
+        }
+        Ok(n)
+    }
+
+    // ---- locks -------------------------------------------------------------
+
+    pub fn flock(&self, ino: Ino, fh: u64, owner: u64, typ: FlockType, block: bool) -> Result<()> {
+        if let Ok(h) = self.handle(fh) {
+            h.set_flock_owner(owner);
+        }
+        self.retry_lock(block, || self.meta.flock(ino, owner, typ))
+    }
+
+    pub fn getlk(&self, ino: Ino, owner: u64, typ: i32, start: u64, end: u64) -> Result<Option<PosixLock>> {
+        Ok(self.meta.getlk(ino, owner, typ, start, end)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn setlk(&self, ino: Ino, owner: u64, pid: u32, typ: i32, start: u64, end: u64, block: bool) -> Result<()> {
+        self.retry_lock(block, || self.meta.setlk(ino, owner, pid, typ, start, end))
+    }
+
+    fn retry_lock(&self, block: bool, mut f: impl FnMut() -> tessera_meta::Result<()>) -> Result<()> {
+        let mut wait = Duration::from_millis(5);
+        loop {
+            match f() {
+                Err(MetaError::WouldBlock) if block => {
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_millis(200));
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    // ---- misc ----------------------------------------------------------------
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        Ok(self.meta.statfs()?)
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        Ok(self.meta.getxattr(ino, name)?)
+    }
+
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        self.writable()?;
+        Ok(self.meta.setxattr(ino, name, value, flags)?)
+    }
+
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        Ok(self.meta.listxattr(ino)?)
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.writable()?;
+        Ok(self.meta.removexattr(ino, name)?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

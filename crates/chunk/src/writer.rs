@@ -1,0 +1,274 @@
+//! Buffered writes of one file.
+//!
+//! Writes become append-only slices: a write that continues the newest slice
+//! of its chunk extends it, anything else starts a new slice (later slices
+//! win). Every block that fills up is uploaded at once in the background;
+//! `flush` uploads the partial tail blocks, waits for all uploads and then
+//! commits the slice records in one metadata transaction. Reads see buffered
+//! bytes through [`FileWriter::overlay`].
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tessera_meta::{Ino, SliceKind, SliceRecord, CHUNK_SIZE};
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+use crate::{ChunkError, ChunkStore, Result};
+
+enum Block {
+    Filling(Vec<u8>),
+    Sealed(Bytes),
+}
+
+impl Block {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Block::Filling(v) => v,
+            Block::Sealed(b) => b,
+        }
+    }
+}
+
+struct Slice {
+    chunk: u32,
+    pos: u32,
+    id: u64,
+    len: u32,
+    blocks: Vec<Block>,
+    uploads: Vec<JoinHandle<Result<()>>>,
+}
+
+impl Slice {
+    fn file_offset(&self) -> u64 {
+        u64::from(self.chunk) * CHUNK_SIZE + u64::from(self.pos)
+    }
+
+    fn record(&self) -> SliceRecord {
+        SliceRecord {
+            kind: SliceKind::Internal,
+            pos: self.pos,
+            id: self.id,
+            size: u64::from(self.len),
+            off: 0,
+            len: self.len,
+        }
+    }
+
+    /// Copy the bytes of this slice that overlap `[off, off + buf.len())`.
+    fn copy_into(&self, off: u64, buf: &mut [u8], block_size: usize) {
+        let start = self.file_offset();
+        let end = start + u64::from(self.len);
+        let (a, b) = (start.max(off), end.min(off + buf.len() as u64));
+        if a >= b {
+            return;
+        }
+        let mut in_slice = (a - start) as usize;
+        let mut out = (a - off) as usize;
+        let mut left = (b - a) as usize;
+        while left > 0 {
+            let block = &self.blocks[in_slice / block_size];
+            let in_block = in_slice % block_size;
+            let n = left.min(block.bytes().len() - in_block);
+            buf[out..out + n].copy_from_slice(&block.bytes()[in_block..in_block + n]);
+            in_slice += n;
+            out += n;
+            left -= n;
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Slices being committed by a flush; older than every dirty slice.
+    flushing: Vec<Slice>,
+    dirty: Vec<Slice>,
+    /// End of the furthest buffered write.
+    length: u64,
+    buffered: usize,
+    failed: Option<String>,
+}
+
+/// The write buffer of one open file (shared by its handles).
+pub struct FileWriter {
+    ino: Ino,
+    chunks: Arc<ChunkStore>,
+    state: Mutex<State>,
+    /// Serialises flushes so that slices commit in write order.
+    flush_lock: Mutex<()>,
+}
+
+fn poisoned() -> ChunkError {
+    ChunkError::Unsupported("writer lock poisoned".into())
+}
+
+impl FileWriter {
+    pub fn new(ino: Ino, chunks: Arc<ChunkStore>) -> Self {
+        FileWriter {
+            ino,
+            chunks,
+            state: Mutex::new(State::default()),
+            flush_lock: Mutex::new(()),
+        }
+    }
+
+    /// Buffer a write. Returns true when the buffer is over its budget and
+    /// the caller should flush.
+    pub fn write(&self, off: u64, data: &[u8]) -> Result<bool> {
+        let bs = self.chunks.config.block_size;
+        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        if let Some(e) = &st.failed {
+            return Err(ChunkError::Unsupported(format!("an earlier upload failed: {e}")));
+        }
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos_file = off + done as u64;
+            let chunk = (pos_file / CHUNK_SIZE) as u32;
+            let pos = (pos_file % CHUNK_SIZE) as u32;
+            let n = (data.len() - done).min((CHUNK_SIZE - u64::from(pos)) as usize);
+            let piece = &data[done..done + n];
+            let extend = st
+                .dirty
+                .iter()
+                .rposition(|s| s.chunk == chunk)
+                .filter(|&i| st.dirty[i].pos + st.dirty[i].len == pos);
+            let idx = match extend {
+                Some(i) => i,
+                None => {
+                    let id = self.chunks.meta.new_slice_id()?;
+                    st.dirty.push(Slice {
+                        chunk,
+                        pos,
+                        id,
+                        len: 0,
+                        blocks: Vec::new(),
+                        uploads: Vec::new(),
+                    });
+                    st.dirty.len() - 1
+                }
+            };
+            let slice = &mut st.dirty[idx];
+            let mut left = piece;
+            while !left.is_empty() {
+                if !matches!(slice.blocks.last(), Some(Block::Filling(v)) if v.len() < bs) {
+                    slice.blocks.push(Block::Filling(Vec::with_capacity(bs.min(left.len().max(64 << 10)))));
+                }
+                let index = slice.blocks.len() - 1;
+                let Some(Block::Filling(buf)) = slice.blocks.last_mut() else {
+                    unreachable!("a filling block was pushed above");
+                };
+                let take = left.len().min(bs - buf.len());
+                buf.extend_from_slice(&left[..take]);
+                left = &left[take..];
+                slice.len += take as u32;
+                if buf.len() == bs {
+                    let sealed = Bytes::from(std::mem::take(buf));
+                    let handle = self.spawn_upload(slice.id, index as u64, sealed.clone());
+                    slice.blocks[index] = Block::Sealed(sealed);
+                    slice.uploads.push(handle);
+                }
+            }
+            done += n;
+        }
+        st.length = st.length.max(off + data.len() as u64);
+        st.buffered += data.len();
+        Ok(st.buffered >= self.chunks.config.buffer_size)
+    }
+
+    fn spawn_upload(&self, id: u64, index: u64, data: Bytes) -> JoinHandle<Result<()>> {
+        let chunks = self.chunks.clone();
+        self.chunks
+            .rt
+            .spawn(async move { chunks.put_block(id, index, data).await })
+    }
+
+    /// Copy buffered bytes over `buf`, which holds committed data at `off`.
+    pub fn overlay(&self, off: u64, buf: &mut [u8]) {
+        let bs = self.chunks.config.block_size;
+        if let Ok(st) = self.state.lock() {
+            for s in st.flushing.iter().chain(st.dirty.iter()) {
+                s.copy_into(off, buf, bs);
+            }
+        }
+    }
+
+    /// End of the furthest buffered write, 0 when nothing is buffered.
+    pub fn buffered_length(&self) -> u64 {
+        self.state
+            .lock()
+            .map(|s| if s.dirty.is_empty() && s.flushing.is_empty() { 0 } else { s.length })
+            .unwrap_or(0)
+    }
+
+    pub fn has_dirty(&self) -> bool {
+        self.state
+            .lock()
+            .map(|s| !s.dirty.is_empty() || !s.flushing.is_empty())
+            .unwrap_or(false)
+    }
+
+    /// Upload everything buffered and commit it. Returns the chunks whose
+    /// record count calls for compaction.
+    pub fn flush(&self) -> Result<Vec<u32>> {
+        let _order = self.flush_lock.lock().map_err(|_| poisoned())?;
+        let (uploads, records, length) = {
+            let mut st = self.state.lock().map_err(|_| poisoned())?;
+            if let Some(e) = &st.failed {
+                return Err(ChunkError::Unsupported(format!("an earlier upload failed: {e}")));
+            }
+            if st.dirty.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut dirty = std::mem::take(&mut st.dirty);
+            let mut uploads = Vec::new();
+            let mut records = Vec::new();
+            for s in &mut dirty {
+                let index = s.blocks.len().saturating_sub(1);
+                if let Some(Block::Filling(buf)) = s.blocks.last_mut() {
+                    let sealed = Bytes::from(std::mem::take(buf));
+                    s.uploads.push(self.spawn_upload(s.id, index as u64, sealed.clone()));
+                    s.blocks[index] = Block::Sealed(sealed);
+                }
+                uploads.append(&mut s.uploads);
+                records.push((s.chunk, s.record()));
+            }
+            st.flushing = dirty;
+            st.buffered = 0;
+            (uploads, records, st.length)
+        };
+        let _span = tracing::debug_span!("flush", ino = self.ino, slices = records.len()).entered();
+        let mut result = Ok(());
+        let joined = self.chunks.rt.block_on(futures::future::join_all(uploads));
+        for r in joined {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(e) => result = Err(ChunkError::Unsupported(format!("upload task failed: {e}"))),
+            }
+        }
+        let committed = result.and_then(|()| {
+            self.chunks
+                .meta
+                .write_slices(self.ino, &records, length)
+                .map_err(ChunkError::Meta)
+        });
+        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        st.flushing.clear();
+        match committed {
+            Ok((_, most)) => {
+                debug!(ino = self.ino, most, "committed slices");
+                let mut compact: Vec<u32> = if most >= self.chunks.config.compact_threshold {
+                    records.iter().map(|(c, _)| *c).collect()
+                } else {
+                    Vec::new()
+                };
+                compact.dedup();
+                Ok(compact)
+            }
+            Err(e) => {
+                st.failed = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
