@@ -1,1 +1,46 @@
-fn main() {}
+//! The `tessera` command: one module per subcommand under `cmd/`.
+
+mod cmd;
+mod common;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "A distributed POSIX file system for AI data and models")]
+struct Cli {
+    /// Log more (debug level); TESSERA_LOG=filter overrides.
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a volume (or confirm an existing one has these settings).
+    Format(cmd::format::Args),
+    /// Mount a volume with FUSE.
+    Mount(cmd::mount::Args),
+    /// Unmount a mounted volume.
+    Umount(cmd::umount::Args),
+    /// Show a volume's settings, live sessions and usage.
+    Status(cmd::status::Args),
+    /// Show how a file is stored: inode, chunks, slices, object keys.
+    Info(cmd::info::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    common::init_logging(cli.debug);
+    let result = match cli.command {
+        Command::Format(a) => cmd::format::run(a),
+        Command::Mount(a) => cmd::mount::run(a),
+        Command::Umount(a) => cmd::umount::run(a),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Info(a) => cmd::info::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("tessera: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,1 +1,453 @@
-//! placeholder
+//! The FUSE adapter: translates kernel requests into [`Vfs`] calls and their
+//! results into replies. No file-system behaviour lives here.
+//!
+//! Permission checks are left to the kernel (`default_permissions`); flock
+//! requests arrive as whole-file record locks (FUSE_FLOCK_LOCKS) and share the
+//! POSIX lock table.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+use tessera_meta::{Attr, Ctx, SetAttr};
+use tessera_vfs::{Vfs, VfsError};
+use tracing::debug;
+
+/// Cache lifetimes handed to the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheTtls {
+    pub attr: Duration,
+    pub entry: Duration,
+    pub dir_entry: Duration,
+}
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub fs_name: String,
+    pub read_only: bool,
+    pub threads: usize,
+    pub ttls: CacheTtls,
+    /// Extra `-o` options, passed through.
+    pub options: Vec<String>,
+    /// Inode shown as the root of the mount (`--subdir`).
+    pub root: u64,
+}
+
+pub struct TesseraFs {
+    vfs: Arc<Vfs>,
+    ttls: CacheTtls,
+    /// The volume inode that the kernel sees as inode 1.
+    root: u64,
+}
+
+fn errno(e: VfsError) -> Errno {
+    debug!(errno = e.errno, reason = %e.reason, "request failed");
+    Errno::from_i32(e.errno)
+}
+
+fn to_time(secs: i64, nsec: u32) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(u64::from(nsec))
+    }
+}
+
+fn from_time(t: TimeOrNow) -> Option<(i64, u32)> {
+    match t {
+        TimeOrNow::Now => None,
+        TimeOrNow::SpecificTime(t) => Some(match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+            Err(e) => {
+                let d = e.duration();
+                let (mut s, mut ns) = (-(d.as_secs() as i64), d.subsec_nanos());
+                if ns > 0 {
+                    s -= 1;
+                    ns = 1_000_000_000 - ns;
+                }
+                (s, ns)
+            }
+        }),
+    }
+}
+
+fn kind(t: tessera_meta::FileType) -> FileType {
+    use tessera_meta::FileType as T;
+    match t {
+        T::File => FileType::RegularFile,
+        T::Dir => FileType::Directory,
+        T::Symlink => FileType::Symlink,
+        T::Fifo => FileType::NamedPipe,
+        T::BlockDev => FileType::BlockDevice,
+        T::CharDev => FileType::CharDevice,
+        T::Socket => FileType::Socket,
+    }
+}
+
+fn file_attr(ino: u64, a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: a.length,
+        blocks: a.length.div_ceil(512),
+        atime: to_time(a.atime, a.atime_ns),
+        mtime: to_time(a.mtime, a.mtime_ns),
+        ctime: to_time(a.ctime, a.ctime_ns),
+        crtime: to_time(a.ctime, a.ctime_ns),
+        kind: kind(a.typ),
+        perm: a.mode,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn ctx(req: &Request) -> Ctx {
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+impl TesseraFs {
+    pub fn new(vfs: Arc<Vfs>, ttls: CacheTtls, root: u64) -> Self {
+        TesseraFs { vfs, ttls, root }
+    }
+
+    /// Kernel inode to volume inode.
+    fn i(&self, ino: INodeNo) -> u64 {
+        if ino.0 == 1 {
+            self.root
+        } else {
+            ino.0
+        }
+    }
+
+    /// Volume inode to kernel inode.
+    fn o(&self, ino: u64) -> u64 {
+        if ino == self.root {
+            1
+        } else {
+            ino
+        }
+    }
+
+    fn entry_ttl(&self, a: &Attr) -> Duration {
+        if a.typ == tessera_meta::FileType::Dir {
+            self.ttls.dir_entry
+        } else {
+            self.ttls.entry
+        }
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, r: tessera_vfs::Result<(u64, Attr)>) {
+        match r {
+            Ok((ino, a)) => reply.entry_with_ttls(&self.ttls.attr, &self.entry_ttl(&a), &file_attr(self.o(ino), &a), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+fn empty(reply: ReplyEmpty, r: tessera_vfs::Result<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+impl Filesystem for TesseraFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        let wanted = InitFlags::FUSE_POSIX_LOCKS
+            | InitFlags::FUSE_FLOCK_LOCKS
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_BIG_WRITES
+            | InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_MAX_PAGES;
+        let available = wanted & config.capabilities();
+        let _ = config.add_capabilities(available);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.reply_entry(reply, self.vfs.lookup(self.i(parent), name.as_bytes()));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.vfs.getattr(self.i(ino)) {
+            Ok(a) => reply.attr(&self.ttls.attr, &file_attr(self.o(self.i(ino)), &a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            atime: atime.map(from_time),
+            mtime: mtime.map(from_time),
+        };
+        match self.vfs.setattr(self.i(ino), &set, size) {
+            Ok(a) => reply.attr(&self.ttls.attr, &file_attr(self.o(self.i(ino)), &a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.vfs.readlink(self.i(ino)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        self.reply_entry(reply, self.vfs.mknod(&ctx(req), self.i(parent), name.as_bytes(), mode, rdev));
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        self.reply_entry(reply, self.vfs.mkdir(&ctx(req), self.i(parent), name.as_bytes(), mode));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.vfs.unlink(self.i(parent), name.as_bytes()));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.vfs.rmdir(self.i(parent), name.as_bytes()));
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        self.reply_entry(reply, self.vfs.symlink(&ctx(req), self.i(parent), link_name.as_bytes(), target.as_os_str().as_bytes()));
+    }
+
+    fn rename(&self, _req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
+        empty(reply, self.vfs.rename(self.i(parent), name.as_bytes(), self.i(newparent), newname.as_bytes(), flags.bits()));
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.reply_entry(reply, self.vfs.link(self.i(ino), self.i(newparent), newname.as_bytes()).map(|a| (self.i(ino), a)));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.vfs.open(self.i(ino), flags.0) {
+            Ok((fh, _)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock_owner: Option<LockOwner>, reply: ReplyData) {
+        match self.vfs.read(self.i(ino), fh.0, offset, size as usize) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8], _write_flags: WriteFlags, _flags: OpenFlags, _lock_owner: Option<LockOwner>, reply: ReplyWrite) {
+        match self.vfs.write(self.i(ino), fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        empty(reply, self.vfs.flush(self.i(ino), fh.0, lock_owner.0));
+    }
+
+    fn release(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, lock_owner: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+        if let Some(owner) = lock_owner {
+            // A flock held through this file goes with its last descriptor.
+            let _ = self.vfs.setlk(self.i(ino), owner.0, 0, libc::F_UNLCK, 0, u64::MAX, false);
+        }
+        empty(reply, self.vfs.release(self.i(ino), fh.0, None));
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        empty(reply, self.vfs.fsync(self.i(ino)));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.vfs.opendir(self.i(ino)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let h = match self.vfs.readdir(fh.0) {
+            Ok(h) => h,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let entries = h.entries.as_deref().unwrap_or_default();
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(self.o(e.ino)), i as u64 + 1, kind(e.typ), OsStr::from_bytes(&e.name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.vfs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.vfs.statfs() {
+            Ok(s) => {
+                let bsize = 4096u64;
+                reply.statfs(
+                    s.total_space / bsize,
+                    s.avail_space / bsize,
+                    s.avail_space / bsize,
+                    s.used_inodes + s.avail_inodes,
+                    s.avail_inodes,
+                    bsize as u32,
+                    255,
+                    bsize as u32,
+                )
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        empty(reply, self.vfs.setxattr(self.i(ino), name.as_bytes(), value, flags));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.vfs.getxattr(self.i(ino), name.as_bytes()) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.vfs.listxattr(self.i(ino)) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                if size == 0 {
+                    reply.size(buf.len() as u32)
+                } else if buf.len() > size as usize {
+                    reply.error(Errno::ERANGE)
+                } else {
+                    reply.data(&buf)
+                }
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.vfs.removexattr(self.i(ino), name.as_bytes()));
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+        match self.vfs.create(&ctx(req), self.i(parent), name.as_bytes(), mode, flags) {
+            Ok((ino, a, fh)) => reply.created(&self.entry_ttl(&a), &file_attr(self.o(ino), &a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn getlk(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32, reply: ReplyLock) {
+        match self.vfs.getlk(self.i(ino), lock_owner.0, typ, start, end) {
+            Ok(Some(l)) => reply.locked(l.start, l.end, l.typ, l.pid),
+            Ok(None) => reply.locked(start, end, libc::F_UNLCK, pid),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setlk(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32, sleep: bool, reply: ReplyEmpty) {
+        empty(reply, self.vfs.setlk(self.i(ino), lock_owner.0, pid, typ, start, end, sleep));
+    }
+
+    fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        empty(reply, self.vfs.fallocate(self.i(ino), mode, offset, length));
+    }
+
+    fn copy_file_range(&self, _req: &Request, ino_in: INodeNo, _fh_in: FileHandle, offset_in: u64, ino_out: INodeNo, _fh_out: FileHandle, offset_out: u64, len: u64, _flags: CopyFileRangeFlags, reply: ReplyWrite) {
+        match self.vfs.copy_file_range(self.i(ino_in), offset_in, self.i(ino_out), offset_out, len) {
+            Ok(n) => reply.written(n.min(u64::from(u32::MAX)) as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+/// Mount and serve until unmounted. Blocks the calling thread.
+pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, config: &MountConfig) -> std::io::Result<()> {
+    let mut options = vec![
+        MountOption::FSName(config.fs_name.clone()),
+        MountOption::Subtype("tessera".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if config.read_only {
+        options.push(MountOption::RO);
+    }
+    for o in &config.options {
+        options.push(match o.as_str() {
+            "ro" => MountOption::RO,
+            "noatime" => MountOption::NoAtime,
+            "nodev" => MountOption::NoDev,
+            "nosuid" => MountOption::NoSuid,
+            "noexec" => MountOption::NoExec,
+            "dirsync" => MountOption::DirSync,
+            "sync" => MountOption::Sync,
+            other => MountOption::CUSTOM(other.to_string()),
+        });
+    }
+    let mut cfg = Config::default();
+    cfg.mount_options = options;
+    cfg.acl = if nix_is_root() { SessionACL::All } else { SessionACL::Owner };
+    cfg.n_threads = Some(config.threads.max(1));
+    cfg.clone_fd = true;
+    let fs = TesseraFs::new(vfs, config.ttls, config.root);
+    fuser::mount(fs, mountpoint, &cfg)
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,118 @@
+//! `tessera format`: create a volume after checking its object storage.
+
+use anyhow::{anyhow, Context, Result};
+use tessera_meta::{Compression, Format, Meta, MetaConfig};
+
+use crate::common::{new_uuid, parse_size, StorageFlags};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Metadata engine URL, e.g. sqlite:///var/lib/tessera/meta.db
+    pub meta_url: String,
+    /// Volume name (letters, digits, '-' and '_'; 3 to 63 characters).
+    pub name: String,
+    /// Object storage URL: file:///dir, s3://bucket[/prefix], oss://, gs://, azblob://
+    #[arg(long)]
+    pub storage: Option<String>,
+    /// Block size; a bare number is KiB (default 4M).
+    #[arg(long, default_value = "4M")]
+    pub block_size: String,
+    /// Block compression: none, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    pub compress: String,
+    /// Days deleted files stay in the trash (0 disables it).
+    #[arg(long, default_value_t = 1)]
+    pub trash_days: u32,
+    /// Capacity reported to df; a bare number is GiB (0 = unlimited).
+    #[arg(long, default_value = "0")]
+    pub capacity: String,
+    /// Inode limit reported to df (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub inodes: u64,
+    #[command(flatten)]
+    pub storage_flags: StorageFlags,
+}
+
+/// Write, read back and delete a probe object, so that a bad bucket or
+    /// credentials fail before anything is written.
+fn probe_storage(rt: &tokio::runtime::Runtime, store: &tessera_object::DynStore, name: &str) -> Result<()> {
+        let key = format!("{name}/.tessera-probe");
+        let body = bytes::Bytes::from_static(b"tessera storage probe");
+        rt.block_on(async {
+            store.put(&key, body.clone()).await?;
+            let back = store.get(&key, None).await?;
+            if back != body {
+                return Err(anyhow!("object storage returned different bytes for {key}"));
+            }
+            store.delete(&key).await?;
+            Ok(())
+        })
+        .map_err(|e: anyhow::Error| anyhow!("object storage {} is not usable: {e:#}", store.describe()))
+}
+
+fn valid_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if !valid_name(&a.name) {
+        return Err(anyhow!(
+            "invalid volume name {:?}: use 3 to 63 letters, digits, '-' or '_'",
+            a.name
+        ));
+    }
+    let compression: Compression = a.compress.parse().map_err(|e: String| anyhow!(e))?;
+    let block_size = crate::common::parse_size(&a.block_size, 1 << 10)?;
+    if !(64 << 10..=16 << 20).contains(&block_size) || !block_size.is_power_of_two() {
+        return Err(anyhow!(
+            "invalid block size {}: use a power of two between 64K and 16M",
+            a.block_size
+        ));
+    }
+    let storage = match a.storage {
+        Some(s) => s,
+        None => {
+            let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+            let dir = format!("{home}/.tessera/local");
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {dir}"))?;
+            format!("file://{dir}")
+        }
+    };
+    let options = a.storage_flags.options();
+    if let Some(dir) = storage.strip_prefix("file://") {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the storage directory {dir}"))?;
+    }
+    let store = tessera_object::open_store(&storage, &options)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    probe_storage(&rt, &store, &a.name)?;
+
+    let engine = tessera_meta::open_engine(&a.meta_url).map_err(|e| anyhow!("cannot reach the metadata engine: {e}"))?;
+    let meta = Meta::new(engine, MetaConfig::default());
+    let uuid = match meta.load() {
+        Ok(existing) => existing.uuid,
+        Err(_) => new_uuid()?,
+    };
+    let format = Format {
+        name: a.name.clone(),
+        uuid,
+        storage: storage.clone(),
+        block_size: block_size as u32,
+        compression,
+        trash_days: a.trash_days,
+        capacity: parse_size(&a.capacity, 1 << 30)?,
+        inodes: a.inodes,
+        version: Format::VERSION,
+    };
+    let created = meta.init(&format)?;
+    let settings = meta.format()?;
+    let mirror = serde_json::to_vec_pretty(&settings)?;
+    rt.block_on(store.put(&format!("{}/tessera.json", a.name), bytes::Bytes::from(mirror)))
+        .map_err(|e| anyhow!("volume created, but mirroring its settings to the bucket failed: {e}"))?;
+    if created {
+        println!("formatted volume {:?} (uuid {}) on {} with metadata in {}", settings.name, settings.uuid, store.describe(), crate::common::redact(&a.meta_url));
+    } else {
+        println!("volume {:?} already exists with these settings; nothing changed", settings.name);
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! `tessera status`: volume settings, live sessions and usage.
+
+use anyhow::Result;
+use tessera_meta::MetaConfig;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    pub meta_url: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let (meta, format) = crate::common::open_volume(&a.meta_url, MetaConfig::default())?;
+    let sessions = meta.list_sessions()?;
+    let usage = meta.statfs()?;
+    let used = usage.total_space - usage.avail_space;
+    if a.json {
+        let v = serde_json::json!({
+            "setting": format,
+            "sessions": sessions,
+            "usage": { "used_bytes": used, "inodes": usage.used_inodes },
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("volume      {}", format.name);
+    println!("uuid        {}", format.uuid);
+    println!("storage     {}", format.storage);
+    println!("block size  {} KiB", format.block_size >> 10);
+    println!("compression {:?}", format.compression);
+    println!("trash days  {}", format.trash_days);
+    println!("used        {} bytes in {} inodes", used, usage.used_inodes);
+    println!("sessions    {}", sessions.len());
+    let now = tessera_meta::now().0;
+    for s in sessions {
+        println!("  #{} {}:{} pid {} version {} (heartbeat {}s ago)", s.sid, s.host, s.mountpoint, s.pid, s.version, now - s.heartbeat);
+    }
+    Ok(())
+}

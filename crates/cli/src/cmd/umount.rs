@@ -1,0 +1,51 @@
+//! `tessera umount`: unmount a mounted volume.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    pub mountpoint: PathBuf,
+    /// Detach even if busy (lazy unmount).
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if !crate::common::is_mounted(&a.mountpoint) {
+        return Err(anyhow!("{} is not a mount point", a.mountpoint.display()));
+    }
+    unmount(&a.mountpoint, a.force)?;
+    // Wait for the mount process to let go, so the next mount can start.
+    for _ in 0..100 {
+        if !crate::common::is_mounted(&a.mountpoint) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+pub fn unmount(path: &std::path::Path, force: bool) -> Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let flags = if force { libc::MNT_DETACH } else { 0 };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EBUSY) {
+        return Err(anyhow!("{} is busy: close the files open there, or use --force", path.display()));
+    }
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if force {
+        cmd.arg("-z");
+    }
+    let status = cmd.arg(path).status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(anyhow!("cannot unmount {}: {err}", path.display())),
+    }
+}

@@ -1,0 +1,174 @@
+//! Helpers shared by subcommands: logging, storage flags, opening a volume,
+//! size parsing and mount-table lookups.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use tessera_meta::{Format, Meta, MetaConfig, MetaError};
+use tessera_object::StorageOptions;
+
+pub fn init_logging(debug: bool) {
+    let filter = std::env::var("TESSERA_LOG").unwrap_or_else(|_| {
+        if debug { "debug,fuser=info" } else { "info,fuser=warn,opendal=warn" }.to_string()
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Storage connection flags; unset ones fall back to the AWS environment.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct StorageFlags {
+    /// Object store endpoint, e.g. http://127.0.0.1:9000 [env: AWS_ENDPOINT_URL]
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Region [env: AWS_REGION]
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Access key [env: AWS_ACCESS_KEY_ID]
+    #[arg(long)]
+    pub access_key: Option<String>,
+    /// Secret key [env: AWS_SECRET_ACCESS_KEY]
+    #[arg(long)]
+    pub secret_key: Option<String>,
+    /// Use virtual-host style bucket addressing instead of path style.
+    #[arg(long)]
+    pub virtual_host_style: bool,
+}
+
+impl StorageFlags {
+    pub fn options(&self) -> StorageOptions {
+        StorageOptions {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+            virtual_host_style: self.virtual_host_style,
+        }
+        .or(StorageOptions::from_env())
+    }
+}
+
+/// Open the metadata engine of a URL and load the volume settings, with
+/// messages that say what to do.
+pub fn open_volume(meta_url: &str, config: MetaConfig) -> Result<(Arc<Meta>, Format)> {
+    let engine = tessera_meta::open_engine(meta_url).map_err(|e| anyhow!("cannot reach the metadata engine: {e}"))?;
+    let meta = Arc::new(Meta::new(engine, config));
+    match meta.load() {
+        Ok(f) => Ok((meta, f)),
+        Err(MetaError::NotFormatted) => Err(anyhow!(
+            "no volume is formatted at {}: run `tessera format {} NAME --storage URL` first",
+            redact(meta_url),
+            meta_url
+        )),
+        Err(e) => Err(anyhow!("cannot load the volume settings from {}: {e}", redact(meta_url))),
+    }
+}
+
+/// A metadata URL without its password.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:****{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Parse a size with an optional unit (K, M, G, T, with or without "iB");
+/// a bare number is taken in `bare_unit` bytes.
+pub fn parse_size(s: &str, bare_unit: u64) -> Result<u64> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: f64 = num.parse().map_err(|_| anyhow!("invalid size {s:?}: expected a number with an optional unit, like 512M or 4G"))?;
+    let mult = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" if unit.trim().is_empty() => bare_unit,
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        "P" => 1 << 50,
+        other => return Err(anyhow!("invalid size {s:?}: unknown unit {other:?} (use K, M, G, T)")),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+/// One line of /proc/self/mountinfo that matters here.
+#[derive(Debug, Clone)]
+pub struct MountEntry {
+    pub mountpoint: PathBuf,
+    pub fstype: String,
+    pub source: String,
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+pub fn mounts() -> Vec<MountEntry> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mountpoint = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            let fstype = r.next()?;
+            let source = r.next().unwrap_or("");
+            Some(MountEntry {
+                mountpoint: PathBuf::from(unescape(mountpoint)),
+                fstype: fstype.to_string(),
+                source: unescape(source),
+            })
+        })
+        .collect()
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(canon) = path.canonicalize() else {
+        return false;
+    };
+    mounts().iter().any(|m| m.mountpoint == canon)
+}
+
+/// A random UUID (version 4) from the kernel's random source.
+pub fn new_uuid() -> Result<String> {
+    let mut b = [0u8; 16];
+    let mut f = std::fs::File::open("/dev/urandom").context("open /dev/urandom")?;
+    std::io::Read::read_exact(&mut f, &mut b).context("read /dev/urandom")?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_units_and_bare_numbers() {
+        assert_eq!(parse_size("512M", 1 << 20).expect("M"), 512 << 20);
+        assert_eq!(parse_size("4GiB", 1 << 20).expect("GiB"), 4 << 30);
+        assert_eq!(parse_size("100", 1 << 20).expect("bare"), 100 << 20);
+        assert_eq!(parse_size("4096", 1 << 10).expect("bare KiB"), 4 << 20);
+        assert!(parse_size("12X", 1).expect_err("unit").to_string().contains("unknown unit"));
+        assert!(parse_size("abc", 1).is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("redis://u:secret@h:6379/1"), "redis://u:****@h:6379/1");
+        assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+}

@@ -1,0 +1,154 @@
+//! Helpers for tests that run the real `tessera` binary and mount volumes
+//! through the kernel.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tessera")
+}
+
+pub fn tessera(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("run tessera")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A formatted volume in a temporary directory: SQLite metadata, a local
+/// directory as object store.
+pub struct Volume {
+    pub dir: tempfile::TempDir,
+    pub meta_url: String,
+    pub storage: String,
+}
+
+impl Volume {
+    pub fn new(name: &str) -> Volume {
+        Self::with_storage(name, None, &[])
+    }
+
+    pub fn with_storage(name: &str, storage: Option<&str>, extra: &[&str]) -> Volume {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta_url = format!("sqlite://{}/meta.db", dir.path().display());
+        let storage = storage
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("file://{}/objects", dir.path().display()));
+        let mut args = vec!["format", &meta_url, name, "--storage", &storage];
+        args.extend_from_slice(extra);
+        let out = tessera(&args);
+        assert!(out.status.success(), "format failed: {}", stderr(&out));
+        Volume { dir, meta_url, storage }
+    }
+
+    pub fn mount(&self, name: &str) -> Mount {
+        self.mount_with(name, &[])
+    }
+
+    pub fn mount_with(&self, name: &str, extra: &[&str]) -> Mount {
+        let mountpoint = self.dir.path().join(name);
+        std::fs::create_dir_all(&mountpoint).expect("mkdir mountpoint");
+        Mount::start(&self.meta_url, &mountpoint, extra)
+    }
+}
+
+pub fn is_mounted(p: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let p = p.to_string_lossy();
+    text.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
+}
+
+/// A foreground `tessera mount` child; unmounted and reaped on drop.
+pub struct Mount {
+    pub path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mount {
+    pub fn start(meta_url: &str, mountpoint: &Path, extra: &[&str]) -> Mount {
+        let path = mountpoint.canonicalize().expect("canonical mountpoint");
+        let mut child = Command::new(bin())
+            .arg("mount")
+            .arg(meta_url)
+            .arg(&path)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mount");
+        let start = Instant::now();
+        while !is_mounted(&path) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("mount exited early with {status}");
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "mount did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mount { path, child: Some(child) }
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Unmount and wait for the mount process to exit cleanly.
+    pub fn unmount(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let out = tessera(&["umount", &self.path.to_string_lossy()]);
+        if !out.status.success() {
+            let _ = tessera(&["umount", "--force", &self.path.to_string_lossy()]);
+        }
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                assert!(status.success() || std::thread::panicking(), "mount exited with {status}");
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so checksums are stable.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A 64-bit FNV-1a digest, enough to compare file contents.
+pub fn digest(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+}

@@ -1,0 +1,160 @@
+//! Integration tests that mount real volumes through the kernel.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use common::{digest, pseudo_random, Volume};
+
+fn cpath(p: &std::path::Path) -> CString {
+    CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL in path")
+}
+
+#[test]
+fn posix_basics_through_the_kernel() {
+    let vol = Volume::new("basics");
+    let m = vol.mount("mnt");
+    let a = m.join("a.txt");
+    fs::write(&a, b"hello tessera").expect("write");
+    assert_eq!(fs::read(&a).expect("read"), b"hello tessera");
+
+    // append, overwrite in the middle, truncate both ways
+    let mut f = fs::OpenOptions::new().append(true).open(&a).expect("open append");
+    f.write_all(b"!").expect("append");
+    drop(f);
+    let mut f = fs::OpenOptions::new().write(true).open(&a).expect("open rw");
+    f.seek(SeekFrom::Start(6)).expect("seek");
+    f.write_all(b"TESS").expect("overwrite");
+    f.set_len(20).expect("grow");
+    drop(f);
+    let got = fs::read(&a).expect("read");
+    assert_eq!(&got[..14], b"hello TESSera!");
+    assert_eq!(&got[14..], &[0u8; 6]);
+    fs::OpenOptions::new().write(true).open(&a).expect("open").set_len(5).expect("shrink");
+    assert_eq!(fs::read(&a).expect("read"), b"hello");
+
+    // rename, hard link, symlink
+    fs::create_dir(m.join("dir")).expect("mkdir");
+    fs::rename(&a, m.join("dir/b.txt")).expect("rename");
+    assert!(!a.exists());
+    fs::hard_link(m.join("dir/b.txt"), m.join("link")).expect("link");
+    assert_eq!(fs::metadata(m.join("link")).expect("stat").nlink(), 2);
+    std::os::unix::fs::symlink("dir/b.txt", m.join("sym")).expect("symlink");
+    assert_eq!(fs::read_link(m.join("sym")).expect("readlink").to_str(), Some("dir/b.txt"));
+    assert_eq!(fs::read(m.join("sym")).expect("read via symlink"), b"hello");
+    fs::set_permissions(m.join("link"), fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert_eq!(fs::metadata(m.join("dir/b.txt")).expect("stat").mode() & 0o777, 0o600);
+    let mut names: Vec<_> = fs::read_dir(m.join("dir")).expect("readdir").map(|e| e.expect("entry").file_name()).collect();
+    names.sort();
+    assert_eq!(names, vec!["b.txt"]);
+    assert_eq!(fs::remove_dir(m.join("dir")).expect_err("not empty").raw_os_error(), Some(libc::ENOTEMPTY));
+
+    // extended attributes
+    let p = cpath(&m.join("link"));
+    let (name, value) = (c"user.model", b"llama");
+    // SAFETY: valid C strings and buffers for the duration of each call.
+    unsafe {
+        assert_eq!(libc::setxattr(p.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0), 0);
+        let mut buf = [0u8; 64];
+        let n = libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len());
+        assert_eq!(&buf[..n as usize], value);
+        let n = libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len());
+        assert_eq!(&buf[..n as usize], b"user.model\0");
+        assert_eq!(libc::removexattr(p.as_ptr(), name.as_ptr()), 0);
+        assert_eq!(libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()), -1);
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENODATA));
+    }
+
+    // flock: exclusive between two open files
+    let f1 = fs::File::open(m.join("link")).expect("open 1");
+    let f2 = fs::File::open(m.join("link")).expect("open 2");
+    // SAFETY: flock on valid descriptors.
+    unsafe {
+        assert_eq!(libc::flock(f1.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB), 0);
+        assert_eq!(libc::flock(f2.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB), -1);
+        assert_eq!(libc::flock(f1.as_raw_fd(), libc::LOCK_UN), 0);
+        assert_eq!(libc::flock(f2.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB), 0);
+    }
+    drop((f1, f2));
+
+    // unlink while open keeps the data readable
+    let mut f = fs::File::open(m.join("link")).expect("open");
+    fs::remove_file(m.join("link")).expect("unlink");
+    fs::remove_file(m.join("dir/b.txt")).expect("unlink");
+    let mut s = String::new();
+    f.read_to_string(&mut s).expect("read unlinked");
+    assert_eq!(s, "hello");
+    drop(f);
+    fs::remove_dir(m.join("dir")).expect("rmdir");
+    let st = nix_statvfs(&m.path);
+    assert!(st > 0, "statfs reports capacity");
+    m.unmount();
+}
+
+fn nix_statvfs(p: &std::path::Path) -> u64 {
+    let c = cpath(p);
+    // SAFETY: zeroed statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-parameter.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_blocks
+}
+
+#[test]
+fn hundred_mib_survives_remount() {
+    let vol = Volume::new("bigfile");
+    let data = pseudo_random(100 << 20, 42);
+    let want = digest(&data);
+    {
+        let m = vol.mount("mnt");
+        let mut f = fs::File::create(m.join("model.bin")).expect("create");
+        for part in data.chunks(1 << 20) {
+            f.write_all(part).expect("write");
+        }
+        f.sync_all().expect("fsync");
+        drop(f);
+        m.unmount();
+    }
+    let m = vol.mount("mnt");
+    let back = fs::read(m.join("model.bin")).expect("read back");
+    assert_eq!(back.len(), data.len());
+    assert_eq!(digest(&back), want, "identical bytes after remount");
+    let status = common::tessera(&["status", &vol.meta_url]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("sessions    1"));
+    let info = common::tessera(&["info", &m.join("model.bin").to_string_lossy()]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("size    104857600"), "{text}");
+    assert!(text.contains("bigfile/chunks/"), "{text}");
+}
+
+#[test]
+fn two_mounts_of_one_sqlite_volume() {
+    let vol = Volume::new("shared");
+    let a = vol.mount_with("a", &["--attr-cache", "0", "--entry-cache", "0", "--dir-entry-cache", "0"]);
+    let b = vol.mount_with("b", &["--attr-cache", "0", "--entry-cache", "0", "--dir-entry-cache", "0"]);
+    let data = pseudo_random(5 << 20, 7);
+    fs::write(a.join("weights.bin"), &data).expect("write in a");
+    assert_eq!(digest(&fs::read(b.join("weights.bin")).expect("read in b")), digest(&data));
+    fs::create_dir(b.join("from-b")).expect("mkdir in b");
+    assert!(a.join("from-b").is_dir(), "a sees b's directory");
+    let status = common::tessera(&["status", &vol.meta_url]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("sessions    2"));
+}
+
+#[test]
+fn subdir_and_read_only_mounts() {
+    let vol = Volume::new("subdirs");
+    {
+        let m = vol.mount("mnt");
+        fs::create_dir_all(m.join("models/llama")).expect("mkdir");
+        fs::write(m.join("models/llama/config.json"), b"{}").expect("write");
+    }
+    let ro = vol.mount_with("ro", &["--subdir", "models", "--read-only"]);
+    assert_eq!(fs::read(ro.join("llama/config.json")).expect("read"), b"{}");
+    let err = fs::write(ro.join("new"), b"x").expect_err("read-only");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+}
