@@ -38,6 +38,11 @@ pub enum ChunkError {
 }
 
 impl ChunkError {
+    /// A block that should exist is gone: the records it came from are stale.
+    pub fn is_missing_block(&self) -> bool {
+        matches!(self, ChunkError::Object(ObjectError::NotFound(_)))
+    }
+
     pub fn errno(&self) -> i32 {
         match self {
             ChunkError::Meta(e) => e.errno(),
@@ -284,18 +289,20 @@ impl ChunkStore {
         Ok(pending.len())
     }
 
-    /// Rewrite a fragmented chunk's visible bytes as one slice and swap it in.
-    pub fn compact(&self, ino: Ino, index: u32) -> Result<bool> {
+    /// Rewrite a fragmented chunk's visible bytes as one slice and swap it
+    /// in. Returns the replaced slices, which the caller deletes once no
+    /// cached record list points at them; None when nothing changed.
+    pub fn compact(&self, ino: Ino, index: u32) -> Result<Option<Vec<(u64, u64)>>> {
         let raw = self.meta.read_chunk_raw(ino, index)?;
         let records = SliceRecord::decode_all(&raw).map_err(ChunkError::Meta)?;
         if records.len() < 2 {
-            return Ok(false);
+            return Ok(None);
         }
         let segs = tessera_meta::slice::visible_segments(&records);
         let end = segs.iter().map(|s| s.end()).max().unwrap_or(0);
         let start = segs.iter().filter(|s| !s.record.is_hole()).map(|s| s.pos).min().unwrap_or(end);
         if segs.iter().any(|s| s.record.kind == SliceKind::External) {
-            return Ok(false);
+            return Ok(None);
         }
         let mut replacement = Vec::new();
         let mut new_slice = None;
@@ -318,14 +325,13 @@ impl ChunkStore {
         match self.meta.replace_chunk_prefix(ino, index, &raw, &replacement)? {
             Some(freed) => {
                 debug!(ino, index, records = records.len(), freed = freed.len(), "compacted chunk");
-                self.delete_slices(&freed);
-                Ok(true)
+                Ok(Some(freed))
             }
             None => {
                 if let Some(s) = new_slice {
                     self.delete_slices(&[s]);
                 }
-                Ok(false)
+                Ok(None)
             }
         }
     }

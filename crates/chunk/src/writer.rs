@@ -232,9 +232,10 @@ impl FileWriter {
                 uploads.append(&mut s.uploads);
                 records.push((s.chunk, s.record()));
             }
+            let length = dirty.iter().map(|s| s.file_offset() + u64::from(s.len)).max().unwrap_or(0);
             st.flushing = dirty;
             st.buffered = 0;
-            (uploads, records, st.length)
+            (uploads, records, length)
         };
         let _span = tracing::debug_span!("flush", ino = self.ino, slices = records.len()).entered();
         let mut result = Ok(());
@@ -254,6 +255,8 @@ impl FileWriter {
         });
         let mut st = self.state.lock().map_err(|_| poisoned())?;
         st.flushing.clear();
+        // Only writes that arrived during the flush are still buffered.
+        st.length = st.dirty.iter().map(|s| s.file_offset() + u64::from(s.len)).max().unwrap_or(0);
         match committed {
             Ok((_, most)) => {
                 debug!(ino = self.ino, most, "committed slices");

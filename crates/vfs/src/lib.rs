@@ -86,14 +86,42 @@ pub struct OpenFile {
     pub writer: FileWriter,
     handles: AtomicU64,
     /// Slice records per chunk, refreshed at open and after our own commits.
-    records: Mutex<HashMap<u32, Arc<Vec<SliceRecord>>>>,
+    records: Mutex<RecordCache>,
+}
+
+/// Cached slice records. The generation moves on every invalidation, so a
+/// load that raced with a change is not cached.
+#[derive(Default)]
+struct RecordCache {
+    generation: u64,
+    chunks: HashMap<u32, Arc<Vec<SliceRecord>>>,
 }
 
 impl OpenFile {
     fn invalidate(&self) {
         if let Ok(mut r) = self.records.lock() {
-            r.clear();
+            r.generation += 1;
+            r.chunks.clear();
         }
+    }
+
+    fn chunk_records(&self, meta: &Meta, ino: Ino, index: u32) -> tessera_meta::Result<Arc<Vec<SliceRecord>>> {
+        let generation = match self.records.lock() {
+            Ok(r) => {
+                if let Some(c) = r.chunks.get(&index) {
+                    return Ok(c.clone());
+                }
+                r.generation
+            }
+            Err(_) => 0,
+        };
+        let loaded = Arc::new(meta.read_chunk(ino, index)?);
+        if let Ok(mut r) = self.records.lock() {
+            if r.generation == generation {
+                r.chunks.insert(index, loaded.clone());
+            }
+        }
+        Ok(loaded)
     }
 }
 
@@ -206,17 +234,16 @@ impl Vfs {
                 return;
             }
             match work {
-                Ok(Work::Compact(ino, index)) => {
-                    match self.chunks.compact(ino, index) {
-                        Ok(true) => {
-                            if let Some(of) = self.open_file(ino) {
-                                of.invalidate();
-                            }
+                Ok(Work::Compact(ino, index)) => match self.chunks.compact(ino, index) {
+                    Ok(Some(freed)) => {
+                        if let Some(of) = self.open_file(ino) {
+                            of.invalidate();
                         }
-                        Ok(false) => {}
-                        Err(e) => warn!(ino, index, error = %e, "compaction failed"),
+                        self.chunks.delete_slices(&freed);
                     }
-                }
+                    Ok(None) => {}
+                    Err(e) => warn!(ino, index, error = %e, "compaction failed"),
+                },
                 Ok(Work::Clean) | Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Err(e) = self.chunks.clean_deleted_files() {
                         warn!(error = %e, "cleaning deleted files failed");
@@ -278,13 +305,6 @@ impl Vfs {
         self.open_files.lock().ok().and_then(|m| m.get(&ino).cloned())
     }
 
-    /// Attributes with the length of buffered writes folded in.
-    fn with_buffered(&self, ino: Ino, mut attr: Attr) -> Attr {
-        if let Some(of) = self.open_file(ino) {
-            attr.length = attr.length.max(of.writer.buffered_length());
-        }
-        attr
-    }
 
     fn freed(&self, r: &UnlinkResult) {
         if r.data_freed {
@@ -296,11 +316,23 @@ impl Vfs {
 
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<(Ino, Attr)> {
         let (ino, attr) = self.meta.lookup(parent, name)?;
-        Ok((ino, self.with_buffered(ino, attr)))
+        if self.open_file(ino).is_some() {
+            return Ok((ino, self.getattr(ino)?));
+        }
+        Ok((ino, attr))
     }
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
-        Ok(self.with_buffered(ino, self.meta.getattr(ino)?))
+        // Sample the buffer before metadata: a flush that commits in between
+        // then shows up in one or the other, never in neither.
+        let buffered = self.buffered_length(ino);
+        let mut attr = self.meta.getattr(ino)?;
+        attr.length = attr.length.max(buffered);
+        Ok(attr)
+    }
+
+    fn buffered_length(&self, ino: Ino) -> u64 {
+        self.open_file(ino).map(|of| of.writer.buffered_length()).unwrap_or(0)
     }
 
     pub fn setattr(&self, ino: Ino, set: &SetAttr, size: Option<u64>) -> Result<Attr> {
@@ -308,12 +340,10 @@ impl Vfs {
         if let Some(size) = size {
             self.truncate(ino, size)?;
         }
-        let attr = if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.atime.is_some() || set.mtime.is_some() {
-            self.meta.setattr(ino, set)?
-        } else {
-            self.meta.getattr(ino)?
-        };
-        Ok(self.with_buffered(ino, attr))
+        if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.atime.is_some() || set.mtime.is_some() {
+            self.meta.setattr(ino, set)?;
+        }
+        self.getattr(ino)
     }
 
     pub fn truncate(&self, ino: Ino, size: u64) -> Result<Attr> {
@@ -381,7 +411,8 @@ impl Vfs {
 
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
         self.writable()?;
-        Ok(self.with_buffered(ino, self.meta.link(ino, new_parent, new_name)?))
+        self.meta.link(ino, new_parent, new_name)?;
+        self.getattr(ino)
     }
 
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
@@ -434,6 +465,13 @@ impl Vfs {
         if attr.typ == FileType::Dir && is_write_open(flags) {
             return Err(VfsError::new(libc::EISDIR, "cannot open a directory for writing"));
         }
+        // The kernel hands O_TRUNC to open (atomic_o_trunc); truncating an
+        // empty file still updates its times, as POSIX asks.
+        let attr = if flags & libc::O_TRUNC != 0 && is_write_open(flags) && attr.typ == FileType::File {
+            self.truncate(ino, 0)?
+        } else {
+            attr
+        };
         let of = {
             let mut files = self.open_files.lock().map_err(|_| VfsError::new(libc::EIO, "open files lock poisoned"))?;
             files
@@ -442,7 +480,7 @@ impl Vfs {
                     Arc::new(OpenFile {
                         writer: FileWriter::new(ino, self.chunks.clone()),
                         handles: AtomicU64::new(0),
-                        records: Mutex::new(HashMap::new()),
+                        records: Mutex::new(RecordCache::default()),
                     })
                 })
                 .clone()
@@ -455,7 +493,8 @@ impl Vfs {
             of.invalidate();
         }
         let fh = self.new_handle(Handle::file(ino, flags));
-        Ok((fh, self.with_buffered(ino, attr)))
+        let length = attr.length.max(of.writer.buffered_length());
+        Ok((fh, Attr { length, ..attr }))
     }
 
     pub fn create(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32, flags: i32) -> Result<(Ino, Attr, u64)> {
@@ -469,23 +508,32 @@ impl Vfs {
         let _span = tracing::debug_span!("read", ino, off, size).entered();
         let of = self.open_file(ino).ok_or_else(|| VfsError::new(libc::EBADF, "file is not open"))?;
         self.handle(fh)?;
-        let attr = self.meta.getattr(ino)?;
-        let length = attr.length.max(of.writer.buffered_length());
+        let length = self.getattr(ino)?.length;
         if off >= length {
             return Ok(Vec::new());
         }
         let n = (size as u64).min(length - off) as usize;
         let mut buf = vec![0u8; n];
-        self.chunks.read_committed_with(off, &mut buf, &mut |index| {
-            if let Some(r) = of.records.lock().ok().and_then(|m| m.get(&index).cloned()) {
-                return Ok(r);
+        let mut attempt = 0;
+        loop {
+            let res = self
+                .chunks
+                .read_committed_with(off, &mut buf, &mut |index| Ok(of.chunk_records(&self.meta, ino, index)?));
+            match res {
+                // Compaction (here or in another mount) replaced the slices
+                // our cached records name: reload them and read again.
+                Err(e) if e.is_missing_block() && attempt < 3 => {
+                    debug!(ino, error = %e, "stale slice records, reloading");
+                    attempt += 1;
+                    of.invalidate();
+                    buf.fill(0);
+                }
+                other => {
+                    other?;
+                    break;
+                }
             }
-            let r = Arc::new(self.meta.read_chunk(ino, index)?);
-            if let Ok(mut m) = of.records.lock() {
-                m.insert(index, r.clone());
-            }
-            Ok(r)
-        })?;
+        }
         of.writer.overlay(off, &mut buf);
         Ok(buf)
     }
@@ -496,7 +544,7 @@ impl Vfs {
         let h = self.handle(fh)?;
         let of = self.open_file(ino).ok_or_else(|| VfsError::new(libc::EBADF, "file is not open"))?;
         let off = if h.flags & libc::O_APPEND != 0 {
-            self.meta.getattr(ino)?.length.max(of.writer.buffered_length())
+            self.getattr(ino)?.length
         } else {
             off
         };
