@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests, the metadata conformance suite, tests
+# that mount real volumes, the S3 path against a real S3-compatible server
+# (moto) on loopback, and the external suites pjdfstest, fsx and fio.
+#
+# Installs what it needs when missing (Debian packages, cargo tools, a
+# Python venv) into a cache outside the clone, starts servers on private
+# loopback ports and stops them (by PID) when it exits.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${TESSERA_CACHE:-$HOME/.cache/tessera-test}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
+mkdir -p "$cache"
+work=$(mktemp -d /tmp/tessera-test.XXXXXX)
+pids=()
+mounts=()
+passed=0
+failed=0
+failures=()
+
+cleanup() {
+    for m in "${mounts[@]}"; do
+        "$bin" umount "$m" >/dev/null 2>&1 || fusermount3 -uz "$m" >/dev/null 2>&1 || true
+    done
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+log() { printf '\n=== %s\n' "$*"; }
+record() { # name status
+    if [ "$2" = 0 ]; then passed=$((passed + 1)); echo "suite $1: ok"
+    else failed=$((failed + 1)); failures+=("$1"); echo "suite $1: FAILED"; fi
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+log "dependencies"
+need=()
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v fio >/dev/null || need+=(fio)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+[ -e /dev/fuse ] || { echo "/dev/fuse is missing: FUSE tests cannot run" >&2; exit 1; }
+id tests >/dev/null 2>&1 || as_root useradd -M -U tests
+getent group nogroup >/dev/null || as_root groupadd nogroup
+
+tools="$cache/tools"
+for tool in pjdfstest fsx; do
+    if [ ! -x "$tools/bin/$tool" ]; then
+        log "installing $tool"
+        cargo install --quiet --root "$tools" "$tool"
+    fi
+done
+export PATH="$tools/bin:$PATH"
+if [ ! -x "$cache/moto/bin/moto_server" ]; then
+    log "installing moto"
+    python3 -m venv "$cache/moto"
+    "$cache/moto/bin/pip" install --quiet 'moto[server]'
+fi
+
+log "build"
+cd "$root"
+cargo build --workspace --quiet
+bin="$CARGO_TARGET_DIR/debug/tessera"
+
+log "moto S3 server on loopback"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$cache/moto/bin/moto_server" -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+    "$cache/moto/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')" 2>/dev/null && break
+    sleep 0.2
+done
+"$cache/moto/bin/python" - "$port" <<'PY'
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", aws_access_key_id="test",
+                  aws_secret_access_key="test", region_name="us-east-1")
+s3.create_bucket(Bucket="tessera-test")
+PY
+
+log "cargo test (unit, conformance, mounted volumes, S3)"
+export TESSERA_TEST_S3_ENDPOINT="http://127.0.0.1:$port" TESSERA_TEST_S3_BUCKET=tessera-test
+set +e
+cargo test --workspace -- --include-ignored 2>&1 | tee "$work/cargo-test.log"
+rc=${PIPESTATUS[0]}
+set -e
+record "cargo test" "$rc"
+
+mount_volume() { # dir -> prints mountpoint
+    local d=$1
+    mkdir -p "$d/mnt"
+    "$bin" format "sqlite://$d/meta.db" suite --storage "file://$d/objects" >/dev/null
+    "$bin" mount "sqlite://$d/meta.db" "$d/mnt" -d --log "$d/mount.log" >/dev/null
+    mounts+=("$d/mnt")
+}
+
+log "pjdfstest"
+cat >"$work/pjdfstest.toml" <<'TOML'
+[features]
+posix_fallocate = {}
+utime_now = {}
+utimensat = {}
+
+[settings]
+naptime = 0.02
+
+[dummy_auth]
+entries = [["nobody", "nogroup"], ["tests", "tests"]]
+TOML
+mkdir -p "$work/local"
+(cd "$work/local" && pjdfstest -c "$work/pjdfstest.toml" -p "$work/local" >"$work/pjd-local.log" 2>&1 || true)
+mount_volume "$work/pjd"
+(cd "$work/pjd/mnt" && pjdfstest -c "$work/pjdfstest.toml" -p "$work/pjd/mnt" >"$work/pjd-tessera.log" 2>&1 || true)
+echo "local disk: $(grep '^Summary' "$work/pjd-local.log")"
+echo "tessera:    $(grep '^Summary' "$work/pjd-tessera.log")"
+awk '$NF == "ok" {print $1}' "$work/pjd-local.log" | sort >"$work/pjd-local.ok"
+awk '$NF == "ok" {print $1}' "$work/pjd-tessera.log" | sort >"$work/pjd-tessera.ok"
+grep -v '^#' tests/pjdfstest-known-failures.txt | awk 'NF {print $1}' | sort >"$work/pjd-known"
+comm -23 "$work/pjd-local.ok" "$work/pjd-tessera.ok" | comm -23 - "$work/pjd-known" >"$work/pjd-regressions"
+if [ -s "$work/pjd-regressions" ] || ! grep -q '^Summary' "$work/pjd-tessera.log"; then
+    echo "tests that pass on the local disk but not on Tessera (and are not in tests/pjdfstest-known-failures.txt):"
+    cat "$work/pjd-regressions"
+    grep -A3 FAILED "$work/pjd-tessera.log" | head -50 || true
+    record pjdfstest 1
+else
+    record pjdfstest 0
+fi
+
+log "fsx (100,000 operations)"
+set +e
+(cd "$work/pjd/mnt" && fsx -N 100000 -S 7 -q fsx.dat >"$work/fsx.log" 2>&1)
+rc=$?
+set -e
+tail -n 3 "$work/fsx.log"
+record fsx "$rc"
+
+log "fio with crc32c verification"
+set +e
+(cd "$work/pjd/mnt" && fio --name=verify --filename=fio.dat --size=64M --bs=4k --rw=randrw \
+    --ioengine=psync --verify=crc32c --do_verify=1 --verify_fatal=1 >"$work/fio.log" 2>&1)
+rc=$?
+set -e
+grep -E 'err=|verify:' "$work/fio.log" | head -n 5
+if [ "$rc" = 0 ] && grep -q 'err= 0' "$work/fio.log"; then record fio 0; else cat "$work/fio.log"; record fio 1; fi
+
+echo
+echo "suites: $passed passed, $failed failed"
+if [ "$failed" -gt 0 ]; then
+    echo "failed: ${failures[*]}"
+    exit 1
+fi
