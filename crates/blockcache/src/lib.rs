@@ -52,7 +52,9 @@ impl MemCache {
         match &found {
             Some(b) => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                self.stats.hit_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .hit_bytes
+                    .fetch_add(b.len() as u64, Ordering::Relaxed);
             }
             None => {
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
@@ -117,6 +119,9 @@ mod tests {
         assert_eq!(c.stats.hits.load(Ordering::Relaxed), 1);
         assert_eq!(c.stats.misses.load(Ordering::Relaxed), 1);
         c.insert("big", Bytes::from(vec![0u8; 11]));
-        assert!(c.get("big").is_none(), "a block larger than the cache is not kept");
+        assert!(
+            c.get("big").is_none(),
+            "a block larger than the cache is not kept"
+        );
     }
 }

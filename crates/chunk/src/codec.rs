@@ -35,7 +35,10 @@ mod tests {
         for c in [Compression::None, Compression::Lz4, Compression::Zstd] {
             let enc = encode(c, &data).expect("encode");
             if c != Compression::None {
-                assert!(enc.len() < data.len(), "{c:?} compresses a repetitive block");
+                assert!(
+                    enc.len() < data.len(),
+                    "{c:?} compresses a repetitive block"
+                );
             }
             assert_eq!(decode(c, enc, data.len()).expect("decode"), data);
         }

@@ -95,7 +95,12 @@ pub struct ChunkStore {
 }
 
 impl ChunkStore {
-    pub fn new(store: DynStore, meta: Arc<Meta>, rt: tokio::runtime::Handle, config: ChunkConfig) -> Arc<Self> {
+    pub fn new(
+        store: DynStore,
+        meta: Arc<Meta>,
+        rt: tokio::runtime::Handle,
+        config: ChunkConfig,
+    ) -> Arc<Self> {
         Arc::new(ChunkStore {
             cache: MemCache::new(config.mem_cache_size),
             store,
@@ -133,7 +138,10 @@ impl ChunkStore {
             return Ok(b);
         }
         let (flight, leader) = {
-            let mut map = self.inflight.lock().map_err(|_| ChunkError::Unsupported("inflight lock poisoned".into()))?;
+            let mut map = self
+                .inflight
+                .lock()
+                .map_err(|_| ChunkError::Unsupported("inflight lock poisoned".into()))?;
             match map.get(&key) {
                 Some(f) => (f.clone(), false),
                 None => {
@@ -145,13 +153,20 @@ impl ChunkStore {
         };
         if !leader {
             let (lock, cv) = &*flight;
-            let mut slot = lock.lock().map_err(|_| ChunkError::Unsupported("flight lock poisoned".into()))?;
+            let mut slot = lock
+                .lock()
+                .map_err(|_| ChunkError::Unsupported("flight lock poisoned".into()))?;
             while slot.is_none() {
-                slot = cv.wait(slot).map_err(|_| ChunkError::Unsupported("flight lock poisoned".into()))?;
+                slot = cv
+                    .wait(slot)
+                    .map_err(|_| ChunkError::Unsupported("flight lock poisoned".into()))?;
             }
             return match slot.as_ref() {
                 Some(Ok(b)) => Ok(b.clone()),
-                Some(Err(e)) => Err(ChunkError::Corrupt { key, reason: e.clone() }),
+                Some(Err(e)) => Err(ChunkError::Corrupt {
+                    key,
+                    reason: e.clone(),
+                }),
                 None => unreachable!("loop exits only once the slot is filled"),
             };
         }
@@ -178,9 +193,11 @@ impl ChunkStore {
     fn fetch_block(&self, key: &str, len: u64) -> Result<Bytes> {
         let _span = tracing::debug_span!("fetch_block", key).entered();
         let raw = self.rt.block_on(self.store.get(key, None))?;
-        let data = codec::decode(self.config.compression, raw, len as usize).map_err(|reason| ChunkError::Corrupt {
-            key: key.to_string(),
-            reason,
+        let data = codec::decode(self.config.compression, raw, len as usize).map_err(|reason| {
+            ChunkError::Corrupt {
+                key: key.to_string(),
+                reason,
+            }
         })?;
         if data.len() as u64 != len {
             return Err(ChunkError::Corrupt {
@@ -194,9 +211,11 @@ impl ChunkStore {
     /// Store one block (compressing it as the volume says).
     pub async fn put_block(&self, id: u64, index: u64, data: Bytes) -> Result<()> {
         let key = self.block_key(id, index, data.len() as u64);
-        let body = codec::encode(self.config.compression, &data).map_err(|reason| ChunkError::Corrupt {
-            key: key.clone(),
-            reason,
+        let body = codec::encode(self.config.compression, &data).map_err(|reason| {
+            ChunkError::Corrupt {
+                key: key.clone(),
+                reason,
+            }
         })?;
         self.store.put(&key, body).await?;
         self.cache.insert(&key, data);
@@ -238,7 +257,9 @@ impl ChunkStore {
 
     /// Read committed data of `ino` at `off` into `buf` (zeroed by the caller).
     pub fn read_committed(&self, ino: Ino, off: u64, buf: &mut [u8]) -> Result<()> {
-        self.read_committed_with(off, buf, &mut |index| Ok(Arc::new(self.meta.read_chunk(ino, index)?)))
+        self.read_committed_with(off, buf, &mut |index| {
+            Ok(Arc::new(self.meta.read_chunk(ino, index)?))
+        })
     }
 
     /// Like [`Self::read_committed`], with the slice records of each chunk
@@ -300,7 +321,12 @@ impl ChunkStore {
         }
         let segs = tessera_meta::slice::visible_segments(&records);
         let end = segs.iter().map(|s| s.end()).max().unwrap_or(0);
-        let start = segs.iter().filter(|s| !s.record.is_hole()).map(|s| s.pos).min().unwrap_or(end);
+        let start = segs
+            .iter()
+            .filter(|s| !s.record.is_hole())
+            .map(|s| s.pos)
+            .min()
+            .unwrap_or(end);
         if segs.iter().any(|s| s.record.kind == SliceKind::External) {
             return Ok(None);
         }
@@ -322,9 +348,18 @@ impl ChunkStore {
             });
             new_slice = Some((id, data.len() as u64));
         }
-        match self.meta.replace_chunk_prefix(ino, index, &raw, &replacement)? {
+        match self
+            .meta
+            .replace_chunk_prefix(ino, index, &raw, &replacement)?
+        {
             Some(freed) => {
-                debug!(ino, index, records = records.len(), freed = freed.len(), "compacted chunk");
+                debug!(
+                    ino,
+                    index,
+                    records = records.len(),
+                    freed = freed.len(),
+                    "compacted chunk"
+                );
                 Ok(Some(freed))
             }
             None => {
@@ -339,17 +374,24 @@ impl ChunkStore {
     /// Upload a whole slice, its blocks concurrently.
     pub async fn upload_slice(&self, id: u64, data: &Bytes) -> Result<()> {
         let bs = self.config.block_size;
-        let tasks = (0..data.len()).step_by(bs).enumerate().map(|(index, start)| {
-            let block = data.slice(start..(start + bs).min(data.len()));
-            self.put_block(id, index as u64, block)
-        });
+        let tasks = (0..data.len())
+            .step_by(bs)
+            .enumerate()
+            .map(|(index, start)| {
+                let block = data.slice(start..(start + bs).min(data.len()));
+                self.put_block(id, index as u64, block)
+            });
         futures::future::try_join_all(tasks).await?;
         Ok(())
     }
 }
 
 pub fn block_key(volume: &str, id: u64, index: u64, len: u64) -> String {
-    format!("{volume}/chunks/{}/{}/{id}_{index}_{len}", id / 1_000_000, id / 1_000)
+    format!(
+        "{volume}/chunks/{}/{}/{id}_{index}_{len}",
+        id / 1_000_000,
+        id / 1_000
+    )
 }
 
 #[cfg(test)]
@@ -358,6 +400,9 @@ mod tests {
 
     #[test]
     fn block_keys_follow_the_layout() {
-        assert_eq!(block_key("vol", 1_234_567, 2, 4096), "vol/chunks/1/1234/1234567_2_4096");
+        assert_eq!(
+            block_key("vol", 1_234_567, 2, 4096),
+            "vol/chunks/1/1234/1234567_2_4096"
+        );
     }
 }

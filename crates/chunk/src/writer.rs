@@ -118,7 +118,9 @@ impl FileWriter {
         let bs = self.chunks.config.block_size;
         let mut st = self.state.lock().map_err(|_| poisoned())?;
         if let Some(e) = &st.failed {
-            return Err(ChunkError::Unsupported(format!("an earlier upload failed: {e}")));
+            return Err(ChunkError::Unsupported(format!(
+                "an earlier upload failed: {e}"
+            )));
         }
         let mut done = 0usize;
         while done < data.len() {
@@ -151,7 +153,9 @@ impl FileWriter {
             let mut left = piece;
             while !left.is_empty() {
                 if !matches!(slice.blocks.last(), Some(Block::Filling(v)) if v.len() < bs) {
-                    slice.blocks.push(Block::Filling(Vec::with_capacity(bs.min(left.len().max(64 << 10)))));
+                    slice.blocks.push(Block::Filling(Vec::with_capacity(
+                        bs.min(left.len().max(64 << 10)),
+                    )));
                 }
                 let index = slice.blocks.len() - 1;
                 let Some(Block::Filling(buf)) = slice.blocks.last_mut() else {
@@ -196,7 +200,13 @@ impl FileWriter {
     pub fn buffered_length(&self) -> u64 {
         self.state
             .lock()
-            .map(|s| if s.dirty.is_empty() && s.flushing.is_empty() { 0 } else { s.length })
+            .map(|s| {
+                if s.dirty.is_empty() && s.flushing.is_empty() {
+                    0
+                } else {
+                    s.length
+                }
+            })
             .unwrap_or(0)
     }
 
@@ -214,7 +224,9 @@ impl FileWriter {
         let (uploads, records, length) = {
             let mut st = self.state.lock().map_err(|_| poisoned())?;
             if let Some(e) = &st.failed {
-                return Err(ChunkError::Unsupported(format!("an earlier upload failed: {e}")));
+                return Err(ChunkError::Unsupported(format!(
+                    "an earlier upload failed: {e}"
+                )));
             }
             if st.dirty.is_empty() {
                 return Ok(Vec::new());
@@ -226,13 +238,18 @@ impl FileWriter {
                 let index = s.blocks.len().saturating_sub(1);
                 if let Some(Block::Filling(buf)) = s.blocks.last_mut() {
                     let sealed = Bytes::from(std::mem::take(buf));
-                    s.uploads.push(self.spawn_upload(s.id, index as u64, sealed.clone()));
+                    s.uploads
+                        .push(self.spawn_upload(s.id, index as u64, sealed.clone()));
                     s.blocks[index] = Block::Sealed(sealed);
                 }
                 uploads.append(&mut s.uploads);
                 records.push((s.chunk, s.record()));
             }
-            let length = dirty.iter().map(|s| s.file_offset() + u64::from(s.len)).max().unwrap_or(0);
+            let length = dirty
+                .iter()
+                .map(|s| s.file_offset() + u64::from(s.len))
+                .max()
+                .unwrap_or(0);
             st.flushing = dirty;
             st.buffered = 0;
             (uploads, records, length)
@@ -256,7 +273,12 @@ impl FileWriter {
         let mut st = self.state.lock().map_err(|_| poisoned())?;
         st.flushing.clear();
         // Only writes that arrived during the flush are still buffered.
-        st.length = st.dirty.iter().map(|s| s.file_offset() + u64::from(s.len)).max().unwrap_or(0);
+        st.length = st
+            .dirty
+            .iter()
+            .map(|s| s.file_offset() + u64::from(s.len))
+            .max()
+            .unwrap_or(0);
         match committed {
             Ok((_, most)) => {
                 debug!(ino = self.ino, most, "committed slices");

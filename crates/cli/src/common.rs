@@ -10,7 +10,12 @@ use tessera_object::StorageOptions;
 
 pub fn init_logging(debug: bool) {
     let filter = std::env::var("TESSERA_LOG").unwrap_or_else(|_| {
-        if debug { "debug,fuser=info" } else { "info,fuser=warn,opendal=warn" }.to_string()
+        if debug {
+            "debug,fuser=info"
+        } else {
+            "info,fuser=warn,opendal=warn"
+        }
+        .to_string()
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -55,7 +60,8 @@ impl StorageFlags {
 /// Open the metadata engine of a URL and load the volume settings, with
 /// messages that say what to do.
 pub fn open_volume(meta_url: &str, config: MetaConfig) -> Result<(Arc<Meta>, Format)> {
-    let engine = tessera_meta::open_engine(meta_url).map_err(|e| anyhow!("cannot reach the metadata engine: {e}"))?;
+    let engine = tessera_meta::open_engine(meta_url)
+        .map_err(|e| anyhow!("cannot reach the metadata engine: {e}"))?;
     let meta = Arc::new(Meta::new(engine, config));
     match meta.load() {
         Ok(f) => Ok((meta, f)),
@@ -64,7 +70,10 @@ pub fn open_volume(meta_url: &str, config: MetaConfig) -> Result<(Arc<Meta>, For
             redact(meta_url),
             meta_url
         )),
-        Err(e) => Err(anyhow!("cannot load the volume settings from {}: {e}", redact(meta_url))),
+        Err(e) => Err(anyhow!(
+            "cannot load the volume settings from {}: {e}",
+            redact(meta_url)
+        )),
     }
 }
 
@@ -86,10 +95,19 @@ pub fn redact(url: &str) -> String {
 /// a bare number is taken in `bare_unit` bytes.
 pub fn parse_size(s: &str, bare_unit: u64) -> Result<u64> {
     let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let digits = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(digits);
-    let n: f64 = num.parse().map_err(|_| anyhow!("invalid size {s:?}: expected a number with an optional unit, like 512M or 4G"))?;
-    let mult = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let n: f64 = num.parse().map_err(|_| {
+        anyhow!("invalid size {s:?}: expected a number with an optional unit, like 512M or 4G")
+    })?;
+    let mult = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "" if unit.trim().is_empty() => bare_unit,
         "" => 1,
         "K" => 1 << 10,
@@ -97,7 +115,11 @@ pub fn parse_size(s: &str, bare_unit: u64) -> Result<u64> {
         "G" => 1 << 30,
         "T" => 1 << 40,
         "P" => 1 << 50,
-        other => return Err(anyhow!("invalid size {s:?}: unknown unit {other:?} (use K, M, G, T)")),
+        other => {
+            return Err(anyhow!(
+                "invalid size {s:?}: unknown unit {other:?} (use K, M, G, T)"
+            ))
+        }
     };
     Ok((n * mult as f64) as u64)
 }
@@ -111,7 +133,10 @@ pub struct MountEntry {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 pub fn mounts() -> Vec<MountEntry> {
@@ -149,7 +174,14 @@ pub fn new_uuid() -> Result<String> {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
 }
 
 #[cfg(test)]
@@ -162,13 +194,19 @@ mod tests {
         assert_eq!(parse_size("4GiB", 1 << 20).expect("GiB"), 4 << 30);
         assert_eq!(parse_size("100", 1 << 20).expect("bare"), 100 << 20);
         assert_eq!(parse_size("4096", 1 << 10).expect("bare KiB"), 4 << 20);
-        assert!(parse_size("12X", 1).expect_err("unit").to_string().contains("unknown unit"));
+        assert!(parse_size("12X", 1)
+            .expect_err("unit")
+            .to_string()
+            .contains("unknown unit"));
         assert!(parse_size("abc", 1).is_err());
     }
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("redis://u:secret@h:6379/1"), "redis://u:****@h:6379/1");
+        assert_eq!(
+            redact("redis://u:secret@h:6379/1"),
+            "redis://u:****@h:6379/1"
+        );
         assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
     }
 }

@@ -6,7 +6,11 @@ mod common;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "A distributed POSIX file system for AI data and models")]
+#[command(
+    name = "tessera",
+    version,
+    about = "A distributed POSIX file system for AI data and models"
+)]
 struct Cli {
     /// Log more (debug level); TESSERA_LOG=filter overrides.
     #[arg(long, global = true)]

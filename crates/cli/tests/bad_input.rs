@@ -8,7 +8,10 @@ fn fails_with(args: &[&str], needle: &str) {
     let out = tessera(args);
     assert!(!out.status.success(), "{args:?} should fail");
     let msg = stderr(&out);
-    assert!(msg.contains(needle), "{args:?}: expected {needle:?} in {msg:?}");
+    assert!(
+        msg.contains(needle),
+        "{args:?}: expected {needle:?} in {msg:?}"
+    );
 }
 
 #[test]
@@ -17,12 +20,30 @@ fn malformed_urls() {
     let meta = format!("sqlite://{}/m.db", dir.path().display());
     fails_with(&["format", "meta.db", "vol1"], "expected SCHEME://");
     fails_with(&["format", "foo://x", "vol1"], "unknown engine \"foo\"");
-    fails_with(&["format", &meta, "vol1", "--storage", "ftp://x"], "unknown scheme \"ftp\"");
-    fails_with(&["format", &meta, "vol1", "--storage", "s3://"], "bucket name is missing");
-    fails_with(&["format", &meta, "vol1", "--storage", "file://relative"], "absolute path");
-    fails_with(&["format", &meta, "x", "--storage", "file:///tmp"], "invalid volume name");
-    fails_with(&["format", &meta, "vol1", "--compress", "gzip"], "unknown compression");
-    fails_with(&["format", &meta, "vol1", "--block-size", "3M"], "invalid block size");
+    fails_with(
+        &["format", &meta, "vol1", "--storage", "ftp://x"],
+        "unknown scheme \"ftp\"",
+    );
+    fails_with(
+        &["format", &meta, "vol1", "--storage", "s3://"],
+        "bucket name is missing",
+    );
+    fails_with(
+        &["format", &meta, "vol1", "--storage", "file://relative"],
+        "absolute path",
+    );
+    fails_with(
+        &["format", &meta, "x", "--storage", "file:///tmp"],
+        "invalid volume name",
+    );
+    fails_with(
+        &["format", &meta, "vol1", "--compress", "gzip"],
+        "unknown compression",
+    );
+    fails_with(
+        &["format", &meta, "vol1", "--block-size", "3M"],
+        "invalid block size",
+    );
 }
 
 #[test]
@@ -34,35 +55,82 @@ fn unformatted_and_unreachable() {
     let mnt = mnt.to_string_lossy().into_owned();
     fails_with(&["mount", &meta, &mnt], "no volume is formatted");
     fails_with(&["status", &meta], "run `tessera format");
-    fails_with(&["mount", "sqlite:///no/such/dir/m.db", &mnt], "directory /no/such/dir does not exist");
-    fails_with(&["status", "redis://127.0.0.1:1/0"], "redis engine is not built into this version");
+    fails_with(
+        &["mount", "sqlite:///no/such/dir/m.db", &mnt],
+        "directory /no/such/dir does not exist",
+    );
+    fails_with(
+        &["status", "redis://127.0.0.1:1/0"],
+        "redis engine is not built into this version",
+    );
     // An S3 endpoint nobody listens on: format refuses before writing metadata.
     let out = std::process::Command::new(common::bin())
-        .args(["format", &meta, "vol1", "--storage", "s3://bucket", "--endpoint", "http://127.0.0.1:1"])
+        .args([
+            "format",
+            &meta,
+            "vol1",
+            "--storage",
+            "s3://bucket",
+            "--endpoint",
+            "http://127.0.0.1:1",
+        ])
         .env("AWS_ACCESS_KEY_ID", "x")
         .env("AWS_SECRET_ACCESS_KEY", "y")
         .output()
         .expect("run");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("object storage s3://bucket is not usable"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("object storage s3://bucket is not usable"),
+        "{}",
+        stderr(&out)
+    );
     fails_with(&["status", &meta], "no volume is formatted");
 }
 
 #[test]
 fn mountpoint_problems_and_reformat() {
     let vol = Volume::new("mounts");
-    let missing = vol.dir.path().join("missing").to_string_lossy().into_owned();
-    fails_with(&["mount", &vol.meta_url, &missing], "does not exist: create it");
+    let missing = vol
+        .dir
+        .path()
+        .join("missing")
+        .to_string_lossy()
+        .into_owned();
+    fails_with(
+        &["mount", &vol.meta_url, &missing],
+        "does not exist: create it",
+    );
     let file = vol.dir.path().join("file");
     std::fs::write(&file, b"").expect("file");
-    fails_with(&["mount", &vol.meta_url, &file.to_string_lossy()], "is not a directory");
-    let m = vol.mount("mnt");
-    fails_with(&["mount", &vol.meta_url, &m.path.to_string_lossy()], "is busy");
     fails_with(
-        &["format", &vol.meta_url, "mounts", "--storage", &vol.storage, "--block-size", "1M"],
+        &["mount", &vol.meta_url, &file.to_string_lossy()],
+        "is not a directory",
+    );
+    let m = vol.mount("mnt");
+    fails_with(
+        &["mount", &vol.meta_url, &m.path.to_string_lossy()],
+        "is busy",
+    );
+    fails_with(
+        &[
+            "format",
+            &vol.meta_url,
+            "mounts",
+            "--storage",
+            &vol.storage,
+            "--block-size",
+            "1M",
+        ],
         "refusing to reformat",
     );
     let same = tessera(&["format", &vol.meta_url, "mounts", "--storage", &vol.storage]);
-    assert!(same.status.success(), "same settings are accepted: {}", stderr(&same));
-    fails_with(&["umount", &vol.dir.path().to_string_lossy()], "is not a mount point");
+    assert!(
+        same.status.success(),
+        "same settings are accepted: {}",
+        stderr(&same)
+    );
+    fails_with(
+        &["umount", &vol.dir.path().to_string_lossy()],
+        "is not a mount point",
+    );
 }

@@ -23,10 +23,16 @@ fn posix_basics_through_the_kernel() {
     assert_eq!(fs::read(&a).expect("read"), b"hello tessera");
 
     // append, overwrite in the middle, truncate both ways
-    let mut f = fs::OpenOptions::new().append(true).open(&a).expect("open append");
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(&a)
+        .expect("open append");
     f.write_all(b"!").expect("append");
     drop(f);
-    let mut f = fs::OpenOptions::new().write(true).open(&a).expect("open rw");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .expect("open rw");
     f.seek(SeekFrom::Start(6)).expect("seek");
     f.write_all(b"TESS").expect("overwrite");
     f.set_len(20).expect("grow");
@@ -34,7 +40,12 @@ fn posix_basics_through_the_kernel() {
     let got = fs::read(&a).expect("read");
     assert_eq!(&got[..14], b"hello TESSera!");
     assert_eq!(&got[14..], &[0u8; 6]);
-    fs::OpenOptions::new().write(true).open(&a).expect("open").set_len(5).expect("shrink");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .expect("open")
+        .set_len(5)
+        .expect("shrink");
     assert_eq!(fs::read(&a).expect("read"), b"hello");
 
     // rename, hard link, symlink
@@ -44,29 +55,68 @@ fn posix_basics_through_the_kernel() {
     fs::hard_link(m.join("dir/b.txt"), m.join("link")).expect("link");
     assert_eq!(fs::metadata(m.join("link")).expect("stat").nlink(), 2);
     std::os::unix::fs::symlink("dir/b.txt", m.join("sym")).expect("symlink");
-    assert_eq!(fs::read_link(m.join("sym")).expect("readlink").to_str(), Some("dir/b.txt"));
+    assert_eq!(
+        fs::read_link(m.join("sym")).expect("readlink").to_str(),
+        Some("dir/b.txt")
+    );
     assert_eq!(fs::read(m.join("sym")).expect("read via symlink"), b"hello");
     fs::set_permissions(m.join("link"), fs::Permissions::from_mode(0o600)).expect("chmod");
-    assert_eq!(fs::metadata(m.join("dir/b.txt")).expect("stat").mode() & 0o777, 0o600);
-    let mut names: Vec<_> = fs::read_dir(m.join("dir")).expect("readdir").map(|e| e.expect("entry").file_name()).collect();
+    assert_eq!(
+        fs::metadata(m.join("dir/b.txt")).expect("stat").mode() & 0o777,
+        0o600
+    );
+    let mut names: Vec<_> = fs::read_dir(m.join("dir"))
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
     names.sort();
     assert_eq!(names, vec!["b.txt"]);
-    assert_eq!(fs::remove_dir(m.join("dir")).expect_err("not empty").raw_os_error(), Some(libc::ENOTEMPTY));
+    assert_eq!(
+        fs::remove_dir(m.join("dir"))
+            .expect_err("not empty")
+            .raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
 
     // extended attributes
     let p = cpath(&m.join("link"));
     let (name, value) = (c"user.model", b"llama");
     // SAFETY: valid C strings and buffers for the duration of each call.
     unsafe {
-        assert_eq!(libc::setxattr(p.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0), 0);
+        assert_eq!(
+            libc::setxattr(
+                p.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0
+            ),
+            0
+        );
         let mut buf = [0u8; 64];
-        let n = libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len());
+        let n = libc::getxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        );
         assert_eq!(&buf[..n as usize], value);
         let n = libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len());
         assert_eq!(&buf[..n as usize], b"user.model\0");
         assert_eq!(libc::removexattr(p.as_ptr(), name.as_ptr()), 0);
-        assert_eq!(libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()), -1);
-        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENODATA));
+        assert_eq!(
+            libc::getxattr(
+                p.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len()
+            ),
+            -1
+        );
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENODATA)
+        );
     }
 
     // flock: exclusive between two open files
@@ -74,10 +124,19 @@ fn posix_basics_through_the_kernel() {
     let f2 = fs::File::open(m.join("link")).expect("open 2");
     // SAFETY: flock on valid descriptors.
     unsafe {
-        assert_eq!(libc::flock(f1.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB), 0);
-        assert_eq!(libc::flock(f2.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB), -1);
+        assert_eq!(
+            libc::flock(f1.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB),
+            0
+        );
+        assert_eq!(
+            libc::flock(f2.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB),
+            -1
+        );
         assert_eq!(libc::flock(f1.as_raw_fd(), libc::LOCK_UN), 0);
-        assert_eq!(libc::flock(f2.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB), 0);
+        assert_eq!(
+            libc::flock(f2.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB),
+            0
+        );
     }
     drop((f1, f2));
 
@@ -134,11 +193,34 @@ fn hundred_mib_survives_remount() {
 #[test]
 fn two_mounts_of_one_sqlite_volume() {
     let vol = Volume::new("shared");
-    let a = vol.mount_with("a", &["--attr-cache", "0", "--entry-cache", "0", "--dir-entry-cache", "0"]);
-    let b = vol.mount_with("b", &["--attr-cache", "0", "--entry-cache", "0", "--dir-entry-cache", "0"]);
+    let a = vol.mount_with(
+        "a",
+        &[
+            "--attr-cache",
+            "0",
+            "--entry-cache",
+            "0",
+            "--dir-entry-cache",
+            "0",
+        ],
+    );
+    let b = vol.mount_with(
+        "b",
+        &[
+            "--attr-cache",
+            "0",
+            "--entry-cache",
+            "0",
+            "--dir-entry-cache",
+            "0",
+        ],
+    );
     let data = pseudo_random(5 << 20, 7);
     fs::write(a.join("weights.bin"), &data).expect("write in a");
-    assert_eq!(digest(&fs::read(b.join("weights.bin")).expect("read in b")), digest(&data));
+    assert_eq!(
+        digest(&fs::read(b.join("weights.bin")).expect("read in b")),
+        digest(&data)
+    );
     fs::create_dir(b.join("from-b")).expect("mkdir in b");
     assert!(a.join("from-b").is_dir(), "a sees b's directory");
     let status = common::tessera(&["status", &vol.meta_url]);

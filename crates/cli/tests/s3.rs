@@ -13,8 +13,10 @@ use common::{digest, pseudo_random, Volume};
 #[test]
 #[ignore = "needs an S3 server: run through scripts/test.sh"]
 fn hundred_mib_round_trip_on_s3() {
-    let endpoint = std::env::var("TESSERA_TEST_S3_ENDPOINT").expect("TESSERA_TEST_S3_ENDPOINT must name a running S3 server");
-    let bucket = std::env::var("TESSERA_TEST_S3_BUCKET").expect("TESSERA_TEST_S3_BUCKET must name a bucket");
+    let endpoint = std::env::var("TESSERA_TEST_S3_ENDPOINT")
+        .expect("TESSERA_TEST_S3_ENDPOINT must name a running S3 server");
+    let bucket =
+        std::env::var("TESSERA_TEST_S3_BUCKET").expect("TESSERA_TEST_S3_BUCKET must name a bucket");
     // SAFETY: set before any thread of this test reads the environment.
     unsafe {
         std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
@@ -35,5 +37,9 @@ fn hundred_mib_round_trip_on_s3() {
     let m = vol.mount("mnt");
     let back = fs::read(m.join("ckpt.bin")).expect("read back");
     assert_eq!(back.len(), data.len());
-    assert_eq!(digest(&back), digest(&data), "identical bytes from S3 after remount");
+    assert_eq!(
+        digest(&back),
+        digest(&data),
+        "identical bytes from S3 after remount"
+    );
 }

@@ -58,7 +58,8 @@ fn to_time(secs: i64, nsec: u32) -> SystemTime {
     if secs >= 0 {
         UNIX_EPOCH + Duration::new(secs as u64, nsec)
     } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(u64::from(nsec))
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+            + Duration::from_nanos(u64::from(nsec))
     }
 }
 
@@ -154,7 +155,12 @@ impl TesseraFs {
 
     fn reply_entry(&self, reply: ReplyEntry, r: tessera_vfs::Result<(u64, Attr)>) {
         match r {
-            Ok((ino, a)) => reply.entry_with_ttls(&self.ttls.attr, &self.entry_ttl(&a), &file_attr(self.o(ino), &a), Generation(0)),
+            Ok((ino, a)) => reply.entry_with_ttls(
+                &self.ttls.attr,
+                &self.entry_ttl(&a),
+                &file_attr(self.o(ino), &a),
+                Generation(0),
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -234,12 +240,37 @@ impl Filesystem for TesseraFs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
-        self.reply_entry(reply, self.vfs.mknod(&ctx(req), self.i(parent), name.as_bytes(), mode, rdev));
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry(
+            reply,
+            self.vfs
+                .mknod(&ctx(req), self.i(parent), name.as_bytes(), mode, rdev),
+        );
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        self.reply_entry(reply, self.vfs.mkdir(&ctx(req), self.i(parent), name.as_bytes(), mode));
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry(
+            reply,
+            self.vfs
+                .mkdir(&ctx(req), self.i(parent), name.as_bytes(), mode),
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -250,16 +281,61 @@ impl Filesystem for TesseraFs {
         empty(reply, self.vfs.rmdir(self.i(parent), name.as_bytes()));
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        self.reply_entry(reply, self.vfs.symlink(&ctx(req), self.i(parent), link_name.as_bytes(), target.as_os_str().as_bytes()));
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry(
+            reply,
+            self.vfs.symlink(
+                &ctx(req),
+                self.i(parent),
+                link_name.as_bytes(),
+                target.as_os_str().as_bytes(),
+            ),
+        );
     }
 
-    fn rename(&self, _req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
-        empty(reply, self.vfs.rename(self.i(parent), name.as_bytes(), self.i(newparent), newname.as_bytes(), flags.bits()));
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            reply,
+            self.vfs.rename(
+                self.i(parent),
+                name.as_bytes(),
+                self.i(newparent),
+                newname.as_bytes(),
+                flags.bits(),
+            ),
+        );
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(reply, self.vfs.link(self.i(ino), self.i(newparent), newname.as_bytes()).map(|a| (self.i(ino), a)));
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry(
+            reply,
+            self.vfs
+                .link(self.i(ino), self.i(newparent), newname.as_bytes())
+                .map(|a| (self.i(ino), a)),
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -269,33 +345,79 @@ impl Filesystem for TesseraFs {
         }
     }
 
-    fn read(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock_owner: Option<LockOwner>, reply: ReplyData) {
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
         match self.vfs.read(self.i(ino), fh.0, offset, size as usize) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
         }
     }
 
-    fn write(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8], _write_flags: WriteFlags, _flags: OpenFlags, _lock_owner: Option<LockOwner>, reply: ReplyWrite) {
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
         match self.vfs.write(self.i(ino), fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         empty(reply, self.vfs.flush(self.i(ino), fh.0, lock_owner.0));
     }
 
-    fn release(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, lock_owner: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
         if let Some(owner) = lock_owner {
             // A flock held through this file goes with its last descriptor.
-            let _ = self.vfs.setlk(self.i(ino), owner.0, 0, libc::F_UNLCK, 0, u64::MAX, false);
+            let _ = self
+                .vfs
+                .setlk(self.i(ino), owner.0, 0, libc::F_UNLCK, 0, u64::MAX, false);
         }
         empty(reply, self.vfs.release(self.i(ino), fh.0, None));
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         empty(reply, self.vfs.fsync(self.i(ino)));
     }
 
@@ -306,26 +428,52 @@ impl Filesystem for TesseraFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let h = match self.vfs.readdir(fh.0) {
             Ok(h) => h,
             Err(e) => return reply.error(errno(e)),
         };
         let entries = h.entries.as_deref().unwrap_or_default();
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(self.o(e.ino)), i as u64 + 1, kind(e.typ), OsStr::from_bytes(&e.name)) {
+            if reply.add(
+                INodeNo(self.o(e.ino)),
+                i as u64 + 1,
+                kind(e.typ),
+                OsStr::from_bytes(&e.name),
+            ) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.vfs.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -348,8 +496,21 @@ impl Filesystem for TesseraFs {
         }
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
-        empty(reply, self.vfs.setxattr(self.i(ino), name.as_bytes(), value, flags));
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            reply,
+            self.vfs
+                .setxattr(self.i(ino), name.as_bytes(), value, flags),
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -385,14 +546,43 @@ impl Filesystem for TesseraFs {
         empty(reply, self.vfs.removexattr(self.i(ino), name.as_bytes()));
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
-        match self.vfs.create(&ctx(req), self.i(parent), name.as_bytes(), mode, flags) {
-            Ok((ino, a, fh)) => reply.created(&self.entry_ttl(&a), &file_attr(self.o(ino), &a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self
+            .vfs
+            .create(&ctx(req), self.i(parent), name.as_bytes(), mode, flags)
+        {
+            Ok((ino, a, fh)) => reply.created(
+                &self.entry_ttl(&a),
+                &file_attr(self.o(ino), &a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
 
-    fn getlk(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32, reply: ReplyLock) {
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
         match self.vfs.getlk(self.i(ino), lock_owner.0, typ, start, end) {
             Ok(Some(l)) => reply.locked(l.start, l.end, l.typ, l.pid),
             Ok(None) => reply.locked(start, end, libc::F_UNLCK, pid),
@@ -400,16 +590,56 @@ impl Filesystem for TesseraFs {
         }
     }
 
-    fn setlk(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32, sleep: bool, reply: ReplyEmpty) {
-        empty(reply, self.vfs.setlk(self.i(ino), lock_owner.0, pid, typ, start, end, sleep));
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            reply,
+            self.vfs
+                .setlk(self.i(ino), lock_owner.0, pid, typ, start, end, sleep),
+        );
     }
 
-    fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         empty(reply, self.vfs.fallocate(self.i(ino), mode, offset, length));
     }
 
-    fn copy_file_range(&self, _req: &Request, ino_in: INodeNo, _fh_in: FileHandle, offset_in: u64, ino_out: INodeNo, _fh_out: FileHandle, offset_out: u64, len: u64, _flags: CopyFileRangeFlags, reply: ReplyWrite) {
-        match self.vfs.copy_file_range(self.i(ino_in), offset_in, self.i(ino_out), offset_out, len) {
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self
+            .vfs
+            .copy_file_range(self.i(ino_in), offset_in, self.i(ino_out), offset_out, len)
+        {
             Ok(n) => reply.written(n.min(u64::from(u32::MAX)) as u32),
             Err(e) => reply.error(errno(e)),
         }
@@ -440,7 +670,11 @@ pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, config: &MountConfig) -> std::io:
     }
     let mut cfg = Config::default();
     cfg.mount_options = options;
-    cfg.acl = if nix_is_root() { SessionACL::All } else { SessionACL::Owner };
+    cfg.acl = if nix_is_root() {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     cfg.n_threads = Some(config.threads.max(1));
     cfg.clone_fd = true;
     let fs = TesseraFs::new(vfs, config.ttls, config.root);

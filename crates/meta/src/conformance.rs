@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use crate::kv::{run_txn, scan_prefix, KvEngine};
 use crate::slice::{SliceKind, SliceRecord};
-use crate::{Compression, Ctx, FileType, FlockType, Format, Meta, MetaConfig, MetaError, SessionInfo, ROOT_INO};
+use crate::{
+    Compression, Ctx, FileType, FlockType, Format, Meta, MetaConfig, MetaError, SessionInfo,
+    ROOT_INO,
+};
 
 pub type Factory<'a> = &'a dyn Fn() -> Arc<dyn KvEngine>;
 
@@ -41,15 +44,23 @@ fn formatted(engine: Arc<dyn KvEngine>) -> Meta {
     let meta = Meta::new(engine, MetaConfig::default());
     assert!(matches!(meta.load(), Err(MetaError::NotFormatted)));
     assert!(meta.init(&test_format()).expect("format"));
-    assert!(!meta.init(&test_format()).expect("same format again is fine"));
+    assert!(!meta
+        .init(&test_format())
+        .expect("same format again is fine"));
     let mut other = test_format();
     other.block_size = 1 << 20;
-    let err = meta.init(&other).expect_err("different settings must be refused");
+    let err = meta
+        .init(&other)
+        .expect_err("different settings must be refused");
     assert!(err.to_string().contains("refusing to reformat"), "{err}");
     meta
 }
 
-const CTX: Ctx = Ctx { uid: 1000, gid: 1000, pid: 1 };
+const CTX: Ctx = Ctx {
+    uid: 1000,
+    gid: 1000,
+    pid: 1,
+};
 
 fn kv_basics(e: Arc<dyn KvEngine>) {
     run_txn(&*e, false, |tx| {
@@ -63,7 +74,10 @@ fn kv_basics(e: Arc<dyn KvEngine>) {
     .expect("write");
     let rows = run_txn(&*e, true, |tx| scan_prefix(tx, b"a")).expect("scan");
     let keys: Vec<_> = rows.iter().map(|(k, _)| k.clone()).collect();
-    assert_eq!(keys, vec![b"a1".to_vec(), b"a2".to_vec(), b"a\xff".to_vec()]);
+    assert_eq!(
+        keys,
+        vec![b"a1".to_vec(), b"a2".to_vec(), b"a\xff".to_vec()]
+    );
     let limited = run_txn(&*e, true, |tx| tx.scan(b"a", b"c", 2)).expect("limit");
     assert_eq!(limited.len(), 2);
     run_txn(&*e, false, |tx| tx.delete(b"a2")).expect("delete");
@@ -81,7 +95,11 @@ fn kv_rollback(e: Arc<dyn KvEngine>) {
     });
     assert!(matches!(res, Err(MetaError::Exists)));
     let (k, other) = run_txn(&*e, true, |tx| Ok((tx.get(b"k")?, tx.get(b"other")?))).expect("read");
-    assert_eq!(k.as_deref(), Some(&b"old"[..]), "a failed transaction leaves nothing behind");
+    assert_eq!(
+        k.as_deref(),
+        Some(&b"old"[..]),
+        "a failed transaction leaves nothing behind"
+    );
     assert_eq!(other, None);
 }
 
@@ -105,24 +123,48 @@ fn kv_concurrent_increments(e: Arc<dyn KvEngine>) {
 
 fn namespace(e: Arc<dyn KvEngine>) {
     let m = formatted(e);
-    let (d, da) = m.mknod(&CTX, ROOT_INO, b"dir", FileType::Dir, 0o755, 0, None).expect("mkdir");
+    let (d, da) = m
+        .mknod(&CTX, ROOT_INO, b"dir", FileType::Dir, 0o755, 0, None)
+        .expect("mkdir");
     assert_eq!((da.nlink, da.uid, da.mode), (2, 1000, 0o755));
     assert_eq!(m.getattr(ROOT_INO).expect("root").nlink, 3);
-    let (f, _) = m.mknod(&CTX, d, b"file", FileType::File, 0o644, 0, None).expect("create");
-    assert!(matches!(m.mknod(&CTX, d, b"file", FileType::File, 0o644, 0, None), Err(MetaError::Exists)));
-    assert!(matches!(m.mknod(&CTX, f, b"x", FileType::File, 0o644, 0, None), Err(MetaError::NotDir)));
+    let (f, _) = m
+        .mknod(&CTX, d, b"file", FileType::File, 0o644, 0, None)
+        .expect("create");
+    assert!(matches!(
+        m.mknod(&CTX, d, b"file", FileType::File, 0o644, 0, None),
+        Err(MetaError::Exists)
+    ));
+    assert!(matches!(
+        m.mknod(&CTX, f, b"x", FileType::File, 0o644, 0, None),
+        Err(MetaError::NotDir)
+    ));
     let long = vec![b'x'; 256];
-    assert!(matches!(m.mknod(&CTX, d, &long, FileType::File, 0o644, 0, None), Err(MetaError::NameTooLong)));
-    m.mknod(&CTX, d, &long[..255], FileType::File, 0o644, 0, None).expect("255 bytes is fine");
-    let (s, sa) = m.mknod(&CTX, d, b"sym", FileType::Symlink, 0o777, 0, Some(b"file")).expect("symlink");
+    assert!(matches!(
+        m.mknod(&CTX, d, &long, FileType::File, 0o644, 0, None),
+        Err(MetaError::NameTooLong)
+    ));
+    m.mknod(&CTX, d, &long[..255], FileType::File, 0o644, 0, None)
+        .expect("255 bytes is fine");
+    let (s, sa) = m
+        .mknod(&CTX, d, b"sym", FileType::Symlink, 0o777, 0, Some(b"file"))
+        .expect("symlink");
     assert_eq!(sa.length, 4);
     assert_eq!(m.readlink(s).expect("readlink"), b"file");
     assert_eq!(m.lookup(d, b"file").expect("lookup").0, f);
     assert_eq!(m.lookup(d, b"..").expect("dotdot").0, ROOT_INO);
     assert!(matches!(m.lookup(d, b"nope"), Err(MetaError::NotFound)));
-    let names: Vec<_> = m.readdir(d, true).expect("readdir").into_iter().map(|e| e.name).collect();
+    let names: Vec<_> = m
+        .readdir(d, true)
+        .expect("readdir")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names.len(), 3);
-    assert!(matches!(m.rmdir(ROOT_INO, b"dir"), Err(MetaError::NotEmpty)));
+    assert!(matches!(
+        m.rmdir(ROOT_INO, b"dir"),
+        Err(MetaError::NotEmpty)
+    ));
     assert!(matches!(m.unlink(ROOT_INO, b"dir"), Err(MetaError::IsDir)));
     assert!(matches!(m.rmdir(d, b"file"), Err(MetaError::NotDir)));
     m.unlink(d, b"file").expect("unlink");
@@ -132,26 +174,72 @@ fn namespace(e: Arc<dyn KvEngine>) {
     assert_eq!(m.getattr(ROOT_INO).expect("root").nlink, 2);
     assert_eq!(m.statfs().expect("statfs").used_inodes, 0);
     // setgid directories pass their group and the bit on.
-    let (g, _) = m.mknod(&Ctx::ROOT, ROOT_INO, b"sgid", FileType::Dir, 0o2775, 0, None).expect("sgid dir");
-    m.setattr(g, &crate::SetAttr { gid: Some(50), ..Default::default() }).expect("chgrp");
-    let (_, sub) = m.mknod(&CTX, g, b"sub", FileType::Dir, 0o755, 0, None).expect("sub");
+    let (g, _) = m
+        .mknod(
+            &Ctx::ROOT,
+            ROOT_INO,
+            b"sgid",
+            FileType::Dir,
+            0o2775,
+            0,
+            None,
+        )
+        .expect("sgid dir");
+    m.setattr(
+        g,
+        &crate::SetAttr {
+            gid: Some(50),
+            ..Default::default()
+        },
+    )
+    .expect("chgrp");
+    let (_, sub) = m
+        .mknod(&CTX, g, b"sub", FileType::Dir, 0o755, 0, None)
+        .expect("sub");
     assert_eq!((sub.gid, sub.mode & 0o2000), (50, 0o2000));
 }
 
 fn rename_rules(e: Arc<dyn KvEngine>) {
     let m = formatted(e);
-    let (a, _) = m.mknod(&CTX, ROOT_INO, b"a", FileType::Dir, 0o755, 0, None).expect("a");
-    let (b, _) = m.mknod(&CTX, ROOT_INO, b"b", FileType::Dir, 0o755, 0, None).expect("b");
-    let (f, _) = m.mknod(&CTX, a, b"f", FileType::File, 0o644, 0, None).expect("f");
-    let (g, _) = m.mknod(&CTX, b, b"g", FileType::File, 0o644, 0, None).expect("g");
-    assert!(matches!(m.rename(ROOT_INO, b"a", a, b"x", 0), Err(MetaError::Invalid(_))), "dir into itself");
-    assert!(matches!(m.rename(a, b"f", ROOT_INO, b"b", 0), Err(MetaError::IsDir)));
-    assert!(matches!(m.rename(ROOT_INO, b"a", b, b"g", 0), Err(MetaError::NotDir)));
-    assert!(matches!(m.rename(a, b"f", b, b"g", libc::RENAME_NOREPLACE), Err(MetaError::Exists)));
-    m.rename(a, b"f", b, b"g", libc::RENAME_EXCHANGE).expect("exchange");
+    let (a, _) = m
+        .mknod(&CTX, ROOT_INO, b"a", FileType::Dir, 0o755, 0, None)
+        .expect("a");
+    let (b, _) = m
+        .mknod(&CTX, ROOT_INO, b"b", FileType::Dir, 0o755, 0, None)
+        .expect("b");
+    let (f, _) = m
+        .mknod(&CTX, a, b"f", FileType::File, 0o644, 0, None)
+        .expect("f");
+    let (g, _) = m
+        .mknod(&CTX, b, b"g", FileType::File, 0o644, 0, None)
+        .expect("g");
+    assert!(
+        matches!(
+            m.rename(ROOT_INO, b"a", a, b"x", 0),
+            Err(MetaError::Invalid(_))
+        ),
+        "dir into itself"
+    );
+    assert!(matches!(
+        m.rename(a, b"f", ROOT_INO, b"b", 0),
+        Err(MetaError::IsDir)
+    ));
+    assert!(matches!(
+        m.rename(ROOT_INO, b"a", b, b"g", 0),
+        Err(MetaError::NotDir)
+    ));
+    assert!(matches!(
+        m.rename(a, b"f", b, b"g", libc::RENAME_NOREPLACE),
+        Err(MetaError::Exists)
+    ));
+    m.rename(a, b"f", b, b"g", libc::RENAME_EXCHANGE)
+        .expect("exchange");
     assert_eq!(m.lookup(b, b"g").expect("g").0, f);
     assert_eq!(m.lookup(a, b"f").expect("f").0, g);
-    let replaced = m.rename(a, b"f", b, b"g", 0).expect("replace").expect("a target was replaced");
+    let replaced = m
+        .rename(a, b"f", b, b"g", 0)
+        .expect("replace")
+        .expect("a target was replaced");
     assert_eq!(replaced.ino, f);
     assert!(replaced.data_freed);
     assert!(matches!(m.getattr(f), Err(MetaError::NotFound)));
@@ -164,9 +252,21 @@ fn rename_rules(e: Arc<dyn KvEngine>) {
 
 fn hard_links_and_open_unlink(e: Arc<dyn KvEngine>) {
     let m = formatted(e);
-    m.new_session(SessionInfo { sid: 0, host: "h".into(), pid: 1, mountpoint: "/m".into(), version: "t".into(), heartbeat: 0 }).expect("session");
-    let (d, _) = m.mknod(&CTX, ROOT_INO, b"d", FileType::Dir, 0o755, 0, None).expect("d");
-    let (f, _) = m.mknod(&CTX, ROOT_INO, b"f", FileType::File, 0o644, 0, None).expect("f");
+    m.new_session(SessionInfo {
+        sid: 0,
+        host: "h".into(),
+        pid: 1,
+        mountpoint: "/m".into(),
+        version: "t".into(),
+        heartbeat: 0,
+    })
+    .expect("session");
+    let (d, _) = m
+        .mknod(&CTX, ROOT_INO, b"d", FileType::Dir, 0o755, 0, None)
+        .expect("d");
+    let (f, _) = m
+        .mknod(&CTX, ROOT_INO, b"f", FileType::File, 0o644, 0, None)
+        .expect("f");
     assert!(matches!(m.link(d, ROOT_INO, b"dl"), Err(MetaError::Perm)));
     assert_eq!(m.link(f, d, b"l").expect("link").nlink, 2);
     m.unlink(ROOT_INO, b"f").expect("unlink first name");
@@ -183,21 +283,45 @@ fn hard_links_and_open_unlink(e: Arc<dyn KvEngine>) {
 
 fn data_records(e: Arc<dyn KvEngine>) {
     let m = formatted(e);
-    let (f, _) = m.mknod(&CTX, ROOT_INO, b"f", FileType::File, 0o644, 0, None).expect("f");
+    let (f, _) = m
+        .mknod(&CTX, ROOT_INO, b"f", FileType::File, 0o644, 0, None)
+        .expect("f");
     let id = m.new_slice_id().expect("slice id");
     assert!(m.new_slice_id().expect("next") > id);
-    let rec = SliceRecord { kind: SliceKind::Internal, pos: 0, id, size: 100, off: 0, len: 100 };
-    let far = SliceRecord { pos: 10, id: m.new_slice_id().expect("id"), ..rec };
-    let (a, most) = m.write_slices(f, &[(0, rec), (2, far)], 2 * crate::CHUNK_SIZE + 110).expect("write");
+    let rec = SliceRecord {
+        kind: SliceKind::Internal,
+        pos: 0,
+        id,
+        size: 100,
+        off: 0,
+        len: 100,
+    };
+    let far = SliceRecord {
+        pos: 10,
+        id: m.new_slice_id().expect("id"),
+        ..rec
+    };
+    let (a, most) = m
+        .write_slices(f, &[(0, rec), (2, far)], 2 * crate::CHUNK_SIZE + 110)
+        .expect("write");
     assert_eq!((a.length, most), (2 * crate::CHUNK_SIZE + 110, 1));
     assert_eq!(m.read_chunk(f, 0).expect("read"), vec![rec]);
     let t = m.truncate(f, 50).expect("shrink");
     assert_eq!(t.attr.length, 50);
-    assert_eq!(t.freed, vec![(far.id, 100)], "only the dropped chunk's slice is freed");
+    assert_eq!(
+        t.freed,
+        vec![(far.id, 100)],
+        "only the dropped chunk's slice is freed"
+    );
     assert_eq!(m.read_chunk(f, 2).expect("dropped"), vec![]);
-    assert_eq!(m.read_chunk(f, 0).expect("hole")[1], SliceRecord::hole(50, (crate::CHUNK_SIZE - 50) as u32));
+    assert_eq!(
+        m.read_chunk(f, 0).expect("hole")[1],
+        SliceRecord::hole(50, (crate::CHUNK_SIZE - 50) as u32)
+    );
     // copy shares the slice; deleting the source frees nothing until the copy goes.
-    let (g, _) = m.mknod(&CTX, ROOT_INO, b"g", FileType::File, 0o644, 0, None).expect("g");
+    let (g, _) = m
+        .mknod(&CTX, ROOT_INO, b"g", FileType::File, 0o644, 0, None)
+        .expect("g");
     let (ga, n) = m.copy_range(f, 0, g, 0, 1000).expect("copy");
     assert_eq!((ga.length, n), (50, 50));
     m.unlink(ROOT_INO, b"f").expect("unlink f");
@@ -205,62 +329,121 @@ fn data_records(e: Arc<dyn KvEngine>) {
     assert!(m.cleanup_deleted(ino, len).expect("cleanup").is_empty());
     m.unlink(ROOT_INO, b"g").expect("unlink g");
     let (ino, len) = m.pending_deletes(1).expect("pending")[0];
-    assert_eq!(m.cleanup_deleted(ino, len).expect("cleanup"), vec![(id, 100)]);
+    assert_eq!(
+        m.cleanup_deleted(ino, len).expect("cleanup"),
+        vec![(id, 100)]
+    );
     assert!(m.pending_deletes(10).expect("none").is_empty());
     // compaction swaps a prefix atomically and keeps later records.
-    let (h, _) = m.mknod(&CTX, ROOT_INO, b"h", FileType::File, 0o644, 0, None).expect("h");
+    let (h, _) = m
+        .mknod(&CTX, ROOT_INO, b"h", FileType::File, 0o644, 0, None)
+        .expect("h");
     let r1 = SliceRecord { id: 7, ..rec };
     let r2 = SliceRecord { id: 8, ..rec };
-    m.write_slices(h, &[(0, r1), (0, r2)], 100).expect("two writes");
+    m.write_slices(h, &[(0, r1), (0, r2)], 100)
+        .expect("two writes");
     let raw = m.read_chunk_raw(h, 0).expect("raw");
     let r3 = SliceRecord { id: 9, ..rec };
     m.write_slices(h, &[(0, r3)], 100).expect("third");
-    let freed = m.replace_chunk_prefix(h, 0, &raw, &[SliceRecord { id: 10, ..rec }]).expect("swap").expect("applied");
+    let freed = m
+        .replace_chunk_prefix(h, 0, &raw, &[SliceRecord { id: 10, ..rec }])
+        .expect("swap")
+        .expect("applied");
     assert_eq!(freed, vec![(7, 100), (8, 100)]);
-    let ids: Vec<_> = m.read_chunk(h, 0).expect("read").iter().map(|r| r.id).collect();
+    let ids: Vec<_> = m
+        .read_chunk(h, 0)
+        .expect("read")
+        .iter()
+        .map(|r| r.id)
+        .collect();
     assert_eq!(ids, vec![10, 9]);
-    assert!(m.replace_chunk_prefix(h, 0, &raw, &[]).expect("stale").is_none());
+    assert!(m
+        .replace_chunk_prefix(h, 0, &raw, &[])
+        .expect("stale")
+        .is_none());
     let fa = m.fallocate(h, 0, 0, 5000).expect("fallocate grows");
     assert_eq!(fa.attr.length, 5000);
 }
 
 fn xattrs(e: Arc<dyn KvEngine>) {
     let m = formatted(e);
-    let (f, _) = m.mknod(&CTX, ROOT_INO, b"f", FileType::File, 0o644, 0, None).expect("f");
+    let (f, _) = m
+        .mknod(&CTX, ROOT_INO, b"f", FileType::File, 0o644, 0, None)
+        .expect("f");
     assert!(matches!(m.getxattr(f, b"user.a"), Err(MetaError::NoData)));
-    assert!(matches!(m.setxattr(f, b"user.a", b"1", libc::XATTR_REPLACE), Err(MetaError::NoData)));
-    m.setxattr(f, b"user.a", b"1", libc::XATTR_CREATE).expect("create");
-    assert!(matches!(m.setxattr(f, b"user.a", b"2", libc::XATTR_CREATE), Err(MetaError::Exists)));
+    assert!(matches!(
+        m.setxattr(f, b"user.a", b"1", libc::XATTR_REPLACE),
+        Err(MetaError::NoData)
+    ));
+    m.setxattr(f, b"user.a", b"1", libc::XATTR_CREATE)
+        .expect("create");
+    assert!(matches!(
+        m.setxattr(f, b"user.a", b"2", libc::XATTR_CREATE),
+        Err(MetaError::Exists)
+    ));
     m.setxattr(f, b"user.a", b"2", 0).expect("overwrite");
     m.setxattr(f, b"user.b", b"", 0).expect("empty value");
     assert_eq!(m.getxattr(f, b"user.a").expect("get"), b"2");
-    assert_eq!(m.listxattr(f).expect("list"), vec![b"user.a".to_vec(), b"user.b".to_vec()]);
+    assert_eq!(
+        m.listxattr(f).expect("list"),
+        vec![b"user.a".to_vec(), b"user.b".to_vec()]
+    );
     m.removexattr(f, b"user.a").expect("remove");
-    assert!(matches!(m.removexattr(f, b"user.a"), Err(MetaError::NoData)));
+    assert!(matches!(
+        m.removexattr(f, b"user.a"),
+        Err(MetaError::NoData)
+    ));
 }
 
 fn locks(e: Arc<dyn KvEngine>) {
     let a = formatted(e.clone());
     let b = Meta::new(e, MetaConfig::default());
     b.load().expect("load");
-    let info = SessionInfo { sid: 0, host: "h".into(), pid: 1, mountpoint: "/m".into(), version: "t".into(), heartbeat: 0 };
+    let info = SessionInfo {
+        sid: 0,
+        host: "h".into(),
+        pid: 1,
+        mountpoint: "/m".into(),
+        version: "t".into(),
+        heartbeat: 0,
+    };
     a.new_session(info.clone()).expect("a");
     b.new_session(info).expect("b");
-    let (f, _) = a.mknod(&CTX, ROOT_INO, b"f", FileType::File, 0o644, 0, None).expect("f");
+    let (f, _) = a
+        .mknod(&CTX, ROOT_INO, b"f", FileType::File, 0o644, 0, None)
+        .expect("f");
     a.flock(f, 1, FlockType::Read).expect("shared");
     b.flock(f, 1, FlockType::Read).expect("shared too");
-    assert!(matches!(b.flock(f, 1, FlockType::Write), Err(MetaError::WouldBlock)));
+    assert!(matches!(
+        b.flock(f, 1, FlockType::Write),
+        Err(MetaError::WouldBlock)
+    ));
     a.flock(f, 1, FlockType::Unlock).expect("unlock");
     b.flock(f, 1, FlockType::Write).expect("upgrade once alone");
-    assert!(matches!(a.flock(f, 2, FlockType::Read), Err(MetaError::WouldBlock)));
-    a.setlk(f, 1, 10, libc::F_WRLCK, 0, 99).expect("posix write");
-    assert!(matches!(b.setlk(f, 1, 20, libc::F_RDLCK, 50, 60), Err(MetaError::WouldBlock)));
-    b.setlk(f, 1, 20, libc::F_WRLCK, 100, u64::MAX).expect("disjoint");
-    let c = b.getlk(f, 1, libc::F_RDLCK, 0, 10).expect("getlk").expect("conflict");
+    assert!(matches!(
+        a.flock(f, 2, FlockType::Read),
+        Err(MetaError::WouldBlock)
+    ));
+    a.setlk(f, 1, 10, libc::F_WRLCK, 0, 99)
+        .expect("posix write");
+    assert!(matches!(
+        b.setlk(f, 1, 20, libc::F_RDLCK, 50, 60),
+        Err(MetaError::WouldBlock)
+    ));
+    b.setlk(f, 1, 20, libc::F_WRLCK, 100, u64::MAX)
+        .expect("disjoint");
+    let c = b
+        .getlk(f, 1, libc::F_RDLCK, 0, 10)
+        .expect("getlk")
+        .expect("conflict");
     assert_eq!((c.typ, c.start, c.end, c.pid), (libc::F_WRLCK, 0, 99, 10));
     a.setlk(f, 1, 10, libc::F_UNLCK, 40, 69).expect("split");
-    b.setlk(f, 1, 20, libc::F_RDLCK, 50, 60).expect("hole in the middle");
-    assert!(b.getlk(f, 1, libc::F_WRLCK, 40, 69).expect("getlk").is_none());
+    b.setlk(f, 1, 20, libc::F_RDLCK, 50, 60)
+        .expect("hole in the middle");
+    assert!(b
+        .getlk(f, 1, libc::F_WRLCK, 40, 69)
+        .expect("getlk")
+        .is_none());
     // closing a session releases what it held.
     b.close_session(b.session_id()).expect("close");
     a.flock(f, 3, FlockType::Write).expect("b's flock is gone");
@@ -270,18 +453,30 @@ fn sessions(e: Arc<dyn KvEngine>) {
     let a = formatted(e.clone());
     let b = Meta::new(e, MetaConfig::default());
     b.load().expect("load");
-    let info = SessionInfo { sid: 0, host: "h".into(), pid: 1, mountpoint: "/m".into(), version: "t".into(), heartbeat: 0 };
+    let info = SessionInfo {
+        sid: 0,
+        host: "h".into(),
+        pid: 1,
+        mountpoint: "/m".into(),
+        version: "t".into(),
+        heartbeat: 0,
+    };
     a.new_session(info.clone()).expect("a");
     let sb = b.new_session(info).expect("b");
     assert_eq!(a.list_sessions().expect("list").len(), 2);
-    let (f, _) = b.mknod(&CTX, ROOT_INO, b"f", FileType::File, 0o644, 0, None).expect("f");
+    let (f, _) = b
+        .mknod(&CTX, ROOT_INO, b"f", FileType::File, 0o644, 0, None)
+        .expect("f");
     b.open_inode(f);
     b.unlink(ROOT_INO, b"f").expect("unlink open");
     b.flock(f, 1, FlockType::Write).expect("lock");
     // b dies without closing; a cleans it up once its heartbeat is old.
     assert_eq!(a.clean_stale_sessions(-10).expect("clean"), vec![sb]);
     assert_eq!(a.list_sessions().expect("list").len(), 1);
-    assert!(matches!(a.getattr(f), Err(MetaError::NotFound)), "the open-unlinked file is reclaimed");
+    assert!(
+        matches!(a.getattr(f), Err(MetaError::NotFound)),
+        "the open-unlinked file is reclaimed"
+    );
     assert_eq!(a.pending_deletes(10).expect("pending"), vec![(f, 0)]);
     a.heartbeat().expect("heartbeat");
 }

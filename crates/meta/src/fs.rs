@@ -161,7 +161,11 @@ fn dir_is_empty(tx: &mut dyn KvTxn, ino: Ino) -> Result<bool> {
 }
 
 /// Drop one reference to a slice; returns it when nothing refers to it any more.
-pub(crate) fn unref_slice(tx: &mut dyn KvTxn, r: &SliceRecord, freed: &mut FreedSlices) -> Result<()> {
+pub(crate) fn unref_slice(
+    tx: &mut dyn KvTxn,
+    r: &SliceRecord,
+    freed: &mut FreedSlices,
+) -> Result<()> {
     if r.is_hole() || r.kind != crate::SliceKind::Internal {
         return Ok(());
     }
@@ -250,8 +254,8 @@ impl Meta {
                 merged.trash_days = format.trash_days;
                 merged.capacity = format.capacity;
                 merged.inodes = format.inodes;
-                let raw = serde_json::to_vec(&merged)
-                    .map_err(|e| MetaError::Corrupt(e.to_string()))?;
+                let raw =
+                    serde_json::to_vec(&merged).map_err(|e| MetaError::Corrupt(e.to_string()))?;
                 tx.set(keys::SETTING, &raw)?;
                 return Ok(false);
             }
@@ -332,7 +336,11 @@ impl Meta {
         self.read_txn(|tx| {
             if name == b".." {
                 let p = get_attr(tx, parent)?;
-                let ino = if parent == ROOT_INO { ROOT_INO } else { p.parent };
+                let ino = if parent == ROOT_INO {
+                    ROOT_INO
+                } else {
+                    p.parent
+                };
                 return Ok((ino, get_attr(tx, ino)?));
             }
             match get_dentry(tx, parent, name)? {
@@ -439,12 +447,21 @@ impl Meta {
     }
 
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
-        self.read_txn(|tx| tx.get(&keys::symlink(ino))?.ok_or(MetaError::Invalid("not a symlink".into())))
+        self.read_txn(|tx| {
+            tx.get(&keys::symlink(ino))?
+                .ok_or(MetaError::Invalid("not a symlink".into()))
+        })
     }
 
     /// Drop one link of `ino` inside a transaction. With no links left the
     /// inode goes away, or waits for its last handle if it is open here.
-    fn drop_link(&self, tx: &mut dyn KvTxn, parent: Ino, ino: Ino, t: (i64, u32)) -> Result<UnlinkResult> {
+    fn drop_link(
+        &self,
+        tx: &mut dyn KvTxn,
+        parent: Ino,
+        ino: Ino,
+        t: (i64, u32),
+    ) -> Result<UnlinkResult> {
         let mut a = get_attr(tx, ino)?;
         a.nlink = a.nlink.saturating_sub(1);
         a.touch_ctime(t);
@@ -460,12 +477,18 @@ impl Meta {
         if a.nlink > 0 {
             if a.parent == parent {
                 // Point `parent` at a directory that still holds a link.
-                if let Some((k, _)) = scan_prefix(tx, &keys::parent_prefix(ino))?.into_iter().next() {
+                if let Some((k, _)) = scan_prefix(tx, &keys::parent_prefix(ino))?
+                    .into_iter()
+                    .next()
+                {
                     a.parent = keys::be_u64(&k, 10).unwrap_or(a.parent);
                 }
             }
             put_attr(tx, ino, &a)?;
-            return Ok(UnlinkResult { ino, data_freed: false });
+            return Ok(UnlinkResult {
+                ino,
+                data_freed: false,
+            });
         }
         let open_here = self
             .open_counts
@@ -474,11 +497,17 @@ impl Meta {
             .unwrap_or(false);
         if open_here && a.typ == FileType::File {
             put_attr(tx, ino, &a)?;
-            tx.set(&keys::sustained(self.sid.load(Ordering::Relaxed), ino), b"1")?;
+            tx.set(
+                &keys::sustained(self.sid.load(Ordering::Relaxed), ino),
+                b"1",
+            )?;
             if let Ok(mut s) = self.sustained.lock() {
                 s.insert(ino);
             }
-            return Ok(UnlinkResult { ino, data_freed: false });
+            return Ok(UnlinkResult {
+                ino,
+                data_freed: false,
+            });
         }
         self.remove_inode(tx, ino, &a)?;
         Ok(UnlinkResult {
@@ -580,7 +609,9 @@ impl Meta {
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
         if exchange && noreplace {
-            return Err(MetaError::Invalid("RENAME_EXCHANGE with RENAME_NOREPLACE".into()));
+            return Err(MetaError::Invalid(
+                "RENAME_EXCHANGE with RENAME_NOREPLACE".into(),
+            ));
         }
         self.txn(|tx| {
             let (ino, typ) = get_dentry(tx, parent, name)?.ok_or(MetaError::NotFound)?;
@@ -590,10 +621,16 @@ impl Meta {
             }
             let dst = get_dentry(tx, new_parent, new_name)?;
             if parent == new_parent && name == new_name {
-                return if noreplace { Err(MetaError::Exists) } else { Ok(None) };
+                return if noreplace {
+                    Err(MetaError::Exists)
+                } else {
+                    Ok(None)
+                };
             }
             if typ == FileType::Dir && Self::is_ancestor(tx, ino, new_parent)? {
-                return Err(MetaError::Invalid("cannot move a directory into itself".into()));
+                return Err(MetaError::Invalid(
+                    "cannot move a directory into itself".into(),
+                ));
             }
             if let Some((dino, dtyp)) = dst {
                 if noreplace {
@@ -601,7 +638,9 @@ impl Meta {
                 }
                 if exchange {
                     if dtyp == FileType::Dir && Self::is_ancestor(tx, dino, parent)? {
-                        return Err(MetaError::Invalid("cannot move a directory into itself".into()));
+                        return Err(MetaError::Invalid(
+                            "cannot move a directory into itself".into(),
+                        ));
                     }
                 } else {
                     if dino == ino {
@@ -646,7 +685,10 @@ impl Meta {
                         let da = get_attr(tx, dino)?;
                         self.remove_inode(tx, dino, &da)?;
                         Self::adjust_nlink(tx, new_parent, -1)?;
-                        replaced = Some(UnlinkResult { ino: dino, data_freed: false });
+                        replaced = Some(UnlinkResult {
+                            ino: dino,
+                            data_freed: false,
+                        });
                     } else {
                         replaced = Some(self.drop_link(tx, new_parent, dino, t)?);
                     }
@@ -681,7 +723,13 @@ impl Meta {
         put_attr(tx, ino, &a)
     }
 
-    fn move_parent_link(tx: &mut dyn KvTxn, ino: Ino, a: &mut Attr, from: Ino, to: Ino) -> Result<()> {
+    fn move_parent_link(
+        tx: &mut dyn KvTxn,
+        ino: Ino,
+        a: &mut Attr,
+        from: Ino,
+        to: Ino,
+    ) -> Result<()> {
         if a.parent == from {
             a.parent = to;
         }
@@ -750,8 +798,13 @@ impl Meta {
                     return Err(MetaError::Corrupt("dentry value".into()));
                 }
                 let child = keys::be_u64(&v, 0).unwrap_or(0);
-                let typ = FileType::from_u8(v[8]).ok_or_else(|| MetaError::Corrupt("dentry type".into()))?;
-                let attr = if with_attrs { Some(get_attr(tx, child)?) } else { None };
+                let typ = FileType::from_u8(v[8])
+                    .ok_or_else(|| MetaError::Corrupt("dentry type".into()))?;
+                let attr = if with_attrs {
+                    Some(get_attr(tx, child)?)
+                } else {
+                    None
+                };
                 out.push(Entry {
                     name: k[prefix.len()..].to_vec(),
                     ino: child,
@@ -774,13 +827,20 @@ impl Meta {
     }
 
     pub fn read_chunk_raw(&self, ino: Ino, index: u32) -> Result<Vec<u8>> {
-        Ok(self.read_txn(|tx| tx.get(&keys::chunk(ino, index)))?.unwrap_or_default())
+        Ok(self
+            .read_txn(|tx| tx.get(&keys::chunk(ino, index)))?
+            .unwrap_or_default())
     }
 
     /// Append written slices and grow the file to at least `min_length`.
     /// Returns the new attributes and the largest record count of any chunk
     /// touched (the compaction trigger).
-    pub fn write_slices(&self, ino: Ino, slices: &[(u32, SliceRecord)], min_length: u64) -> Result<(Attr, usize)> {
+    pub fn write_slices(
+        &self,
+        ino: Ino,
+        slices: &[(u32, SliceRecord)],
+        min_length: u64,
+    ) -> Result<(Attr, usize)> {
         self.writable()?;
         self.txn(|tx| {
             let mut a = get_attr(tx, ino)?;
@@ -809,7 +869,13 @@ impl Meta {
     /// `replacement`, if the chunk still starts with them. Records appended
     /// since stay after it. Returns the freed slices, or None when the chunk
     /// changed under us.
-    pub fn replace_chunk_prefix(&self, ino: Ino, index: u32, old: &[u8], replacement: &[SliceRecord]) -> Result<Option<FreedSlices>> {
+    pub fn replace_chunk_prefix(
+        &self,
+        ino: Ino,
+        index: u32,
+        old: &[u8],
+        replacement: &[SliceRecord],
+    ) -> Result<Option<FreedSlices>> {
         self.txn(|tx| {
             let key = keys::chunk(ino, index);
             let cur = tx.get(&key)?.unwrap_or_default();
@@ -853,7 +919,14 @@ impl Meta {
 
     /// Make `[off, off + len)` read as zeros. With `drop_whole` (the range runs
     /// to the end of the file), chunks that start inside it are deleted.
-    fn zero_range(tx: &mut dyn KvTxn, ino: Ino, off: u64, len: u64, freed: &mut FreedSlices, drop_whole: bool) -> Result<()> {
+    fn zero_range(
+        tx: &mut dyn KvTxn,
+        ino: Ino,
+        off: u64,
+        len: u64,
+        freed: &mut FreedSlices,
+        drop_whole: bool,
+    ) -> Result<()> {
         let end = off + len;
         let mut pos = off;
         while pos < end {
@@ -888,9 +961,12 @@ impl Meta {
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
         let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
-        let known = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
         if mode & !known != 0 || (punch && !keep_size) {
-            return Err(MetaError::Invalid(format!("unsupported fallocate mode {mode:#x}")));
+            return Err(MetaError::Invalid(format!(
+                "unsupported fallocate mode {mode:#x}"
+            )));
         }
         self.txn(|tx| {
             let mut a = get_attr(tx, ino)?;
@@ -920,13 +996,22 @@ impl Meta {
     /// Copy the slice records covering `[off_in, off_in + len)` of `src` to
     /// `off_out` of `dst`, sharing the underlying objects. Both files must
     /// have no buffered writes. Returns the destination's new attributes.
-    pub fn copy_range(&self, src: Ino, off_in: u64, dst: Ino, off_out: u64, len: u64) -> Result<(Attr, u64)> {
+    pub fn copy_range(
+        &self,
+        src: Ino,
+        off_in: u64,
+        dst: Ino,
+        off_out: u64,
+        len: u64,
+    ) -> Result<(Attr, u64)> {
         self.writable()?;
         self.txn(|tx| {
             let sa = get_attr(tx, src)?;
             let mut da = get_attr(tx, dst)?;
             if sa.typ != FileType::File || da.typ != FileType::File {
-                return Err(MetaError::Invalid("copy_file_range needs regular files".into()));
+                return Err(MetaError::Invalid(
+                    "copy_file_range needs regular files".into(),
+                ));
             }
             if off_in >= sa.length {
                 return Ok((da, 0));
@@ -1003,7 +1088,11 @@ impl Meta {
         if !last {
             return Ok(false);
         }
-        let was_sustained = self.sustained.lock().map(|mut s| s.remove(&ino)).unwrap_or(false);
+        let was_sustained = self
+            .sustained
+            .lock()
+            .map(|mut s| s.remove(&ino))
+            .unwrap_or(false);
         if !was_sustained {
             return Ok(false);
         }
@@ -1022,7 +1111,13 @@ impl Meta {
 
     /// Files deleted whose data still awaits cleanup: (ino, length).
     pub fn pending_deletes(&self, limit: usize) -> Result<Vec<(Ino, u64)>> {
-        let rows = self.read_txn(|tx| tx.scan(keys::DELETED_PREFIX, &crate::kv::prefix_end(keys::DELETED_PREFIX), limit))?;
+        let rows = self.read_txn(|tx| {
+            tx.scan(
+                keys::DELETED_PREFIX,
+                &crate::kv::prefix_end(keys::DELETED_PREFIX),
+                limit,
+            )
+        })?;
         Ok(rows
             .into_iter()
             .filter_map(|(k, _)| Some((keys::be_u64(&k, 1)?, keys::be_u64(&k, 9)?)))
@@ -1082,7 +1177,10 @@ impl Meta {
         self.read_txn(|tx| {
             get_attr(tx, ino)?;
             let p = keys::xattr_prefix(ino);
-            Ok(scan_prefix(tx, &p)?.into_iter().map(|(k, _)| k[p.len()..].to_vec()).collect())
+            Ok(scan_prefix(tx, &p)?
+                .into_iter()
+                .map(|(k, _)| k[p.len()..].to_vec())
+                .collect())
         })
     }
 
@@ -1104,11 +1202,24 @@ impl Meta {
 
     pub fn statfs(&self) -> Result<StatFs> {
         let format = self.format()?;
-        let (used, inodes) = self.read_txn(|tx| Ok((get_counter(tx, "usedSpace")?, get_counter(tx, "totalInodes")?)))?;
+        let (used, inodes) = self.read_txn(|tx| {
+            Ok((
+                get_counter(tx, "usedSpace")?,
+                get_counter(tx, "totalInodes")?,
+            ))
+        })?;
         let used = used.max(0) as u64;
         let inodes = inodes.max(0) as u64;
-        let total = if format.capacity > 0 { format.capacity } else { (1u64 << 50).max(used * 2) };
-        let total_inodes = if format.inodes > 0 { format.inodes } else { (10u64 << 20).max(inodes * 2) };
+        let total = if format.capacity > 0 {
+            format.capacity
+        } else {
+            (1u64 << 50).max(used * 2)
+        };
+        let total_inodes = if format.inodes > 0 {
+            format.inodes
+        } else {
+            (10u64 << 20).max(inodes * 2)
+        };
         Ok(StatFs {
             total_space: total,
             avail_space: total.saturating_sub(used),
@@ -1123,7 +1234,11 @@ impl Meta {
             let p = keys::chunk_prefix(ino);
             let mut out = Vec::new();
             for (k, v) in scan_prefix(tx, &p)? {
-                let idx = k.get(p.len()..p.len() + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes).unwrap_or(0);
+                let idx = k
+                    .get(p.len()..p.len() + 4)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(0);
                 out.push((idx, SliceRecord::decode_all(&v)?));
             }
             Ok(out)

@@ -26,8 +26,11 @@ pub trait KvEngine: Send + Sync {
     fn name(&self) -> &'static str;
     /// Run `f` once inside a transaction. `read_only` lets the engine pick a
     /// cheaper mode. Conflicts come back as [`MetaError::Conflict`].
-    fn run_once(&self, read_only: bool, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>)
-        -> Result<()>;
+    fn run_once(
+        &self,
+        read_only: bool,
+        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
+    ) -> Result<()>;
     /// Remove every key (tests and `format --force` on an empty volume).
     fn reset(&self) -> Result<()>;
 }
@@ -51,7 +54,8 @@ pub fn run_txn<T>(
         });
         match res {
             Ok(()) => {
-                return out.ok_or_else(|| MetaError::Engine("transaction produced no result".into()))
+                return out
+                    .ok_or_else(|| MetaError::Engine("transaction produced no result".into()))
             }
             Err(e) if e.is_retryable() && attempt + 1 < MAX_ATTEMPTS => {
                 attempt += 1;

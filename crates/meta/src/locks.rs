@@ -118,10 +118,20 @@ impl Meta {
     }
 
     /// F_GETLK: the first lock of another owner that conflicts, if any.
-    pub fn getlk(&self, ino: Ino, owner: u64, typ: i32, start: u64, end: u64) -> Result<Option<PosixLock>> {
+    pub fn getlk(
+        &self,
+        ino: Ino,
+        owner: u64,
+        typ: i32,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<PosixLock>> {
         let sid = self.session_id();
         self.read_txn(|tx| {
-            let ranges = tx.get(&keys::plock(ino))?.map(|v| decode_ranges(&v)).unwrap_or_default();
+            let ranges = tx
+                .get(&keys::plock(ino))?
+                .map(|v| decode_ranges(&v))
+                .unwrap_or_default();
             Ok(ranges
                 .iter()
                 .find(|r| {
@@ -131,7 +141,11 @@ impl Meta {
                         && (r.write || typ == libc::F_WRLCK)
                 })
                 .map(|r| PosixLock {
-                    typ: if r.write { libc::F_WRLCK } else { libc::F_RDLCK },
+                    typ: if r.write {
+                        libc::F_WRLCK
+                    } else {
+                        libc::F_RDLCK
+                    },
                     start: r.start,
                     end: r.end,
                     pid: r.pid,
@@ -140,9 +154,19 @@ impl Meta {
     }
 
     /// F_SETLK: set, change or release `[start, end]` for this owner.
-    pub fn setlk(&self, ino: Ino, owner: u64, pid: u32, typ: i32, start: u64, end: u64) -> Result<()> {
+    pub fn setlk(
+        &self,
+        ino: Ino,
+        owner: u64,
+        pid: u32,
+        typ: i32,
+        start: u64,
+        end: u64,
+    ) -> Result<()> {
         if start > end {
-            return Err(MetaError::Invalid("lock range ends before it starts".into()));
+            return Err(MetaError::Invalid(
+                "lock range ends before it starts".into(),
+            ));
         }
         let sid = self.session_id();
         self.txn(|tx| {
@@ -151,7 +175,10 @@ impl Meta {
             let mine = |r: &Range| r.sid == sid && r.owner == owner;
             if typ != libc::F_UNLCK
                 && ranges.iter().any(|r| {
-                    !mine(r) && r.start <= end && start <= r.end && (r.write || typ == libc::F_WRLCK)
+                    !mine(r)
+                        && r.start <= end
+                        && start <= r.end
+                        && (r.write || typ == libc::F_WRLCK)
                 })
             {
                 return Err(MetaError::WouldBlock);
@@ -163,10 +190,16 @@ impl Meta {
                     continue;
                 }
                 if r.start < start {
-                    next.push(Range { end: start - 1, ..r });
+                    next.push(Range {
+                        end: start - 1,
+                        ..r
+                    });
                 }
                 if r.end > end {
-                    next.push(Range { start: end + 1, ..r });
+                    next.push(Range {
+                        start: end + 1,
+                        ..r
+                    });
                 }
             }
             if typ != libc::F_UNLCK {

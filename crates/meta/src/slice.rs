@@ -174,17 +174,28 @@ mod tests {
     #[test]
     fn later_records_win() {
         let segs = visible_segments(&[rec(0, 1, 100), rec(10, 2, 20), rec(90, 3, 20)]);
-        let view: Vec<_> = segs.iter().map(|s| (s.pos, s.len, s.record.id, s.off)).collect();
+        let view: Vec<_> = segs
+            .iter()
+            .map(|s| (s.pos, s.len, s.record.id, s.off))
+            .collect();
         assert_eq!(
             view,
-            vec![(0, 10, 1, 0), (10, 20, 2, 0), (30, 60, 1, 30), (90, 20, 3, 0)]
+            vec![
+                (0, 10, 1, 0),
+                (10, 20, 2, 0),
+                (30, 60, 1, 30),
+                (90, 20, 3, 0)
+            ]
         );
     }
 
     #[test]
     fn records_round_trip() {
         let r = vec![rec(5, 77, 9), SliceRecord::hole(3, 4)];
-        assert_eq!(SliceRecord::decode_all(&SliceRecord::encode_all(&r)).expect("decode"), r);
+        assert_eq!(
+            SliceRecord::decode_all(&SliceRecord::encode_all(&r)).expect("decode"),
+            r
+        );
         assert!(SliceRecord::decode_all(&[0u8; 5]).is_err());
     }
 }

@@ -73,8 +73,7 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Store an object in one request.
     fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<()>>;
     /// Store a large object from several parts, uploaded concurrently.
-    fn put_multipart<'a>(&'a self, key: &'a str, parts: Vec<Bytes>)
-        -> BoxFuture<'a, Result<()>>;
+    fn put_multipart<'a>(&'a self, key: &'a str, parts: Vec<Bytes>) -> BoxFuture<'a, Result<()>>;
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectInfo>>;
     /// Every object whose key starts with `prefix`, recursively.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>>>;
@@ -161,14 +160,15 @@ impl ObjectStore for OpendalStore {
         })
     }
 
-    fn put_multipart<'a>(
-        &'a self,
-        key: &'a str,
-        parts: Vec<Bytes>,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn put_multipart<'a>(&'a self, key: &'a str, parts: Vec<Bytes>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.counters.puts.fetch_add(1, Ordering::Relaxed);
-            let chunk = parts.iter().map(|p| p.len()).max().unwrap_or(0).max(5 << 20);
+            let chunk = parts
+                .iter()
+                .map(|p| p.len())
+                .max()
+                .unwrap_or(0)
+                .max(5 << 20);
             let mut writer = self
                 .op
                 .writer_with(key)
@@ -267,7 +267,10 @@ mod tests {
     fn memory_store_round_trip() {
         let store = open_store("mem://", &StorageOptions::default()).expect("open");
         rt().block_on(async {
-            store.put("a/b", Bytes::from_static(b"hello world")).await.expect("put");
+            store
+                .put("a/b", Bytes::from_static(b"hello world"))
+                .await
+                .expect("put");
             let all = store.get("a/b", None).await.expect("get");
             assert_eq!(&all[..], b"hello world");
             let part = store.get("a/b", Some(6..11)).await.expect("range");

@@ -251,7 +251,10 @@ mod tests {
         assert_eq!(u.bucket, "/var/data");
         let u = StorageUrl::parse("s3://b?endpoint=http://127.0.0.1:9000").expect("query");
         assert_eq!(u.query_value("endpoint"), Some("http://127.0.0.1:9000"));
-        assert_eq!(StorageUrl::parse("mem://").expect("mem").scheme, Scheme::Memory);
+        assert_eq!(
+            StorageUrl::parse("mem://").expect("mem").scheme,
+            Scheme::Memory
+        );
         for (url, scheme) in [
             ("oss://b/p", Scheme::Oss),
             ("gs://b", Scheme::Gcs),
@@ -263,13 +266,19 @@ mod tests {
 
     #[test]
     fn rejects_malformed_urls_with_a_reason() {
-        let err = StorageUrl::parse("bucket/x").expect_err("no scheme").to_string();
+        let err = StorageUrl::parse("bucket/x")
+            .expect_err("no scheme")
+            .to_string();
         assert!(err.contains("expected SCHEME://"), "{err}");
-        let err = StorageUrl::parse("ftp://x").expect_err("scheme").to_string();
+        let err = StorageUrl::parse("ftp://x")
+            .expect_err("scheme")
+            .to_string();
         assert!(err.contains("unknown scheme \"ftp\""), "{err}");
         let err = StorageUrl::parse("s3://").expect_err("bucket").to_string();
         assert!(err.contains("bucket name is missing"), "{err}");
-        let err = StorageUrl::parse("file://relative").expect_err("rel").to_string();
+        let err = StorageUrl::parse("file://relative")
+            .expect_err("rel")
+            .to_string();
         assert!(err.contains("absolute path"), "{err}");
     }
 

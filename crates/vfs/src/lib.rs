@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tessera_chunk::{ChunkError, ChunkStore, FileWriter};
 use tessera_meta::{
-    Attr, Ctx, Entry, FileType, FlockType, Ino, Meta, MetaError, PosixLock, SetAttr, SessionInfo,
+    Attr, Ctx, Entry, FileType, FlockType, Ino, Meta, MetaError, PosixLock, SessionInfo, SetAttr,
     SliceRecord, StatFs, UnlinkResult,
 };
 use tracing::{debug, info, warn};
@@ -105,7 +105,12 @@ impl OpenFile {
         }
     }
 
-    fn chunk_records(&self, meta: &Meta, ino: Ino, index: u32) -> tessera_meta::Result<Arc<Vec<SliceRecord>>> {
+    fn chunk_records(
+        &self,
+        meta: &Meta,
+        ino: Ino,
+        index: u32,
+    ) -> tessera_meta::Result<Arc<Vec<SliceRecord>>> {
         let generation = match self.records.lock() {
             Ok(r) => {
                 if let Some(c) = r.chunks.get(&index) {
@@ -215,7 +220,10 @@ impl Vfs {
             }
             if last_clean.elapsed() >= self.config.session_timeout / 2 {
                 last_clean = std::time::Instant::now();
-                match self.meta.clean_stale_sessions(self.config.session_timeout.as_secs() as i64) {
+                match self
+                    .meta
+                    .clean_stale_sessions(self.config.session_timeout.as_secs() as i64)
+                {
                     Ok(s) if !s.is_empty() => {
                         info!(sessions = ?s, "cleaned up stale sessions");
                         self.send(Work::Clean);
@@ -281,7 +289,11 @@ impl Vfs {
         if let Ok(mut w) = self.work.lock() {
             w.take();
         }
-        let workers = self.workers.lock().map(|mut w| std::mem::take(&mut *w)).unwrap_or_default();
+        let workers = self
+            .workers
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
         for w in workers {
             let _ = w.join();
         }
@@ -302,9 +314,11 @@ impl Vfs {
     }
 
     fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
-        self.open_files.lock().ok().and_then(|m| m.get(&ino).cloned())
+        self.open_files
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&ino).cloned())
     }
-
 
     fn freed(&self, r: &UnlinkResult) {
         if r.data_freed {
@@ -332,7 +346,9 @@ impl Vfs {
     }
 
     fn buffered_length(&self, ino: Ino) -> u64 {
-        self.open_file(ino).map(|of| of.writer.buffered_length()).unwrap_or(0)
+        self.open_file(ino)
+            .map(|of| of.writer.buffered_length())
+            .unwrap_or(0)
     }
 
     pub fn setattr(&self, ino: Ino, set: &SetAttr, size: Option<u64>) -> Result<Attr> {
@@ -340,7 +356,12 @@ impl Vfs {
         if let Some(size) = size {
             self.truncate(ino, size)?;
         }
-        if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.atime.is_some() || set.mtime.is_some() {
+        if set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some()
+        {
             self.meta.setattr(ino, set)?;
         }
         self.getattr(ino)
@@ -363,26 +384,48 @@ impl Vfs {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn mknod(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32, rdev: u32) -> Result<(Ino, Attr)> {
+    pub fn mknod(
+        &self,
+        ctx: &Ctx,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+    ) -> Result<(Ino, Attr)> {
         self.writable()?;
-        let typ = FileType::from_mode(mode).ok_or_else(|| VfsError::new(libc::EINVAL, format!("bad file type in mode {mode:o}")))?;
+        let typ = FileType::from_mode(mode).ok_or_else(|| {
+            VfsError::new(libc::EINVAL, format!("bad file type in mode {mode:o}"))
+        })?;
         if typ == FileType::Dir || typ == FileType::Symlink {
-            return Err(VfsError::new(libc::EINVAL, "mknod cannot make directories or symlinks"));
+            return Err(VfsError::new(
+                libc::EINVAL,
+                "mknod cannot make directories or symlinks",
+            ));
         }
         Ok(self.meta.mknod(ctx, parent, name, typ, mode, rdev, None)?)
     }
 
     pub fn mkdir(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32) -> Result<(Ino, Attr)> {
         self.writable()?;
-        Ok(self.meta.mknod(ctx, parent, name, FileType::Dir, mode, 0, None)?)
+        Ok(self
+            .meta
+            .mknod(ctx, parent, name, FileType::Dir, mode, 0, None)?)
     }
 
-    pub fn symlink(&self, ctx: &Ctx, parent: Ino, name: &[u8], target: &[u8]) -> Result<(Ino, Attr)> {
+    pub fn symlink(
+        &self,
+        ctx: &Ctx,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+    ) -> Result<(Ino, Attr)> {
         self.writable()?;
         if target.is_empty() || target.len() >= 4096 {
             return Err(VfsError::new(libc::ENAMETOOLONG, "symlink target length"));
         }
-        Ok(self.meta.mknod(ctx, parent, name, FileType::Symlink, 0o777, 0, Some(target))?)
+        Ok(self
+            .meta
+            .mknod(ctx, parent, name, FileType::Symlink, 0o777, 0, Some(target))?)
     }
 
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
@@ -401,9 +444,19 @@ impl Vfs {
         Ok(self.meta.rmdir(parent, name)?)
     }
 
-    pub fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], flags: u32) -> Result<()> {
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<()> {
         self.writable()?;
-        if let Some(r) = self.meta.rename(parent, name, new_parent, new_name, flags)? {
+        if let Some(r) = self
+            .meta
+            .rename(parent, name, new_parent, new_name, flags)?
+        {
             self.freed(&r);
         }
         Ok(())
@@ -418,8 +471,22 @@ impl Vfs {
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
         let attr = self.meta.getattr(ino)?;
         let mut entries = vec![
-            Entry { name: b".".to_vec(), ino, typ: FileType::Dir, attr: None },
-            Entry { name: b"..".to_vec(), ino: if ino == tessera_meta::ROOT_INO { ino } else { attr.parent }, typ: FileType::Dir, attr: None },
+            Entry {
+                name: b".".to_vec(),
+                ino,
+                typ: FileType::Dir,
+                attr: None,
+            },
+            Entry {
+                name: b"..".to_vec(),
+                ino: if ino == tessera_meta::ROOT_INO {
+                    ino
+                } else {
+                    attr.parent
+                },
+                typ: FileType::Dir,
+                attr: None,
+            },
         ];
         entries.extend(self.meta.readdir(ino, false)?);
         Ok(self.new_handle(Handle::dir(ino, entries)))
@@ -463,17 +530,24 @@ impl Vfs {
         }
         let attr = self.meta.getattr(ino)?;
         if attr.typ == FileType::Dir && is_write_open(flags) {
-            return Err(VfsError::new(libc::EISDIR, "cannot open a directory for writing"));
+            return Err(VfsError::new(
+                libc::EISDIR,
+                "cannot open a directory for writing",
+            ));
         }
         // The kernel hands O_TRUNC to open (atomic_o_trunc); truncating an
         // empty file still updates its times, as POSIX asks.
-        let attr = if flags & libc::O_TRUNC != 0 && is_write_open(flags) && attr.typ == FileType::File {
-            self.truncate(ino, 0)?
-        } else {
-            attr
-        };
+        let attr =
+            if flags & libc::O_TRUNC != 0 && is_write_open(flags) && attr.typ == FileType::File {
+                self.truncate(ino, 0)?
+            } else {
+                attr
+            };
         let of = {
-            let mut files = self.open_files.lock().map_err(|_| VfsError::new(libc::EIO, "open files lock poisoned"))?;
+            let mut files = self
+                .open_files
+                .lock()
+                .map_err(|_| VfsError::new(libc::EIO, "open files lock poisoned"))?;
             files
                 .entry(ino)
                 .or_insert_with(|| {
@@ -497,16 +571,27 @@ impl Vfs {
         Ok((fh, Attr { length, ..attr }))
     }
 
-    pub fn create(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32, flags: i32) -> Result<(Ino, Attr, u64)> {
+    pub fn create(
+        &self,
+        ctx: &Ctx,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Ino, Attr, u64)> {
         self.writable()?;
-        let (ino, _) = self.meta.mknod(ctx, parent, name, FileType::File, mode, 0, None)?;
+        let (ino, _) = self
+            .meta
+            .mknod(ctx, parent, name, FileType::File, mode, 0, None)?;
         let (fh, attr) = self.open(ino, flags)?;
         Ok((ino, attr, fh))
     }
 
     pub fn read(&self, ino: Ino, fh: u64, off: u64, size: usize) -> Result<Vec<u8>> {
         let _span = tracing::debug_span!("read", ino, off, size).entered();
-        let of = self.open_file(ino).ok_or_else(|| VfsError::new(libc::EBADF, "file is not open"))?;
+        let of = self
+            .open_file(ino)
+            .ok_or_else(|| VfsError::new(libc::EBADF, "file is not open"))?;
         self.handle(fh)?;
         let length = self.getattr(ino)?.length;
         if off >= length {
@@ -518,7 +603,9 @@ impl Vfs {
         loop {
             let res = self
                 .chunks
-                .read_committed_with(off, &mut buf, &mut |index| Ok(of.chunk_records(&self.meta, ino, index)?));
+                .read_committed_with(off, &mut buf, &mut |index| {
+                    Ok(of.chunk_records(&self.meta, ino, index)?)
+                });
             match res {
                 // Compaction (here or in another mount) replaced the slices
                 // our cached records name: reload them and read again.
@@ -542,14 +629,22 @@ impl Vfs {
         let _span = tracing::debug_span!("write", ino, off, len = data.len()).entered();
         self.writable()?;
         let h = self.handle(fh)?;
-        let of = self.open_file(ino).ok_or_else(|| VfsError::new(libc::EBADF, "file is not open"))?;
+        let of = self
+            .open_file(ino)
+            .ok_or_else(|| VfsError::new(libc::EBADF, "file is not open"))?;
         let off = if h.flags & libc::O_APPEND != 0 {
             self.getattr(ino)?.length
         } else {
             off
         };
-        if off.checked_add(data.len() as u64).is_none_or(|end| end > (1u64 << 60)) {
-            return Err(VfsError::new(libc::EFBIG, "write past the largest file size"));
+        if off
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > (1u64 << 60))
+        {
+            return Err(VfsError::new(
+                libc::EFBIG,
+                "write past the largest file size",
+            ));
         }
         if of.writer.write(off, data)? {
             self.flush_file(ino, &of)?;
@@ -573,7 +668,8 @@ impl Vfs {
             self.flush_file(ino, &of)?;
         }
         if lock_owner != 0 {
-            self.meta.setlk(ino, lock_owner, 0, libc::F_UNLCK, 0, u64::MAX)?;
+            self.meta
+                .setlk(ino, lock_owner, 0, libc::F_UNLCK, 0, u64::MAX)?;
         }
         Ok(())
     }
@@ -626,17 +722,29 @@ impl Vfs {
     }
 
     /// Copy between files by sharing slices: no data moves.
-    pub fn copy_file_range(&self, ino_in: Ino, off_in: u64, ino_out: Ino, off_out: u64, len: u64) -> Result<u64> {
+    pub fn copy_file_range(
+        &self,
+        ino_in: Ino,
+        off_in: u64,
+        ino_out: Ino,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u64> {
         self.writable()?;
         if ino_in == ino_out && off_in.max(off_out) < off_in.min(off_out) + len {
-            return Err(VfsError::new(libc::EINVAL, "overlapping copy within one file"));
+            return Err(VfsError::new(
+                libc::EINVAL,
+                "overlapping copy within one file",
+            ));
         }
         for ino in [ino_in, ino_out] {
             if let Some(of) = self.open_file(ino) {
                 self.flush_file(ino, &of)?;
             }
         }
-        let (_, n) = self.meta.copy_range(ino_in, off_in, ino_out, off_out, len)?;
+        let (_, n) = self
+            .meta
+            .copy_range(ino_in, off_in, ino_out, off_out, len)?;
         if let Some(of) = self.open_file(ino_out) {
             of.invalidate();
         }
@@ -652,16 +760,36 @@ impl Vfs {
         self.retry_lock(block, || self.meta.flock(ino, owner, typ))
     }
 
-    pub fn getlk(&self, ino: Ino, owner: u64, typ: i32, start: u64, end: u64) -> Result<Option<PosixLock>> {
+    pub fn getlk(
+        &self,
+        ino: Ino,
+        owner: u64,
+        typ: i32,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<PosixLock>> {
         Ok(self.meta.getlk(ino, owner, typ, start, end)?)
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn setlk(&self, ino: Ino, owner: u64, pid: u32, typ: i32, start: u64, end: u64, block: bool) -> Result<()> {
+    pub fn setlk(
+        &self,
+        ino: Ino,
+        owner: u64,
+        pid: u32,
+        typ: i32,
+        start: u64,
+        end: u64,
+        block: bool,
+    ) -> Result<()> {
         self.retry_lock(block, || self.meta.setlk(ino, owner, pid, typ, start, end))
     }
 
-    fn retry_lock(&self, block: bool, mut f: impl FnMut() -> tessera_meta::Result<()>) -> Result<()> {
+    fn retry_lock(
+        &self,
+        block: bool,
+        mut f: impl FnMut() -> tessera_meta::Result<()>,
+    ) -> Result<()> {
         let mut wait = Duration::from_millis(5);
         loop {
             match f() {

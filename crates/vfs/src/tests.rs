@@ -11,7 +11,11 @@ use tessera_object::{open_store, StorageOptions};
 
 use crate::{Vfs, VfsConfig};
 
-const CTX: Ctx = Ctx { uid: 0, gid: 0, pid: 1 };
+const CTX: Ctx = Ctx {
+    uid: 0,
+    gid: 0,
+    pid: 1,
+};
 
 struct Fixture {
     vfs: Arc<Vfs>,
@@ -19,42 +23,71 @@ struct Fixture {
 }
 
 fn fixture(block_size: usize) -> Fixture {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let meta = Arc::new(Meta::new(Arc::new(MemoryEngine::default()), MetaConfig::default()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let meta = Arc::new(Meta::new(
+        Arc::new(MemoryEngine::default()),
+        MetaConfig::default(),
+    ));
     let mut format = tessera_meta::conformance::test_format();
     format.block_size = block_size as u32;
     meta.init(&format).expect("format");
     let store = open_store("mem://", &StorageOptions::default()).expect("store");
-    let config = ChunkConfig { volume: "t".into(), block_size, compact_threshold: 8, buffer_size: 1 << 20, ..Default::default() };
+    let config = ChunkConfig {
+        volume: "t".into(),
+        block_size,
+        compact_threshold: 8,
+        buffer_size: 1 << 20,
+        ..Default::default()
+    };
     let chunks = ChunkStore::new(store, meta.clone(), rt.handle().clone(), config);
     let vfs = Vfs::new(meta, chunks, VfsConfig::default());
     Fixture { vfs, _rt: rt }
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 #[test]
 fn write_read_overwrite_and_reopen() {
     let f = fixture(64 << 10);
     let v = &f.vfs;
-    let (ino, _, fh) = v.create(&CTX, ROOT_INO, b"f", 0o644, libc::O_RDWR).expect("create");
+    let (ino, _, fh) = v
+        .create(&CTX, ROOT_INO, b"f", 0o644, libc::O_RDWR)
+        .expect("create");
     let data = pattern(300_000, 1);
     v.write(ino, fh, 0, &data).expect("write");
-    assert_eq!(v.getattr(ino).expect("attr").length, 300_000, "buffered length is visible");
-    assert_eq!(v.read(ino, fh, 1000, 5000).expect("read dirty"), data[1000..6000]);
+    assert_eq!(
+        v.getattr(ino).expect("attr").length,
+        300_000,
+        "buffered length is visible"
+    );
+    assert_eq!(
+        v.read(ino, fh, 1000, 5000).expect("read dirty"),
+        data[1000..6000]
+    );
     v.flush(ino, fh, 0).expect("flush");
     v.write(ino, fh, 100_000, &[7u8; 10]).expect("overwrite");
     let mut expect = data.clone();
     expect[100_000..100_010].fill(7);
-    assert_eq!(v.read(ino, fh, 99_990, 30).expect("read mixed"), expect[99_990..100_020]);
+    assert_eq!(
+        v.read(ino, fh, 99_990, 30).expect("read mixed"),
+        expect[99_990..100_020]
+    );
     v.release(ino, fh, None).expect("release");
     let (fh, attr) = v.open(ino, libc::O_RDONLY).expect("reopen");
     assert_eq!(attr.length, 300_000);
     assert_eq!(v.read(ino, fh, 0, 400_000).expect("read all"), expect);
     v.release(ino, fh, None).expect("release");
-    let (fh, attr) = v.open(ino, libc::O_WRONLY | libc::O_TRUNC).expect("open O_TRUNC");
+    let (fh, attr) = v
+        .open(ino, libc::O_WRONLY | libc::O_TRUNC)
+        .expect("open O_TRUNC");
     assert_eq!(attr.length, 0, "O_TRUNC empties the file");
     v.release(ino, fh, None).expect("release");
 }
@@ -63,18 +96,27 @@ fn write_read_overwrite_and_reopen() {
 fn holes_truncate_and_append() {
     let f = fixture(64 << 10);
     let v = &f.vfs;
-    let (ino, _, fh) = v.create(&CTX, ROOT_INO, b"f", 0o644, libc::O_RDWR).expect("create");
-    v.write(ino, fh, 1 << 20, b"tail").expect("write past a hole");
+    let (ino, _, fh) = v
+        .create(&CTX, ROOT_INO, b"f", 0o644, libc::O_RDWR)
+        .expect("create");
+    v.write(ino, fh, 1 << 20, b"tail")
+        .expect("write past a hole");
     v.fsync(ino).expect("fsync");
     let got = v.read(ino, fh, (1 << 20) - 2, 10).expect("read");
     assert_eq!(got, b"\0\0tail");
     v.truncate(ino, (1 << 20) + 2).expect("shrink");
     v.write(ino, fh, 10, b"x").expect("write after shrink");
-    assert_eq!(v.getattr(ino).expect("attr").length, (1 << 20) + 2, "a shrink is not undone by later writes");
+    assert_eq!(
+        v.getattr(ino).expect("attr").length,
+        (1 << 20) + 2,
+        "a shrink is not undone by later writes"
+    );
     v.truncate(ino, (1 << 20) + 6).expect("grow");
     assert_eq!(v.read(ino, fh, 1 << 20, 10).expect("read"), b"ta\0\0\0\0");
     v.release(ino, fh, None).expect("release");
-    let (fh, _) = v.open(ino, libc::O_WRONLY | libc::O_APPEND).expect("append open");
+    let (fh, _) = v
+        .open(ino, libc::O_WRONLY | libc::O_APPEND)
+        .expect("append open");
     v.write(ino, fh, 0, b"XY").expect("append");
     v.release(ino, fh, None).expect("release");
     let (fh, attr) = v.open(ino, libc::O_RDONLY).expect("open");
@@ -88,22 +130,37 @@ fn deleted_and_compacted_data_leaves_the_store() {
     let f = fixture(4096);
     let v = &f.vfs;
     let store = v.chunks.store().clone();
-    let (ino, _, fh) = v.create(&CTX, ROOT_INO, b"f", 0o644, libc::O_RDWR).expect("create");
+    let (ino, _, fh) = v
+        .create(&CTX, ROOT_INO, b"f", 0o644, libc::O_RDWR)
+        .expect("create");
     // Many small non-contiguous writes, each flushed: the chunk fragments.
     for i in 0..20u64 {
-        v.write(ino, fh, (19 - i) * 1000, &pattern(1000, i as u8)).expect("write");
+        v.write(ino, fh, (19 - i) * 1000, &pattern(1000, i as u8))
+            .expect("write");
         v.fsync(ino).expect("fsync");
     }
     let before = v.read(ino, fh, 0, 20_000).expect("read");
-    let freed = v.chunks.compact(ino, 0).expect("compact").expect("a fragmented chunk is compacted");
+    let freed = v
+        .chunks
+        .compact(ino, 0)
+        .expect("compact")
+        .expect("a fragmented chunk is compacted");
     v.chunks.delete_slices(&freed);
     assert_eq!(v.meta.read_chunk(ino, 0).expect("records").len(), 1);
     v.release(ino, fh, None).expect("release");
     let (fh, _) = v.open(ino, libc::O_RDONLY).expect("open");
-    assert_eq!(v.read(ino, fh, 0, 20_000).expect("read"), before, "compaction keeps the bytes");
+    assert_eq!(
+        v.read(ino, fh, 0, 20_000).expect("read"),
+        before,
+        "compaction keeps the bytes"
+    );
     v.release(ino, fh, None).expect("release");
     let objects = |s: &tessera_object::DynStore| f._rt.block_on(s.list("t/")).expect("list").len();
-    assert_eq!(objects(&store), 5, "only the compacted slice's blocks remain");
+    assert_eq!(
+        objects(&store),
+        5,
+        "only the compacted slice's blocks remain"
+    );
     v.unlink(ROOT_INO, b"f").expect("unlink");
     v.chunks.clean_deleted_files().expect("clean");
     assert_eq!(objects(&store), 0, "a deleted file's objects are deleted");
@@ -114,15 +171,29 @@ fn deleted_and_compacted_data_leaves_the_store() {
 fn copy_file_range_shares_slices() {
     let f = fixture(64 << 10);
     let v = &f.vfs;
-    let (a, _, fa) = v.create(&CTX, ROOT_INO, b"a", 0o644, libc::O_RDWR).expect("a");
-    let (b, _, fb) = v.create(&CTX, ROOT_INO, b"b", 0o644, libc::O_RDWR).expect("b");
+    let (a, _, fa) = v
+        .create(&CTX, ROOT_INO, b"a", 0o644, libc::O_RDWR)
+        .expect("a");
+    let (b, _, fb) = v
+        .create(&CTX, ROOT_INO, b"b", 0o644, libc::O_RDWR)
+        .expect("b");
     let data = pattern(200_000, 3);
     v.write(a, fa, 0, &data).expect("write");
     v.fsync(a).expect("fsync");
     let puts = v.chunks.store().counters().puts.load(Ordering::Relaxed);
-    assert_eq!(v.copy_file_range(a, 1000, b, 10, 150_000).expect("copy"), 150_000);
-    assert_eq!(v.chunks.store().counters().puts.load(Ordering::Relaxed), puts, "copying uploads nothing");
-    assert_eq!(v.read(b, fb, 0, 200_000).expect("read")[10..], data[1000..151_000]);
+    assert_eq!(
+        v.copy_file_range(a, 1000, b, 10, 150_000).expect("copy"),
+        150_000
+    );
+    assert_eq!(
+        v.chunks.store().counters().puts.load(Ordering::Relaxed),
+        puts,
+        "copying uploads nothing"
+    );
+    assert_eq!(
+        v.read(b, fb, 0, 200_000).expect("read")[10..],
+        data[1000..151_000]
+    );
     v.release(a, fa, None).expect("release");
     v.release(b, fb, None).expect("release");
 }
@@ -132,7 +203,9 @@ fn unlinked_open_file_stays_readable() {
     let f = fixture(64 << 10);
     let v = &f.vfs;
     v.start("/test").expect("session");
-    let (ino, _, fh) = v.create(&CTX, ROOT_INO, b"f", 0o644, libc::O_RDWR).expect("create");
+    let (ino, _, fh) = v
+        .create(&CTX, ROOT_INO, b"f", 0o644, libc::O_RDWR)
+        .expect("create");
     v.write(ino, fh, 0, b"still here").expect("write");
     v.flush(ino, fh, 0).expect("flush");
     v.unlink(ROOT_INO, b"f").expect("unlink");

@@ -34,25 +34,31 @@ pub struct Args {
 }
 
 /// Write, read back and delete a probe object, so that a bad bucket or
-    /// credentials fail before anything is written.
-fn probe_storage(rt: &tokio::runtime::Runtime, store: &tessera_object::DynStore, name: &str) -> Result<()> {
-        let key = format!("{name}/.tessera-probe");
-        let body = bytes::Bytes::from_static(b"tessera storage probe");
-        rt.block_on(async {
-            store.put(&key, body.clone()).await?;
-            let back = store.get(&key, None).await?;
-            if back != body {
-                return Err(anyhow!("object storage returned different bytes for {key}"));
-            }
-            store.delete(&key).await?;
-            Ok(())
-        })
-        .map_err(|e: anyhow::Error| anyhow!("object storage {} is not usable: {e:#}", store.describe()))
+/// credentials fail before anything is written.
+fn probe_storage(
+    rt: &tokio::runtime::Runtime,
+    store: &tessera_object::DynStore,
+    name: &str,
+) -> Result<()> {
+    let key = format!("{name}/.tessera-probe");
+    let body = bytes::Bytes::from_static(b"tessera storage probe");
+    rt.block_on(async {
+        store.put(&key, body.clone()).await?;
+        let back = store.get(&key, None).await?;
+        if back != body {
+            return Err(anyhow!("object storage returned different bytes for {key}"));
+        }
+        store.delete(&key).await?;
+        Ok(())
+    })
+    .map_err(|e: anyhow::Error| anyhow!("object storage {} is not usable: {e:#}", store.describe()))
 }
 
 fn valid_name(name: &str) -> bool {
     (3..=63).contains(&name.len())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -81,13 +87,17 @@ pub fn run(a: Args) -> Result<()> {
     };
     let options = a.storage_flags.options();
     if let Some(dir) = storage.strip_prefix("file://") {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the storage directory {dir}"))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the storage directory {dir}"))?;
     }
     let store = tessera_object::open_store(&storage, &options)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     probe_storage(&rt, &store, &a.name)?;
 
-    let engine = tessera_meta::open_engine(&a.meta_url).map_err(|e| anyhow!("cannot reach the metadata engine: {e}"))?;
+    let engine = tessera_meta::open_engine(&a.meta_url)
+        .map_err(|e| anyhow!("cannot reach the metadata engine: {e}"))?;
     let meta = Meta::new(engine, MetaConfig::default());
     let uuid = match meta.load() {
         Ok(existing) => existing.uuid,
@@ -107,12 +117,24 @@ pub fn run(a: Args) -> Result<()> {
     let created = meta.init(&format)?;
     let settings = meta.format()?;
     let mirror = serde_json::to_vec_pretty(&settings)?;
-    rt.block_on(store.put(&format!("{}/tessera.json", a.name), bytes::Bytes::from(mirror)))
-        .map_err(|e| anyhow!("volume created, but mirroring its settings to the bucket failed: {e}"))?;
+    rt.block_on(store.put(
+        &format!("{}/tessera.json", a.name),
+        bytes::Bytes::from(mirror),
+    ))
+    .map_err(|e| anyhow!("volume created, but mirroring its settings to the bucket failed: {e}"))?;
     if created {
-        println!("formatted volume {:?} (uuid {}) on {} with metadata in {}", settings.name, settings.uuid, store.describe(), crate::common::redact(&a.meta_url));
+        println!(
+            "formatted volume {:?} (uuid {}) on {} with metadata in {}",
+            settings.name,
+            settings.uuid,
+            store.describe(),
+            crate::common::redact(&a.meta_url)
+        );
     } else {
-        println!("volume {:?} already exists with these settings; nothing changed", settings.name);
+        println!(
+            "volume {:?} already exists with these settings; nothing changed",
+            settings.name
+        );
     }
     Ok(())
 }

@@ -13,10 +13,17 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let path = a.path.canonicalize().with_context(|| format!("cannot resolve {}", a.path.display()))?;
+    let path = a
+        .path
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", a.path.display()))?;
     let mount = crate::common::mounts()
         .into_iter()
-        .filter(|m| m.fstype.starts_with("fuse") && m.source.contains("://") && path.starts_with(&m.mountpoint))
+        .filter(|m| {
+            m.fstype.starts_with("fuse")
+                && m.source.contains("://")
+                && path.starts_with(&m.mountpoint)
+        })
         .max_by_key(|m| m.mountpoint.as_os_str().len())
         .ok_or_else(|| anyhow!("{} is not inside a mounted Tessera volume", path.display()))?;
     let ino = std::fs::symlink_metadata(&path)?.ino();
@@ -29,20 +36,34 @@ pub fn run(a: Args) -> Result<()> {
     println!("  links   {}", attr.nlink);
     let bs = u64::from(format.block_size);
     for (index, records) in meta.chunks_of(ino)? {
-        println!("  chunk {index} (offset {}): {} slice records", u64::from(index) * CHUNK_SIZE, records.len());
+        println!(
+            "  chunk {index} (offset {}): {} slice records",
+            u64::from(index) * CHUNK_SIZE,
+            records.len()
+        );
         for r in records {
             if r.is_hole() {
                 println!("    hole   pos {} len {}", r.pos, r.len);
                 continue;
             }
-            let kind = if r.kind == SliceKind::External { "extern" } else { "slice" };
-            println!("    {kind} {} pos {} off {} len {} (slice size {})", r.id, r.pos, r.off, r.len, r.size);
+            let kind = if r.kind == SliceKind::External {
+                "extern"
+            } else {
+                "slice"
+            };
+            println!(
+                "    {kind} {} pos {} off {} len {} (slice size {})",
+                r.id, r.pos, r.off, r.len, r.size
+            );
             if r.kind == SliceKind::Internal {
                 let first = r.off / bs;
                 let last = (r.off + u64::from(r.len)).div_ceil(bs);
                 for b in first..last {
                     let len = (r.size - b * bs).min(bs);
-                    println!("      {}", tessera_chunk::block_key(&format.name, r.id, b, len));
+                    println!(
+                        "      {}",
+                        tessera_chunk::block_key(&format.name, r.id, b, len)
+                    );
                 }
             }
         }

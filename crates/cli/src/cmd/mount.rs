@@ -96,7 +96,12 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn serve(a: &Args, mountpoint: &Path, mem_cache: usize, buffer: usize) -> Result<()> {
-    let (meta, format) = open_volume(&a.meta_url, MetaConfig { read_only: a.read_only })?;
+    let (meta, format) = open_volume(
+        &a.meta_url,
+        MetaConfig {
+            read_only: a.read_only,
+        },
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .thread_name("tessera-io")
@@ -122,7 +127,9 @@ fn serve(a: &Args, mountpoint: &Path, mem_cache: usize, buffer: usize) -> Result
     );
     let root = match &a.subdir {
         Some(sub) => {
-            let (ino, attr) = meta.resolve(sub).map_err(|e| anyhow!("--subdir {sub}: {e}"))?;
+            let (ino, attr) = meta
+                .resolve(sub)
+                .map_err(|e| anyhow!("--subdir {sub}: {e}"))?;
             if attr.typ != tessera_meta::FileType::Dir {
                 return Err(anyhow!("--subdir {sub} is not a directory"));
             }
@@ -133,10 +140,11 @@ fn serve(a: &Args, mountpoint: &Path, mem_cache: usize, buffer: usize) -> Result
     vfs.start(&mountpoint.to_string_lossy())?;
     let target = mountpoint.to_path_buf();
     rt.spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -175,13 +183,20 @@ fn daemonize(mountpoint: &Path, log: Option<&Path>) -> Result<()> {
         if unsafe { libc::geteuid() } == 0 {
             PathBuf::from("/var/log/tessera.log")
         } else {
-            PathBuf::from(format!("{}/.tessera/tessera.log", std::env::var("HOME").unwrap_or_default()))
+            PathBuf::from(format!(
+                "{}/.tessera/tessera.log",
+                std::env::var("HOME").unwrap_or_default()
+            ))
         }
     });
     if let Some(dir) = log.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).with_context(|| format!("cannot open log file {}", log.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("cannot open log file {}", log.display()))?;
     // SAFETY: no threads exist yet (the runtime is built after this), so
     // fork is safe; the child continues with a copy of this single thread.
     let pid = unsafe { libc::fork() };
@@ -204,15 +219,25 @@ fn daemonize(mountpoint: &Path, log: Option<&Path>) -> Result<()> {
     }
     for _ in 0..300 {
         if is_mounted(mountpoint) {
-            println!("mounted on {} (pid {pid}, log {})", mountpoint.display(), log.display());
+            println!(
+                "mounted on {} (pid {pid}, log {})",
+                mountpoint.display(),
+                log.display()
+            );
             std::process::exit(0);
         }
         let mut status = 0;
         // SAFETY: waitpid on our own child with a valid status pointer.
         if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-            return Err(anyhow!("the mount process exited before the mount was up; see {}", log.display()));
+            return Err(anyhow!(
+                "the mount process exited before the mount was up; see {}",
+                log.display()
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(anyhow!("the mount did not come up within 15 seconds; see {}", log.display()))
+    Err(anyhow!(
+        "the mount did not come up within 15 seconds; see {}",
+        log.display()
+    ))
 }

@@ -35,7 +35,15 @@ pub fn run(a: Args) -> Result<()> {
     println!("sessions    {}", sessions.len());
     let now = tessera_meta::now().0;
     for s in sessions {
-        println!("  #{} {}:{} pid {} version {} (heartbeat {}s ago)", s.sid, s.host, s.mountpoint, s.pid, s.version, now - s.heartbeat);
+        println!(
+            "  #{} {}:{} pid {} version {} (heartbeat {}s ago)",
+            s.sid,
+            s.host,
+            s.mountpoint,
+            s.pid,
+            s.version,
+            now - s.heartbeat
+        );
     }
     Ok(())
 }

@@ -36,7 +36,10 @@ pub fn unmount(path: &std::path::Path, force: bool) -> Result<()> {
     }
     let err = std::io::Error::last_os_error();
     if err.raw_os_error() == Some(libc::EBUSY) {
-        return Err(anyhow!("{} is busy: close the files open there, or use --force", path.display()));
+        return Err(anyhow!(
+            "{} is busy: close the files open there, or use --force",
+            path.display()
+        ));
     }
     let mut cmd = std::process::Command::new("fusermount3");
     cmd.arg("-u");

@@ -12,7 +12,10 @@ pub fn bin() -> &'static str {
 }
 
 pub fn tessera(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().expect("run tessera")
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run tessera")
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -42,7 +45,11 @@ impl Volume {
         args.extend_from_slice(extra);
         let out = tessera(&args);
         assert!(out.status.success(), "format failed: {}", stderr(&out));
-        Volume { dir, meta_url, storage }
+        Volume {
+            dir,
+            meta_url,
+            storage,
+        }
     }
 
     pub fn mount(&self, name: &str) -> Mount {
@@ -85,10 +92,16 @@ impl Mount {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("mount exited early with {status}");
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "mount did not come up");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "mount did not come up"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Mount { path, child: Some(child) }
+        Mount {
+            path,
+            child: Some(child),
+        }
     }
 
     pub fn join(&self, rel: &str) -> PathBuf {
@@ -115,7 +128,10 @@ impl Mount {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                assert!(status.success() || std::thread::panicking(), "mount exited with {status}");
+                assert!(
+                    status.success() || std::thread::panicking(),
+                    "mount exited with {status}"
+                );
                 return;
             }
             if start.elapsed() > Duration::from_secs(30) {
@@ -150,5 +166,7 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 
 /// A 64-bit FNV-1a digest, enough to compare file contents.
 pub fn digest(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+    data.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
 }

@@ -16,13 +16,15 @@ pub fn open(url: &str) -> Result<Arc<dyn KvEngine>> {
         url: url.to_string(),
         reason: reason.to_string(),
     };
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| bad("expected SCHEME://..., for example sqlite:///var/lib/tessera/meta.db"))?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        bad("expected SCHEME://..., for example sqlite:///var/lib/tessera/meta.db")
+    })?;
     match scheme {
         "sqlite" | "sqlite3" => {
             if rest.is_empty() {
-                return Err(bad("the database path is missing: sqlite:///path/to/meta.db"));
+                return Err(bad(
+                    "the database path is missing: sqlite:///path/to/meta.db",
+                ));
             }
             let path = rest.split('?').next().unwrap_or(rest);
             Ok(Arc::new(SqliteEngine::open(std::path::Path::new(path))?))

@@ -45,7 +45,10 @@ impl SqliteEngine {
             "CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;",
         )
         .map_err(|e| {
-            MetaError::Engine(format!("cannot open SQLite database {}: {e}", path.display()))
+            MetaError::Engine(format!(
+                "cannot open SQLite database {}: {e}",
+                path.display()
+            ))
         })?;
         engine.put_back(conn);
         Ok(engine)
@@ -58,9 +61,12 @@ impl SqliteEngine {
                 self.path.display()
             ))
         })?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(engine_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(engine_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(engine_err)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(engine_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(engine_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(engine_err)?;
         Ok(conn)
     }
 
@@ -139,7 +145,11 @@ impl KvEngine for SqliteEngine {
         f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
     ) -> Result<()> {
         let conn = self.take()?;
-        let begin = if read_only { "BEGIN DEFERRED" } else { "BEGIN IMMEDIATE" };
+        let begin = if read_only {
+            "BEGIN DEFERRED"
+        } else {
+            "BEGIN IMMEDIATE"
+        };
         if let Err(e) = conn.execute_batch(begin) {
             self.put_back(conn);
             return Err(engine_err(e));
