@@ -13,6 +13,8 @@ cache=${TESSERA_CACHE:-$HOME/.cache/tessera-test}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 mkdir -p "$cache"
 work=$(mktemp -d /tmp/tessera-test.XXXXXX)
+# pjdfstest switches to unprivileged users, who must reach the test dirs.
+chmod 755 "$work"
 pids=()
 mounts=()
 passed=0

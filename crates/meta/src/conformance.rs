@@ -361,6 +361,18 @@ fn data_records(e: Arc<dyn KvEngine>) {
         .replace_chunk_prefix(h, 0, &raw, &[])
         .expect("stale")
         .is_none());
+    let ext = crate::ExternalObject {
+        source: "s3://b".into(),
+        key: "a/model.bin".into(),
+        size: 1 << 30,
+        etag: Some("\"e1\"".into()),
+    };
+    let ext_id = m.put_external(&ext).expect("external");
+    assert_eq!(m.get_external(ext_id).expect("read external"), ext);
+    assert!(matches!(
+        m.get_external(ext_id + 1000),
+        Err(MetaError::NotFound)
+    ));
     let fa = m.fallocate(h, 0, 0, 5000).expect("fallocate grows");
     assert_eq!(fa.attr.length, 5000);
 }

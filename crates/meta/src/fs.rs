@@ -57,6 +57,17 @@ pub struct UnlinkResult {
     pub data_freed: bool,
 }
 
+/// An object in a bucket that imported files read in place.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExternalObject {
+    /// Storage URL of the source (bucket and prefix).
+    pub source: String,
+    pub key: String,
+    pub size: u64,
+    /// ETag at import time; a read that finds another one fails.
+    pub etag: Option<String>,
+}
+
 /// Slices no longer referenced, whose blocks can be deleted: (id, size).
 pub type FreedSlices = Vec<(u64, u64)>;
 
@@ -129,30 +140,24 @@ fn put_dentry(tx: &mut dyn KvTxn, parent: Ino, name: &[u8], ino: Ino, typ: FileT
     tx.set(&keys::dentry(parent, name), &v)
 }
 
+/// An i64 value (little endian) stored at `key`; 0 when absent.
+fn get_i64(tx: &mut dyn KvTxn, key: &[u8]) -> Result<i64> {
+    Ok(match tx.get(key)? {
+        Some(v) => v.as_slice().try_into().map(i64::from_le_bytes).unwrap_or(0),
+        None => 0,
+    })
+}
+
 pub(crate) fn incr(tx: &mut dyn KvTxn, name: &str, delta: i64) -> Result<i64> {
     let key = keys::counter(name);
-    let cur = match tx.get(&key)? {
-        Some(v) if v.len() == 8 => {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&v);
-            i64::from_le_bytes(a)
-        }
-        _ => 0,
-    };
+    let cur = get_i64(tx, &key)?;
     let next = cur + delta;
     tx.set(&key, &next.to_le_bytes())?;
     Ok(next)
 }
 
 pub(crate) fn get_counter(tx: &mut dyn KvTxn, name: &str) -> Result<i64> {
-    Ok(match tx.get(&keys::counter(name))? {
-        Some(v) if v.len() == 8 => {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&v);
-            i64::from_le_bytes(a)
-        }
-        _ => 0,
-    })
+    get_i64(tx, &keys::counter(name))
 }
 
 fn dir_is_empty(tx: &mut dyn KvTxn, ino: Ino) -> Result<bool> {
@@ -170,18 +175,10 @@ pub(crate) fn unref_slice(
         return Ok(());
     }
     let key = keys::slice_refs(r.id, r.size);
-    match tx.get(&key)? {
-        Some(v) if v.len() == 8 => {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&v);
-            let extra = i64::from_le_bytes(a) - 1;
-            if extra <= 0 {
-                tx.delete(&key)?;
-            } else {
-                tx.set(&key, &extra.to_le_bytes())?;
-            }
-        }
-        _ => freed.push((r.id, r.size)),
+    match get_i64(tx, &key)? {
+        0 => freed.push((r.id, r.size)),
+        1 => tx.delete(&key)?,
+        extra => tx.set(&key, &(extra - 1).to_le_bytes())?,
     }
     Ok(())
 }
@@ -191,14 +188,7 @@ fn add_slice_ref(tx: &mut dyn KvTxn, r: &SliceRecord) -> Result<()> {
         return Ok(());
     }
     let key = keys::slice_refs(r.id, r.size);
-    let cur = match tx.get(&key)? {
-        Some(v) if v.len() == 8 => {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&v);
-            i64::from_le_bytes(a)
-        }
-        _ => 0,
-    };
+    let cur = get_i64(tx, &key)?;
     tx.set(&key, &(cur + 1).to_le_bytes())
 }
 
@@ -1137,6 +1127,25 @@ impl Meta {
             tx.delete(&keys::deleted(ino, length))?;
             Ok(freed)
         })
+    }
+
+    // ---- external objects (import) ------------------------------------
+
+    /// Record an object of a bucket that slices of kind External point at.
+    pub fn put_external(&self, obj: &ExternalObject) -> Result<u64> {
+        self.writable()?;
+        let id = self.new_slice_id()?;
+        let raw = serde_json::to_vec(obj).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+        self.txn(|tx| tx.set(&keys::external(id), &raw))?;
+        Ok(id)
+    }
+
+    pub fn get_external(&self, id: u64) -> Result<ExternalObject> {
+        let raw = self
+            .read_txn(|tx| tx.get(&keys::external(id)))?
+            .ok_or(MetaError::NotFound)?;
+        serde_json::from_slice(&raw)
+            .map_err(|e| MetaError::Corrupt(format!("external object {id}: {e}")))
     }
 
     // ---- extended attributes ------------------------------------------

@@ -20,7 +20,9 @@ pub mod slice;
 use serde::{Deserialize, Serialize};
 
 pub use attr::{Attr, FileType};
-pub use fs::{Entry, Meta, MetaConfig, SetAttr, StatFs, TruncateResult, UnlinkResult};
+pub use fs::{
+    Entry, ExternalObject, Meta, MetaConfig, SetAttr, StatFs, TruncateResult, UnlinkResult,
+};
 pub use kv::{KvEngine, KvTxn};
 pub use locks::{FlockType, PosixLock};
 pub use session::SessionInfo;

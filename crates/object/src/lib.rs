@@ -36,7 +36,7 @@ pub enum ObjectError {
         op: &'static str,
         key: String,
         #[source]
-        source: opendal::Error,
+        source: Box<opendal::Error>,
     },
 }
 
@@ -106,7 +106,7 @@ fn backend(op: &'static str, key: &str, source: opendal::Error) -> ObjectError {
         ObjectError::Backend {
             op,
             key: key.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 }
