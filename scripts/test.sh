@@ -52,17 +52,19 @@ id tests >/dev/null 2>&1 || as_root useradd -M -U tests
 getent group nogroup >/dev/null || as_root groupadd nogroup
 
 tools="$cache/tools"
-for tool in pjdfstest fsx; do
+# Pinned, with the crates' own lock files, so a new release cannot break CI.
+for spec in pjdfstest@0.2.2 fsx@0.3.2; do
+    tool=${spec%@*}
     if [ ! -x "$tools/bin/$tool" ]; then
-        log "installing $tool"
-        cargo install --quiet --root "$tools" "$tool"
+        log "installing $spec"
+        cargo install --quiet --locked --root "$tools" "$spec"
     fi
 done
 export PATH="$tools/bin:$PATH"
 if [ ! -x "$cache/moto/bin/moto_server" ]; then
     log "installing moto"
     python3 -m venv "$cache/moto"
-    "$cache/moto/bin/pip" install --quiet 'moto[server]'
+    "$cache/moto/bin/pip" install --quiet 'moto[server]==5.2.5'
 fi
 
 log "build"
