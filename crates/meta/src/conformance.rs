@@ -56,6 +56,17 @@ fn formatted(engine: Arc<dyn KvEngine>) -> Meta {
     meta
 }
 
+fn test_session() -> SessionInfo {
+    SessionInfo {
+        sid: 0,
+        host: "h".into(),
+        pid: 1,
+        mountpoint: "/m".into(),
+        version: "t".into(),
+        heartbeat: 0,
+    }
+}
+
 const CTX: Ctx = Ctx {
     uid: 1000,
     gid: 1000,
@@ -252,15 +263,7 @@ fn rename_rules(e: Arc<dyn KvEngine>) {
 
 fn hard_links_and_open_unlink(e: Arc<dyn KvEngine>) {
     let m = formatted(e);
-    m.new_session(SessionInfo {
-        sid: 0,
-        host: "h".into(),
-        pid: 1,
-        mountpoint: "/m".into(),
-        version: "t".into(),
-        heartbeat: 0,
-    })
-    .expect("session");
+    m.new_session(test_session()).expect("session");
     let (d, _) = m
         .mknod(&CTX, ROOT_INO, b"d", FileType::Dir, 0o755, 0, None)
         .expect("d");
@@ -411,14 +414,7 @@ fn locks(e: Arc<dyn KvEngine>) {
     let a = formatted(e.clone());
     let b = Meta::new(e, MetaConfig::default());
     b.load().expect("load");
-    let info = SessionInfo {
-        sid: 0,
-        host: "h".into(),
-        pid: 1,
-        mountpoint: "/m".into(),
-        version: "t".into(),
-        heartbeat: 0,
-    };
+    let info = test_session();
     a.new_session(info.clone()).expect("a");
     b.new_session(info).expect("b");
     let (f, _) = a
@@ -465,14 +461,7 @@ fn sessions(e: Arc<dyn KvEngine>) {
     let a = formatted(e.clone());
     let b = Meta::new(e, MetaConfig::default());
     b.load().expect("load");
-    let info = SessionInfo {
-        sid: 0,
-        host: "h".into(),
-        pid: 1,
-        mountpoint: "/m".into(),
-        version: "t".into(),
-        heartbeat: 0,
-    };
+    let info = test_session();
     a.new_session(info.clone()).expect("a");
     let sb = b.new_session(info).expect("b");
     assert_eq!(a.list_sessions().expect("list").len(), 2);
