@@ -401,13 +401,10 @@ impl Filesystem for TesseraFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Some(owner) = lock_owner {
-            // A flock held through this file goes with its last descriptor.
-            let _ = self
-                .vfs
-                .setlk(self.i(ino), owner.0, 0, libc::F_UNLCK, 0, u64::MAX, false);
-        }
-        empty(reply, self.vfs.release(self.i(ino), fh.0, None));
+        empty(
+            reply,
+            self.vfs.release(self.i(ino), fh.0, lock_owner.map(|o| o.0)),
+        );
     }
 
     fn fsync(

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use tessera_chunk::{ChunkError, ChunkStore, FileWriter};
 use tessera_meta::{
-    Attr, Ctx, Entry, FileType, FlockType, Ino, Meta, MetaError, PosixLock, SessionInfo, SetAttr,
-    SliceRecord, StatFs, UnlinkResult,
+    Attr, Ctx, Entry, FileType, Ino, Meta, MetaError, PosixLock, SessionInfo, SetAttr, SliceRecord,
+    StatFs, UnlinkResult,
 };
 use tracing::{debug, info, warn};
 
@@ -681,10 +681,13 @@ impl Vfs {
         Ok(())
     }
 
+    /// The last descriptor of an open file description is closed. A flock
+    /// taken through it (`flock_owner`, as the kernel reports it) goes too;
+    /// flocks arrive as whole-file record locks, see the FUSE adapter.
     pub fn release(&self, ino: Ino, fh: u64, flock_owner: Option<u64>) -> Result<()> {
-        let h = self.drop_handle(fh);
-        if let Some(owner) = flock_owner.or(h.as_ref().and_then(|h| h.flock_owner())) {
-            if let Err(e) = self.meta.flock(ino, owner, FlockType::Unlock) {
+        self.drop_handle(fh);
+        if let Some(owner) = flock_owner {
+            if let Err(e) = self.meta.setlk(ino, owner, 0, libc::F_UNLCK, 0, u64::MAX) {
                 debug!(error = %e, "releasing flock");
             }
         }
@@ -752,13 +755,6 @@ impl Vfs {
     }
 
     // ---- locks -------------------------------------------------------------
-
-    pub fn flock(&self, ino: Ino, fh: u64, owner: u64, typ: FlockType, block: bool) -> Result<()> {
-        if let Ok(h) = self.handle(fh) {
-            h.set_flock_owner(owner);
-        }
-        self.retry_lock(block, || self.meta.flock(ino, owner, typ))
-    }
 
     pub fn getlk(
         &self,
