@@ -255,15 +255,8 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Read committed data of `ino` at `off` into `buf` (zeroed by the caller).
-    pub fn read_committed(&self, ino: Ino, off: u64, buf: &mut [u8]) -> Result<()> {
-        self.read_committed_with(off, buf, &mut |index| {
-            Ok(Arc::new(self.meta.read_chunk(ino, index)?))
-        })
-    }
-
-    /// Like [`Self::read_committed`], with the slice records of each chunk
-    /// coming from `records` (a cache of the caller's).
+    /// Read committed data at `off` into `buf` (zeroed by the caller), the
+    /// slice records of each chunk coming from `records` (the caller's cache).
     pub fn read_committed_with(
         &self,
         off: u64,
