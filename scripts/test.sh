@@ -99,7 +99,7 @@ mount_volume() { # dir -> prints mountpoint
     local d=$1
     mkdir -p "$d/mnt"
     "$bin" format "sqlite://$d/meta.db" suite --storage "file://$d/objects" >/dev/null
-    "$bin" mount "sqlite://$d/meta.db" "$d/mnt" -d --log "$d/mount.log" >/dev/null
+    "$bin" mount "sqlite://$d/meta.db" "$d/mnt" -d --log "$d/mount.log" --cache-dir "$d/cache" --metrics none >/dev/null
     mounts+=("$d/mnt")
 }
 

@@ -1,9 +1,12 @@
 //! The data path: slices and blocks between the file system and object
 //! storage.
 //!
-//! * [`ChunkStore`] reads the visible bytes of a file range (committed slices
-//!   resolved into segments, blocks fetched once and cached), deletes the
-//!   blocks of freed slices and compacts fragmented chunks.
+//! * [`ChunkStore`] stores and deletes blocks, compacts fragmented chunks,
+//!   and owns the caches; its read path (`read.rs`) resolves committed
+//!   slices into blocks and fetches each block once, from memory, the disk
+//!   cache or object storage, with readahead.
+//! * `writeback.rs`: blocks staged on local disk and uploaded in the
+//!   background (`--writeback`).
 //! * [`writer::FileWriter`] buffers a file's writes as append-only slices,
 //!   uploads full blocks while the writer continues, and commits slices to
 //!   metadata only after their blocks are stored.
@@ -11,17 +14,23 @@
 //! Block keys: `{volume}/chunks/{id/1_000_000}/{id/1_000}/{id}_{index}_{len}`.
 
 mod codec;
+mod read;
+mod writeback;
 pub mod writer;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tessera_blockcache::MemCache;
-use tessera_meta::{Compression, Ino, Meta, MetaError, SliceKind, SliceRecord, CHUNK_SIZE};
+use tessera_blockcache::{DiskCache, DiskCacheConfig, Eviction, MemCache};
+use tessera_meta::{Compression, Ino, Meta, MetaError, SliceKind, SliceRecord};
+use tessera_metrics::Metrics;
 use tessera_object::{DynStore, ObjectError};
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+pub use read::Access;
 pub use writer::FileWriter;
 
 /// Errors of the data path.
@@ -33,6 +42,8 @@ pub enum ChunkError {
     Meta(#[from] MetaError),
     #[error("corrupt block {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error("cache directory: {0}")]
+    Cache(#[source] std::io::Error),
     #[error("{0}")]
     Unsupported(String),
 }
@@ -62,8 +73,24 @@ pub struct ChunkConfig {
     pub compression: Compression,
     /// Bytes of memory for cached blocks.
     pub mem_cache_size: usize,
-    /// Buffered bytes per file before its writes are flushed.
+    /// Eviction policy of both cache tiers.
+    pub eviction: Eviction,
+    /// The disk tier; None keeps blocks in memory only.
+    pub disk_cache: Option<DiskCacheConfig>,
+    /// Cache on disk only blocks read by small random reads or shorter than
+    /// a full block (a large sequential read streams past the disk cache).
+    pub cache_partial_only: bool,
+    /// Bytes all write buffers of the mount may hold together.
     pub buffer_size: usize,
+    /// Block uploads and downloads in flight at once.
+    pub max_uploads: usize,
+    pub max_downloads: usize,
+    /// Largest readahead window of one handle, in bytes.
+    pub max_readahead: usize,
+    /// After a range read, fetch the whole block in the background.
+    pub prefetch: bool,
+    /// Stage written blocks on the disk cache and upload them later.
+    pub writeback: bool,
     /// Records in one chunk that trigger compaction.
     pub compact_threshold: usize,
 }
@@ -75,40 +102,78 @@ impl Default for ChunkConfig {
             block_size: 4 << 20,
             compression: Compression::None,
             mem_cache_size: 512 << 20,
-            buffer_size: 256 << 20,
+            eviction: Eviction::TwoRandom,
+            disk_cache: None,
+            cache_partial_only: false,
+            buffer_size: 300 << 20,
+            max_uploads: 20,
+            max_downloads: 64,
+            max_readahead: 64 << 20,
+            prefetch: true,
+            writeback: false,
             compact_threshold: 64,
         }
     }
 }
 
-type Flight = Arc<(Mutex<Option<std::result::Result<Bytes, String>>>, Condvar)>;
-
-/// Object storage, cache and metadata, put together for file data.
+/// Object storage, caches and metadata, put together for file data.
 pub struct ChunkStore {
     pub(crate) store: DynStore,
     pub(crate) meta: Arc<Meta>,
     pub(crate) rt: tokio::runtime::Handle,
     pub(crate) config: ChunkConfig,
-    pub cache: MemCache,
-    /// Block fetches in flight, so that concurrent readers share one GET.
-    inflight: Mutex<HashMap<String, Flight>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub mem: MemCache,
+    pub disk: Option<DiskCache>,
+    /// Block fetches in flight, so that every reader of a block shares one.
+    inflight: Mutex<HashMap<String, read::Fetch>>,
+    /// Blocks loaded into memory lately: the tier they came from and how
+    /// many of their bytes readers have yet to consume (see `count_served`).
+    origins: Mutex<HashMap<String, (&'static str, usize)>>,
+    pub(crate) downloads: Arc<Semaphore>,
+    pub(crate) uploads: Arc<Semaphore>,
+    /// Bytes held by all write buffers (against `buffer_size`).
+    pub(crate) buffered: AtomicUsize,
 }
 
 impl ChunkStore {
+    /// Put the data path together; with a disk cache, blocks staged by an
+    /// earlier write-back mount start uploading at once.
     pub fn new(
         store: DynStore,
         meta: Arc<Meta>,
         rt: tokio::runtime::Handle,
         config: ChunkConfig,
-    ) -> Arc<Self> {
-        Arc::new(ChunkStore {
-            cache: MemCache::new(config.mem_cache_size),
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>> {
+        let disk = match &config.disk_cache {
+            Some(dc) => Some(
+                DiskCache::open(dc.clone(), &config.volume, metrics.clone())
+                    .map_err(ChunkError::Cache)?,
+            ),
+            None if config.writeback => {
+                return Err(ChunkError::Unsupported(
+                    "write-back needs a disk cache (--cache-dir) to stage blocks in".into(),
+                ))
+            }
+            None => None,
+        };
+        let cs = Arc::new(ChunkStore {
+            mem: MemCache::new(config.mem_cache_size, config.eviction, metrics.clone()),
+            disk,
             store,
             meta,
             rt,
-            config,
             inflight: Mutex::new(HashMap::new()),
-        })
+            origins: Mutex::new(HashMap::new()),
+            downloads: Arc::new(Semaphore::new(config.max_downloads.max(1))),
+            uploads: Arc::new(Semaphore::new(config.max_uploads.max(1))),
+            buffered: AtomicUsize::new(0),
+            config,
+            metrics,
+        });
+        cs.resume_staged();
+        Ok(cs)
     }
 
     pub fn config(&self) -> &ChunkConfig {
@@ -117,6 +182,10 @@ impl ChunkStore {
 
     pub fn store(&self) -> &DynStore {
         &self.store
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Object key of block `index` (of length `len`) of slice `id`.
@@ -130,152 +199,43 @@ impl ChunkStore {
         (size - index * bs).min(bs)
     }
 
-    /// One whole block, from the cache or the store (one fetch per block at a time).
-    pub fn read_block(&self, id: u64, size: u64, index: u64) -> Result<Bytes> {
-        let len = self.block_len(size, index);
-        let key = self.block_key(id, index, len);
-        if let Some(b) = self.cache.get(&key) {
-            return Ok(b);
-        }
-        let (flight, leader) = {
-            let mut map = self
-                .inflight
-                .lock()
-                .map_err(|_| ChunkError::Unsupported("inflight lock poisoned".into()))?;
-            match map.get(&key) {
-                Some(f) => (f.clone(), false),
-                None => {
-                    let f: Flight = Arc::new((Mutex::new(None), Condvar::new()));
-                    map.insert(key.clone(), f.clone());
-                    (f, true)
-                }
-            }
-        };
-        if !leader {
-            let (lock, cv) = &*flight;
-            let mut slot = lock
-                .lock()
-                .map_err(|_| ChunkError::Unsupported("flight lock poisoned".into()))?;
-            while slot.is_none() {
-                slot = cv
-                    .wait(slot)
-                    .map_err(|_| ChunkError::Unsupported("flight lock poisoned".into()))?;
-            }
-            return match slot.as_ref() {
-                Some(Ok(b)) => Ok(b.clone()),
-                Some(Err(e)) => Err(ChunkError::Corrupt {
-                    key,
-                    reason: e.clone(),
-                }),
-                None => unreachable!("loop exits only once the slot is filled"),
-            };
-        }
-        let res = self.fetch_block(&key, len);
-        if let Ok(b) = &res {
-            self.cache.insert(&key, b.clone());
-        }
-        {
-            let (lock, cv) = &*flight;
-            if let Ok(mut slot) = lock.lock() {
-                *slot = Some(match &res {
-                    Ok(b) => Ok(b.clone()),
-                    Err(e) => Err(e.to_string()),
-                });
-            }
-            cv.notify_all();
-        }
-        if let Ok(mut map) = self.inflight.lock() {
-            map.remove(&key);
-        }
-        res
-    }
-
-    fn fetch_block(&self, key: &str, len: u64) -> Result<Bytes> {
-        let _span = tracing::debug_span!("fetch_block", key).entered();
-        let raw = self.rt.block_on(self.store.get(key, None))?;
-        let data = codec::decode(self.config.compression, raw, len as usize).map_err(|reason| {
-            ChunkError::Corrupt {
-                key: key.to_string(),
-                reason,
-            }
-        })?;
-        if data.len() as u64 != len {
-            return Err(ChunkError::Corrupt {
-                key: key.to_string(),
-                reason: format!("expected {len} bytes, got {}", data.len()),
-            });
-        }
-        Ok(data)
-    }
-
-    /// Store one block (compressing it as the volume says).
-    pub async fn put_block(&self, id: u64, index: u64, data: Bytes) -> Result<()> {
+    /// Store one block (compressing it as the volume says), or with
+    /// write-back stage it on disk and upload it later.
+    pub async fn put_block(self: &Arc<Self>, id: u64, index: u64, data: Bytes) -> Result<()> {
         let key = self.block_key(id, index, data.len() as u64);
-        let body = codec::encode(self.config.compression, &data).map_err(|reason| {
-            ChunkError::Corrupt {
-                key: key.clone(),
+        if self.config.writeback {
+            return self.stage_block(key, data).await;
+        }
+        self.upload_block(&key, &data).await?;
+        self.mem.insert(&key, data);
+        Ok(())
+    }
+
+    /// Compress and upload one block, within the upload concurrency limit.
+    pub(crate) async fn upload_block(&self, key: &str, data: &Bytes) -> Result<()> {
+        let body =
+            codec::encode(self.config.compression, data).map_err(|reason| ChunkError::Corrupt {
+                key: key.to_string(),
                 reason,
-            }
-        })?;
-        self.store.put(&key, body).await?;
-        self.cache.insert(&key, data);
-        Ok(())
+            })?;
+        self.metrics.upload_queue.inc();
+        let permit = self.uploads.acquire().await;
+        let r = self.store.put(key, body).await;
+        drop(permit);
+        self.metrics.upload_queue.dec();
+        Ok(r?)
     }
 
-    /// Fill `buf` with bytes `[off, off + buf.len())` of a chunk made of `records`.
-    /// `buf` must be zeroed by the caller (holes stay zero).
-    pub fn read_records(&self, records: &[SliceRecord], off: u32, buf: &mut [u8]) -> Result<()> {
-        let end = off + buf.len() as u32;
-        for seg in tessera_meta::slice::visible_segments(records) {
-            let (a, b) = (seg.pos.max(off), seg.end().min(end));
-            if a >= b || seg.record.is_hole() {
-                continue;
-            }
-            if seg.record.kind == SliceKind::External {
-                return Err(ChunkError::Unsupported(format!(
-                    "slice {} points at an external object; reading imported data needs `tessera import` support",
-                    seg.record.id
-                )));
-            }
-            let mut slice_off = seg.off + u64::from(a - seg.pos);
-            let mut out = (a - off) as usize;
-            let mut left = (b - a) as usize;
-            let bs = self.config.block_size as u64;
-            while left > 0 {
-                let index = slice_off / bs;
-                let block = self.read_block(seg.record.id, seg.record.size, index)?;
-                let in_block = (slice_off - index * bs) as usize;
-                let n = left.min(block.len() - in_block);
-                buf[out..out + n].copy_from_slice(&block[in_block..in_block + n]);
-                out += n;
-                left -= n;
-                slice_off += n as u64;
-            }
-        }
-        Ok(())
+    /// Account `n` more buffered bytes; true when the mount is over budget.
+    pub(crate) fn buffer_grow(&self, n: usize) -> bool {
+        let now = self.buffered.fetch_add(n, Ordering::Relaxed) + n;
+        self.metrics.buffer_bytes.set(now as i64);
+        now >= self.config.buffer_size
     }
 
-    /// Read committed data at `off` into `buf` (zeroed by the caller), the
-    /// slice records of each chunk coming from `records` (the caller's cache).
-    pub fn read_committed_with(
-        &self,
-        off: u64,
-        buf: &mut [u8],
-        records: &mut dyn FnMut(u32) -> Result<Arc<Vec<SliceRecord>>>,
-    ) -> Result<()> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = off + done as u64;
-            let index = (pos / CHUNK_SIZE) as u32;
-            let in_chunk = (pos % CHUNK_SIZE) as u32;
-            let n = (buf.len() - done).min((CHUNK_SIZE - u64::from(in_chunk)) as usize);
-            let records = records(index)?;
-            if !records.is_empty() {
-                self.read_records(&records, in_chunk, &mut buf[done..done + n])?;
-            }
-            done += n;
-        }
-        Ok(())
+    pub(crate) fn buffer_shrink(&self, n: usize) {
+        let now = self.buffered.fetch_sub(n, Ordering::Relaxed) - n;
+        self.metrics.buffer_bytes.set(now as i64);
     }
 
     /// Delete the blocks of slices nothing refers to any more.
@@ -284,7 +244,11 @@ impl ChunkStore {
         for &(id, size) in freed {
             for index in 0..size.div_ceil(bs) {
                 let key = self.block_key(id, index, self.block_len(size, index));
-                self.cache.remove(&key);
+                self.mem.remove(&key);
+                if let Some(disk) = &self.disk {
+                    disk.remove(&key);
+                    disk.discard_staged(&key);
+                }
                 if let Err(e) = self.rt.block_on(self.store.delete(&key)) {
                     warn!(%key, error = %e, "could not delete block; it stays as garbage");
                 }
@@ -306,7 +270,7 @@ impl ChunkStore {
     /// Rewrite a fragmented chunk's visible bytes as one slice and swap it
     /// in. Returns the replaced slices, which the caller deletes once no
     /// cached record list points at them; None when nothing changed.
-    pub fn compact(&self, ino: Ino, index: u32) -> Result<Option<Vec<(u64, u64)>>> {
+    pub fn compact(self: &Arc<Self>, ino: Ino, index: u32) -> Result<Option<Vec<(u64, u64)>>> {
         let raw = self.meta.read_chunk_raw(ino, index)?;
         let records = SliceRecord::decode_all(&raw).map_err(ChunkError::Meta)?;
         if records.len() < 2 {
@@ -327,7 +291,7 @@ impl ChunkStore {
         let mut new_slice = None;
         if end > start {
             let mut data = vec![0u8; (end - start) as usize];
-            self.read_records(&records, start, &mut data)?;
+            self.read_records(&records, start, &mut data, Access::Sequential)?;
             let id = self.meta.new_slice_id()?;
             let data = Bytes::from(data);
             self.rt.block_on(self.upload_slice(id, &data))?;
@@ -365,7 +329,7 @@ impl ChunkStore {
     }
 
     /// Upload a whole slice, its blocks concurrently.
-    pub async fn upload_slice(&self, id: u64, data: &Bytes) -> Result<()> {
+    pub async fn upload_slice(self: &Arc<Self>, id: u64, data: &Bytes) -> Result<()> {
         let bs = self.config.block_size;
         let tasks = (0..data.len())
             .step_by(bs)

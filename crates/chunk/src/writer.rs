@@ -89,6 +89,14 @@ struct State {
     failed: Option<String>,
 }
 
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        if let Ok(st) = self.state.lock() {
+            self.chunks.buffer_shrink(st.buffered);
+        }
+    }
+}
+
 /// The write buffer of one open file (shared by its handles).
 pub struct FileWriter {
     ino: Ino,
@@ -176,7 +184,9 @@ impl FileWriter {
         }
         st.length = st.length.max(off + data.len() as u64);
         st.buffered += data.len();
-        Ok(st.buffered >= self.chunks.config.buffer_size)
+        // Over the mount's budget, the writer flushes its own buffer: it
+        // waits for its uploads, which is what slows it to the store's pace.
+        Ok(self.chunks.buffer_grow(data.len()))
     }
 
     fn spawn_upload(&self, id: u64, index: u64, data: Bytes) -> JoinHandle<Result<()>> {
@@ -251,6 +261,7 @@ impl FileWriter {
                 .max()
                 .unwrap_or(0);
             st.flushing = dirty;
+            self.chunks.buffer_shrink(st.buffered);
             st.buffered = 0;
             (uploads, records, length)
         };

@@ -22,9 +22,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create a volume (or confirm an existing one has these settings).
-    Format(cmd::format::Args),
+    Format(Box<cmd::format::Args>),
     /// Mount a volume with FUSE.
-    Mount(cmd::mount::Args),
+    Mount(Box<cmd::mount::Args>),
     /// Unmount a mounted volume.
     Umount(cmd::umount::Args),
     /// Show a volume's settings, live sessions and usage.
@@ -37,8 +37,8 @@ fn main() {
     let cli = Cli::parse();
     common::init_logging(cli.debug);
     let result = match cli.command {
-        Command::Format(a) => cmd::format::run(a),
-        Command::Mount(a) => cmd::mount::run(a),
+        Command::Format(a) => cmd::format::run(*a),
+        Command::Mount(a) => cmd::mount::run(*a),
         Command::Umount(a) => cmd::umount::run(a),
         Command::Status(a) => cmd::status::run(a),
         Command::Info(a) => cmd::info::run(a),

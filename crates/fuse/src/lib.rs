@@ -339,8 +339,16 @@ impl Filesystem for TesseraFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.vfs.open(self.i(ino), flags.0) {
-            Ok((fh, _)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        let ino = self.i(ino);
+        // Internal files change size between getattr and read: bypass the
+        // page cache so the kernel does not cut reads at a stale length.
+        let open_flags = if tessera_vfs::internal::is_internal(ino) {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        };
+        match self.vfs.open(ino, flags.0) {
+            Ok((fh, _)) => reply.opened(FileHandle(fh), open_flags),
             Err(e) => reply.error(errno(e)),
         }
     }

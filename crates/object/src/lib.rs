@@ -6,6 +6,7 @@
 //! retries. Keeping the trait ours lets tests wrap a store (fault injection,
 //! request counting) without touching OpenDAL.
 
+mod instrument;
 mod url_parse;
 
 use std::fmt;
@@ -16,9 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use opendal::layers::RetryLayer;
+use opendal::layers::{RetryLayer, TimeoutLayer};
 use opendal::Operator;
 
+pub use instrument::{Instrumented, RateLimiter};
 pub use url_parse::{StorageOptions, StorageUrl};
 
 /// A boxed future, so the trait stays object safe.
@@ -116,7 +118,15 @@ impl OpendalStore {
     pub fn open(url: &str, options: &StorageOptions) -> Result<Self> {
         let parsed = StorageUrl::parse(url)?;
         let op = parsed.operator(options)?;
-        let op = op.layer(RetryLayer::new().with_max_times(4).with_jitter());
+        // Timeouts inside retries: a stalled request is cut and tried again,
+        // with exponential backoff and jitter between attempts.
+        let op = op
+            .layer(
+                TimeoutLayer::new()
+                    .with_timeout(std::time::Duration::from_secs(60))
+                    .with_io_timeout(std::time::Duration::from_secs(20)),
+            )
+            .layer(RetryLayer::new().with_max_times(4).with_jitter());
         Ok(Self {
             op,
             url: parsed,

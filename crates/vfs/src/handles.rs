@@ -1,5 +1,8 @@
-//! Open file and directory handles.
+//! Open file and directory handles, and the read pattern of each.
 
+use std::sync::Mutex;
+
+use tessera_chunk::Access;
 use tessera_meta::{Entry, Ino};
 
 /// One open file description (what a file descriptor points at).
@@ -9,7 +12,26 @@ pub struct Handle {
     pub flags: i32,
     /// Directory listing taken at opendir, so offsets stay stable.
     pub entries: Option<Vec<Entry>>,
+    /// Content of an internal file, snapshotted at open.
+    pub content: Option<Vec<u8>>,
+    reads: Mutex<ReadPattern>,
 }
+
+/// Where this handle's reads have been going, and how far ahead to fetch.
+#[derive(Default)]
+struct ReadPattern {
+    /// End of the furthest read so far.
+    next: u64,
+    /// Readahead window in bytes; 0 while reads look random.
+    window: u64,
+    /// Readahead was already requested up to here.
+    ahead_until: u64,
+}
+
+/// Reads this close to the last one still count as sequential: the kernel
+/// issues a sequential stream's requests in parallel, so they arrive a
+/// little out of order.
+const SEQUENTIAL_SLACK: u64 = 2 << 20;
 
 impl Handle {
     pub fn file(ino: Ino, flags: i32) -> Self {
@@ -17,6 +39,18 @@ impl Handle {
             ino,
             flags,
             entries: None,
+            content: None,
+            reads: Mutex::new(ReadPattern::default()),
+        }
+    }
+
+    pub fn snapshot(ino: Ino, content: Vec<u8>) -> Self {
+        Handle {
+            ino,
+            flags: libc::O_RDONLY,
+            entries: None,
+            content: Some(content),
+            reads: Mutex::new(ReadPattern::default()),
         }
     }
 
@@ -25,6 +59,88 @@ impl Handle {
             ino,
             flags: 0,
             entries: Some(entries),
+            content: None,
+            reads: Mutex::new(ReadPattern::default()),
         }
+    }
+
+    /// Record a read of `[off, off + len)`. The window starts at one block,
+    /// doubles while reads stay sequential up to `max`, and shrinks fourfold
+    /// per random read. Returns the access pattern and the range to fetch
+    /// ahead (empty when there is nothing new to ask for).
+    pub fn track_read(&self, off: u64, len: u64, block: u64, max: u64) -> (Access, u64, u64) {
+        let Ok(mut p) = self.reads.lock() else {
+            return (Access::Random, 0, 0);
+        };
+        let end = off + len;
+        let sequential =
+            off + SEQUENTIAL_SLACK >= p.next && off <= p.next + SEQUENTIAL_SLACK && max > 0;
+        if sequential {
+            p.window = if p.window == 0 {
+                block.min(max)
+            } else {
+                (p.window * 2).min(max)
+            };
+            p.next = p.next.max(end);
+        } else {
+            p.window /= 4;
+            if p.window < block {
+                p.window = 0;
+            }
+            p.next = end;
+            p.ahead_until = end;
+        }
+        if p.window == 0 {
+            return (Access::Random, 0, 0);
+        }
+        let from = p.ahead_until.max(end);
+        let to = end + p.window;
+        // Ask again only once a block's worth of new window has opened.
+        if to < from + block {
+            return (Access::Sequential, from, 0);
+        }
+        p.ahead_until = to;
+        (Access::Sequential, from, to - from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: u64 = 4 << 20;
+
+    #[test]
+    fn window_grows_while_sequential_and_shrinks_when_random() {
+        let h = Handle::file(2, 0);
+        let (a, from, len) = h.track_read(0, 128 << 10, B, 64 << 20);
+        assert_eq!(a, Access::Sequential);
+        assert_eq!((from, len), (128 << 10, B));
+        let mut off = 128 << 10;
+        let mut last = 0;
+        for _ in 0..20 {
+            let (_, _, _) = h.track_read(off, 128 << 10, B, 64 << 20);
+            off += 128 << 10;
+            last = h.reads.lock().unwrap().window;
+        }
+        assert_eq!(last, 64 << 20, "window reaches the maximum");
+        let (a, _, len) = h.track_read(10 << 30, 4096, B, 64 << 20);
+        assert_eq!(a, Access::Sequential, "one jump keeps a window");
+        assert_eq!(len, 16 << 20);
+        h.track_read(3 << 30, 4096, B, 64 << 20);
+        h.track_read(5 << 30, 4096, B, 64 << 20);
+        let (a, _, len) = h.track_read(1 << 30, 4096, B, 64 << 20);
+        assert_eq!(
+            (a, len),
+            (Access::Random, 0),
+            "random reads turn readahead off"
+        );
+    }
+
+    #[test]
+    fn first_read_in_the_middle_is_random() {
+        let h = Handle::file(2, 0);
+        let (a, _, len) = h.track_read(100 << 20, 4096, B, 64 << 20);
+        assert_eq!((a, len), (Access::Random, 0));
     }
 }

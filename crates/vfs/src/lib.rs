@@ -7,6 +7,7 @@
 //! so everything here can be exercised in-process.
 
 mod handles;
+pub mod internal;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -87,6 +88,10 @@ pub struct OpenFile {
     handles: AtomicU64,
     /// Slice records per chunk, refreshed at open and after our own commits.
     records: Mutex<RecordCache>,
+    /// Committed length as last read from metadata (0: unknown). Reads
+    /// within it need no metadata round trip; it is refreshed at open and
+    /// whenever a read reaches past it.
+    length: AtomicU64,
 }
 
 /// Cached slice records. The generation moves on every invalidation, so a
@@ -103,6 +108,7 @@ impl OpenFile {
             r.generation += 1;
             r.chunks.clear();
         }
+        self.length.store(0, Ordering::Relaxed);
     }
 
     fn chunk_records(
@@ -215,6 +221,7 @@ impl Vfs {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            self.refresh_gauges();
             if let Err(e) = self.meta.heartbeat() {
                 warn!(error = %e, "heartbeat failed");
             }
@@ -305,6 +312,34 @@ impl Vfs {
         }
     }
 
+    pub fn metrics(&self) -> &tessera_metrics::Metrics {
+        self.chunks.metrics()
+    }
+
+    /// The text of `.stats`: every metric of this mount.
+    pub fn stats_text(&self) -> String {
+        self.refresh_gauges();
+        self.metrics().render()
+    }
+
+    /// Copy counters kept outside the metrics registry into it.
+    pub fn refresh_gauges(&self) {
+        self.metrics()
+            .meta_txn_restarts
+            .set(tessera_meta::kv::TXN_RESTARTS.load(Ordering::Relaxed) as f64);
+    }
+
+    /// Names of internal files cannot be taken by volume entries.
+    fn check_name(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        if internal::lookup(parent, name).is_some() {
+            return Err(VfsError::new(
+                libc::EEXIST,
+                format!("{} is reserved by the mount", String::from_utf8_lossy(name)),
+            ));
+        }
+        Ok(())
+    }
+
     fn writable(&self) -> Result<()> {
         if self.config.read_only {
             Err(VfsError::new(libc::EROFS, "mounted read-only"))
@@ -329,6 +364,10 @@ impl Vfs {
     // ---- namespace -------------------------------------------------------
 
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<(Ino, Attr)> {
+        self.metrics().op("lookup");
+        if let Some(ino) = internal::lookup(parent, name) {
+            return Ok((ino, self.getattr(ino)?));
+        }
         let (ino, attr) = self.meta.lookup(parent, name)?;
         if self.open_file(ino).is_some() {
             return Ok((ino, self.getattr(ino)?));
@@ -337,6 +376,10 @@ impl Vfs {
     }
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        self.metrics().op("getattr");
+        if internal::is_internal(ino) {
+            return Ok(internal::attr(self.stats_text().len() as u64));
+        }
         // Sample the buffer before metadata: a flush that commits in between
         // then shows up in one or the other, never in neither.
         let buffered = self.buffered_length(ino);
@@ -352,6 +395,10 @@ impl Vfs {
     }
 
     pub fn setattr(&self, ino: Ino, set: &SetAttr, size: Option<u64>) -> Result<Attr> {
+        self.metrics().op("setattr");
+        if internal::is_internal(ino) {
+            return Err(VfsError::new(libc::EPERM, ".stats is read-only"));
+        }
         self.writable()?;
         if let Some(size) = size {
             self.truncate(ino, size)?;
@@ -392,6 +439,8 @@ impl Vfs {
         mode: u32,
         rdev: u32,
     ) -> Result<(Ino, Attr)> {
+        self.metrics().op("mknod");
+        self.check_name(parent, name)?;
         self.writable()?;
         let typ = FileType::from_mode(mode).ok_or_else(|| {
             VfsError::new(libc::EINVAL, format!("bad file type in mode {mode:o}"))
@@ -406,6 +455,8 @@ impl Vfs {
     }
 
     pub fn mkdir(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32) -> Result<(Ino, Attr)> {
+        self.metrics().op("mkdir");
+        self.check_name(parent, name)?;
         self.writable()?;
         Ok(self
             .meta
@@ -419,6 +470,7 @@ impl Vfs {
         name: &[u8],
         target: &[u8],
     ) -> Result<(Ino, Attr)> {
+        self.check_name(parent, name)?;
         self.writable()?;
         if target.is_empty() || target.len() >= 4096 {
             return Err(VfsError::new(libc::ENAMETOOLONG, "symlink target length"));
@@ -433,6 +485,7 @@ impl Vfs {
     }
 
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.metrics().op("unlink");
         self.writable()?;
         let r = self.meta.unlink(parent, name)?;
         self.freed(&r);
@@ -440,6 +493,7 @@ impl Vfs {
     }
 
     pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.metrics().op("rmdir");
         self.writable()?;
         Ok(self.meta.rmdir(parent, name)?)
     }
@@ -452,6 +506,8 @@ impl Vfs {
         new_name: &[u8],
         flags: u32,
     ) -> Result<()> {
+        self.metrics().op("rename");
+        self.check_name(new_parent, new_name)?;
         self.writable()?;
         if let Some(r) = self
             .meta
@@ -463,12 +519,14 @@ impl Vfs {
     }
 
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
+        self.check_name(new_parent, new_name)?;
         self.writable()?;
         self.meta.link(ino, new_parent, new_name)?;
         self.getattr(ino)
     }
 
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
+        self.metrics().op("opendir");
         let attr = self.meta.getattr(ino)?;
         let mut entries = vec![
             Entry {
@@ -525,6 +583,15 @@ impl Vfs {
 
     /// Open (and, with `create`, make) a regular file.
     pub fn open(&self, ino: Ino, flags: i32) -> Result<(u64, Attr)> {
+        self.metrics().op("open");
+        if internal::is_internal(ino) {
+            if is_write_open(flags) {
+                return Err(VfsError::new(libc::EACCES, ".stats is read-only"));
+            }
+            let text = self.stats_text().into_bytes();
+            let attr = internal::attr(text.len() as u64);
+            return Ok((self.new_handle(Handle::snapshot(ino, text)), attr));
+        }
         if is_write_open(flags) {
             self.writable()?;
         }
@@ -555,6 +622,7 @@ impl Vfs {
                         writer: FileWriter::new(ino, self.chunks.clone()),
                         handles: AtomicU64::new(0),
                         records: Mutex::new(RecordCache::default()),
+                        length: AtomicU64::new(0),
                     })
                 })
                 .clone()
@@ -565,6 +633,7 @@ impl Vfs {
         // Close-to-open: a new open sees what other mounts committed.
         if !of.writer.has_dirty() {
             of.invalidate();
+            of.length.store(attr.length, Ordering::Relaxed);
         }
         let fh = self.new_handle(Handle::file(ino, flags));
         let length = attr.length.max(of.writer.buffered_length());
@@ -579,6 +648,8 @@ impl Vfs {
         mode: u32,
         flags: i32,
     ) -> Result<(Ino, Attr, u64)> {
+        self.metrics().op("create");
+        self.check_name(parent, name)?;
         self.writable()?;
         let (ino, _) = self
             .meta
@@ -589,24 +660,42 @@ impl Vfs {
 
     pub fn read(&self, ino: Ino, fh: u64, off: u64, size: usize) -> Result<Vec<u8>> {
         let _span = tracing::debug_span!("read", ino, off, size).entered();
+        self.metrics().op("read");
+        if internal::is_internal(ino) {
+            let h = self.handle(fh)?;
+            let content = h.content.as_deref().unwrap_or_default();
+            let start = (off as usize).min(content.len());
+            let end = start.saturating_add(size).min(content.len());
+            return Ok(content[start..end].to_vec());
+        }
         let of = self
             .open_file(ino)
             .ok_or_else(|| VfsError::new(libc::EBADF, "file is not open"))?;
-        self.handle(fh)?;
-        let length = self.getattr(ino)?.length;
+        let h = self.handle(fh)?;
+        let length = self.read_length(ino, &of, off + size as u64)?;
         if off >= length {
             return Ok(Vec::new());
         }
         let n = (size as u64).min(length - off) as usize;
+        let config = self.chunks.config();
+        let (access, ahead_from, ahead_len) = h.track_read(
+            off,
+            n as u64,
+            config.block_size as u64,
+            config.max_readahead as u64,
+        );
+        let mut records = |index| Ok(of.chunk_records(&self.meta, ino, index)?);
+        let ahead_len = ahead_len.min(length.saturating_sub(ahead_from));
+        if ahead_len > 0 {
+            self.chunks.readahead(ahead_from, ahead_len, &mut records);
+        }
         let mut buf = vec![0u8; n];
         let mut attempt = 0;
         loop {
-            let res = self
+            match self
                 .chunks
-                .read_committed_with(off, &mut buf, &mut |index| {
-                    Ok(of.chunk_records(&self.meta, ino, index)?)
-                });
-            match res {
+                .read_committed_with(off, &mut buf, access, &mut records)
+            {
                 // Compaction (here or in another mount) replaced the slices
                 // our cached records name: reload them and read again.
                 Err(e) if e.is_missing_block() && attempt < 3 => {
@@ -622,11 +711,26 @@ impl Vfs {
             }
         }
         of.writer.overlay(off, &mut buf);
+        self.metrics().fuse_read_bytes.inc_by(buf.len() as u64);
         Ok(buf)
+    }
+
+    /// The length a read up to `want` may see: buffered writes count, and
+    /// metadata is asked only when the read reaches past what we know.
+    fn read_length(&self, ino: Ino, of: &OpenFile, want: u64) -> Result<u64> {
+        let buffered = of.writer.buffered_length();
+        let known = of.length.load(Ordering::Relaxed).max(buffered);
+        if want <= known {
+            return Ok(known);
+        }
+        let committed = self.meta.getattr(ino)?.length;
+        of.length.store(committed, Ordering::Relaxed);
+        Ok(committed.max(buffered))
     }
 
     pub fn write(&self, ino: Ino, fh: u64, off: u64, data: &[u8]) -> Result<usize> {
         let _span = tracing::debug_span!("write", ino, off, len = data.len()).entered();
+        self.metrics().op("write");
         self.writable()?;
         let h = self.handle(fh)?;
         let of = self
@@ -649,6 +753,7 @@ impl Vfs {
         if of.writer.write(off, data)? {
             self.flush_file(ino, &of)?;
         }
+        self.metrics().fuse_write_bytes.inc_by(data.len() as u64);
         Ok(data.len())
     }
 
@@ -664,6 +769,9 @@ impl Vfs {
     /// close(2) of one descriptor: commit buffered data, drop POSIX locks of
     /// the owner.
     pub fn flush(&self, ino: Ino, _fh: u64, lock_owner: u64) -> Result<()> {
+        if internal::is_internal(ino) {
+            return Ok(());
+        }
         if let Some(of) = self.open_file(ino) {
             self.flush_file(ino, &of)?;
         }
@@ -675,6 +783,7 @@ impl Vfs {
     }
 
     pub fn fsync(&self, ino: Ino) -> Result<()> {
+        self.metrics().op("fsync");
         if let Some(of) = self.open_file(ino) {
             self.flush_file(ino, &of)?;
         }
@@ -686,6 +795,9 @@ impl Vfs {
     /// flocks arrive as whole-file record locks, see the FUSE adapter.
     pub fn release(&self, ino: Ino, fh: u64, flock_owner: Option<u64>) -> Result<()> {
         self.drop_handle(fh);
+        if internal::is_internal(ino) {
+            return Ok(());
+        }
         if let Some(owner) = flock_owner {
             if let Err(e) = self.meta.setlk(ino, owner, 0, libc::F_UNLCK, 0, u64::MAX) {
                 debug!(error = %e, "releasing flock");
@@ -801,6 +913,7 @@ impl Vfs {
     // ---- misc ----------------------------------------------------------------
 
     pub fn statfs(&self) -> Result<StatFs> {
+        self.metrics().op("statfs");
         Ok(self.meta.statfs()?)
     }
 

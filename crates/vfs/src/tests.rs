@@ -43,7 +43,14 @@ fn fixture(block_size: usize) -> Fixture {
         buffer_size: 1 << 20,
         ..Default::default()
     };
-    let chunks = ChunkStore::new(store, meta.clone(), rt.handle().clone(), config);
+    let chunks = ChunkStore::new(
+        store,
+        meta.clone(),
+        rt.handle().clone(),
+        config,
+        Arc::new(tessera_metrics::Metrics::new()),
+    )
+    .expect("chunk store");
     let vfs = Vfs::new(meta, chunks, VfsConfig::default());
     Fixture { vfs, _rt: rt }
 }

@@ -2,12 +2,16 @@
 //! daemon (`-d`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use tessera_blockcache::{DiskCacheConfig, Eviction};
 use tessera_chunk::{ChunkConfig, ChunkStore};
 use tessera_fuse::{CacheTtls, MountConfig};
 use tessera_meta::MetaConfig;
+use tessera_metrics::Metrics;
+use tessera_object::{Instrumented, RateLimiter};
 use tessera_vfs::{Vfs, VfsConfig};
 use tracing::info;
 
@@ -46,14 +50,180 @@ pub struct Args {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
-    /// Memory for cached blocks; a bare number is MiB.
-    #[arg(long, default_value = "512M")]
-    pub mem_cache_size: String,
-    /// Write buffer per open file; a bare number is MiB.
-    #[arg(long, default_value = "256M")]
-    pub buffer_size: String,
+    #[command(flatten)]
+    pub data: DataPathArgs,
     #[command(flatten)]
     pub storage_flags: StorageFlags,
+}
+
+/// Caching, buffering and transfer options of the data path.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataPathArgs {
+    /// Memory for cached blocks; a bare number is MiB.
+    #[arg(long, default_value = "512M", help_heading = "Cache")]
+    pub mem_cache_size: String,
+    /// Disk cache directories, colon-separated (blocks are spread over them
+    /// by hash); "memory" keeps blocks in memory only.
+    #[arg(long, help_heading = "Cache")]
+    pub cache_dir: Option<String>,
+    /// Disk cache quota across all directories; a bare number is MiB.
+    #[arg(long, default_value = "100G", help_heading = "Cache")]
+    pub cache_size: String,
+    /// Keep at least this fraction of each cache disk free.
+    #[arg(long, default_value_t = 0.1, help_heading = "Cache")]
+    pub free_space_ratio: f64,
+    /// Drop cached blocks unused for this many seconds (0: never).
+    #[arg(long, default_value_t = 0, help_heading = "Cache")]
+    pub cache_expire: u64,
+    /// Eviction policy of the caches: 2-random, lru or s3fifo.
+    #[arg(long, default_value = "2-random", help_heading = "Cache")]
+    pub cache_eviction: String,
+    /// Cache on disk only small or random reads, not large sequential ones.
+    #[arg(long, help_heading = "Cache")]
+    pub cache_partial_only: bool,
+    /// Memory all write buffers may hold together; a bare number is MiB.
+    #[arg(long, default_value = "300M", help_heading = "Data path")]
+    pub buffer_size: String,
+    /// Largest readahead window per open file; a bare number is MiB.
+    #[arg(long, default_value = "64M", help_heading = "Data path")]
+    pub max_readahead: String,
+    /// Block downloads in flight at once.
+    #[arg(long, default_value_t = 64, help_heading = "Data path")]
+    pub max_downloads: usize,
+    /// Block uploads in flight at once.
+    #[arg(long, default_value_t = 20, help_heading = "Data path")]
+    pub max_uploads: usize,
+    /// After a small random read, fetch its whole block in the background
+    /// (0 turns this off).
+    #[arg(long, default_value_t = 1, help_heading = "Data path")]
+    pub prefetch: u32,
+    /// Stage written blocks on the disk cache and upload them in the
+    /// background; the data is committed once staged.
+    #[arg(long, help_heading = "Data path")]
+    pub writeback: bool,
+    /// Upload bandwidth limit of this node in Mbit/s (0: none).
+    #[arg(long, default_value_t = 0.0, help_heading = "Data path")]
+    pub upload_limit: f64,
+    /// Download bandwidth limit of this node in Mbit/s (0: none).
+    #[arg(long, default_value_t = 0.0, help_heading = "Data path")]
+    pub download_limit: f64,
+    /// Serve Prometheus metrics on this address ("none" turns it off); a
+    /// busy port moves to the next free one.
+    #[arg(long, default_value = "127.0.0.1:9567", help_heading = "Data path")]
+    pub metrics: String,
+}
+
+impl DataPathArgs {
+    fn default_cache_dir() -> String {
+        if unsafe { libc::geteuid() } == 0 {
+            "/var/cache/tessera".into()
+        } else {
+            format!(
+                "{}/.cache/tessera",
+                std::env::var("HOME").unwrap_or_else(|_| ".".into())
+            )
+        }
+    }
+
+    /// Check every option and build the data-path settings for a volume.
+    pub fn chunk_config(&self, format: &tessera_meta::Format) -> Result<ChunkConfig> {
+        let size =
+            |flag: &str, v: &str| parse_size(v, 1 << 20).map_err(|e| anyhow!("--{flag}: {e}"));
+        let eviction: Eviction = self
+            .cache_eviction
+            .parse()
+            .map_err(|e| anyhow!("--cache-eviction: {e}"))?;
+        if !(0.0..1.0).contains(&self.free_space_ratio) {
+            return Err(anyhow!(
+                "--free-space-ratio {} must be at least 0 and below 1",
+                self.free_space_ratio
+            ));
+        }
+        for (flag, v) in [
+            ("upload-limit", self.upload_limit),
+            ("download-limit", self.download_limit),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(anyhow!(
+                    "--{flag} {v} must be a number of Mbit/s, 0 or more"
+                ));
+            }
+        }
+        let dirs = self
+            .cache_dir
+            .clone()
+            .unwrap_or_else(Self::default_cache_dir);
+        let disk_cache = if dirs == "memory" {
+            None
+        } else {
+            let dirs: Vec<PathBuf> = dirs
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .collect();
+            if dirs.is_empty() {
+                return Err(anyhow!("--cache-dir names no directory"));
+            }
+            let capacity = size("cache-size", &self.cache_size)?;
+            (capacity > 0).then_some(DiskCacheConfig {
+                dirs,
+                capacity,
+                free_space_ratio: self.free_space_ratio,
+                expire: (self.cache_expire > 0).then(|| Duration::from_secs(self.cache_expire)),
+                eviction,
+            })
+        };
+        if self.writeback && disk_cache.is_none() {
+            return Err(anyhow!(
+                "--writeback stages blocks on the disk cache: give it a --cache-dir and a --cache-size above 0"
+            ));
+        }
+        Ok(ChunkConfig {
+            volume: format.name.clone(),
+            block_size: format.block_size as usize,
+            compression: format.compression,
+            mem_cache_size: size("mem-cache-size", &self.mem_cache_size)? as usize,
+            eviction,
+            disk_cache,
+            cache_partial_only: self.cache_partial_only,
+            buffer_size: size("buffer-size", &self.buffer_size)?.max(1 << 20) as usize,
+            max_uploads: self.max_uploads.max(1),
+            max_downloads: self.max_downloads.max(1),
+            max_readahead: size("max-readahead", &self.max_readahead)? as usize,
+            prefetch: self.prefetch > 0,
+            writeback: self.writeback,
+            ..Default::default()
+        })
+    }
+}
+
+/// Serve metrics on `addr`, or on one of the next ten ports when it is taken
+/// (several mounts on one host).
+fn serve_metrics(metrics: &Arc<Metrics>, addr: &str) {
+    if addr == "none" || addr.is_empty() {
+        return;
+    }
+    let Some((host, port)) = addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+    else {
+        tracing::warn!(addr, "--metrics wants HOST:PORT; metrics are not served");
+        return;
+    };
+    for p in port..port.saturating_add(10) {
+        match metrics.serve(&format!("{host}:{p}")) {
+            Ok(bound) => {
+                info!(%bound, "serving metrics");
+                return;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => {
+                tracing::warn!(addr, error = %e, "cannot serve metrics");
+                return;
+            }
+        }
+    }
+    tracing::warn!(addr, "ports busy; metrics are only in the .stats file");
 }
 
 fn check_mountpoint(p: &Path) -> Result<()> {
@@ -85,17 +255,16 @@ fn check_mountpoint(p: &Path) -> Result<()> {
 pub fn run(a: Args) -> Result<()> {
     check_mountpoint(&a.mountpoint)?;
     let mountpoint = a.mountpoint.canonicalize()?;
-    // Check the engine and the volume before anything forks or mounts.
-    drop(open_volume(&a.meta_url, MetaConfig::default())?);
-    let mem_cache = parse_size(&a.mem_cache_size, 1 << 20)? as usize;
-    let buffer = parse_size(&a.buffer_size, 1 << 20)? as usize;
+    // Check the engine, the volume and the options before anything forks or mounts.
+    let (_, format) = open_volume(&a.meta_url, MetaConfig::default())?;
+    a.data.chunk_config(&format)?;
     if a.background {
         daemonize(&mountpoint, a.log.as_deref())?;
     }
-    serve(&a, &mountpoint, mem_cache, buffer)
+    serve(&a, &mountpoint)
 }
 
-fn serve(a: &Args, mountpoint: &Path, mem_cache: usize, buffer: usize) -> Result<()> {
+fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
     let (meta, format) = open_volume(
         &a.meta_url,
         MetaConfig {
@@ -107,16 +276,22 @@ fn serve(a: &Args, mountpoint: &Path, mem_cache: usize, buffer: usize) -> Result
         .thread_name("tessera-io")
         .enable_all()
         .build()?;
-    let store = tessera_object::open_store(&format.storage, &a.storage_flags.options())?;
-    let chunk_config = ChunkConfig {
-        volume: format.name.clone(),
-        block_size: format.block_size as usize,
-        compression: format.compression,
-        mem_cache_size: mem_cache,
-        buffer_size: buffer,
-        ..Default::default()
-    };
-    let chunks = ChunkStore::new(store, meta.clone(), rt.handle().clone(), chunk_config);
+    let metrics = Arc::new(Metrics::new());
+    let store = Instrumented::wrap(
+        tessera_object::open_store(&format.storage, &a.storage_flags.options())?,
+        metrics.clone(),
+        RateLimiter::from_mbps(a.data.upload_limit),
+        RateLimiter::from_mbps(a.data.download_limit),
+    );
+    let chunk_config = a.data.chunk_config(&format)?;
+    let chunks = ChunkStore::new(
+        store,
+        meta.clone(),
+        rt.handle().clone(),
+        chunk_config,
+        metrics.clone(),
+    )?;
+    serve_metrics(&metrics, &a.data.metrics);
     let vfs = Vfs::new(
         meta.clone(),
         chunks,

@@ -56,10 +56,25 @@ impl Volume {
         self.mount_with(name, &[])
     }
 
+    /// Mount with extra options. Unless they say otherwise, the mount gets
+    /// its own disk cache under the volume's directory and no metrics port.
     pub fn mount_with(&self, name: &str, extra: &[&str]) -> Mount {
         let mountpoint = self.dir.path().join(name);
         std::fs::create_dir_all(&mountpoint).expect("mkdir mountpoint");
-        Mount::start(&self.meta_url, &mountpoint, extra)
+        let cache = self.cache_dir(name);
+        let mut args: Vec<&str> = extra.to_vec();
+        if !extra.contains(&"--cache-dir") {
+            args.extend(["--cache-dir", cache.to_str().expect("utf-8 path")]);
+        }
+        if !extra.contains(&"--metrics") {
+            args.extend(["--metrics", "none"]);
+        }
+        Mount::start(&self.meta_url, &mountpoint, &args)
+    }
+
+    /// The default disk cache directory of mount `name`.
+    pub fn cache_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("cache-{name}"))
     }
 }
 

@@ -1,0 +1,107 @@
+//! The on-disk form of a cached block: the bytes, then a CRC32C of every
+//! 32 KiB piece, then the data length and a magic tag.
+//!
+//! ```text
+//! [data][crc32c u32 LE × ceil(len / 32 KiB)][len u32 LE]["TSB1"]
+//! ```
+//!
+//! A trailer rather than a header keeps the data at offset 0, so a range of
+//! a block can be read and checked piece by piece without reading the rest.
+
+use bytes::Bytes;
+
+pub const PIECE: usize = 32 << 10;
+const MAGIC: &[u8; 4] = b"TSB1";
+const TAIL: usize = 8;
+
+fn pieces(len: usize) -> usize {
+    len.div_ceil(PIECE)
+}
+
+/// Bytes a block of `len` data bytes takes on disk.
+pub fn stored_len(len: usize) -> usize {
+    len + 4 * pieces(len) + TAIL
+}
+
+/// Encode a block with its checksums.
+pub fn seal(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(stored_len(data.len()));
+    out.extend_from_slice(data);
+    for piece in data.chunks(PIECE) {
+        out.extend_from_slice(&crc32c::crc32c(piece).to_le_bytes());
+    }
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(MAGIC);
+    out
+}
+
+/// Why a stored block was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Damage {
+    BadTrailer,
+    BadChecksum { piece: usize },
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Damage::BadTrailer => write!(f, "missing or malformed trailer"),
+            Damage::BadChecksum { piece } => {
+                write!(f, "CRC32C mismatch in 32 KiB piece {piece}")
+            }
+        }
+    }
+}
+
+/// Length of the data in a stored block, from its trailer.
+pub fn data_len(stored: &[u8]) -> Result<usize, Damage> {
+    if stored.len() < TAIL || &stored[stored.len() - 4..] != MAGIC {
+        return Err(Damage::BadTrailer);
+    }
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&stored[stored.len() - TAIL..stored.len() - 4]);
+    let len = u32::from_le_bytes(len) as usize;
+    if stored_len(len) != stored.len() {
+        return Err(Damage::BadTrailer);
+    }
+    Ok(len)
+}
+
+/// Check a stored block and return its data (no copy: the buffer is cut).
+pub fn open(stored: Vec<u8>) -> Result<Bytes, Damage> {
+    let len = data_len(&stored)?;
+    let (data, sums) = stored.split_at(len);
+    for (i, piece) in data.chunks(PIECE).enumerate() {
+        let mut want = [0u8; 4];
+        want.copy_from_slice(&sums[4 * i..4 * i + 4]);
+        if crc32c::crc32c(piece) != u32::from_le_bytes(want) {
+            return Err(Damage::BadChecksum { piece: i });
+        }
+    }
+    let mut stored = stored;
+    stored.truncate(len);
+    Ok(Bytes::from(stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_catches_flipped_bits() {
+        for len in [0, 1, PIECE - 1, PIECE, PIECE + 1, 3 * PIECE + 17] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let stored = seal(&data);
+            assert_eq!(stored.len(), stored_len(len));
+            assert_eq!(open(stored.clone()).as_deref(), Ok(&data[..]));
+            if len > PIECE {
+                let mut bad = stored.clone();
+                bad[PIECE] ^= 0x10;
+                assert_eq!(open(bad), Err(Damage::BadChecksum { piece: 1 }));
+            }
+            let mut cut = stored;
+            cut.truncate(cut.len() - 1);
+            assert_eq!(open(cut), Err(Damage::BadTrailer));
+        }
+    }
+}

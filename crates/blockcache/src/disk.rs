@@ -1,0 +1,664 @@
+//! The disk tier: one file per block under one or more cache directories,
+//! plus the write-back staging area.
+//!
+//! Layout under each directory given to `--cache-dir`:
+//!
+//! ```text
+//! {dir}/{volume}/raw/{block key}       cached blocks (evictable)
+//! {dir}/{volume}/staging/{block key}   write-back blocks not yet uploaded
+//! ```
+//!
+//! A key lives in the directory its CRC32C hashes to. Files are written to a
+//! temporary name and renamed, and carry a CRC32C per 32 KiB
+//! ([`crate::checksum`]), so a torn or corrupted file is detected on read,
+//! dropped and counted, never returned. The index (key → size, directory,
+//! last use) lives in memory and is rebuilt by scanning `raw/` at start, so a
+//! restarted mount keeps its cache. Staged blocks are outside the index and
+//! never evicted; once uploaded they are renamed into `raw/` and become
+//! ordinary cached blocks.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tessera_metrics::{tier, Metrics};
+use tracing::{debug, info, warn};
+
+use crate::checksum;
+use crate::evict::{new_policy, Eviction, Key, Policy};
+
+/// Settings of the disk tier.
+#[derive(Debug, Clone)]
+pub struct DiskCacheConfig {
+    pub dirs: Vec<PathBuf>,
+    /// Bytes of cached blocks (as stored, checksums included) across all dirs.
+    pub capacity: u64,
+    /// Keep at least this fraction of each cache disk free.
+    pub free_space_ratio: f64,
+    /// Drop blocks not used for this long.
+    pub expire: Option<Duration>,
+    pub eviction: Eviction,
+}
+
+struct Entry {
+    dir: u16,
+    stored: u64,
+    /// Seconds since the epoch of the last use.
+    used_at: u64,
+}
+
+struct Index {
+    entries: HashMap<Key, Entry>,
+    policy: Box<dyn Policy>,
+    used: u64,
+    last_sweep: Instant,
+}
+
+/// The disk cache of one volume.
+pub struct DiskCache {
+    roots: Vec<PathBuf>,
+    config: DiskCacheConfig,
+    index: Mutex<Index>,
+    metrics: Arc<Metrics>,
+    tmp_seq: AtomicU64,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Fraction of the file system holding `path` that is free for us.
+fn free_ratio(path: &Path) -> Option<f64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; c is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 || st.f_blocks == 0 {
+        return None;
+    }
+    Some(st.f_bavail as f64 / st.f_blocks as f64)
+}
+
+impl DiskCache {
+    /// Open (creating) the cache directories of `volume` and rebuild the index.
+    pub fn open(
+        config: DiskCacheConfig,
+        volume: &str,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        if config.dirs.is_empty() || config.dirs.len() > u16::MAX as usize {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the disk cache needs between 1 and 65535 directories",
+            ));
+        }
+        let mut roots = Vec::new();
+        for d in &config.dirs {
+            let root = d.join(volume);
+            for sub in ["raw", "staging"] {
+                std::fs::create_dir_all(root.join(sub)).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot create cache directory {}: {e}",
+                            root.join(sub).display()
+                        ),
+                    )
+                })?;
+            }
+            roots.push(root);
+        }
+        let cache = DiskCache {
+            index: Mutex::new(Index {
+                entries: HashMap::new(),
+                policy: new_policy(config.eviction),
+                used: 0,
+                last_sweep: Instant::now(),
+            }),
+            roots,
+            config,
+            metrics,
+            tmp_seq: AtomicU64::new(0),
+        };
+        cache.rebuild();
+        Ok(cache)
+    }
+
+    /// Scan `raw/` of every directory into the index, oldest first, and
+    /// remove temporary files left by a crash.
+    fn rebuild(&self) {
+        let started = Instant::now();
+        let mut found = Vec::new();
+        for (dir, root) in self.roots.iter().enumerate() {
+            let raw = root.join("raw");
+            walk(&raw, &mut |path, meta| {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if name.contains(".tmp.") {
+                    let _ = std::fs::remove_file(path);
+                    return;
+                }
+                let Some(key) = path.strip_prefix(&raw).ok().and_then(|p| p.to_str()) else {
+                    return;
+                };
+                let mtime = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                found.push((mtime, key.to_string(), dir as u16, meta.len()));
+            });
+            walk(&root.join("staging"), &mut |path, _| {
+                if path.to_string_lossy().contains(".tmp.") {
+                    let _ = std::fs::remove_file(path);
+                }
+            });
+        }
+        found.sort();
+        let Ok(mut index) = self.index.lock() else {
+            return;
+        };
+        for (mtime, key, dir, stored) in found {
+            let key: Key = Arc::from(key.as_str());
+            index.policy.insert(key.clone());
+            index.used += stored;
+            index.entries.insert(
+                key,
+                Entry {
+                    dir,
+                    stored,
+                    used_at: mtime,
+                },
+            );
+        }
+        info!(
+            blocks = index.entries.len(),
+            bytes = index.used,
+            ms = started.elapsed().as_millis() as u64,
+            "disk cache index rebuilt"
+        );
+        let victims = self.evict_over_quota(&mut index, 0);
+        self.report(&index, 0);
+        drop(index);
+        self.unlink(victims);
+    }
+
+    fn dir_of(&self, key: &str) -> usize {
+        crc32c::crc32c(key.as_bytes()) as usize % self.roots.len()
+    }
+
+    fn raw_path(&self, dir: usize, key: &str) -> PathBuf {
+        self.roots[dir].join("raw").join(key)
+    }
+
+    fn staging_path(&self, key: &str) -> PathBuf {
+        self.roots[self.dir_of(key)].join("staging").join(key)
+    }
+
+    /// A cached block, checked. A damaged file is removed and counted.
+    pub fn get(&self, key: &str) -> Option<Bytes> {
+        let dir = {
+            let mut index = self.index.lock().ok()?;
+            let expire = self.config.expire.map(|d| d.as_secs());
+            let e = index.entries.get_mut(key)?;
+            let now = now_secs();
+            if expire.is_some_and(|x| now.saturating_sub(e.used_at) > x) {
+                drop(index);
+                self.remove(key);
+                return None;
+            }
+            e.used_at = now;
+            let dir = e.dir as usize;
+            index.policy.touch(key);
+            dir
+        };
+        let path = self.raw_path(dir, key);
+        match std::fs::read(&path) {
+            Ok(stored) => match checksum::open(stored) {
+                Ok(b) => Some(b),
+                Err(damage) => {
+                    warn!(path = %path.display(), %damage, "corrupt cached block dropped; fetching it again");
+                    self.metrics.corrupt_blocks.inc();
+                    self.remove(key);
+                    None
+                }
+            },
+            Err(e) => {
+                debug!(path = %path.display(), error = %e, "cached block vanished");
+                self.remove(key);
+                None
+            }
+        }
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.index
+            .lock()
+            .map(|i| i.entries.contains_key(key))
+            .unwrap_or(false)
+    }
+
+    /// Cache a block. Skipped (not an error) when the disk is short of free
+    /// space or the block is larger than the whole cache.
+    pub fn insert(&self, key: &str, data: &[u8]) -> std::io::Result<()> {
+        let stored = checksum::stored_len(data.len()) as u64;
+        if stored > self.config.capacity || self.contains(key) {
+            return Ok(());
+        }
+        let dir = self.dir_of(key);
+        if !self.has_free_space(dir, stored) {
+            return Ok(());
+        }
+        let path = self.raw_path(dir, key);
+        self.write_file(&path, &checksum::seal(data), false)?;
+        let victims = {
+            let Ok(mut index) = self.index.lock() else {
+                return Ok(());
+            };
+            let key: Key = Arc::from(key);
+            if let Some(old) = index.entries.insert(
+                key.clone(),
+                Entry {
+                    dir: dir as u16,
+                    stored,
+                    used_at: now_secs(),
+                },
+            ) {
+                index.used -= old.stored;
+            }
+            index.used += stored;
+            index.policy.insert(key);
+            let mut victims = self.evict_over_quota(&mut index, 0);
+            victims.extend(self.sweep_expired(&mut index));
+            self.report(&index, victims.len() as u64);
+            victims
+        };
+        self.unlink(victims);
+        Ok(())
+    }
+
+    /// Below the free-space floor, evict some blocks of this directory's
+    /// share; if that is not enough, refuse to cache.
+    fn has_free_space(&self, dir: usize, want: u64) -> bool {
+        let floor = self.config.free_space_ratio;
+        if floor <= 0.0 {
+            return true;
+        }
+        let root = &self.roots[dir];
+        if free_ratio(root).is_some_and(|r| r >= floor) {
+            return true;
+        }
+        let victims = match self.index.lock() {
+            Ok(mut index) => {
+                // Make room for a few blocks' worth below current usage.
+                let extra = self
+                    .config
+                    .capacity
+                    .saturating_sub(index.used)
+                    .saturating_add(want.saturating_mul(4));
+                let v = self.evict_over_quota(&mut index, extra);
+                self.report(&index, v.len() as u64);
+                v
+            }
+            Err(_) => Vec::new(),
+        };
+        self.unlink(victims);
+        free_ratio(root).is_some_and(|r| r >= floor)
+    }
+
+    /// Pick victims until usage is `extra` bytes under the quota. Returns
+    /// the paths to unlink (outside the lock).
+    fn evict_over_quota(&self, index: &mut Index, extra: u64) -> Vec<PathBuf> {
+        let limit = self.config.capacity.saturating_sub(extra);
+        let mut victims = Vec::new();
+        while index.used > limit {
+            let Some(key) = index.policy.victim() else {
+                break;
+            };
+            if let Some(e) = index.entries.remove(&key) {
+                index.used -= e.stored;
+                victims.push(self.raw_path(e.dir as usize, &key));
+            }
+        }
+        victims
+    }
+
+    fn sweep_expired(&self, index: &mut Index) -> Vec<PathBuf> {
+        let Some(expire) = self.config.expire else {
+            return Vec::new();
+        };
+        if index.last_sweep.elapsed() < Duration::from_secs(60).min(expire) {
+            return Vec::new();
+        }
+        index.last_sweep = Instant::now();
+        let cutoff = now_secs().saturating_sub(expire.as_secs());
+        let old: Vec<Key> = index
+            .entries
+            .iter()
+            .filter(|(_, e)| e.used_at < cutoff)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut victims = Vec::new();
+        for key in old {
+            if let Some(e) = index.entries.remove(&key) {
+                index.used -= e.stored;
+                index.policy.remove(&key);
+                victims.push(self.raw_path(e.dir as usize, &key));
+            }
+        }
+        victims
+    }
+
+    fn unlink(&self, paths: Vec<PathBuf>) {
+        for p in paths {
+            if let Err(e) = std::fs::remove_file(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!(path = %p.display(), error = %e, "cannot remove evicted block");
+                }
+            }
+        }
+    }
+
+    pub fn remove(&self, key: &str) {
+        let path = match self.index.lock() {
+            Ok(mut index) => match index.entries.remove(key) {
+                Some(e) => {
+                    index.used -= e.stored;
+                    index.policy.remove(key);
+                    self.report(&index, 0);
+                    Some(self.raw_path(e.dir as usize, key))
+                }
+                None => None,
+            },
+            Err(_) => None,
+        };
+        self.unlink(path.into_iter().collect());
+    }
+
+    fn report(&self, index: &Index, evicted: u64) {
+        let l = [("tier", tier::DISK)];
+        self.metrics
+            .cache_bytes
+            .get_or_create(&l)
+            .set(index.used as i64);
+        self.metrics
+            .cache_blocks
+            .get_or_create(&l)
+            .set(index.entries.len() as i64);
+        if evicted > 0 {
+            self.metrics
+                .cache_evictions
+                .get_or_create(&l)
+                .inc_by(evicted);
+        }
+    }
+
+    /// Bytes of cached blocks on disk (as stored).
+    pub fn used(&self) -> u64 {
+        self.index.lock().map(|i| i.used).unwrap_or(0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.lock().map(|i| i.entries.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The file a cached block is kept in (for tests and tools).
+    pub fn path_of(&self, key: &str) -> Option<PathBuf> {
+        let index = self.index.lock().ok()?;
+        index
+            .entries
+            .get(key)
+            .map(|e| self.raw_path(e.dir as usize, key))
+    }
+
+    /// Write to a temporary name and rename, so a reader never sees half a
+    /// file; with `durable`, the data and the rename reach the disk first.
+    fn write_file(&self, path: &Path, body: &[u8], durable: bool) -> std::io::Result<()> {
+        let dir = path.parent().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "block path has no parent")
+        })?;
+        std::fs::create_dir_all(dir)?;
+        let tmp = PathBuf::from(format!(
+            "{}.tmp.{}.{}",
+            path.display(),
+            std::process::id(),
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(body)?;
+            if durable {
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, path)?;
+            if durable {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    // ---- write-back staging ------------------------------------------------
+
+    /// Store a block durably in the staging area; it stays there until
+    /// [`DiskCache::commit_staged`] after its upload.
+    pub fn stage(&self, key: &str, data: &[u8]) -> std::io::Result<()> {
+        self.write_file(&self.staging_path(key), &checksum::seal(data), true)
+    }
+
+    /// A staged block, checked.
+    pub fn read_staged(&self, key: &str) -> Option<Bytes> {
+        let path = self.staging_path(key);
+        let stored = std::fs::read(&path).ok()?;
+        match checksum::open(stored) {
+            Ok(b) => Some(b),
+            Err(damage) => {
+                warn!(path = %path.display(), %damage, "staged block is damaged");
+                self.metrics.corrupt_blocks.inc();
+                None
+            }
+        }
+    }
+
+    /// Keys of every staged block (after a restart: what is left to upload).
+    pub fn staged(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for root in &self.roots {
+            let base = root.join("staging");
+            walk(&base, &mut |path, _| {
+                if let Some(k) = path.strip_prefix(&base).ok().and_then(|p| p.to_str()) {
+                    if !k.contains(".tmp.") {
+                        keys.push(k.to_string());
+                    }
+                }
+            });
+        }
+        keys
+    }
+
+    /// The staged block is in object storage now: move it into the cache.
+    pub fn commit_staged(&self, key: &str) {
+        let from = self.staging_path(key);
+        let stored = match std::fs::metadata(&from) {
+            Ok(m) => m.len(),
+            Err(_) => return,
+        };
+        let dir = self.dir_of(key);
+        let to = self.raw_path(dir, key);
+        let moved = to
+            .parent()
+            .map(std::fs::create_dir_all)
+            .unwrap_or(Ok(()))
+            .and_then(|()| std::fs::rename(&from, &to));
+        if moved.is_err() || stored > self.config.capacity {
+            let _ = std::fs::remove_file(&from);
+            let _ = std::fs::remove_file(&to);
+            return;
+        }
+        let victims = match self.index.lock() {
+            Ok(mut index) => {
+                let k: Key = Arc::from(key);
+                if let Some(old) = index.entries.insert(
+                    k.clone(),
+                    Entry {
+                        dir: dir as u16,
+                        stored,
+                        used_at: now_secs(),
+                    },
+                ) {
+                    index.used -= old.stored;
+                }
+                index.used += stored;
+                index.policy.insert(k);
+                let v = self.evict_over_quota(&mut index, 0);
+                self.report(&index, v.len() as u64);
+                v
+            }
+            Err(_) => Vec::new(),
+        };
+        self.unlink(victims);
+    }
+
+    /// Drop a staged block whose upload is no longer wanted (its slice was
+    /// deleted before it reached object storage).
+    pub fn discard_staged(&self, key: &str) {
+        let _ = std::fs::remove_file(self.staging_path(key));
+    }
+}
+
+/// Visit every regular file under `dir`, recursively.
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in rd.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            walk(&path, f);
+        } else if meta.is_file() {
+            f(&path, &meta);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dirs: Vec<PathBuf>, capacity: u64) -> DiskCacheConfig {
+        DiskCacheConfig {
+            dirs,
+            capacity,
+            free_space_ratio: 0.0,
+            expire: None,
+            eviction: Eviction::TwoRandom,
+        }
+    }
+
+    fn block(seed: u8, len: usize) -> Vec<u8> {
+        (0..len).map(|i| seed.wrapping_add(i as u8)).collect()
+    }
+
+    #[test]
+    fn survives_restart_and_spreads_over_dirs() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let dirs = vec![a.path().to_path_buf(), b.path().to_path_buf()];
+        let m = Arc::new(Metrics::new());
+        let c = DiskCache::open(config(dirs.clone(), 1 << 30), "vol", m.clone()).unwrap();
+        for i in 0..20u8 {
+            c.insert(&format!("vol/chunks/0/0/{i}_0_1000"), &block(i, 1000))
+                .unwrap();
+        }
+        let per_dir: Vec<usize> = dirs
+            .iter()
+            .map(|d| {
+                let mut n = 0;
+                walk(&d.join("vol/raw"), &mut |_, _| n += 1);
+                n
+            })
+            .collect();
+        assert!(per_dir.iter().all(|&n| n > 0), "blocks spread: {per_dir:?}");
+        drop(c);
+        let c = DiskCache::open(config(dirs, 1 << 30), "vol", m).unwrap();
+        assert_eq!(c.len(), 20);
+        assert_eq!(
+            c.get("vol/chunks/0/0/7_0_1000").as_deref(),
+            Some(&block(7, 1000)[..])
+        );
+    }
+
+    #[test]
+    fn corrupt_block_is_dropped_and_counted() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Arc::new(Metrics::new());
+        let c = DiskCache::open(config(vec![d.path().into()], 1 << 30), "v", m.clone()).unwrap();
+        c.insert("k/1", &block(1, 100_000)).unwrap();
+        let path = c.path_of("k/1").unwrap();
+        let mut raw = std::fs::read(&path).unwrap();
+        raw[50_000] ^= 1;
+        std::fs::write(&path, raw).unwrap();
+        assert!(c.get("k/1").is_none());
+        assert_eq!(m.corrupt_blocks.get(), 1);
+        assert!(!path.exists() && c.is_empty());
+    }
+
+    #[test]
+    fn stays_under_quota() {
+        let d = tempfile::tempdir().unwrap();
+        let cap = 10 * checksum::stored_len(4096) as u64;
+        let c = DiskCache::open(
+            config(vec![d.path().into()], cap),
+            "v",
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        for i in 0..100u8 {
+            c.insert(&format!("k/{i}"), &block(i, 4096)).unwrap();
+            assert!(c.used() <= cap);
+        }
+        assert_eq!(c.len(), 10);
+        let mut on_disk = 0u64;
+        walk(&d.path().join("v/raw"), &mut |_, m| on_disk += m.len());
+        assert!(on_disk <= cap, "{on_disk} bytes on disk over quota {cap}");
+    }
+
+    #[test]
+    fn staged_blocks_outlive_restart_and_move_into_the_cache() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = config(vec![d.path().into()], 1 << 30);
+        let c = DiskCache::open(cfg.clone(), "v", Arc::new(Metrics::new())).unwrap();
+        c.stage("v/chunks/0/0/5_0_10", b"0123456789").unwrap();
+        drop(c);
+        let c = DiskCache::open(cfg, "v", Arc::new(Metrics::new())).unwrap();
+        assert_eq!(c.staged(), vec!["v/chunks/0/0/5_0_10".to_string()]);
+        assert_eq!(
+            c.read_staged("v/chunks/0/0/5_0_10").as_deref(),
+            Some(&b"0123456789"[..])
+        );
+        assert!(c.is_empty(), "staged blocks are not evictable cache");
+        c.commit_staged("v/chunks/0/0/5_0_10");
+        assert!(c.staged().is_empty());
+        assert_eq!(
+            c.get("v/chunks/0/0/5_0_10").as_deref(),
+            Some(&b"0123456789"[..])
+        );
+    }
+}

@@ -1,0 +1,389 @@
+//! The read path: from a file range to block bytes.
+//!
+//! A read is planned into pieces (a block and a range of it) from the
+//! chunk's visible segments. Every block not in memory gets one shared
+//! fetch ([`Fetch`]): the disk cache, then a staged write-back copy, then
+//! object storage, within `--max-downloads`. All the fetches of one read
+//! start before the first is awaited, so a read spanning blocks downloads
+//! them in parallel. A fetch is a spawned task, so readahead can start one
+//! and walk away; a reader that arrives later joins it.
+//!
+//! Random reads of part of a block that is cached nowhere are served by a
+//! range GET of just those bytes; with `--prefetch` the whole block then
+//! follows in the background, so a reader that comes back finds it cached.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use tessera_meta::{slice::visible_segments, Compression, SliceKind, SliceRecord, CHUNK_SIZE};
+use tessera_metrics::tier;
+use tessera_object::ObjectError;
+use tracing::{debug, warn};
+
+use crate::{codec, ChunkError, ChunkStore, Result};
+
+/// How the reader has been moving through the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Sequential,
+    Random,
+}
+
+/// A fetch outcome every waiter can hold a copy of.
+#[derive(Debug, Clone)]
+pub(crate) enum FetchError {
+    Missing(String),
+    Failed(String),
+}
+
+impl From<FetchError> for ChunkError {
+    fn from(e: FetchError) -> Self {
+        match e {
+            FetchError::Missing(key) => ChunkError::Object(ObjectError::NotFound(key)),
+            FetchError::Failed(reason) => ChunkError::Unsupported(reason),
+        }
+    }
+}
+
+/// A block fetch in flight.
+pub(crate) type Fetch = Shared<BoxFuture<'static, std::result::Result<Bytes, FetchError>>>;
+
+/// One block's share of a read.
+#[derive(Debug)]
+struct Piece {
+    /// Offset in the caller's buffer.
+    out: usize,
+    id: u64,
+    size: u64,
+    index: u64,
+    in_block: usize,
+    n: usize,
+}
+
+impl ChunkStore {
+    /// Resolve `[off, off + len)` of a chunk into block pieces. Holes are
+    /// left out (the caller's buffer is zeroed).
+    fn plan(&self, records: &[SliceRecord], off: u32, len: usize) -> Result<Vec<Piece>> {
+        let end = off + len as u32;
+        let bs = self.config.block_size as u64;
+        let mut pieces = Vec::new();
+        for seg in visible_segments(records) {
+            let (a, b) = (seg.pos.max(off), seg.end().min(end));
+            if a >= b || seg.record.is_hole() {
+                continue;
+            }
+            if seg.record.kind == SliceKind::External {
+                return Err(ChunkError::Unsupported(format!(
+                    "slice {} points at an external object; reading imported data needs `tessera import` support",
+                    seg.record.id
+                )));
+            }
+            let mut slice_off = seg.off + u64::from(a - seg.pos);
+            let mut out = (a - off) as usize;
+            let mut left = (b - a) as usize;
+            while left > 0 {
+                let index = slice_off / bs;
+                let in_block = (slice_off - index * bs) as usize;
+                let block_len = self.block_len(seg.record.size, index) as usize;
+                let n = left.min(block_len - in_block);
+                pieces.push(Piece {
+                    out,
+                    id: seg.record.id,
+                    size: seg.record.size,
+                    index,
+                    in_block,
+                    n,
+                });
+                out += n;
+                left -= n;
+                slice_off += n as u64;
+            }
+        }
+        Ok(pieces)
+    }
+
+    /// A block from memory, or from the disk cache (then kept in memory).
+    fn cached(&self, key: &str) -> Option<Bytes> {
+        if let Some(b) = self.mem.get(key) {
+            return Some(b);
+        }
+        let b = self.disk.as_ref()?.get(key)?;
+        self.mem.insert(key, b.clone());
+        self.note_origin(key, tier::DISK, b.len());
+        Some(b)
+    }
+
+    /// A block just loaded into memory from `tier`: its bytes are counted
+    /// for that tier as readers consume them, so a block fetched whole for
+    /// a small read (or by readahead) is not later counted as memory hits.
+    fn note_origin(&self, key: &str, tier: &'static str, len: usize) {
+        if let Ok(mut o) = self.origins.lock() {
+            if o.len() > 65_536 {
+                o.clear();
+            }
+            o.insert(key.to_string(), (tier, len));
+        }
+    }
+
+    /// Count `n` bytes served from block `key`.
+    fn count_served(&self, key: &str, n: usize) {
+        let tier = match self.origins.lock() {
+            Ok(mut o) => match o.get_mut(key) {
+                Some((t, left)) => {
+                    let t = *t;
+                    *left = left.saturating_sub(n);
+                    if *left == 0 {
+                        o.remove(key);
+                    }
+                    t
+                }
+                None => tier::MEMORY,
+            },
+            Err(_) => tier::MEMORY,
+        };
+        self.metrics.tier_read(tier, n as u64);
+    }
+
+    /// One whole block, from wherever it is.
+    pub fn read_block(self: &Arc<Self>, id: u64, size: u64, index: u64) -> Result<Bytes> {
+        let len = self.block_len(size, index);
+        let key = self.block_key(id, index, len);
+        let b = match self.cached(&key) {
+            Some(b) => b,
+            None => self.rt.block_on(self.fetch(&key, len, false))?,
+        };
+        self.count_served(&key, b.len());
+        Ok(b)
+    }
+
+    /// Join or start the shared fetch of a block.
+    fn fetch(self: &Arc<Self>, key: &str, len: u64, readahead: bool) -> Fetch {
+        let Ok(mut map) = self.inflight.lock() else {
+            let me = self.clone();
+            let key = key.to_string();
+            return async move { me.load(&key, len, readahead).await }
+                .boxed()
+                .shared();
+        };
+        if let Some(f) = map.get(key) {
+            return f.clone();
+        }
+        let me = self.clone();
+        let owned = key.to_string();
+        let fetch = async move {
+            let r = me.load(&owned, len, readahead).await;
+            if let Ok(mut map) = me.inflight.lock() {
+                map.remove(&owned);
+            }
+            r
+        }
+        .boxed()
+        .shared();
+        map.insert(key.to_string(), fetch.clone());
+        // Run it to the end even if every waiter gives up (or none waits).
+        self.rt.spawn(fetch.clone());
+        fetch
+    }
+
+    /// Disk cache, staged copy, then object storage.
+    async fn load(
+        self: &Arc<Self>,
+        key: &str,
+        len: u64,
+        readahead: bool,
+    ) -> std::result::Result<Bytes, FetchError> {
+        if readahead {
+            self.metrics.readahead_inflight.inc();
+        }
+        let r = self.load_inner(key, len).await;
+        if readahead {
+            self.metrics.readahead_inflight.dec();
+            self.metrics.readahead_blocks.inc();
+        }
+        r
+    }
+
+    async fn load_inner(
+        self: &Arc<Self>,
+        key: &str,
+        len: u64,
+    ) -> std::result::Result<Bytes, FetchError> {
+        if self.disk.is_some() {
+            let me = self.clone();
+            let k = key.to_string();
+            let found = tokio::task::spawn_blocking(move || {
+                let disk = me.disk.as_ref()?;
+                disk.get(&k).or_else(|| disk.read_staged(&k))
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(b) = found {
+                self.mem.insert(key, b.clone());
+                self.note_origin(key, tier::DISK, b.len());
+                return Ok(b);
+            }
+        }
+        let permit = self.downloads.acquire().await;
+        let raw = self.store.get(key, None).await;
+        drop(permit);
+        let raw = raw.map_err(|e| match e {
+            ObjectError::NotFound(k) => FetchError::Missing(k),
+            e => FetchError::Failed(e.to_string()),
+        })?;
+        let data = codec::decode(self.config.compression, raw, len as usize)
+            .map_err(|reason| FetchError::Failed(format!("corrupt block {key}: {reason}")))?;
+        if data.len() as u64 != len {
+            return Err(FetchError::Failed(format!(
+                "corrupt block {key}: expected {len} bytes, got {}",
+                data.len()
+            )));
+        }
+        self.mem.insert(key, data.clone());
+        self.note_origin(key, tier::OBJECT, data.len());
+        let partial = (len as usize) < self.config.block_size;
+        if self.disk.is_some() && (!self.config.cache_partial_only || partial) {
+            self.cache_on_disk(key, data.clone());
+        }
+        Ok(data)
+    }
+
+    /// Write a block to the disk cache off the reader's path.
+    fn cache_on_disk(self: &Arc<Self>, key: &str, data: Bytes) {
+        let me = self.clone();
+        let key = key.to_string();
+        self.rt.spawn_blocking(move || {
+            if let Some(disk) = &me.disk {
+                if let Err(e) = disk.insert(&key, &data) {
+                    warn!(%key, error = %e, "cannot write block to the disk cache");
+                }
+            }
+        });
+    }
+
+    /// Fill `buf` with bytes `[off, off + buf.len())` of a chunk made of
+    /// `records`. `buf` must be zeroed by the caller (holes stay zero).
+    pub fn read_records(
+        self: &Arc<Self>,
+        records: &[SliceRecord],
+        off: u32,
+        buf: &mut [u8],
+        access: Access,
+    ) -> Result<()> {
+        let pieces = self.plan(records, off, buf.len())?;
+        let mut waiting = Vec::new();
+        for p in pieces {
+            let len = self.block_len(p.size, p.index);
+            let key = self.block_key(p.id, p.index, len);
+            if let Some(b) = self.cached(&key) {
+                buf[p.out..p.out + p.n].copy_from_slice(&b[p.in_block..p.in_block + p.n]);
+                self.count_served(&key, p.n);
+                continue;
+            }
+            let whole_block_wanted = access == Access::Sequential || p.n * 2 > len as usize;
+            let in_flight = self
+                .inflight
+                .lock()
+                .map(|m| m.contains_key(&key))
+                .unwrap_or(true);
+            if !whole_block_wanted && !in_flight && self.config.compression == Compression::None {
+                let range = p.in_block as u64..(p.in_block + p.n) as u64;
+                let got = self.rt.block_on(async {
+                    let _permit = self.downloads.acquire().await;
+                    self.store.get(&key, Some(range)).await
+                })?;
+                if got.len() != p.n {
+                    return Err(ChunkError::Corrupt {
+                        key,
+                        reason: format!("range read returned {} of {} bytes", got.len(), p.n),
+                    });
+                }
+                buf[p.out..p.out + p.n].copy_from_slice(&got);
+                self.metrics.tier_read(tier::OBJECT, p.n as u64);
+                if self.config.prefetch {
+                    drop(self.fetch(&key, len, true));
+                }
+                continue;
+            }
+            let fetch = self.fetch(&key, len, false);
+            waiting.push((p, key, fetch));
+        }
+        for (p, key, fetch) in waiting {
+            let b = self.rt.block_on(fetch)?;
+            buf[p.out..p.out + p.n].copy_from_slice(&b[p.in_block..p.in_block + p.n]);
+            self.count_served(&key, p.n);
+        }
+        Ok(())
+    }
+
+    /// Read committed data at `off` into `buf` (zeroed by the caller), the
+    /// slice records of each chunk coming from `records` (the caller's cache).
+    pub fn read_committed_with(
+        self: &Arc<Self>,
+        off: u64,
+        buf: &mut [u8],
+        access: Access,
+        records: &mut dyn FnMut(u32) -> Result<Arc<Vec<SliceRecord>>>,
+    ) -> Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = off + done as u64;
+            let index = (pos / CHUNK_SIZE) as u32;
+            let in_chunk = (pos % CHUNK_SIZE) as u32;
+            let n = (buf.len() - done).min((CHUNK_SIZE - u64::from(in_chunk)) as usize);
+            let records = records(index)?;
+            if !records.is_empty() {
+                self.read_records(&records, in_chunk, &mut buf[done..done + n], access)?;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Start fetching the blocks behind `[off, off + len)` that are not in
+    /// memory, without waiting. Blocks already cached or in flight are left
+    /// alone; errors are only logged (the reader will meet them itself).
+    pub fn readahead(
+        self: &Arc<Self>,
+        off: u64,
+        len: u64,
+        records: &mut dyn FnMut(u32) -> Result<Arc<Vec<SliceRecord>>>,
+    ) {
+        let mut pos = off;
+        let end = off + len;
+        while pos < end {
+            let index = (pos / CHUNK_SIZE) as u32;
+            let in_chunk = (pos % CHUNK_SIZE) as u32;
+            let n = (end - pos).min(CHUNK_SIZE - u64::from(in_chunk));
+            let pieces = records(index).and_then(|r| self.plan(&r, in_chunk, n as usize));
+            match pieces {
+                Ok(pieces) => {
+                    let mut last = None;
+                    for p in pieces {
+                        if last == Some((p.id, p.index)) {
+                            continue;
+                        }
+                        last = Some((p.id, p.index));
+                        let len = self.block_len(p.size, p.index);
+                        let key = self.block_key(p.id, p.index, len);
+                        let known = self.mem.contains(&key)
+                            || self
+                                .inflight
+                                .lock()
+                                .map(|m| m.contains_key(&key))
+                                .unwrap_or(true);
+                        if !known {
+                            drop(self.fetch(&key, len, true));
+                        }
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "readahead skipped");
+                    return;
+                }
+            }
+            pos += n;
+        }
+    }
+}

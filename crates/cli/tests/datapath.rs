@@ -1,0 +1,239 @@
+//! The data path through real mounts: the disk cache (checksums, restart,
+//! quota), write-back across a crash, rate limits and the `.stats` file.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// One metric from the mount's `.stats` file (0 when absent).
+fn stat(mnt: &Path, name: &str) -> f64 {
+    let text = std::fs::read_to_string(mnt.join(".stats")).expect("read .stats");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name).then(|| v.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+const DISK_BLOCKS: &str = "tessera_cache_blocks{tier=\"disk\"}";
+const OBJECT_BYTES: &str = "tessera_tier_read_bytes_total{tier=\"object\"}";
+const DISK_BYTES: &str = "tessera_tier_read_bytes_total{tier=\"disk\"}";
+
+#[test]
+fn disk_cache_survives_restart_and_drops_corrupt_blocks() {
+    let vol = Volume::new("cachevol");
+    let data = pseudo_random(10 << 20, 7); // blocks of 4, 4 and 2 MiB
+    {
+        let m = vol.mount("mnt");
+        std::fs::write(m.join("f"), &data).expect("write");
+        m.unmount();
+    }
+    {
+        // A fresh mount has nothing in memory: the read goes to the store
+        // and fills the disk cache behind it.
+        let m = vol.mount("mnt");
+        assert_eq!(
+            digest(&std::fs::read(m.join("f")).expect("read")),
+            digest(&data)
+        );
+        assert_eq!(stat(&m.path, OBJECT_BYTES), data.len() as f64);
+        wait_for("three cached blocks", || stat(&m.path, DISK_BLOCKS) == 3.0);
+        m.unmount();
+    }
+    {
+        // Restarted: every byte comes from the disk cache, no object GET.
+        let m = vol.mount("mnt");
+        assert_eq!(stat(&m.path, DISK_BLOCKS), 3.0, "index rebuilt at start");
+        assert_eq!(
+            digest(&std::fs::read(m.join("f")).expect("read")),
+            digest(&data)
+        );
+        assert_eq!(
+            stat(&m.path, OBJECT_BYTES),
+            0.0,
+            "no object reads after restart"
+        );
+        assert_eq!(stat(&m.path, DISK_BYTES), data.len() as f64);
+        m.unmount();
+    }
+    // Flip one bit in the middle of the 2 MiB block's file.
+    let cached = files_under(&vol.cache_dir("mnt"));
+    let victim = cached
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with(&format!("_2_{}", 2 << 20)))
+        .unwrap_or_else(|| panic!("2 MiB block among {cached:?}"));
+    let mut raw = std::fs::read(victim).expect("read cached block");
+    raw[1 << 20] ^= 0x40;
+    std::fs::write(victim, raw).expect("corrupt cached block");
+    {
+        let m = vol.mount("mnt");
+        assert_eq!(
+            digest(&std::fs::read(m.join("f")).expect("read")),
+            digest(&data),
+            "correct bytes despite the corrupt cached block"
+        );
+        assert_eq!(stat(&m.path, "tessera_corrupt_blocks_total"), 1.0);
+        assert_eq!(
+            stat(&m.path, OBJECT_BYTES),
+            (2 << 20) as f64,
+            "only the corrupt block is fetched again"
+        );
+        m.unmount();
+    }
+}
+
+#[test]
+fn disk_cache_stays_under_its_quota() {
+    let vol = Volume::new("quotavol");
+    let data = pseudo_random(40 << 20, 9);
+    {
+        let m = vol.mount("w");
+        std::fs::write(m.join("big"), &data).expect("write");
+        m.unmount();
+    }
+    let m = vol.mount_with("r", &["--cache-size", "12M", "--mem-cache-size", "4M"]);
+    assert_eq!(
+        digest(&std::fs::read(m.join("big")).expect("read")),
+        digest(&data)
+    );
+    wait_for("cache writes to settle", || {
+        stat(&m.path, "tessera_cache_evictions_total{tier=\"disk\"}") > 0.0
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let on_disk: u64 = files_under(&vol.cache_dir("r"))
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    assert!(on_disk > 0, "something was cached");
+    assert!(
+        on_disk <= 12 << 20,
+        "{on_disk} bytes cached over a 12 MiB quota"
+    );
+    assert!(stat(&m.path, "tessera_cache_bytes{tier=\"disk\"}") <= (12 << 20) as f64);
+    m.unmount();
+}
+
+#[test]
+fn writeback_keeps_fsynced_data_across_kill_9() {
+    let vol = Volume::new("wbvol");
+    let data = pseudo_random(9 << 20, 3);
+    let cache = vol.cache_dir("mnt");
+    {
+        // Uploads crawl at 1 MB/s, so at kill time most blocks are staged only.
+        let m = vol.mount_with("mnt", &["--writeback", "--upload-limit", "8"]);
+        let mut f = std::fs::File::create(m.join("ckpt")).expect("create");
+        std::io::Write::write_all(&mut f, &data).expect("write");
+        f.sync_all().expect("fsync");
+        assert!(
+            stat(&m.path, "tessera_staging_blocks") >= 1.0,
+            "blocks are staged, not yet uploaded"
+        );
+        let pid = m.pid();
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .expect("kill -9");
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("fusermount3").arg("-uz").arg(&m.path).status();
+        std::mem::forget(m);
+    }
+    let staged = files_under(&cache.join("wbvol/staging"));
+    assert!(!staged.is_empty(), "staged blocks survived the crash");
+    let m = vol.mount_with("mnt", &["--writeback"]);
+    assert_eq!(
+        digest(&std::fs::read(m.join("ckpt")).expect("read")),
+        digest(&data),
+        "every fsynced byte is there after restart"
+    );
+    wait_for("staged blocks to upload", || {
+        files_under(&cache.join("wbvol/staging")).is_empty()
+    });
+    m.unmount();
+    // Without the cache the data comes back from object storage alone.
+    std::fs::remove_dir_all(&cache).expect("drop cache");
+    let m = vol.mount("mnt");
+    assert_eq!(
+        digest(&std::fs::read(m.join("ckpt")).expect("read")),
+        digest(&data)
+    );
+    m.unmount();
+}
+
+#[test]
+fn download_limit_holds_over_ten_seconds() {
+    let vol = Volume::new("ratevol");
+    let data = pseudo_random(20_000_000, 5);
+    {
+        let m = vol.mount("w");
+        std::fs::write(m.join("f"), &data).expect("write");
+        m.unmount();
+    }
+    // 16 Mbit/s = 2 MB/s: 20 MB should take 10 s.
+    let m = vol.mount_with("r", &["--download-limit", "16", "--cache-dir", "memory"]);
+    let start = Instant::now();
+    let back = std::fs::read(m.join("f")).expect("read");
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(digest(&back), digest(&data));
+    let rate = data.len() as f64 / secs;
+    assert!(
+        (1_800_000.0..=2_200_000.0).contains(&rate),
+        "read 20 MB in {secs:.2} s = {rate:.0} B/s under a 2,000,000 B/s limit"
+    );
+    m.unmount();
+}
+
+#[test]
+fn stats_file_is_read_only_and_unlisted() {
+    let vol = Volume::new("statsvol");
+    let m = vol.mount("mnt");
+    std::fs::write(m.join("a"), b"hello").expect("write");
+    assert_eq!(std::fs::read(m.join("a")).expect("read"), b"hello");
+    let text = std::fs::read_to_string(m.join(".stats")).expect(".stats");
+    assert!(text.contains("tessera_ops_total{op=\"write\"}"), "{text}");
+    let names: Vec<_> = std::fs::read_dir(&m.path)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("a")]);
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.join(".stats"))
+        .expect_err("write open of .stats");
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    let err = std::fs::create_dir(m.join(".stats")).expect_err("mkdir .stats");
+    assert_eq!(err.raw_os_error(), Some(libc::EEXIST), "{err}");
+    m.unmount();
+}
