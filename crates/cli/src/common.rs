@@ -166,6 +166,25 @@ pub fn is_mounted(path: &Path) -> bool {
     mounts().iter().any(|m| m.mountpoint == canon)
 }
 
+/// The Tessera mount that holds `path` (already canonical), if any.
+pub fn tessera_mount_of(path: &Path) -> Option<MountEntry> {
+    mounts()
+        .into_iter()
+        .filter(|m| {
+            m.fstype.starts_with("fuse")
+                && m.source.contains("://")
+                && path.starts_with(&m.mountpoint)
+        })
+        .max_by_key(|m| m.mountpoint.as_os_str().len())
+}
+
+/// The metrics of a mount, read from its `.stats` file.
+pub fn read_stats(mountpoint: &Path) -> Result<std::collections::HashMap<String, f64>> {
+    let text = std::fs::read_to_string(mountpoint.join(".stats"))
+        .with_context(|| format!("cannot read {}/.stats", mountpoint.display()))?;
+    Ok(tessera_metrics::parse(&text).into_iter().collect())
+}
+
 /// A random UUID (version 4) from the kernel's random source.
 pub fn new_uuid() -> Result<String> {
     let mut b = [0u8; 16];

@@ -31,6 +31,12 @@ enum Command {
     Status(cmd::status::Args),
     /// Show how a file is stored: inode, chunks, slices, object keys.
     Info(cmd::info::Args),
+    /// Live throughput, cache hit ratio and object requests of a mount.
+    Stats(cmd::stats::Args),
+    /// Benchmark a directory: big files, small files, stat.
+    Bench(cmd::bench::Args),
+    /// Benchmark an object store: put, get, range get, list, delete.
+    Objbench(cmd::objbench::Args),
 }
 
 fn main() {
@@ -42,6 +48,9 @@ fn main() {
         Command::Umount(a) => cmd::umount::run(a),
         Command::Status(a) => cmd::status::run(a),
         Command::Info(a) => cmd::info::run(a),
+        Command::Stats(a) => cmd::stats::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Objbench(a) => cmd::objbench::run(a),
     };
     if let Err(e) = result {
         eprintln!("tessera: {e:#}");

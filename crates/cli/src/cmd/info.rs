@@ -17,14 +17,7 @@ pub fn run(a: Args) -> Result<()> {
         .path
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", a.path.display()))?;
-    let mount = crate::common::mounts()
-        .into_iter()
-        .filter(|m| {
-            m.fstype.starts_with("fuse")
-                && m.source.contains("://")
-                && path.starts_with(&m.mountpoint)
-        })
-        .max_by_key(|m| m.mountpoint.as_os_str().len())
+    let mount = crate::common::tessera_mount_of(&path)
         .ok_or_else(|| anyhow!("{} is not inside a mounted Tessera volume", path.display()))?;
     let ino = std::fs::symlink_metadata(&path)?.ino();
     let (meta, format) = crate::common::open_volume(&mount.source, MetaConfig { read_only: true })?;

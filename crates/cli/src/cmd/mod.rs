@@ -1,7 +1,10 @@
 //! Subcommands.
 
+pub mod bench;
 pub mod format;
 pub mod info;
 pub mod mount;
+pub mod objbench;
+pub mod stats;
 pub mod status;
 pub mod umount;
