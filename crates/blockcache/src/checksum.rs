@@ -69,6 +69,11 @@ pub fn data_len(stored: &[u8]) -> Result<usize, Damage> {
 
 /// Check a stored block and return its data (no copy: the buffer is cut).
 pub fn open(stored: Vec<u8>) -> Result<Bytes, Damage> {
+    open_bytes(Bytes::from(stored))
+}
+
+/// [`open`] for a buffer already shared.
+pub fn open_bytes(stored: Bytes) -> Result<Bytes, Damage> {
     let len = data_len(&stored)?;
     let (data, sums) = stored.split_at(len);
     for (i, piece) in data.chunks(PIECE).enumerate() {
@@ -78,9 +83,7 @@ pub fn open(stored: Vec<u8>) -> Result<Bytes, Damage> {
             return Err(Damage::BadChecksum { piece: i });
         }
     }
-    let mut stored = stored;
-    stored.truncate(len);
-    Ok(Bytes::from(stored))
+    Ok(stored.slice(..len))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -65,6 +65,8 @@ pub struct DiskCache {
     index: Mutex<Index>,
     metrics: Arc<Metrics>,
     tmp_seq: AtomicU64,
+    /// Whether the cache file system takes O_DIRECT reads.
+    direct_io: AtomicBool,
 }
 
 fn now_secs() -> u64 {
@@ -126,6 +128,7 @@ impl DiskCache {
             config,
             metrics,
             tmp_seq: AtomicU64::new(0),
+            direct_io: AtomicBool::new(true),
         };
         cache.rebuild();
         Ok(cache)
@@ -220,8 +223,8 @@ impl DiskCache {
             dir
         };
         let path = self.raw_path(dir, key);
-        match std::fs::read(&path) {
-            Ok(stored) => match checksum::open(stored) {
+        match self.read_file(&path) {
+            Ok(stored) => match checksum::open_bytes(stored) {
                 Ok(b) => Some(b),
                 Err(damage) => {
                     warn!(path = %path.display(), %damage, "corrupt cached block dropped; fetching it again");
@@ -236,6 +239,23 @@ impl DiskCache {
                 None
             }
         }
+    }
+
+    /// Read a whole cached file. O_DIRECT where the file system allows it:
+    /// the bytes go straight to our buffer, skipping a copy through the
+    /// page cache (the memory tier caches hot blocks already).
+    fn read_file(&self, path: &Path) -> std::io::Result<Bytes> {
+        if self.direct_io.load(Ordering::Relaxed) {
+            match crate::direct::read(path) {
+                Ok(b) => return Ok(b),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    debug!(path = %path.display(), "no O_DIRECT here; reading through the page cache");
+                    self.direct_io.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        std::fs::read(path).map(Bytes::from)
     }
 
     pub fn contains(&self, key: &str) -> bool {

@@ -7,6 +7,7 @@
 //! * [`Eviction`]: the policies both tiers share (2-random, LRU, S3-FIFO).
 
 pub mod checksum;
+mod direct;
 mod disk;
 mod evict;
 mod mem;

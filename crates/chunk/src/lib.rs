@@ -30,7 +30,7 @@ use tessera_object::{DynStore, ObjectError};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-pub use read::Access;
+pub use read::{Access, Span};
 pub use writer::FileWriter;
 
 /// Errors of the data path.

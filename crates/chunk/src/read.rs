@@ -49,6 +49,34 @@ impl From<FetchError> for ChunkError {
 /// A block fetch in flight.
 pub(crate) type Fetch = Shared<BoxFuture<'static, std::result::Result<Bytes, FetchError>>>;
 
+/// A run of bytes of a read: cached block bytes (shared, not copied) or
+/// zeros of a hole.
+#[derive(Debug, Clone)]
+pub enum Span {
+    Data(Bytes),
+    Zero(usize),
+}
+
+impl Span {
+    pub fn len(&self) -> usize {
+        match self {
+            Span::Data(b) => b.len(),
+            Span::Zero(n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where one piece of a read stands while its block is fetched.
+enum Part {
+    Ready(Bytes),
+    Range(Bytes),
+    Pending(Fetch),
+}
+
 /// One block's share of a read.
 #[derive(Debug)]
 struct Piece {
@@ -262,8 +290,99 @@ impl ChunkStore {
         });
     }
 
-    /// Fill `buf` with bytes `[off, off + buf.len())` of a chunk made of
-    /// `records`. `buf` must be zeroed by the caller (holes stay zero).
+    /// Bytes `[off, off + len)` of a chunk made of `records`, as spans that
+    /// borrow the cached blocks (no copy) with zero runs for holes.
+    pub fn read_spans(
+        self: &Arc<Self>,
+        records: &[SliceRecord],
+        off: u32,
+        len: usize,
+        access: Access,
+    ) -> Result<Vec<Span>> {
+        let pieces = self.plan(records, off, len)?;
+        // Start every fetch before waiting for any, so a read spanning
+        // blocks downloads them in parallel.
+        let mut parts = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            let block_len = self.block_len(p.size, p.index);
+            let key = self.block_key(p.id, p.index, block_len);
+            let part = match self.cached(&key) {
+                Some(b) => Part::Ready(b.slice(p.in_block..p.in_block + p.n)),
+                None => {
+                    let whole_block_wanted =
+                        access == Access::Sequential || p.n * 2 > block_len as usize;
+                    let in_flight = self
+                        .inflight
+                        .lock()
+                        .map(|m| m.contains_key(&key))
+                        .unwrap_or(true);
+                    if !whole_block_wanted
+                        && !in_flight
+                        && self.config.compression == Compression::None
+                    {
+                        Part::Range(self.range_read(&key, block_len, p.in_block, p.n)?)
+                    } else {
+                        Part::Pending(self.fetch(&key, block_len, false))
+                    }
+                }
+            };
+            parts.push((p, key, part));
+        }
+        let mut spans = Vec::with_capacity(parts.len() * 2 + 1);
+        let mut at = 0usize;
+        for (p, key, part) in parts {
+            if p.out > at {
+                spans.push(Span::Zero(p.out - at));
+            }
+            let data = match part {
+                Part::Ready(b) => {
+                    self.count_served(&key, p.n);
+                    b
+                }
+                Part::Range(b) => b,
+                Part::Pending(fetch) => {
+                    let b = self.rt.block_on(fetch)?;
+                    self.count_served(&key, p.n);
+                    b.slice(p.in_block..p.in_block + p.n)
+                }
+            };
+            spans.push(Span::Data(data));
+            at = p.out + p.n;
+        }
+        if len > at {
+            spans.push(Span::Zero(len - at));
+        }
+        Ok(spans)
+    }
+
+    /// A small random read of a block cached nowhere: fetch just the bytes
+    /// asked for, and with `--prefetch` the whole block behind it.
+    fn range_read(
+        self: &Arc<Self>,
+        key: &str,
+        block_len: u64,
+        in_block: usize,
+        n: usize,
+    ) -> Result<Bytes> {
+        let range = in_block as u64..(in_block + n) as u64;
+        let got = self.rt.block_on(async {
+            let _permit = self.downloads.acquire().await;
+            self.store.get(key, Some(range)).await
+        })?;
+        if got.len() != n {
+            return Err(ChunkError::Corrupt {
+                key: key.to_string(),
+                reason: format!("range read returned {} of {n} bytes", got.len()),
+            });
+        }
+        self.metrics.tier_read(tier::OBJECT, n as u64);
+        if self.config.prefetch {
+            drop(self.fetch(key, block_len, true));
+        }
+        Ok(got)
+    }
+
+    /// Fill `buf` with bytes `[off, off + buf.len())` of a chunk.
     pub fn read_records(
         self: &Arc<Self>,
         records: &[SliceRecord],
@@ -271,74 +390,42 @@ impl ChunkStore {
         buf: &mut [u8],
         access: Access,
     ) -> Result<()> {
-        let pieces = self.plan(records, off, buf.len())?;
-        let mut waiting = Vec::new();
-        for p in pieces {
-            let len = self.block_len(p.size, p.index);
-            let key = self.block_key(p.id, p.index, len);
-            if let Some(b) = self.cached(&key) {
-                buf[p.out..p.out + p.n].copy_from_slice(&b[p.in_block..p.in_block + p.n]);
-                self.count_served(&key, p.n);
-                continue;
+        let mut at = 0;
+        for span in self.read_spans(records, off, buf.len(), access)? {
+            match &span {
+                Span::Data(b) => buf[at..at + b.len()].copy_from_slice(b),
+                Span::Zero(n) => buf[at..at + n].fill(0),
             }
-            let whole_block_wanted = access == Access::Sequential || p.n * 2 > len as usize;
-            let in_flight = self
-                .inflight
-                .lock()
-                .map(|m| m.contains_key(&key))
-                .unwrap_or(true);
-            if !whole_block_wanted && !in_flight && self.config.compression == Compression::None {
-                let range = p.in_block as u64..(p.in_block + p.n) as u64;
-                let got = self.rt.block_on(async {
-                    let _permit = self.downloads.acquire().await;
-                    self.store.get(&key, Some(range)).await
-                })?;
-                if got.len() != p.n {
-                    return Err(ChunkError::Corrupt {
-                        key,
-                        reason: format!("range read returned {} of {} bytes", got.len(), p.n),
-                    });
-                }
-                buf[p.out..p.out + p.n].copy_from_slice(&got);
-                self.metrics.tier_read(tier::OBJECT, p.n as u64);
-                if self.config.prefetch {
-                    drop(self.fetch(&key, len, true));
-                }
-                continue;
-            }
-            let fetch = self.fetch(&key, len, false);
-            waiting.push((p, key, fetch));
-        }
-        for (p, key, fetch) in waiting {
-            let b = self.rt.block_on(fetch)?;
-            buf[p.out..p.out + p.n].copy_from_slice(&b[p.in_block..p.in_block + p.n]);
-            self.count_served(&key, p.n);
+            at += span.len();
         }
         Ok(())
     }
 
-    /// Read committed data at `off` into `buf` (zeroed by the caller), the
-    /// slice records of each chunk coming from `records` (the caller's cache).
-    pub fn read_committed_with(
+    /// Committed data of a file at `[off, off + len)` as spans, the slice
+    /// records of each chunk coming from `records` (the caller's cache).
+    pub fn read_committed(
         self: &Arc<Self>,
         off: u64,
-        buf: &mut [u8],
+        len: usize,
         access: Access,
         records: &mut dyn FnMut(u32) -> Result<Arc<Vec<SliceRecord>>>,
-    ) -> Result<()> {
+    ) -> Result<Vec<Span>> {
+        let mut spans = Vec::new();
         let mut done = 0usize;
-        while done < buf.len() {
+        while done < len {
             let pos = off + done as u64;
             let index = (pos / CHUNK_SIZE) as u32;
             let in_chunk = (pos % CHUNK_SIZE) as u32;
-            let n = (buf.len() - done).min((CHUNK_SIZE - u64::from(in_chunk)) as usize);
+            let n = (len - done).min((CHUNK_SIZE - u64::from(in_chunk)) as usize);
             let records = records(index)?;
-            if !records.is_empty() {
-                self.read_records(&records, in_chunk, &mut buf[done..done + n], access)?;
+            if records.is_empty() {
+                spans.push(Span::Zero(n));
+            } else {
+                spans.extend(self.read_spans(&records, in_chunk, n, access)?);
             }
             done += n;
         }
-        Ok(())
+        Ok(spans)
     }
 
     /// Start fetching the blocks behind `[off, off + len)` that are not in

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use tessera_chunk::{ChunkError, ChunkStore, FileWriter};
+use bytes::Bytes;
+use tessera_chunk::{ChunkError, ChunkStore, FileWriter, Span};
 use tessera_meta::{
     Attr, Ctx, Entry, FileType, Ino, Meta, MetaError, PosixLock, SessionInfo, SetAttr, SliceRecord,
     StatFs, UnlinkResult,
@@ -658,7 +659,8 @@ impl Vfs {
         Ok((ino, attr, fh))
     }
 
-    pub fn read(&self, ino: Ino, fh: u64, off: u64, size: usize) -> Result<Vec<u8>> {
+    /// Bytes `[off, off + size)` of an open file, short at its end.
+    pub fn read(&self, ino: Ino, fh: u64, off: u64, size: usize) -> Result<Bytes> {
         let _span = tracing::debug_span!("read", ino, off, size).entered();
         self.metrics().op("read");
         if internal::is_internal(ino) {
@@ -666,7 +668,7 @@ impl Vfs {
             let content = h.content.as_deref().unwrap_or_default();
             let start = (off as usize).min(content.len());
             let end = start.saturating_add(size).min(content.len());
-            return Ok(content[start..end].to_vec());
+            return Ok(Bytes::copy_from_slice(&content[start..end]));
         }
         let of = self
             .open_file(ino)
@@ -674,7 +676,7 @@ impl Vfs {
         let h = self.handle(fh)?;
         let length = self.read_length(ino, &of, off + size as u64)?;
         if off >= length {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         let n = (size as u64).min(length - off) as usize;
         let config = self.chunks.config();
@@ -689,30 +691,37 @@ impl Vfs {
         if ahead_len > 0 {
             self.chunks.readahead(ahead_from, ahead_len, &mut records);
         }
-        let mut buf = vec![0u8; n];
         let mut attempt = 0;
-        loop {
-            match self
-                .chunks
-                .read_committed_with(off, &mut buf, access, &mut records)
-            {
+        let spans = loop {
+            match self.chunks.read_committed(off, n, access, &mut records) {
                 // Compaction (here or in another mount) replaced the slices
                 // our cached records name: reload them and read again.
                 Err(e) if e.is_missing_block() && attempt < 3 => {
                     debug!(ino, error = %e, "stale slice records, reloading");
                     attempt += 1;
                     of.invalidate();
-                    buf.fill(0);
                 }
-                other => {
-                    other?;
-                    break;
-                }
+                other => break other?,
             }
-        }
-        of.writer.overlay(off, &mut buf);
-        self.metrics().fuse_read_bytes.inc_by(buf.len() as u64);
-        Ok(buf)
+        };
+        let data = match spans.as_slice() {
+            // The common case, a read inside one cached block with nothing
+            // buffered over it: hand out the block's bytes without a copy.
+            [Span::Data(b)] if !of.writer.has_dirty() => b.clone(),
+            _ => {
+                let mut buf = Vec::with_capacity(n);
+                for span in &spans {
+                    match span {
+                        Span::Data(b) => buf.extend_from_slice(b),
+                        Span::Zero(z) => buf.resize(buf.len() + z, 0),
+                    }
+                }
+                of.writer.overlay(off, &mut buf);
+                Bytes::from(buf)
+            }
+        };
+        self.metrics().fuse_read_bytes.inc_by(data.len() as u64);
+        Ok(data)
     }
 
     /// The length a read up to `want` may see: buffered writes count, and
