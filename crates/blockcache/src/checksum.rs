@@ -23,15 +23,22 @@ pub fn stored_len(len: usize) -> usize {
     len + 4 * pieces(len) + TAIL
 }
 
-/// Encode a block with its checksums.
-pub fn seal(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(stored_len(data.len()));
-    out.extend_from_slice(data);
+/// The trailer that follows a block's data on disk.
+pub fn trailer(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(stored_len(data.len()) - data.len());
     for piece in data.chunks(PIECE) {
         out.extend_from_slice(&crc32c::crc32c(piece).to_le_bytes());
     }
     out.extend_from_slice(&(data.len() as u32).to_le_bytes());
     out.extend_from_slice(MAGIC);
+    out
+}
+
+/// Encode a block with its checksums.
+pub fn seal(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(stored_len(data.len()));
+    out.extend_from_slice(data);
+    out.extend_from_slice(&trailer(data));
     out
 }
 

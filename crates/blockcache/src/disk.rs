@@ -277,7 +277,7 @@ impl DiskCache {
             return Ok(());
         }
         let path = self.raw_path(dir, key);
-        self.write_file(&path, &checksum::seal(data), false)?;
+        self.write_file(&path, data, false)?;
         let victims = {
             let Ok(mut index) = self.index.lock() else {
                 return Ok(());
@@ -442,9 +442,10 @@ impl DiskCache {
             .map(|e| self.raw_path(e.dir as usize, key))
     }
 
-    /// Write to a temporary name and rename, so a reader never sees half a
-    /// file; with `durable`, the data and the rename reach the disk first.
-    fn write_file(&self, path: &Path, body: &[u8], durable: bool) -> std::io::Result<()> {
+    /// Write a block and its checksum trailer to a temporary name and
+    /// rename, so a reader never sees half a file; with `durable`, the data
+    /// and the rename reach the disk first.
+    fn write_file(&self, path: &Path, data: &[u8], durable: bool) -> std::io::Result<()> {
         let dir = path.parent().ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "block path has no parent")
         })?;
@@ -457,7 +458,8 @@ impl DiskCache {
         ));
         let written = (|| {
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(body)?;
+            f.write_all(data)?;
+            f.write_all(&checksum::trailer(data))?;
             if durable {
                 f.sync_all()?;
             }
@@ -478,7 +480,7 @@ impl DiskCache {
     /// Store a block durably in the staging area; it stays there until
     /// [`DiskCache::commit_staged`] after its upload.
     pub fn stage(&self, key: &str, data: &[u8]) -> std::io::Result<()> {
-        self.write_file(&self.staging_path(key), &checksum::seal(data), true)
+        self.write_file(&self.staging_path(key), data, true)
     }
 
     /// A staged block, checked.

@@ -237,3 +237,94 @@ fn stats_file_is_read_only_and_unlisted() {
     assert_eq!(err.raw_os_error(), Some(libc::EEXIST), "{err}");
     m.unmount();
 }
+
+#[test]
+fn bench_stats_and_objbench_commands_report() {
+    let vol = Volume::new("benchvol");
+    let m = vol.mount("mnt");
+    let mnt = m.path.to_string_lossy().into_owned();
+    let out = tessera(&[
+        "bench",
+        &mnt,
+        "--big-file-size",
+        "8M",
+        "--small-file-count",
+        "20",
+        "-p",
+        "2",
+    ]);
+    assert!(out.status.success(), "bench: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for phase in [
+        "write big file",
+        "read big file",
+        "write small files",
+        "read small files",
+        "stat small files",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(phase))
+            .unwrap_or_else(|| panic!("{phase} missing:\n{text}"));
+        let rate: f64 = line[phase.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no rate in {line:?}"));
+        assert!(rate > 0.0, "{line}");
+    }
+    assert!(
+        text.contains("hit "),
+        "cache figures shown for a mount:\n{text}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&m.path).expect("readdir").count(),
+        0,
+        "bench removes its files"
+    );
+
+    let out = tessera(&["stats", &mnt, "--interval", "0.2", "--count", "2"]);
+    assert!(out.status.success(), "stats: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("hit%") && text.lines().count() == 3, "{text}");
+
+    let store = format!("file://{}/objbench", vol.dir.path().display());
+    let out = tessera(&[
+        "objbench", &store, "-p", "2", "--count", "8", "--sizes", "64K,1M",
+    ]);
+    assert!(out.status.success(), "objbench: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for op in [
+        "put 64K",
+        "get 1M",
+        "range get 1M",
+        "list (16 objects)",
+        "delete",
+    ] {
+        assert!(text.contains(op), "{op} missing:\n{text}");
+    }
+    let left = files_under(&vol.dir.path().join("objbench"));
+    assert!(left.is_empty(), "objbench leaves nothing behind: {left:?}");
+    m.unmount();
+}
+
+#[test]
+fn bad_data_path_options_are_refused_by_name() {
+    let vol = Volume::new("optvol");
+    let mnt = vol.dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).expect("mkdir");
+    let mnt = mnt.to_string_lossy().into_owned();
+    for (args, want) in [
+        (vec!["--cache-eviction", "fifo"], "--cache-eviction"),
+        (vec!["--cache-size", "12X"], "--cache-size"),
+        (vec!["--free-space-ratio", "1.5"], "--free-space-ratio"),
+        (vec!["--writeback", "--cache-dir", "memory"], "--writeback"),
+        (vec!["--upload-limit=-3"], "--upload-limit"),
+    ] {
+        let mut full = vec!["mount", &vol.meta_url, &mnt];
+        full.extend(args.iter().copied());
+        let out = tessera(&full);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+}

@@ -119,7 +119,10 @@ fn holes_truncate_and_append() {
         "a shrink is not undone by later writes"
     );
     v.truncate(ino, (1 << 20) + 6).expect("grow");
-    assert_eq!(&v.read(ino, fh, 1 << 20, 10).expect("read")[..], b"ta\0\0\0\0");
+    assert_eq!(
+        &v.read(ino, fh, 1 << 20, 10).expect("read")[..],
+        b"ta\0\0\0\0"
+    );
     v.release(ino, fh, None).expect("release");
     let (fh, _) = v
         .open(ino, libc::O_WRONLY | libc::O_APPEND)
@@ -128,7 +131,10 @@ fn holes_truncate_and_append() {
     v.release(ino, fh, None).expect("release");
     let (fh, attr) = v.open(ino, libc::O_RDONLY).expect("open");
     assert_eq!(attr.length, (1 << 20) + 8);
-    assert_eq!(&v.read(ino, fh, (1 << 20) + 4, 10).expect("read")[..], b"\0\0XY");
+    assert_eq!(
+        &v.read(ino, fh, (1 << 20) + 4, 10).expect("read")[..],
+        b"\0\0XY"
+    );
     v.release(ino, fh, None).expect("release");
 }
 
