@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests, the metadata conformance suite, tests
-# that mount real volumes, the S3 path against a real S3-compatible server
-# (moto) on loopback, and the external suites pjdfstest, fsx and fio.
+# The whole test suite: unit tests, the metadata conformance suite on every
+# engine (SQLite, and Redis and PostgreSQL servers started here), tests that
+# mount real volumes, the S3 path against a real S3-compatible server (moto)
+# on loopback, and the external suites pjdfstest, fsx and fio.
 #
 # Installs what it needs when missing (Debian packages, cargo tools, a
 # Python venv) into a cache outside the clone, starts servers on private
@@ -26,9 +27,12 @@ cleanup() {
         "$bin" umount "$m" >/dev/null 2>&1 || fusermount3 -uz "$m" >/dev/null 2>&1 || true
     done
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    stop_services
     rm -rf "$work"
 }
 trap cleanup EXIT
+# shellcheck source=scripts/services.sh
+source "$root/scripts/services.sh"
 
 log() { printf '\n=== %s\n' "$*"; }
 record() { # name status
@@ -86,6 +90,11 @@ s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", aws_acce
                   aws_secret_access_key="test", region_name="us-east-1")
 s3.create_bucket(Bucket="tessera-test")
 PY
+
+log "metadata servers: redis-server, PostgreSQL (loopback, temporary data)"
+start_redis
+start_postgres
+echo "redis: $TESSERA_TEST_REDIS_URL; postgres: ${TESSERA_TEST_POSTGRES_URL/:tessera-pass@/:****@}"
 
 log "cargo test (unit, conformance, mounted volumes, S3)"
 export TESSERA_TEST_S3_ENDPOINT="http://127.0.0.1:$port" TESSERA_TEST_S3_BUCKET=tessera-test

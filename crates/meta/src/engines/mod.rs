@@ -1,12 +1,44 @@
 //! Metadata engines and the URL scheme that selects one.
 
 mod memory;
+mod postgres;
+mod redis;
 mod sqlite;
 
 use std::sync::Arc;
 
 pub use memory::MemoryEngine;
+pub use postgres::PostgresEngine;
+pub use redis::RedisEngine;
 pub use sqlite::SqliteEngine;
+
+/// A URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:****{}", &url[..s + 3], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
+/// Put the password from `META_PASSWORD` into a URL that names a user but
+/// no password (`redis://:@host` or `postgres://user@host`), so it need not
+/// appear on command lines.
+fn with_env_password(url: &str) -> String {
+    let Ok(pass) = std::env::var("META_PASSWORD") else {
+        return url.to_string();
+    };
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_string();
+    };
+    if parsed.password().is_none() && parsed.set_password(Some(&pass)).is_ok() {
+        parsed.to_string()
+    } else {
+        url.to_string()
+    }
+}
 
 use crate::{KvEngine, MetaError, Result};
 
@@ -30,12 +62,19 @@ pub fn open(url: &str) -> Result<Arc<dyn KvEngine>> {
             Ok(Arc::new(SqliteEngine::open(std::path::Path::new(path))?))
         }
         "mem" | "memory" => Ok(Arc::new(MemoryEngine::default())),
-        "redis" | "rediss" | "redis+sentinel" | "postgres" | "postgresql" | "mysql" | "etcd"
-        | "tikv" => Err(bad(&format!(
-            "the {scheme} engine is not built into this version yet; use sqlite:///path"
+        "redis" | "rediss" | "redis+sentinel" => Ok(Arc::new(RedisEngine::open(
+            &with_env_password(url),
+            &redact(url),
+        )?)),
+        "postgres" | "postgresql" => Ok(Arc::new(PostgresEngine::open(
+            &with_env_password(url),
+            &redact(url),
+        )?)),
+        "mysql" | "etcd" | "tikv" => Err(bad(&format!(
+            "the {scheme} engine is not built into this version yet; use sqlite://, redis:// or postgres://"
         ))),
         other => Err(bad(&format!(
-            "unknown engine {other:?}; use sqlite:///path/to/meta.db"
+            "unknown engine {other:?}; use sqlite:///path/to/meta.db, redis://host:port/db or postgres://user@host/db"
         ))),
     }
 }

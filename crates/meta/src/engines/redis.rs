@@ -1,0 +1,305 @@
+//! Redis engine: `redis://[user:pass@]host:port/db`, `rediss://` (TLS) and
+//! `redis+sentinel://master@host1:26379,host2:26379/db`.
+//!
+//! Each key `k` is a string `v{k}`; one sorted set `i` (all scores 0) holds
+//! every key for ordered range scans (ZRANGEBYLEX). A transaction is
+//! optimistic: every key read is WATCHed before it is read, a scan watches
+//! the index and the keys it returns, writes are buffered locally (reads see
+//! them) and applied in one MULTI/EXEC. EXEC answering nil means something we
+//! read changed: a conflict, retried by `run_txn`.
+//!
+//! A connection is taken from a pool per transaction (WATCH state lives on
+//! the connection) and dropped on any error, so a restarted server is met
+//! with fresh connections. Requests time out after `TIMEOUT`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::{Client, Connection, Value};
+
+use crate::kv::{KvEngine, KvTxn};
+use crate::{MetaError, Result};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+const INDEX: &[u8] = b"i";
+
+enum Target {
+    Direct(Client),
+    Sentinel(Mutex<redis::sentinel::SentinelClient>, i64),
+}
+
+pub struct RedisEngine {
+    target: Target,
+    pool: Mutex<Vec<Connection>>,
+    /// The URL without its password, for messages.
+    shown: String,
+}
+
+fn engine_err(e: redis::RedisError) -> MetaError {
+    MetaError::Engine(format!("redis: {e}"))
+}
+
+fn value_key(k: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(k.len() + 1);
+    v.push(b'v');
+    v.extend_from_slice(k);
+    v
+}
+
+impl RedisEngine {
+    /// Connect to the server a URL names (checked with a PING).
+    pub fn open(url: &str, shown: &str) -> Result<Self> {
+        let target = if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+            let (auth_master, hosts_db) =
+                rest.split_once('@').ok_or_else(|| MetaError::BadUrl {
+                    url: shown.to_string(),
+                    reason: "expected redis+sentinel://MASTER@HOST:PORT,HOST:PORT/DB".into(),
+                })?;
+            let (hosts, db) = hosts_db.split_once('/').unwrap_or((hosts_db, "0"));
+            let db: i64 = db.parse().map_err(|_| MetaError::BadUrl {
+                url: shown.to_string(),
+                reason: format!("database {db:?} is not a number"),
+            })?;
+            let master = auth_master.rsplit(':').next().unwrap_or(auth_master);
+            let nodes: Vec<String> = hosts.split(',').map(|h| format!("redis://{h}")).collect();
+            let client = redis::sentinel::SentinelClient::build(
+                nodes,
+                master,
+                None,
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .map_err(engine_err)?;
+            Target::Sentinel(Mutex::new(client), db)
+        } else {
+            Target::Direct(Client::open(url).map_err(|e| MetaError::BadUrl {
+                url: shown.to_string(),
+                reason: e.to_string(),
+            })?)
+        };
+        let engine = RedisEngine {
+            target,
+            pool: Mutex::new(Vec::new()),
+            shown: shown.to_string(),
+        };
+        let mut con = engine.connect()?;
+        redis::cmd("PING")
+            .query::<()>(&mut con)
+            .map_err(engine_err)?;
+        engine.put_back(con);
+        Ok(engine)
+    }
+
+    fn connect(&self) -> Result<Connection> {
+        let con = match &self.target {
+            Target::Direct(c) => c.get_connection_with_timeout(TIMEOUT),
+            Target::Sentinel(s, db) => {
+                let mut s = s
+                    .lock()
+                    .map_err(|_| MetaError::Engine("sentinel client lock poisoned".into()))?;
+                s.get_connection().and_then(|mut c| {
+                    redis::cmd("SELECT").arg(*db).query::<()>(&mut c)?;
+                    Ok(c)
+                })
+            }
+        }
+        .map_err(|e| MetaError::Engine(format!("cannot reach redis at {}: {e}", self.shown)))?;
+        con.set_read_timeout(Some(TIMEOUT)).map_err(engine_err)?;
+        con.set_write_timeout(Some(TIMEOUT)).map_err(engine_err)?;
+        Ok(con)
+    }
+
+    fn take(&self) -> Result<Connection> {
+        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
+        match pooled {
+            Some(c) => Ok(c),
+            None => self.connect(),
+        }
+    }
+
+    fn put_back(&self, con: Connection) {
+        if let Ok(mut p) = self.pool.lock() {
+            if p.len() < 64 {
+                p.push(con);
+            }
+        }
+    }
+}
+
+struct RedisTxn<'a> {
+    con: &'a mut Connection,
+    /// Buffered writes: Some(value) sets, None deletes.
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl RedisTxn<'_> {
+    fn watch(&mut self, keys: &[&[u8]]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut c = redis::cmd("WATCH");
+        for k in keys {
+            c.arg(*k);
+        }
+        c.query::<()>(self.con).map_err(engine_err)
+    }
+}
+
+impl KvTxn for RedisTxn<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(w) = self.writes.get(key) {
+            return Ok(w.clone());
+        }
+        let vk = value_key(key);
+        self.watch(&[&vk])?;
+        redis::cmd("GET")
+            .arg(&vk)
+            .query::<Option<Vec<u8>>>(self.con)
+            .map_err(engine_err)
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.writes.insert(key.to_vec(), Some(value.to_vec()));
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.writes.insert(key.to_vec(), None);
+        Ok(())
+    }
+
+    fn scan(&mut self, begin: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if begin >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.watch(&[INDEX])?;
+        // Buffered deletes in range may hide stored keys: ask for that many more.
+        let hidden = self
+            .writes
+            .range(begin.to_vec()..end.to_vec())
+            .filter(|(_, v)| v.is_none())
+            .count();
+        let want = limit.saturating_add(hidden);
+        let mut lo = Vec::with_capacity(begin.len() + 1);
+        lo.push(b'[');
+        lo.extend_from_slice(begin);
+        let mut hi = Vec::with_capacity(end.len() + 1);
+        hi.push(b'(');
+        hi.extend_from_slice(end);
+        let mut c = redis::cmd("ZRANGEBYLEX");
+        c.arg(INDEX).arg(&lo).arg(&hi);
+        if want < i64::MAX as usize {
+            c.arg("LIMIT").arg(0).arg(want);
+        }
+        let keys: Vec<Vec<u8>> = c.query(self.con).map_err(engine_err)?;
+        let mut found = BTreeMap::new();
+        if !keys.is_empty() {
+            let vkeys: Vec<Vec<u8>> = keys.iter().map(|k| value_key(k)).collect();
+            let refs: Vec<&[u8]> = vkeys.iter().map(Vec::as_slice).collect();
+            self.watch(&refs)?;
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&vkeys)
+                .query(self.con)
+                .map_err(engine_err)?;
+            for (k, v) in keys.into_iter().zip(values) {
+                if let Some(v) = v {
+                    found.insert(k, v);
+                }
+            }
+        }
+        for (k, w) in self.writes.range(begin.to_vec()..end.to_vec()) {
+            match w {
+                Some(v) => {
+                    found.insert(k.clone(), v.clone());
+                }
+                None => {
+                    found.remove(k);
+                }
+            }
+        }
+        Ok(found.into_iter().take(limit).collect())
+    }
+}
+
+impl KvEngine for RedisEngine {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn run_once(
+        &self,
+        _read_only: bool,
+        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
+    ) -> Result<()> {
+        let mut con = self.take()?;
+        let mut tx = RedisTxn {
+            con: &mut con,
+            writes: BTreeMap::new(),
+        };
+        let outcome = f(&mut tx).and_then(|()| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (k, w) in &tx.writes {
+                let vk = value_key(k);
+                match w {
+                    Some(v) => {
+                        pipe.cmd("SET").arg(&vk).arg(v).ignore();
+                        pipe.cmd("ZADD").arg(INDEX).arg(0).arg(k).ignore();
+                    }
+                    None => {
+                        pipe.cmd("DEL").arg(&vk).ignore();
+                        pipe.cmd("ZREM").arg(INDEX).arg(k).ignore();
+                    }
+                }
+            }
+            // EXEC answers nil when a watched key changed.
+            let done: Value = pipe.query(tx.con).map_err(engine_err)?;
+            match done {
+                Value::Nil => Err(MetaError::Conflict(1)),
+                _ => Ok(()),
+            }
+        });
+        match &outcome {
+            Ok(()) | Err(MetaError::Conflict(_)) => self.put_back(con),
+            Err(MetaError::Engine(_)) => {} // the connection may be broken: drop it
+            Err(_) => {
+                if redis::cmd("UNWATCH").query::<()>(&mut con).is_ok() {
+                    self.put_back(con);
+                }
+            }
+        }
+        outcome
+    }
+
+    fn reset(&self) -> Result<()> {
+        let mut con = self.take()?;
+        redis::cmd("FLUSHDB")
+            .query::<()>(&mut con)
+            .map_err(engine_err)?;
+        self.put_back(con);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole conformance suite against a real server. The test command
+    /// starts redis-server and sets TESSERA_TEST_REDIS_URL.
+    #[test]
+    #[ignore = "needs a redis-server; scripts/test.sh runs it"]
+    fn conformance_on_a_real_server() {
+        let url = std::env::var("TESSERA_TEST_REDIS_URL")
+            .expect("TESSERA_TEST_REDIS_URL must name a redis server (scripts/test.sh starts one)");
+        let next_db = std::sync::atomic::AtomicU32::new(1);
+        crate::conformance::run_all(&|| {
+            // Each case gets an empty database of its own.
+            let db = next_db.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 16;
+            let url = format!("{}/{db}", url.trim_end_matches('/'));
+            let e = RedisEngine::open(&url, &url).expect("connect");
+            e.reset().expect("flush");
+            std::sync::Arc::new(e)
+        });
+    }
+}

@@ -1,0 +1,81 @@
+# Start private database servers for the tests, on loopback ports with data
+# in temporary directories. Source this file; each start_* function installs
+# its Debian package when missing (failing loudly if it cannot), starts one
+# server, exports its URL and records its PID in $service_pids for
+# stop_services. Nothing here touches servers it did not start.
+#
+#   start_redis     -> TESSERA_TEST_REDIS_URL    (redis://127.0.0.1:PORT)
+#   start_postgres  -> TESSERA_TEST_POSTGRES_URL (postgres://tessera:…@127.0.0.1:PORT/tessera)
+
+service_pids=()
+service_dirs=()
+service_stops=()
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+ensure_packages() {
+    local missing=()
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+wait_port() { # port seconds
+    for _ in $(seq $(($2 * 10))); do
+        (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "server on port $1 did not come up" >&2
+    return 1
+}
+
+start_redis() {
+    ensure_packages redis-server
+    local port dir
+    port=$(free_port)
+    dir=$(mktemp -d /tmp/tessera-redis.XXXXXX)
+    service_dirs+=("$dir")
+    redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --save '' --appendonly no \
+        --protected-mode yes --daemonize no >"$dir/log" 2>&1 &
+    service_pids+=($!)
+    export TESSERA_TEST_REDIS_PID=$!
+    wait_port "$port" 10
+    export TESSERA_TEST_REDIS_URL="redis://127.0.0.1:$port"
+}
+
+start_postgres() {
+    ensure_packages postgresql
+    local port dir bin
+    port=$(free_port)
+    dir=$(mktemp -d /tmp/tessera-pg.XXXXXX)
+    service_dirs+=("$dir")
+    chown postgres "$dir"
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    runuser -u postgres -- "$bin/initdb" -D "$dir/data" -U postgres --auth=trust >"$dir/initdb.log" 2>&1
+    runuser -u postgres -- "$bin/postgres" -D "$dir/data" -p "$port" -k "$dir" \
+        -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 >"$dir/log" 2>&1 &
+    service_pids+=($!)
+    service_stops+=("runuser -u postgres -- $bin/pg_ctl -D $dir/data stop -m immediate")
+    wait_port "$port" 30
+    for _ in $(seq 50); do
+        runuser -u postgres -- psql -h 127.0.0.1 -p "$port" -U postgres -Atc "select 1" >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    runuser -u postgres -- psql -h 127.0.0.1 -p "$port" -U postgres -q \
+        -c "CREATE USER tessera PASSWORD 'tessera-pass'" -c "CREATE DATABASE tessera OWNER tessera" >/dev/null
+    export TESSERA_TEST_POSTGRES_URL="postgres://tessera:tessera-pass@127.0.0.1:$port/tessera"
+}
+
+stop_services() {
+    for c in "${service_stops[@]}"; do $c >/dev/null 2>&1 || true; done
+    for p in "${service_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${service_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    for d in "${service_dirs[@]}"; do rm -rf "$d"; done
+    service_pids=()
+    service_dirs=()
+    service_stops=()
+}
