@@ -161,9 +161,17 @@ impl FileWriter {
             let mut left = piece;
             while !left.is_empty() {
                 if !matches!(slice.blocks.last(), Some(Block::Filling(v)) if v.len() < bs) {
-                    slice.blocks.push(Block::Filling(Vec::with_capacity(
-                        bs.min(left.len().max(64 << 10)),
-                    )));
+                    // Large writes are streams: take the whole block at once
+                    // rather than growing (and copying) it; small ones (small
+                    // files) take what they need.
+                    let capacity = if left.len() >= 128 << 10 {
+                        bs
+                    } else {
+                        bs.min(left.len().max(64 << 10))
+                    };
+                    slice
+                        .blocks
+                        .push(Block::Filling(Vec::with_capacity(capacity)));
                 }
                 let index = slice.blocks.len() - 1;
                 let Some(Block::Filling(buf)) = slice.blocks.last_mut() else {

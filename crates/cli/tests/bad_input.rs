@@ -61,7 +61,15 @@ fn unformatted_and_unreachable() {
     );
     fails_with(
         &["status", "redis://127.0.0.1:1/0"],
-        "redis engine is not built into this version",
+        "cannot reach redis at redis://127.0.0.1:1/0",
+    );
+    fails_with(
+        &["status", "postgres://u:secret@127.0.0.1:1/db"],
+        "cannot reach postgres at postgres://u:****@127.0.0.1:1/db",
+    );
+    fails_with(
+        &["status", "mysql://u@127.0.0.1:1/db"],
+        "mysql engine is not built into this version",
     );
     // An S3 endpoint nobody listens on: format refuses before writing metadata.
     let out = std::process::Command::new(common::bin())
