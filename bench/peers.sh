@@ -165,6 +165,7 @@ juicefs_mount() {
         --cache-size 102400 --log "$work/juicefs.log" >/dev/null 2>&1
     mounts+=("$work/mnt_juicefs")
 }
+juicefs_pid() { pgrep -n -f "juicefs mount -d sqlite3://$work/juicefs.db" | head -1; }
 juicefs_umount() { "$juicefs" umount "$work/mnt_juicefs" >/dev/null 2>&1 || fusermount3 -u "$work/mnt_juicefs"; sleep 1; }
 juicefs_wipe() { rm -rf "$work/cache_juicefs"; }
 
@@ -216,7 +217,7 @@ IFS=, read -r -a clients <<<"$only"
 for c in "${clients[@]}"; do
     case $c in
         tessera) run_client tessera "$work/mnt_tessera" tessera_mount tessera_umount tessera_wipe tessera_pid ;;
-        juicefs) run_client juicefs "$work/mnt_juicefs" juicefs_mount juicefs_umount juicefs_wipe ;;
+        juicefs) run_client juicefs "$work/mnt_juicefs" juicefs_mount juicefs_umount juicefs_wipe juicefs_pid ;;
         s3fs) run_client s3fs "$work/mnt_s3fs" s3fs_mount s3fs_umount s3fs_wipe ;;
         rclone) run_client rclone "$work/mnt_rclone" rclone_mount rclone_umount rclone_wipe ;;
         local) run_client local "$work/local" local_mount local_umount local_wipe ;;
@@ -251,7 +252,8 @@ for label, key, unit in rows:
     if best and ("tessera", key) in r:
         line += f"{r[('tessera', key)] / best:>18.2f}x"
     print(line)
-if ("tessera", "cold_cpu") in r:
-    print(f"tessera client CPU (user+sys) per GB read: cold {r[('tessera','cold_cpu')]:.2f} s, warm {r[('tessera','warm_cpu')]:.2f} s")
+for c in ("tessera", "juicefs"):
+    if (c, "cold_cpu") in r:
+        print(f"{c} client CPU (user+sys) per GB read: cold {r[(c,'cold_cpu')]:.2f} s, warm {r[(c,'warm_cpu')]:.2f} s")
 EOF
 } | tee "$work/table.txt"

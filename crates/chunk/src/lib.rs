@@ -207,6 +207,12 @@ impl ChunkStore {
             return self.stage_block(key, data).await;
         }
         self.upload_block(&key, &data).await?;
+        // Partial blocks (small files, file tails) are likely read back soon
+        // and cost little to keep on disk; full blocks of large writes are
+        // not cached on disk (a checkpoint written once streams past it).
+        if self.disk.is_some() && data.len() < self.config.block_size {
+            self.cache_on_disk(&key, data.clone());
+        }
         self.mem.insert(&key, data);
         Ok(())
     }

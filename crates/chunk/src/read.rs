@@ -278,7 +278,7 @@ impl ChunkStore {
     }
 
     /// Write a block to the disk cache off the reader's path.
-    fn cache_on_disk(self: &Arc<Self>, key: &str, data: Bytes) {
+    pub(crate) fn cache_on_disk(self: &Arc<Self>, key: &str, data: Bytes) {
         let me = self.clone();
         let key = key.to_string();
         self.rt.spawn_blocking(move || {

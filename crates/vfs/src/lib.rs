@@ -150,6 +150,8 @@ pub struct Vfs {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     open_files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
+    /// Inodes this mount has taken a lock on since they were last closed.
+    locked: Mutex<std::collections::HashSet<Ino>>,
     work: Mutex<Option<mpsc::Sender<Work>>>,
     stop: Arc<AtomicBool>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -168,6 +170,7 @@ impl Vfs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             open_files: Mutex::new(HashMap::new()),
+            locked: Mutex::new(std::collections::HashSet::new()),
             work: Mutex::new(None),
             stop: Arc::new(AtomicBool::new(false)),
             workers: Mutex::new(Vec::new()),
@@ -784,7 +787,7 @@ impl Vfs {
         if let Some(of) = self.open_file(ino) {
             self.flush_file(ino, &of)?;
         }
-        if lock_owner != 0 {
+        if lock_owner != 0 && self.may_hold_locks(ino) {
             self.meta
                 .setlk(ino, lock_owner, 0, libc::F_UNLCK, 0, u64::MAX)?;
         }
@@ -807,7 +810,7 @@ impl Vfs {
         if internal::is_internal(ino) {
             return Ok(());
         }
-        if let Some(owner) = flock_owner {
+        if let Some(owner) = flock_owner.filter(|_| self.may_hold_locks(ino)) {
             if let Err(e) = self.meta.setlk(ino, owner, 0, libc::F_UNLCK, 0, u64::MAX) {
                 debug!(error = %e, "releasing flock");
             }
@@ -817,6 +820,10 @@ impl Vfs {
         };
         let flushed = self.flush_file(ino, &of);
         if of.handles.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // Every descriptor is closed, and each close dropped its locks.
+            if let Ok(mut l) = self.locked.lock() {
+                l.remove(&ino);
+            }
             if let Ok(mut files) = self.open_files.lock() {
                 if of.handles.load(Ordering::Relaxed) == 0 && !of.writer.has_dirty() {
                     files.remove(&ino);
@@ -899,7 +906,18 @@ impl Vfs {
         end: u64,
         block: bool,
     ) -> Result<()> {
+        if typ != libc::F_UNLCK {
+            if let Ok(mut l) = self.locked.lock() {
+                l.insert(ino);
+            }
+        }
         self.retry_lock(block, || self.meta.setlk(ino, owner, pid, typ, start, end))
+    }
+
+    /// Whether this mount may hold a lock on `ino`; closes of files never
+    /// locked here skip the unlock transaction.
+    fn may_hold_locks(&self, ino: Ino) -> bool {
+        self.locked.lock().map(|l| l.contains(&ino)).unwrap_or(true)
     }
 
     fn retry_lock(

@@ -265,6 +265,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
+    keep_freed_memory();
     let (meta, format) = open_volume(
         &a.meta_url,
         MetaConfig {
@@ -349,6 +350,20 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
     vfs.shutdown();
     info!("unmounted");
     served
+}
+
+/// Blocks are 4 MiB buffers allocated and freed all the time; by default
+/// glibc hands such sizes back to the kernel (mmap/trim), so every block
+/// faults in and zeroes fresh pages. Keeping freed memory for reuse costs a
+/// steadier RSS (bounded by the caches and buffers anyway) and saves a
+/// tenth of the CPU of a cold read.
+fn keep_freed_memory() {
+    // SAFETY: mallopt only tunes allocator thresholds; called before the
+    // runtime's threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
 }
 
 /// Fork; the parent returns only once the child's mount is up (or exits
