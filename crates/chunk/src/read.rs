@@ -306,7 +306,10 @@ impl ChunkStore {
         for p in pieces {
             let block_len = self.block_len(p.size, p.index);
             let key = self.block_key(p.id, p.index, block_len);
-            let part = match self.cached(&key) {
+            // Memory, or else the shared fetch (which tries the disk tier
+            // first): a block that readahead is already loading is joined,
+            // never read twice.
+            let part = match self.mem.get(&key) {
                 Some(b) => Part::Ready(b.slice(p.in_block..p.in_block + p.n)),
                 None => {
                     let whole_block_wanted =
@@ -316,8 +319,10 @@ impl ChunkStore {
                         .lock()
                         .map(|m| m.contains_key(&key))
                         .unwrap_or(true);
+                    let on_disk = self.disk.as_ref().is_some_and(|d| d.contains(&key));
                     if !whole_block_wanted
                         && !in_flight
+                        && !on_disk
                         && self.config.compression == Compression::None
                     {
                         Part::Range(self.range_read(&key, block_len, p.in_block, p.n)?)

@@ -691,7 +691,7 @@ pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, config: &MountConfig) -> std::io:
 }
 
 /// Kernel readahead of the mount, in KiB.
-const KERNEL_READAHEAD_KB: u32 = 4096;
+const KERNEL_READAHEAD_KB: u32 = 16384;
 
 /// The kernel proposes 128 KiB of readahead to FUSE, which caps read
 /// requests at 128 KiB however large the application's reads are. Raising
