@@ -278,29 +278,7 @@ impl DiskCache {
         }
         let path = self.raw_path(dir, key);
         self.write_file(&path, data, false)?;
-        let victims = {
-            let Ok(mut index) = self.index.lock() else {
-                return Ok(());
-            };
-            let key: Key = Arc::from(key);
-            if let Some(old) = index.entries.insert(
-                key.clone(),
-                Entry {
-                    dir: dir as u16,
-                    stored,
-                    used_at: now_secs(),
-                },
-            ) {
-                index.used -= old.stored;
-            }
-            index.used += stored;
-            index.policy.insert(key);
-            let mut victims = self.evict_over_quota(&mut index, 0);
-            victims.extend(self.sweep_expired(&mut index));
-            self.report(&index, victims.len() as u64);
-            victims
-        };
-        self.unlink(victims);
+        self.add_to_index(key, dir, stored);
         Ok(())
     }
 
@@ -403,21 +381,8 @@ impl DiskCache {
     }
 
     fn report(&self, index: &Index, evicted: u64) {
-        let l = [("tier", tier::DISK)];
         self.metrics
-            .cache_bytes
-            .get_or_create(&l)
-            .set(index.used as i64);
-        self.metrics
-            .cache_blocks
-            .get_or_create(&l)
-            .set(index.entries.len() as i64);
-        if evicted > 0 {
-            self.metrics
-                .cache_evictions
-                .get_or_create(&l)
-                .inc_by(evicted);
-        }
+            .cache_usage(tier::DISK, index.used, index.entries.len(), evicted);
     }
 
     /// Bytes of cached blocks on disk (as stored).
@@ -532,24 +497,29 @@ impl DiskCache {
             let _ = std::fs::remove_file(&to);
             return;
         }
+        self.add_to_index(key, dir, stored);
+    }
+
+    /// Index a file just put in place, then evict what the quota (and the
+    /// expiry) asks for.
+    fn add_to_index(&self, key: &str, dir: usize, stored: u64) {
         let victims = match self.index.lock() {
             Ok(mut index) => {
                 let k: Key = Arc::from(key);
-                if let Some(old) = index.entries.insert(
-                    k.clone(),
-                    Entry {
-                        dir: dir as u16,
-                        stored,
-                        used_at: now_secs(),
-                    },
-                ) {
+                let entry = Entry {
+                    dir: dir as u16,
+                    stored,
+                    used_at: now_secs(),
+                };
+                if let Some(old) = index.entries.insert(k.clone(), entry) {
                     index.used -= old.stored;
                 }
                 index.used += stored;
                 index.policy.insert(k);
-                let v = self.evict_over_quota(&mut index, 0);
-                self.report(&index, v.len() as u64);
-                v
+                let mut victims = self.evict_over_quota(&mut index, 0);
+                victims.extend(self.sweep_expired(&mut index));
+                self.report(&index, victims.len() as u64);
+                victims
             }
             Err(_) => Vec::new(),
         };

@@ -89,21 +89,8 @@ impl MemCache {
     }
 
     fn report(&self, inner: &Inner, evicted: u64) {
-        let l = [("tier", tier::MEMORY)];
         self.metrics
-            .cache_bytes
-            .get_or_create(&l)
-            .set(inner.used as i64);
-        self.metrics
-            .cache_blocks
-            .get_or_create(&l)
-            .set(inner.map.len() as i64);
-        if evicted > 0 {
-            self.metrics
-                .cache_evictions
-                .get_or_create(&l)
-                .inc_by(evicted);
-        }
+            .cache_usage(tier::MEMORY, inner.used as u64, inner.map.len(), evicted);
     }
 
     pub fn used(&self) -> usize {

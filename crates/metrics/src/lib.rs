@@ -225,6 +225,16 @@ impl Metrics {
         self.tier_read_bytes.get_or_create(&l).inc_by(bytes);
     }
 
+    /// A cache tier's usage after a change, and the blocks it evicted.
+    pub fn cache_usage(&self, tier: &'static str, bytes: u64, blocks: usize, evicted: u64) {
+        let l = [("tier", tier)];
+        self.cache_bytes.get_or_create(&l).set(bytes as i64);
+        self.cache_blocks.get_or_create(&l).set(blocks as i64);
+        if evicted > 0 {
+            self.cache_evictions.get_or_create(&l).inc_by(evicted);
+        }
+    }
+
     /// The text exposition format of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -118,6 +118,24 @@ impl Instrumented {
     }
 }
 
+impl Instrumented {
+    /// An upload of `len` bytes: wait for the rate limit, then time it.
+    /// The inner request is only started (polled) after the wait.
+    async fn timed_put(&self, len: u64, put: BoxFuture<'_, Result<()>>) -> Result<()> {
+        self.throttle(&self.upload, "upload", len).await;
+        let started = Instant::now();
+        let r = put.await;
+        self.observe("put", started, &r);
+        if r.is_ok() {
+            self.metrics
+                .object_bytes
+                .get_or_create(&[("method", "put")])
+                .inc_by(len);
+        }
+        r
+    }
+}
+
 impl ObjectStore for Instrumented {
     fn describe(&self) -> String {
         self.inner.describe()
@@ -141,37 +159,13 @@ impl ObjectStore for Instrumented {
     }
 
     fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let len = data.len() as u64;
-            self.throttle(&self.upload, "upload", len).await;
-            let started = Instant::now();
-            let r = self.inner.put(key, data).await;
-            self.observe("put", started, &r);
-            if r.is_ok() {
-                self.metrics
-                    .object_bytes
-                    .get_or_create(&[("method", "put")])
-                    .inc_by(len);
-            }
-            r
-        })
+        let len = data.len() as u64;
+        Box::pin(self.timed_put(len, self.inner.put(key, data)))
     }
 
     fn put_multipart<'a>(&'a self, key: &'a str, parts: Vec<Bytes>) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
-            self.throttle(&self.upload, "upload", len).await;
-            let started = Instant::now();
-            let r = self.inner.put_multipart(key, parts).await;
-            self.observe("put", started, &r);
-            if r.is_ok() {
-                self.metrics
-                    .object_bytes
-                    .get_or_create(&[("method", "put")])
-                    .inc_by(len);
-            }
-            r
-        })
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        Box::pin(self.timed_put(len, self.inner.put_multipart(key, parts)))
     }
 
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectInfo>> {

@@ -1,6 +1,7 @@
 //! Metadata engines and the URL scheme that selects one.
 
 mod memory;
+mod pool;
 mod postgres;
 mod redis;
 mod sqlite;

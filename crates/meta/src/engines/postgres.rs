@@ -7,18 +7,18 @@
 //! conflicts and are retried by `run_txn`. Connections are pooled and a
 //! broken one is dropped, so a restarted server is met with fresh ones.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use postgres::error::SqlState;
 use postgres::{Client, IsolationLevel, NoTls};
 
+use super::pool::Pool;
 use crate::kv::{KvEngine, KvTxn};
 use crate::{MetaError, Result};
 
 pub struct PostgresEngine {
     config: postgres::Config,
-    pool: Mutex<Vec<Client>>,
+    pool: Pool<Client>,
     shown: String,
 }
 
@@ -45,7 +45,7 @@ impl PostgresEngine {
         config.connect_timeout(Duration::from_secs(5));
         let engine = PostgresEngine {
             config,
-            pool: Mutex::new(Vec::new()),
+            pool: Pool::new(),
             shown: shown.to_string(),
         };
         let mut c = engine.connect()?;
@@ -67,19 +67,11 @@ impl PostgresEngine {
     }
 
     fn take(&self) -> Result<Client> {
-        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
-        match pooled {
-            Some(c) if !c.is_closed() => Ok(c),
-            _ => self.connect(),
-        }
+        self.pool.take(|c| !c.is_closed(), || self.connect())
     }
 
     fn put_back(&self, c: Client) {
-        if let Ok(mut p) = self.pool.lock() {
-            if p.len() < 64 {
-                p.push(c);
-            }
-        }
+        self.pool.put_back(c);
     }
 }
 

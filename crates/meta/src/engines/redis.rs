@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use redis::{Client, Connection, Value};
 
+use super::pool::Pool;
 use crate::kv::{KvEngine, KvTxn};
 use crate::{MetaError, Result};
 
@@ -31,7 +32,7 @@ enum Target {
 
 pub struct RedisEngine {
     target: Target,
-    pool: Mutex<Vec<Connection>>,
+    pool: Pool<Connection>,
     /// The URL without its password, for messages.
     shown: String,
 }
@@ -79,7 +80,7 @@ impl RedisEngine {
         };
         let engine = RedisEngine {
             target,
-            pool: Mutex::new(Vec::new()),
+            pool: Pool::new(),
             shown: shown.to_string(),
         };
         let mut con = engine.connect()?;
@@ -110,19 +111,11 @@ impl RedisEngine {
     }
 
     fn take(&self) -> Result<Connection> {
-        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
-        match pooled {
-            Some(c) => Ok(c),
-            None => self.connect(),
-        }
+        self.pool.take(|_| true, || self.connect())
     }
 
     fn put_back(&self, con: Connection) {
-        if let Ok(mut p) = self.pool.lock() {
-            if p.len() < 64 {
-                p.push(con);
-            }
-        }
+        self.pool.put_back(con);
     }
 }
 

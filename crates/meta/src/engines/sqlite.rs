@@ -4,18 +4,18 @@
 //! had within the busy timeout is reported as a conflict and retried.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
+use super::pool::Pool;
 use crate::kv::{KvEngine, KvTxn};
 use crate::{MetaError, Result};
 
 pub struct SqliteEngine {
     path: PathBuf,
     /// Idle connections; a transaction takes one and puts it back.
-    pool: Mutex<Vec<Connection>>,
+    pool: Pool<Connection>,
 }
 
 fn engine_err(e: rusqlite::Error) -> MetaError {
@@ -38,7 +38,7 @@ impl SqliteEngine {
         }
         let engine = Self {
             path: path.to_path_buf(),
-            pool: Mutex::new(Vec::new()),
+            pool: Pool::new(),
         };
         let conn = engine.connect()?;
         conn.execute_batch(
@@ -71,19 +71,11 @@ impl SqliteEngine {
     }
 
     fn take(&self) -> Result<Connection> {
-        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
-        match pooled {
-            Some(c) => Ok(c),
-            None => self.connect(),
-        }
+        self.pool.take(|_| true, || self.connect())
     }
 
     fn put_back(&self, conn: Connection) {
-        if let Ok(mut p) = self.pool.lock() {
-            if p.len() < 16 {
-                p.push(conn);
-            }
-        }
+        self.pool.put_back(conn);
     }
 }
 
