@@ -346,7 +346,13 @@ impl ChunkStore {
                 }
                 Part::Range(b) => b,
                 Part::Pending(fetch) => {
-                    let b = self.rt.block_on(fetch)?;
+                    let started = std::time::Instant::now();
+                    let b = self.rt.block_on(fetch);
+                    self.metrics.read_waits.inc();
+                    self.metrics
+                        .read_wait_seconds
+                        .inc_by(started.elapsed().as_secs_f64());
+                    let b = b?;
                     self.count_served(&key, p.n);
                     b.slice(p.in_block..p.in_block + p.n)
                 }

@@ -68,6 +68,9 @@ pub struct Metrics {
     /// Block fetches started ahead of the reader, and those in flight now.
     pub readahead_blocks: Counter,
     pub readahead_inflight: Gauge,
+    /// Reads that had to wait for a block fetch, and the seconds they waited.
+    pub read_waits: Counter,
+    pub read_wait_seconds: Counter<f64, AtomicU64>,
     /// Block uploads queued or running, and bytes held by write buffers.
     pub upload_queue: Gauge,
     pub buffer_bytes: Gauge,
@@ -104,6 +107,8 @@ impl Metrics {
             throttle_seconds: Family::default(),
             readahead_blocks: Counter::default(),
             readahead_inflight: Gauge::default(),
+            read_waits: Counter::default(),
+            read_wait_seconds: Counter::default(),
             upload_queue: Gauge::default(),
             buffer_bytes: Gauge::default(),
             staging_blocks: Gauge::default(),
@@ -173,6 +178,16 @@ impl Metrics {
             "readahead_inflight",
             "Readahead block fetches in flight",
             m.readahead_inflight.clone(),
+        );
+        r.register(
+            "read_waits",
+            "Reads that waited for a block fetch",
+            m.read_waits.clone(),
+        );
+        r.register(
+            "read_wait_seconds",
+            "Seconds reads spent waiting for block fetches",
+            m.read_wait_seconds.clone(),
         );
         r.register(
             "upload_queue",
