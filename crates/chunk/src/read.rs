@@ -131,17 +131,6 @@ impl ChunkStore {
         Ok(pieces)
     }
 
-    /// A block from memory, or from the disk cache (then kept in memory).
-    fn cached(&self, key: &str) -> Option<Bytes> {
-        if let Some(b) = self.mem.get(key) {
-            return Some(b);
-        }
-        let b = self.disk.as_ref()?.get(key)?;
-        self.mem.insert(key, b.clone());
-        self.note_origin(key, tier::DISK, b.len());
-        Some(b)
-    }
-
     /// A block just loaded into memory from `tier`: its bytes are counted
     /// for that tier as readers consume them, so a block fetched whole for
     /// a small read (or by readahead) is not later counted as memory hits.
@@ -171,18 +160,6 @@ impl ChunkStore {
             Err(_) => tier::MEMORY,
         };
         self.metrics.tier_read(tier, n as u64);
-    }
-
-    /// One whole block, from wherever it is.
-    pub fn read_block(self: &Arc<Self>, id: u64, size: u64, index: u64) -> Result<Bytes> {
-        let len = self.block_len(size, index);
-        let key = self.block_key(id, index, len);
-        let b = match self.cached(&key) {
-            Some(b) => b,
-            None => self.rt.block_on(self.fetch(&key, len, false))?,
-        };
-        self.count_served(&key, b.len());
-        Ok(b)
     }
 
     /// Join or start the shared fetch of a block.
@@ -422,20 +399,15 @@ impl ChunkStore {
         records: &mut dyn FnMut(u32) -> Result<Arc<Vec<SliceRecord>>>,
     ) -> Result<Vec<Span>> {
         let mut spans = Vec::new();
-        let mut done = 0usize;
-        while done < len {
-            let pos = off + done as u64;
-            let index = (pos / CHUNK_SIZE) as u32;
-            let in_chunk = (pos % CHUNK_SIZE) as u32;
-            let n = (len - done).min((CHUNK_SIZE - u64::from(in_chunk)) as usize);
+        for_each_chunk(off, len as u64, |index, in_chunk, n| {
             let records = records(index)?;
             if records.is_empty() {
-                spans.push(Span::Zero(n));
+                spans.push(Span::Zero(n as usize));
             } else {
-                spans.extend(self.read_spans(&records, in_chunk, n, access)?);
+                spans.extend(self.read_spans(&records, in_chunk, n as usize, access)?);
             }
-            done += n;
-        }
+            Ok(())
+        })?;
         Ok(spans)
     }
 
@@ -448,40 +420,46 @@ impl ChunkStore {
         len: u64,
         records: &mut dyn FnMut(u32) -> Result<Arc<Vec<SliceRecord>>>,
     ) {
-        let mut pos = off;
-        let end = off + len;
-        while pos < end {
-            let index = (pos / CHUNK_SIZE) as u32;
-            let in_chunk = (pos % CHUNK_SIZE) as u32;
-            let n = (end - pos).min(CHUNK_SIZE - u64::from(in_chunk));
-            let pieces = records(index).and_then(|r| self.plan(&r, in_chunk, n as usize));
-            match pieces {
-                Ok(pieces) => {
-                    let mut last = None;
-                    for p in pieces {
-                        if last == Some((p.id, p.index)) {
-                            continue;
-                        }
-                        last = Some((p.id, p.index));
-                        let len = self.block_len(p.size, p.index);
-                        let key = self.block_key(p.id, p.index, len);
-                        let known = self.mem.contains(&key)
-                            || self
-                                .inflight
-                                .lock()
-                                .map(|m| m.contains_key(&key))
-                                .unwrap_or(true);
-                        if !known {
-                            drop(self.fetch(&key, len, true));
-                        }
-                    }
+        let walked = for_each_chunk(off, len, |index, in_chunk, n| {
+            let mut last = None;
+            for p in self.plan(&records(index)?, in_chunk, n as usize)? {
+                if last == Some((p.id, p.index)) {
+                    continue;
                 }
-                Err(e) => {
-                    debug!(error = %e, "readahead skipped");
-                    return;
+                last = Some((p.id, p.index));
+                let len = self.block_len(p.size, p.index);
+                let key = self.block_key(p.id, p.index, len);
+                let known = self.mem.contains(&key)
+                    || self
+                        .inflight
+                        .lock()
+                        .map(|m| m.contains_key(&key))
+                        .unwrap_or(true);
+                if !known {
+                    drop(self.fetch(&key, len, true));
                 }
             }
-            pos += n;
+            Ok(())
+        });
+        if let Err(e) = walked {
+            debug!(error = %e, "readahead skipped");
         }
     }
+}
+
+/// Call `f(chunk index, offset in chunk, length)` for each chunk that
+/// `[off, off + len)` of a file touches, in order.
+fn for_each_chunk(
+    off: u64,
+    len: u64,
+    mut f: impl FnMut(u32, u32, u64) -> Result<()>,
+) -> Result<()> {
+    let (mut pos, end) = (off, off + len);
+    while pos < end {
+        let in_chunk = pos % CHUNK_SIZE;
+        let n = (end - pos).min(CHUNK_SIZE - in_chunk);
+        f((pos / CHUNK_SIZE) as u32, in_chunk as u32, n)?;
+        pos += n;
+    }
+    Ok(())
 }

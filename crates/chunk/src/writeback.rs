@@ -95,9 +95,4 @@ impl ChunkStore {
             }
         }
     }
-
-    /// Blocks staged and not yet uploaded.
-    pub fn staged_blocks(&self) -> i64 {
-        self.metrics.staging_blocks.get()
-    }
 }
