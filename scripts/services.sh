@@ -66,7 +66,7 @@ start_postgres() {
         sleep 0.2
     done
     runuser -u postgres -- psql -h 127.0.0.1 -p "$port" -U postgres -q \
-        -c "CREATE USER tessera PASSWORD 'tessera-pass'" -c "CREATE DATABASE tessera OWNER tessera" >/dev/null
+        -c "CREATE USER tessera PASSWORD 'tessera-pass' CREATEDB" -c "CREATE DATABASE tessera OWNER tessera" >/dev/null
     export TESSERA_TEST_POSTGRES_URL="postgres://tessera:tessera-pass@127.0.0.1:$port/tessera"
 }
 

@@ -83,6 +83,10 @@ struct State {
     /// Slices being committed by a flush; older than every dirty slice.
     flushing: Vec<Slice>,
     dirty: Vec<Slice>,
+    /// O_APPEND writes not committed yet. Their place in the file is only
+    /// known when they commit: the end of the file at that moment, which
+    /// another mount may have moved.
+    appended: Vec<u8>,
     /// End of the furthest buffered write.
     length: u64,
     buffered: usize,
@@ -124,6 +128,10 @@ impl FileWriter {
     /// the caller should flush.
     pub fn write(&self, off: u64, data: &[u8]) -> Result<bool> {
         let bs = self.chunks.config.block_size;
+        // Appends still waiting for their place go first, in write order.
+        if self.has_appends() {
+            self.flush()?;
+        }
         let mut st = self.state.lock().map_err(|_| poisoned())?;
         if let Some(e) = &st.failed {
             return Err(ChunkError::Unsupported(format!(
@@ -197,6 +205,36 @@ impl FileWriter {
         Ok(self.chunks.buffer_grow(data.len()))
     }
 
+    /// Buffer an O_APPEND write. Positional writes buffered before it are
+    /// committed first so the file keeps the order of the writes. Returns
+    /// true when the caller should flush (a block's worth of appends, or
+    /// the mount's budget used).
+    pub fn append(&self, data: &[u8]) -> Result<bool> {
+        let positional_first = !self.state.lock().map_err(|_| poisoned())?.dirty.is_empty();
+        if positional_first {
+            self.flush()?;
+        }
+        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        if let Some(e) = &st.failed {
+            return Err(ChunkError::Unsupported(format!(
+                "an earlier upload failed: {e}"
+            )));
+        }
+        st.appended.extend_from_slice(data);
+        st.buffered += data.len();
+        let over_budget = self.chunks.buffer_grow(data.len());
+        Ok(over_budget || st.appended.len() >= self.chunks.config.block_size)
+    }
+
+    /// Whether O_APPEND writes wait to be committed; until they are, this
+    /// mount does not know where they will land.
+    pub fn has_appends(&self) -> bool {
+        self.state
+            .lock()
+            .map(|s| !s.appended.is_empty())
+            .unwrap_or(false)
+    }
+
     fn spawn_upload(&self, id: u64, index: u64, data: Bytes) -> JoinHandle<Result<()>> {
         let chunks = self.chunks.clone();
         self.chunks
@@ -231,7 +269,7 @@ impl FileWriter {
     pub fn has_dirty(&self) -> bool {
         self.state
             .lock()
-            .map(|s| !s.dirty.is_empty() || !s.flushing.is_empty())
+            .map(|s| !s.dirty.is_empty() || !s.flushing.is_empty() || !s.appended.is_empty())
             .unwrap_or(false)
     }
 
@@ -239,6 +277,67 @@ impl FileWriter {
     /// record count calls for compaction.
     pub fn flush(&self) -> Result<Vec<u32>> {
         let _order = self.flush_lock.lock().map_err(|_| poisoned())?;
+        let mut compact = self.flush_positional()?;
+        compact.extend(self.flush_appends()?);
+        compact.sort_unstable();
+        compact.dedup();
+        Ok(compact)
+    }
+
+    /// Upload the buffered appends as one slice and place it at the end of
+    /// the file in the commit transaction.
+    fn flush_appends(&self) -> Result<Vec<u32>> {
+        let data = {
+            let mut st = self.state.lock().map_err(|_| poisoned())?;
+            if st.appended.is_empty() {
+                return Ok(Vec::new());
+            }
+            let data = Bytes::from(std::mem::take(&mut st.appended));
+            self.chunks.buffer_shrink(data.len());
+            st.buffered = st.buffered.saturating_sub(data.len());
+            data
+        };
+        let _span =
+            tracing::debug_span!("flush_appends", ino = self.ino, len = data.len()).entered();
+        let committed = self
+            .chunks
+            .meta
+            .new_slice_id()
+            .map_err(ChunkError::Meta)
+            .and_then(|id| {
+                self.chunks
+                    .rt
+                    .block_on(self.chunks.upload_slice(id, &data))?;
+                self.chunks
+                    .meta
+                    .append_slice(self.ino, id, data.len() as u64)
+                    .map_err(ChunkError::Meta)
+            });
+        match committed {
+            Ok(appended) => {
+                debug!(
+                    ino = self.ino,
+                    at = appended.at,
+                    len = data.len(),
+                    "committed appends"
+                );
+                Ok(appended
+                    .touched
+                    .into_iter()
+                    .filter(|(_, n)| *n >= self.chunks.config.compact_threshold)
+                    .map(|(c, _)| c)
+                    .collect())
+            }
+            Err(e) => {
+                if let Ok(mut st) = self.state.lock() {
+                    st.failed = Some(e.to_string());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn flush_positional(&self) -> Result<Vec<u32>> {
         let (uploads, records, length) = {
             let mut st = self.state.lock().map_err(|_| poisoned())?;
             if let Some(e) = &st.failed {
@@ -269,8 +368,9 @@ impl FileWriter {
                 .max()
                 .unwrap_or(0);
             st.flushing = dirty;
-            self.chunks.buffer_shrink(st.buffered);
-            st.buffered = 0;
+            let appended = st.appended.len();
+            self.chunks.buffer_shrink(st.buffered - appended);
+            st.buffered = appended;
             (uploads, records, length)
         };
         let _span = tracing::debug_span!("flush", ino = self.ino, slices = records.len()).entered();

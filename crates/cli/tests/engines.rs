@@ -1,12 +1,14 @@
-//! Volumes on the server engines (Redis, PostgreSQL) through real mounts:
-//! two mount processes on one volume see each other's files and
-//! directories. The servers come from scripts/test.sh, which exports their
-//! URLs; without them these tests fail (they are #[ignore]d for plain
-//! `cargo test`).
+//! Volumes on the server engines through real mounts: several mount
+//! processes on one volume see each other's files and directories, their
+//! locks exclude each other, their appends all land, and a mount killed
+//! with -9 is cleaned up by a live one. The servers come from
+//! scripts/test.sh, which exports their URLs; without them these tests fail
+//! (they are #[ignore]d for plain `cargo test`).
 
 mod common;
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -36,14 +38,16 @@ fn redis_url(db: u32) -> String {
     format!("{base}/{db}")
 }
 
-/// The test PostgreSQL database, emptied.
-fn postgres_url() -> String {
+/// A new, empty database `db` on the test PostgreSQL server (tests run in
+/// parallel, each on its own database).
+fn postgres_url(db: &str) -> String {
     let url = std::env::var("TESSERA_TEST_POSTGRES_URL").expect(
         "TESSERA_TEST_POSTGRES_URL must name a PostgreSQL database (scripts/test.sh starts one)",
     );
     let out = Command::new("psql")
         .arg(&url)
-        .args(["-q", "-c", "DROP TABLE IF EXISTS tessera_kv"])
+        .args(["-q", "-c", &format!("DROP DATABASE IF EXISTS {db}")])
+        .args(["-c", &format!("CREATE DATABASE {db}")])
         .output()
         .expect("run psql");
     assert!(
@@ -51,30 +55,64 @@ fn postgres_url() -> String {
         "psql: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    url
+    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
+    format!("{base}/{db}")
+}
+
+/// A volume formatted on `meta_url`, with its object store and mounts in
+/// one temporary directory.
+struct Shared {
+    dir: tempfile::TempDir,
+    meta_url: String,
+}
+
+impl Shared {
+    fn format(meta_url: &str) -> Shared {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = format!("file://{}/objects", dir.path().display());
+        let out = tessera(&["format", meta_url, "shared", "--storage", &storage]);
+        assert!(out.status.success(), "format: {}", stderr(&out));
+        Shared {
+            dir,
+            meta_url: meta_url.to_string(),
+        }
+    }
+
+    fn mount(&self, name: &str, extra: &[&str]) -> Mount {
+        let p = self.dir.path().join(name);
+        std::fs::create_dir_all(&p).expect("mkdir");
+        let cache = self.dir.path().join(format!("cache-{name}"));
+        let mut args = vec![
+            "--cache-dir",
+            cache.to_str().expect("utf-8"),
+            "--metrics",
+            "none",
+        ];
+        args.extend_from_slice(extra);
+        Mount::start(&self.meta_url, &p, &args)
+    }
+
+    /// Bytes of every object in the store.
+    fn stored_bytes(&self) -> u64 {
+        fn walk(p: &std::path::Path) -> u64 {
+            std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| match e.file_type() {
+                            Ok(t) if t.is_dir() => walk(&e.path()),
+                            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(&self.dir.path().join("objects"))
+    }
 }
 
 fn two_mounts_share_one_volume(meta_url: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let storage = format!("file://{}/objects", dir.path().display());
-    let out = tessera(&["format", meta_url, "shared", "--storage", &storage]);
-    assert!(out.status.success(), "format: {}", stderr(&out));
-    let mount = |name: &str| {
-        let p = dir.path().join(name);
-        std::fs::create_dir_all(&p).expect("mkdir");
-        let cache = dir.path().join(format!("cache-{name}"));
-        Mount::start(
-            meta_url,
-            &p,
-            &[
-                "--cache-dir",
-                cache.to_str().expect("utf-8"),
-                "--metrics",
-                "none",
-            ],
-        )
-    };
-    let (a, b) = (mount("a"), mount("b"));
+    let vol = Shared::format(meta_url);
+    let (a, b) = (vol.mount("a", &[]), vol.mount("b", &[]));
 
     // Close-to-open: written and closed in one mount, identical in the other.
     let data = pseudo_random(9 << 20, 11);
@@ -112,6 +150,147 @@ fn two_mounts_share_one_volume(meta_url: &str) {
     b.unmount();
 }
 
+fn lock(fd: &std::fs::File, op: libc::c_int) -> Result<(), i32> {
+    // SAFETY: flock on a descriptor this function borrows.
+    match unsafe { libc::flock(fd.as_raw_fd(), op) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
+    }
+}
+
+/// F_SETLK of `typ` over `[start, start + len)`.
+fn record_lock(fd: &std::fs::File, typ: libc::c_int, start: i64, len: i64) -> Result<(), i32> {
+    // SAFETY: a zeroed flock struct is valid; fcntl on a borrowed descriptor.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start;
+    fl.l_len = len;
+    match unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLK, &fl) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
+    }
+}
+
+fn locks_and_appends_across_mounts(meta_url: &str) {
+    let vol = Shared::format(meta_url);
+    let (a, b) = (vol.mount("a", &[]), vol.mount("b", &[]));
+    std::fs::write(a.join("lockfile"), b"x").expect("create");
+    let open = |m: &Mount| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.join("lockfile"))
+            .expect("open lockfile")
+    };
+    let (fa, fb) = (open(&a), open(&b));
+
+    // flock: one holder across all mounts.
+    lock(&fa, libc::LOCK_EX | libc::LOCK_NB).expect("flock in a");
+    assert_eq!(
+        lock(&fb, libc::LOCK_EX | libc::LOCK_NB),
+        Err(libc::EWOULDBLOCK)
+    );
+    assert_eq!(
+        lock(&fb, libc::LOCK_SH | libc::LOCK_NB),
+        Err(libc::EWOULDBLOCK)
+    );
+    lock(&fa, libc::LOCK_UN).expect("unlock in a");
+    lock(&fb, libc::LOCK_EX | libc::LOCK_NB).expect("flock in b once a let go");
+    lock(&fb, libc::LOCK_UN).expect("unlock in b");
+
+    // POSIX record locks: overlapping ranges exclude, disjoint ones do not.
+    record_lock(&fa, libc::F_WRLCK, 0, 100).expect("lock 0..100 in a");
+    assert_eq!(record_lock(&fb, libc::F_WRLCK, 50, 10), Err(libc::EAGAIN));
+    assert_eq!(record_lock(&fb, libc::F_RDLCK, 99, 1), Err(libc::EAGAIN));
+    record_lock(&fb, libc::F_WRLCK, 100, 50).expect("disjoint lock in b");
+    record_lock(&fa, libc::F_UNLCK, 0, 100).expect("unlock in a");
+    record_lock(&fb, libc::F_WRLCK, 0, 100).expect("lock 0..100 in b once a let go");
+    drop((fa, fb));
+
+    // O_APPEND from both mounts at once: every line lands whole, once.
+    const LINES: usize = 300;
+    const LINE: usize = 64;
+    std::fs::write(a.join("log"), b"").expect("create log");
+    let writer = |m: &Mount, tag: char| {
+        let path = m.join("log");
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .expect("open log for append");
+            for i in 0..LINES {
+                let mut line = format!("{tag}{i:05}").into_bytes();
+                line.resize(LINE - 1, b'.');
+                line.push(b'\n');
+                f.write_all(&line).expect("append");
+                if i % 10 == 9 {
+                    f.sync_data().expect("fsync");
+                }
+            }
+        })
+    };
+    let (ta, tb) = (writer(&a, 'a'), writer(&b, 'b'));
+    ta.join().expect("writer a");
+    tb.join().expect("writer b");
+    for m in [&a, &b] {
+        let log = std::fs::read(m.join("log")).expect("read log");
+        assert_eq!(log.len(), 2 * LINES * LINE, "no append lost or overwritten");
+        let mut seen: Vec<&[u8]> = log.chunks(LINE).map(|l| &l[..6]).collect();
+        assert!(
+            log.chunks(LINE).all(|l| l[LINE - 1] == b'\n'),
+            "lines stay whole"
+        );
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 2 * LINES, "every line exactly once");
+    }
+    a.unmount();
+    b.unmount();
+}
+
+fn dead_mount_is_cleaned_up(meta_url: &str) {
+    let vol = Shared::format(meta_url);
+    let fast = ["--heartbeat", "0.5", "--session-timeout", "3"];
+    let (a, mut b) = (vol.mount("a", &fast), vol.mount("b", &fast));
+    std::fs::write(a.join("lockfile"), b"x").expect("create");
+    let base = vol.stored_bytes();
+
+    // b holds a lock and a file it unlinked while open, then dies.
+    let held = b.join("held");
+    std::fs::write(&held, pseudo_random(3 << 20, 5)).expect("write held");
+    let held_fd = std::fs::File::open(&held).expect("open held");
+    std::fs::remove_file(&held).expect("unlink held while open");
+    let lock_b = std::fs::File::open(b.join("lockfile")).expect("open in b");
+    lock(&lock_b, libc::LOCK_EX | libc::LOCK_NB).expect("flock in b");
+    assert!(vol.stored_bytes() >= base + (3 << 20), "held data stored");
+    let lock_a = std::fs::File::open(a.join("lockfile")).expect("open in a");
+    assert_eq!(
+        lock(&lock_a, libc::LOCK_EX | libc::LOCK_NB),
+        Err(libc::EWOULDBLOCK)
+    );
+
+    b.kill9();
+    let start = Instant::now();
+    loop {
+        let status = tessera(&["status", &vol.meta_url]);
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        let sessions = text.matches(" pid ").count();
+        let freed = vol.stored_bytes() < base + (1 << 20);
+        let unlocked = lock(&lock_a, libc::LOCK_EX | libc::LOCK_NB).is_ok();
+        if sessions == 1 && freed && unlocked {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "dead session not cleaned up: sessions listed {sessions}, held data freed {freed}, lock released {unlocked}\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop((held_fd, lock_b));
+    a.unmount();
+}
+
 #[test]
 #[ignore = "needs a redis-server; scripts/test.sh runs it"]
 fn two_mounts_on_redis() {
@@ -121,5 +300,29 @@ fn two_mounts_on_redis() {
 #[test]
 #[ignore = "needs a PostgreSQL server; scripts/test.sh runs it"]
 fn two_mounts_on_postgres() {
-    two_mounts_share_one_volume(&postgres_url());
+    two_mounts_share_one_volume(&postgres_url("two_mounts"));
+}
+
+#[test]
+#[ignore = "needs a redis-server; scripts/test.sh runs it"]
+fn locks_and_appends_on_redis() {
+    locks_and_appends_across_mounts(&redis_url(13));
+}
+
+#[test]
+#[ignore = "needs a PostgreSQL server; scripts/test.sh runs it"]
+fn locks_and_appends_on_postgres() {
+    locks_and_appends_across_mounts(&postgres_url("locks_appends"));
+}
+
+#[test]
+#[ignore = "needs a redis-server; scripts/test.sh runs it"]
+fn dead_mount_cleaned_up_on_redis() {
+    dead_mount_is_cleaned_up(&redis_url(12));
+}
+
+#[test]
+#[ignore = "needs a PostgreSQL server; scripts/test.sh runs it"]
+fn dead_mount_cleaned_up_on_postgres() {
+    dead_mount_is_cleaned_up(&postgres_url("dead_mount"));
 }

@@ -21,6 +21,7 @@ pub fn run_all(factory: Factory<'_>) {
     rename_rules(factory());
     hard_links_and_open_unlink(factory());
     data_records(factory());
+    appends(factory());
     xattrs(factory());
     locks(factory());
     sessions(factory());
@@ -54,6 +55,49 @@ fn formatted(engine: Arc<dyn KvEngine>) -> Meta {
         .expect_err("different settings must be refused");
     assert!(err.to_string().contains("refusing to reformat"), "{err}");
     meta
+}
+
+/// O_APPEND commits land at the end as it stands in the commit, split over
+/// a chunk boundary as one slice referred to twice.
+fn appends(engine: Arc<dyn KvEngine>) {
+    let m = formatted(engine);
+    let (f, _) = m
+        .mknod(&CTX, ROOT_INO, b"log", FileType::File, 0o644, 0, None)
+        .expect("log");
+    let first = m.new_slice_id().expect("id");
+    let head = m
+        .append_slice(f, first, crate::CHUNK_SIZE - 10)
+        .expect("append");
+    assert_eq!((head.at, head.attr.length), (0, crate::CHUNK_SIZE - 10));
+    let second = m.new_slice_id().expect("id");
+    let tail = m
+        .append_slice(f, second, 30)
+        .expect("append over the boundary");
+    assert_eq!(tail.at, crate::CHUNK_SIZE - 10);
+    assert_eq!(tail.attr.length, crate::CHUNK_SIZE + 20);
+    assert_eq!(tail.touched, vec![(0, 2), (1, 1)]);
+    let piece = |pos: u32, off: u64, len: u32| SliceRecord {
+        kind: SliceKind::Internal,
+        pos,
+        id: second,
+        size: 30,
+        off,
+        len,
+    };
+    assert_eq!(
+        m.read_chunk(f, 0).expect("chunk 0")[1],
+        piece((crate::CHUNK_SIZE - 10) as u32, 0, 10)
+    );
+    assert_eq!(m.read_chunk(f, 1).expect("chunk 1"), vec![piece(0, 10, 20)]);
+    m.unlink(ROOT_INO, b"log").expect("unlink");
+    let (ino, len) = m.pending_deletes(1).expect("pending")[0];
+    let mut freed = m.cleanup_deleted(ino, len).expect("cleanup");
+    freed.sort_unstable();
+    assert_eq!(
+        freed,
+        vec![(first, crate::CHUNK_SIZE - 10), (second, 30)],
+        "each slice freed once"
+    );
 }
 
 fn test_session() -> SessionInfo {

@@ -192,6 +192,16 @@ fn add_slice_ref(tx: &mut dyn KvTxn, r: &SliceRecord) -> Result<()> {
     tx.set(&key, &(cur + 1).to_le_bytes())
 }
 
+/// Where [`Meta::append_slice`] put a slice.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub attr: Attr,
+    /// Offset of the slice's first byte in the file.
+    pub at: u64,
+    /// Chunks the slice landed in, with their record counts after it.
+    pub touched: Vec<(u32, usize)>,
+}
+
 impl Meta {
     pub fn new(engine: Arc<dyn KvEngine>, config: MetaConfig) -> Self {
         Meta {
@@ -852,6 +862,57 @@ impl Meta {
             a.touch_mtime(now());
             put_attr(tx, ino, &a)?;
             Ok((a, most))
+        })
+    }
+
+    /// Place the stored slice `id` (`len` bytes) at the end of the file, as
+    /// the file's length stands inside this transaction. This is what makes
+    /// O_APPEND writes from several mounts land one after another instead of
+    /// over each other.
+    pub fn append_slice(&self, ino: Ino, id: u64, len: u64) -> Result<Appended> {
+        self.writable()?;
+        self.txn(|tx| {
+            let mut a = get_attr(tx, ino)?;
+            if a.typ != FileType::File {
+                return Err(MetaError::Invalid("write to a non-regular file".into()));
+            }
+            let start = a.length;
+            let mut touched = Vec::new();
+            let mut done = 0u64;
+            while done < len {
+                let at = start + done;
+                let index = (at / CHUNK_SIZE) as u32;
+                let pos = at % CHUNK_SIZE;
+                let n = (len - done).min(CHUNK_SIZE - pos);
+                let rec = SliceRecord {
+                    kind: crate::slice::SliceKind::Internal,
+                    pos: pos as u32,
+                    id,
+                    size: len,
+                    off: done,
+                    len: n as u32,
+                };
+                if done > 0 {
+                    // A slice split over chunks is one object referred to
+                    // by several records.
+                    add_slice_ref(tx, &rec)?;
+                }
+                let key = keys::chunk(ino, index);
+                let mut v = tx.get(&key)?.unwrap_or_default();
+                rec.encode_into(&mut v);
+                touched.push((index, v.len() / crate::slice::RECORD_LEN));
+                tx.set(&key, &v)?;
+                done += n;
+            }
+            incr(tx, "usedSpace", align4k(start + len) - align4k(start))?;
+            a.length = start + len;
+            a.touch_mtime(now());
+            put_attr(tx, ino, &a)?;
+            Ok(Appended {
+                attr: a,
+                at: start,
+                touched,
+            })
         })
     }
 

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 
 pub use attr::{Attr, FileType};
 pub use fs::{
-    Entry, ExternalObject, Meta, MetaConfig, SetAttr, StatFs, TruncateResult, UnlinkResult,
+    Appended, Entry, ExternalObject, Meta, MetaConfig, SetAttr, StatFs, TruncateResult,
+    UnlinkResult,
 };
 pub use kv::{KvEngine, KvTxn};
 pub use locks::{FlockType, PosixLock};

@@ -384,12 +384,22 @@ impl Vfs {
         if internal::is_internal(ino) {
             return Ok(internal::attr(self.stats_text().len() as u64));
         }
+        self.settle_appends(ino)?;
         // Sample the buffer before metadata: a flush that commits in between
         // then shows up in one or the other, never in neither.
         let buffered = self.buffered_length(ino);
         let mut attr = self.meta.getattr(ino)?;
         attr.length = attr.length.max(buffered);
         Ok(attr)
+    }
+
+    /// Commit pending O_APPEND writes, whose place in the file is unknown
+    /// until then, before anything that shows the file's length or bytes.
+    fn settle_appends(&self, ino: Ino) -> Result<()> {
+        match self.open_file(ino) {
+            Some(of) if of.writer.has_appends() => self.flush_file(ino, &of),
+            _ => Ok(()),
+        }
     }
 
     fn buffered_length(&self, ino: Ino) -> u64 {
@@ -677,6 +687,9 @@ impl Vfs {
             .open_file(ino)
             .ok_or_else(|| VfsError::new(libc::EBADF, "file is not open"))?;
         let h = self.handle(fh)?;
+        if of.writer.has_appends() {
+            self.flush_file(ino, &of)?;
+        }
         let length = self.read_length(ino, &of, off + size as u64)?;
         if off >= length {
             return Ok(Bytes::new());
@@ -748,11 +761,15 @@ impl Vfs {
         let of = self
             .open_file(ino)
             .ok_or_else(|| VfsError::new(libc::EBADF, "file is not open"))?;
-        let off = if h.flags & libc::O_APPEND != 0 {
-            self.getattr(ino)?.length
-        } else {
-            off
-        };
+        if h.flags & libc::O_APPEND != 0 {
+            // The kernel's offset is its idea of the end of the file, which
+            // another mount may have moved: the commit decides the place.
+            if of.writer.append(data)? {
+                self.flush_file(ino, &of)?;
+            }
+            self.metrics().fuse_write_bytes.inc_by(data.len() as u64);
+            return Ok(data.len());
+        }
         if off
             .checked_add(data.len() as u64)
             .is_none_or(|end| end > (1u64 << 60))

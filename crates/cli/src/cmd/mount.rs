@@ -50,6 +50,13 @@ pub struct Args {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// Seconds between this mount's heartbeats to the metadata engine.
+    #[arg(long, default_value_t = 5.0)]
+    pub heartbeat: f64,
+    /// A mount silent for this many seconds is taken for dead; live mounts
+    /// release its locks and reclaim the files it held open after unlink.
+    #[arg(long, default_value_t = 60.0)]
+    pub session_timeout: f64,
     #[command(flatten)]
     pub data: DataPathArgs,
     #[command(flatten)]
@@ -258,13 +265,29 @@ pub fn run(a: Args) -> Result<()> {
     // Check the engine, the volume and the options before anything forks or mounts.
     let (_, format) = open_volume(&a.meta_url, MetaConfig::default())?;
     a.data.chunk_config(&format)?;
+    session_times(&a)?;
     if a.background {
         daemonize(&mountpoint, a.log.as_deref())?;
     }
     serve(&a, &mountpoint)
 }
 
+/// The heartbeat period and the silence after which a session is dead.
+fn session_times(a: &Args) -> Result<(Duration, Duration)> {
+    let heartbeat = seconds("--heartbeat", a.heartbeat)?;
+    let session_timeout = seconds("--session-timeout", a.session_timeout)?;
+    if session_timeout < heartbeat * 2 {
+        return Err(anyhow!(
+            "--session-timeout ({}s) must be at least twice --heartbeat ({}s), or live mounts would be taken for dead",
+            a.session_timeout,
+            a.heartbeat
+        ));
+    }
+    Ok((heartbeat, session_timeout))
+}
+
 fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
+    let (heartbeat, session_timeout) = session_times(a)?;
     keep_freed_memory();
     let (meta, format) = open_volume(
         &a.meta_url,
@@ -298,7 +321,8 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
         chunks,
         VfsConfig {
             read_only: a.read_only,
-            ..Default::default()
+            heartbeat,
+            session_timeout,
         },
     );
     let root = match &a.subdir {
@@ -430,4 +454,14 @@ fn daemonize(mountpoint: &Path, log: Option<&Path>) -> Result<()> {
         "the mount did not come up within 15 seconds; see {}",
         log.display()
     ))
+}
+
+/// A positive, finite number of seconds from the flag `name`.
+fn seconds(name: &str, v: f64) -> Result<Duration> {
+    if !v.is_finite() || v <= 0.0 {
+        return Err(anyhow!(
+            "{name} must be a positive number of seconds, got {v}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
 }

@@ -127,6 +127,16 @@ impl Mount {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Kill the mount process with SIGKILL (no cleanup of any kind), reap
+    /// it, and detach the dead mount from the mountpoint.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL the mount");
+            let _ = child.wait();
+        }
+        let _ = tessera(&["umount", "--force", &self.path.to_string_lossy()]);
+    }
+
     /// Unmount and wait for the mount process to exit cleanly.
     pub fn unmount(mut self) {
         self.stop();
