@@ -291,6 +291,156 @@ fn dead_mount_is_cleaned_up(meta_url: &str) {
     a.unmount();
 }
 
+/// A redis-server of this test's own, persisting every write, so it can be
+/// stopped and started again under a mount without losing the volume.
+struct OwnRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(dir: &std::path::Path) -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut r = OwnRedis {
+            port,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM (redis flushes its append-only file and exits) and reap.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling the child this test started.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server installed; scripts/test.sh installs it"]
+fn redis_outage_gives_eio_and_the_mount_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("redis")).expect("mkdir");
+    let mut redis = OwnRedis::start(&dir.path().join("redis"));
+    let storage = format!("file://{}/objects", dir.path().display());
+    let out = tessera(&["format", &redis.url(), "outage", "--storage", &storage]);
+    assert!(out.status.success(), "format: {}", stderr(&out));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let log = dir.path().join("mount.log");
+    let cache = dir.path().join("cache");
+    let m = Mount::start_logged(
+        &redis.url(),
+        &mnt,
+        &[
+            "--cache-dir",
+            cache.to_str().expect("utf-8"),
+            "--metrics",
+            "none",
+        ],
+        &log,
+    );
+    let data = pseudo_random(2 << 20, 3);
+    std::fs::write(m.join("before"), &data).expect("write before the outage");
+
+    // A server that hangs: requests time out into EIO, then work again.
+    let pid = redis
+        .child
+        .as_ref()
+        .map(|c| c.id() as i32)
+        .expect("running");
+    // SAFETY: pausing the child this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let start = Instant::now();
+    let err = std::fs::write(m.join("hung"), b"x").expect_err("hung engine, no create");
+    let waited = start.elapsed();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(waited < Duration::from_secs(30), "gave up after {waited:?}");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::fs::write(m.join("resumed"), b"y").expect("works once the server answers");
+
+    // A server that is gone: refused at once, EIO.
+    redis.stop();
+    let start = Instant::now();
+    let err = std::fs::write(m.join("during"), b"x").expect_err("no engine, no create");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let err = std::fs::read_dir(&m.path).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    assert_eq!(err.err().and_then(|e| e.raw_os_error()), Some(libc::EIO));
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "fails within the engine timeout"
+    );
+
+    redis.restart();
+    let start = Instant::now();
+    while let Err(e) = std::fs::write(m.join("after"), b"back") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "mount did not recover once redis was back: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        digest(&std::fs::read(m.join("before")).expect("read")),
+        digest(&data)
+    );
+    assert_eq!(std::fs::read(m.join("after")).expect("read"), b"back");
+    m.unmount();
+    let text = std::fs::read_to_string(&log).expect("mount log");
+    assert!(
+        text.contains("metadata operation failed")
+            && text.contains("redis did not answer within 5s")
+            && text.contains("lost the connection to redis"),
+        "the log says what failed:\n{text}"
+    );
+}
+
 #[test]
 #[ignore = "needs a redis-server; scripts/test.sh runs it"]
 fn two_mounts_on_redis() {

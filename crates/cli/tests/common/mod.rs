@@ -92,6 +92,21 @@ pub struct Mount {
 
 impl Mount {
     pub fn start(meta_url: &str, mountpoint: &Path, extra: &[&str]) -> Mount {
+        Self::start_with_stderr(meta_url, mountpoint, extra, Stdio::inherit())
+    }
+
+    /// Like [`Mount::start`], with the mount's log written to `log`.
+    pub fn start_logged(meta_url: &str, mountpoint: &Path, extra: &[&str], log: &Path) -> Mount {
+        let file = std::fs::File::create(log).expect("create mount log");
+        Self::start_with_stderr(meta_url, mountpoint, extra, Stdio::from(file))
+    }
+
+    fn start_with_stderr(
+        meta_url: &str,
+        mountpoint: &Path,
+        extra: &[&str],
+        stderr: Stdio,
+    ) -> Mount {
         let path = mountpoint.canonicalize().expect("canonical mountpoint");
         let mut child = Command::new(bin())
             .arg("mount")
@@ -99,7 +114,7 @@ impl Mount {
             .arg(&path)
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn mount");
         let start = Instant::now();

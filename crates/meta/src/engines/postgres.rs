@@ -43,6 +43,10 @@ impl PostgresEngine {
             reason: format!("{e}"),
         })?;
         config.connect_timeout(Duration::from_secs(5));
+        // A server cut off by the network is noticed within seconds rather
+        // than at the kernel's default TCP retry limit (minutes).
+        config.tcp_user_timeout(Duration::from_secs(10));
+        config.keepalives_idle(Duration::from_secs(10));
         let engine = PostgresEngine {
             config,
             pool: Pool::new(),
@@ -139,6 +143,12 @@ impl KvEngine for PostgresEngine {
             f(&mut PgTxn { tx: &mut tx })?;
             tx.commit().map_err(engine_err)
         })();
+        let outcome = outcome.map_err(|e| match e {
+            MetaError::Engine(m) if !m.contains(&self.shown) => {
+                MetaError::Engine(format!("{m} (server {})", self.shown))
+            }
+            e => e,
+        });
         // A failed transaction rolled back when dropped; the connection is
         // reusable unless the server went away.
         if !client.is_closed() {

@@ -38,7 +38,16 @@ pub struct RedisEngine {
 }
 
 fn engine_err(e: redis::RedisError) -> MetaError {
-    MetaError::Engine(format!("redis: {e}"))
+    if e.is_timeout() {
+        MetaError::Engine(format!(
+            "redis did not answer within {}s (timed out: {e})",
+            TIMEOUT.as_secs()
+        ))
+    } else if e.is_connection_dropped() || e.is_io_error() {
+        MetaError::Engine(format!("lost the connection to redis: {e}"))
+    } else {
+        MetaError::Engine(format!("redis: {e}"))
+    }
 }
 
 fn value_key(k: &[u8]) -> Vec<u8> {
@@ -251,6 +260,12 @@ impl KvEngine for RedisEngine {
                 Value::Nil => Err(MetaError::Conflict(1)),
                 _ => Ok(()),
             }
+        });
+        let outcome = outcome.map_err(|e| match e {
+            MetaError::Engine(m) if !m.contains(&self.shown) => {
+                MetaError::Engine(format!("{m} (server {})", self.shown))
+            }
+            e => e,
         });
         match &outcome {
             Ok(()) | Err(MetaError::Conflict(_)) => self.put_back(con),
