@@ -6,6 +6,7 @@
 #
 #   start_redis     -> TESSERA_TEST_REDIS_URL    (redis://127.0.0.1:PORT)
 #   start_postgres  -> TESSERA_TEST_POSTGRES_URL (postgres://tessera:…@127.0.0.1:PORT/tessera)
+#   start_mysql     -> TESSERA_TEST_MYSQL_URL    (mysql://tessera:…@127.0.0.1:PORT/tessera, MariaDB)
 
 service_pids=()
 service_dirs=()
@@ -68,6 +69,26 @@ start_postgres() {
     runuser -u postgres -- psql -h 127.0.0.1 -p "$port" -U postgres -q \
         -c "CREATE USER tessera PASSWORD 'tessera-pass' CREATEDB" -c "CREATE DATABASE tessera OWNER tessera" >/dev/null
     export TESSERA_TEST_POSTGRES_URL="postgres://tessera:tessera-pass@127.0.0.1:$port/tessera"
+}
+
+start_mysql() {
+    ensure_packages mariadb-server
+    local port dir
+    port=$(free_port)
+    dir=$(mktemp -d /tmp/tessera-mysql.XXXXXX)
+    service_dirs+=("$dir")
+    mariadb-install-db --no-defaults --datadir="$dir/data" --user=root \
+        --auth-root-authentication-method=socket >"$dir/install.log" 2>&1
+    mariadbd --no-defaults --datadir="$dir/data" --user=root --port="$port" \
+        --bind-address=127.0.0.1 --socket="$dir/sock" --pid-file="$dir/pid" \
+        --skip-name-resolve --skip-log-bin --innodb-buffer-pool-size=128M \
+        --innodb-flush-log-at-trx-commit=2 --max-connections=300 >"$dir/log" 2>&1 &
+    service_pids+=($!)
+    wait_port "$port" 60
+    mariadb --no-defaults -S "$dir/sock" -u root -e \
+        "CREATE USER 'tessera'@'127.0.0.1' IDENTIFIED BY 'tessera-pass';
+         GRANT ALL ON *.* TO 'tessera'@'127.0.0.1'; CREATE DATABASE tessera;"
+    export TESSERA_TEST_MYSQL_URL="mysql://tessera:tessera-pass@127.0.0.1:$port/tessera"
 }
 
 stop_services() {

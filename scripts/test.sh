@@ -91,10 +91,11 @@ s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", aws_acce
 s3.create_bucket(Bucket="tessera-test")
 PY
 
-log "metadata servers: redis-server, PostgreSQL (loopback, temporary data)"
+log "metadata servers: redis-server, PostgreSQL, MariaDB (loopback, temporary data)"
 start_redis
 start_postgres
-echo "redis: $TESSERA_TEST_REDIS_URL; postgres: ${TESSERA_TEST_POSTGRES_URL/:tessera-pass@/:****@}"
+start_mysql
+echo "redis: $TESSERA_TEST_REDIS_URL; postgres: ${TESSERA_TEST_POSTGRES_URL/:tessera-pass@/:****@}; mysql: ${TESSERA_TEST_MYSQL_URL/:tessera-pass@/:****@}"
 
 log "cargo test (unit, conformance, mounted volumes, S3)"
 export TESSERA_TEST_S3_ENDPOINT="http://127.0.0.1:$port" TESSERA_TEST_S3_BUCKET=tessera-test

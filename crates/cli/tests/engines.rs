@@ -1,4 +1,4 @@
-//! Volumes on the server engines through real mounts: several mount
+//! Volumes on the server engines (Redis, PostgreSQL, MySQL) through real mounts: several mount
 //! processes on one volume see each other's files and directories, their
 //! locks exclude each other, their appends all land, and a mount killed
 //! with -9 is cleaned up by a live one. The servers come from
@@ -57,6 +57,28 @@ fn postgres_url(db: &str) -> String {
     );
     let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
     format!("{base}/{db}")
+}
+
+/// A new, empty database `db` on the test MySQL/MariaDB server.
+fn mysql_url(db: &str) -> String {
+    let url = std::env::var("TESSERA_TEST_MYSQL_URL")
+        .expect("TESSERA_TEST_MYSQL_URL must name a MySQL database (scripts/test.sh starts one)");
+    let rest = url.trim_start_matches("mysql://");
+    let (auth, addr_db) = rest.split_once('@').expect("user@host in the URL");
+    let (user, pass) = auth.split_once(':').expect("user:password in the URL");
+    let (addr, _) = addr_db.split_once('/').expect("host:port/db in the URL");
+    let (host, port) = addr.split_once(':').expect("host:port in the URL");
+    let out = Command::new("mariadb")
+        .args(["--no-defaults", "-h", host, "-P", port, "-u", user])
+        .arg(format!("-p{pass}"))
+        .arg("-e")
+        .arg(format!(
+            "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db}"
+        ))
+        .output()
+        .expect("run the mariadb client");
+    assert!(out.status.success(), "mariadb: {}", stderr(&out));
+    format!("mysql://{auth}@{addr}/{db}")
 }
 
 /// A volume formatted on `meta_url`, with its object store and mounts in
@@ -475,4 +497,22 @@ fn dead_mount_cleaned_up_on_redis() {
 #[ignore = "needs a PostgreSQL server; scripts/test.sh runs it"]
 fn dead_mount_cleaned_up_on_postgres() {
     dead_mount_is_cleaned_up(&postgres_url("dead_mount"));
+}
+
+#[test]
+#[ignore = "needs a MySQL/MariaDB server; scripts/test.sh runs it"]
+fn two_mounts_on_mysql() {
+    two_mounts_share_one_volume(&mysql_url("two_mounts"));
+}
+
+#[test]
+#[ignore = "needs a MySQL/MariaDB server; scripts/test.sh runs it"]
+fn locks_and_appends_on_mysql() {
+    locks_and_appends_across_mounts(&mysql_url("locks_appends"));
+}
+
+#[test]
+#[ignore = "needs a MySQL/MariaDB server; scripts/test.sh runs it"]
+fn dead_mount_cleaned_up_on_mysql() {
+    dead_mount_is_cleaned_up(&mysql_url("dead_mount"));
 }

@@ -1,6 +1,7 @@
 //! Metadata engines and the URL scheme that selects one.
 
 mod memory;
+mod mysql;
 mod pool;
 mod postgres;
 mod redis;
@@ -9,6 +10,7 @@ mod sqlite;
 use std::sync::Arc;
 
 pub use memory::MemoryEngine;
+pub use mysql::MysqlEngine;
 pub use postgres::PostgresEngine;
 pub use redis::RedisEngine;
 pub use sqlite::SqliteEngine;
@@ -71,11 +73,15 @@ pub fn open(url: &str) -> Result<Arc<dyn KvEngine>> {
             &with_env_password(url),
             &redact(url),
         )?)),
-        "mysql" | "etcd" | "tikv" => Err(bad(&format!(
-            "the {scheme} engine is not built into this version yet; use sqlite://, redis:// or postgres://"
+        "mysql" => Ok(Arc::new(MysqlEngine::open(
+            &with_env_password(url),
+            &redact(url),
+        )?)),
+        "etcd" | "tikv" => Err(bad(&format!(
+            "the {scheme} engine is not built into this version yet; use sqlite://, redis://, postgres:// or mysql://"
         ))),
         other => Err(bad(&format!(
-            "unknown engine {other:?}; use sqlite:///path/to/meta.db, redis://host:port/db or postgres://user@host/db"
+            "unknown engine {other:?}; use sqlite:///path/to/meta.db, redis://host:port/db, postgres://user@host/db or mysql://user@host/db"
         ))),
     }
 }

@@ -1,0 +1,236 @@
+//! MySQL / MariaDB engine: `mysql://user:pass@host:port/db` (JuiceFS's
+//! `mysql://user:pass@(host:port)/db` form is accepted too).
+//!
+//! One InnoDB table `tessera_kv (k varbinary primary key, v longblob)`.
+//! Writing transactions run SERIALIZABLE, where InnoDB turns every read into
+//! a shared (next-key) lock, so the schema's check-then-write patterns
+//! cannot interleave; deadlocks and lock-wait timeouts come back as
+//! conflicts and are retried by `run_txn`. Read-only transactions take a
+//! consistent snapshot and lock nothing. Connections are pooled; a broken
+//! one is dropped, so a restarted server is met with fresh ones.
+
+use std::time::Duration;
+
+use mysql::prelude::Queryable;
+use mysql::{AccessMode, Conn, IsolationLevel, Opts, OptsBuilder, TxOpts};
+
+use super::pool::Pool;
+use crate::kv::{KvEngine, KvTxn};
+use crate::{MetaError, Result};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// MySQL error codes that mean "another transaction got in the way".
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+const ER_LOCK_DEADLOCK: u16 = 1213;
+const ER_CHECKREAD: u16 = 1020;
+
+pub struct MysqlEngine {
+    opts: Opts,
+    pool: Pool<Conn>,
+    shown: String,
+}
+
+fn engine_err(e: mysql::Error) -> MetaError {
+    match &e {
+        mysql::Error::MySqlError(m)
+            if matches!(
+                m.code,
+                ER_LOCK_WAIT_TIMEOUT | ER_LOCK_DEADLOCK | ER_CHECKREAD
+            ) =>
+        {
+            MetaError::Conflict(1)
+        }
+        mysql::Error::IoError(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) =>
+        {
+            MetaError::Engine(format!(
+                "mysql did not answer within {}s (timed out: {e})",
+                TIMEOUT.as_secs()
+            ))
+        }
+        mysql::Error::IoError(_) | mysql::Error::CodecError(_) => {
+            MetaError::Engine(format!("lost the connection to mysql: {e}"))
+        }
+        _ => MetaError::Engine(format!("mysql: {e}")),
+    }
+}
+
+/// Rewrite `user:pass@(host:port)/db` (the Go driver's form) as
+/// `user:pass@host:port/db`.
+fn normalise(url: &str) -> String {
+    match (url.find("@("), url.rfind(")/")) {
+        (Some(open), Some(close)) if close > open => {
+            format!(
+                "{}@{}{}",
+                &url[..open],
+                &url[open + 2..close],
+                &url[close + 1..]
+            )
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl MysqlEngine {
+    pub fn open(url: &str, shown: &str) -> Result<Self> {
+        let opts = Opts::from_url(&normalise(url)).map_err(|e| MetaError::BadUrl {
+            url: shown.to_string(),
+            reason: e.to_string(),
+        })?;
+        if opts.get_db_name().is_none_or(str::is_empty) {
+            return Err(MetaError::BadUrl {
+                url: shown.to_string(),
+                reason: "the database name is missing: mysql://user:pass@host:port/DATABASE".into(),
+            });
+        }
+        let opts: Opts = OptsBuilder::from_opts(opts)
+            .tcp_connect_timeout(Some(Duration::from_secs(5)))
+            .read_timeout(Some(TIMEOUT))
+            .write_timeout(Some(TIMEOUT))
+            .stmt_cache_size(Some(16))
+            .into();
+        let engine = MysqlEngine {
+            opts,
+            pool: Pool::new(),
+            shown: shown.to_string(),
+        };
+        let mut c = engine.connect()?;
+        c.query_drop(
+            "CREATE TABLE IF NOT EXISTS tessera_kv (k VARBINARY(1024) NOT NULL PRIMARY KEY, \
+             v LONGBLOB NOT NULL) ENGINE=InnoDB",
+        )
+        .map_err(engine_err)?;
+        engine.pool.put_back(c);
+        Ok(engine)
+    }
+
+    fn connect(&self) -> Result<Conn> {
+        let mut c = Conn::new(self.opts.clone())
+            .map_err(|e| MetaError::Engine(format!("cannot reach mysql at {}: {e}", self.shown)))?;
+        // A lock held by a stuck transaction turns into a retried conflict
+        // after a few seconds rather than InnoDB's default 50.
+        c.query_drop("SET SESSION innodb_lock_wait_timeout = 5")
+            .map_err(engine_err)?;
+        Ok(c)
+    }
+
+    fn located(&self, e: MetaError) -> MetaError {
+        match e {
+            MetaError::Engine(m) if !m.contains(&self.shown) => {
+                MetaError::Engine(format!("{m} (server {})", self.shown))
+            }
+            e => e,
+        }
+    }
+}
+
+struct MyTxn<'a, 'b> {
+    tx: &'a mut mysql::Transaction<'b>,
+}
+
+impl KvTxn for MyTxn<'_, '_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.tx
+            .exec_first("SELECT v FROM tessera_kv WHERE k = ?", (key,))
+            .map_err(engine_err)
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.tx
+            .exec_drop(
+                "INSERT INTO tessera_kv (k, v) VALUES (?, ?) ON DUPLICATE KEY UPDATE v = VALUES(v)",
+                (key, value),
+            )
+            .map_err(engine_err)
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.tx
+            .exec_drop("DELETE FROM tessera_kv WHERE k = ?", (key,))
+            .map_err(engine_err)
+    }
+
+    fn scan(&mut self, begin: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        self.tx
+            .exec(
+                "SELECT k, v FROM tessera_kv WHERE k >= ? AND k < ? ORDER BY k LIMIT ?",
+                (begin, end, limit),
+            )
+            .map_err(engine_err)
+    }
+}
+
+impl KvEngine for MysqlEngine {
+    fn name(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn run_once(
+        &self,
+        read_only: bool,
+        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
+    ) -> Result<()> {
+        let mut conn = self.pool.take(|_| true, || self.connect())?;
+        let opts = if read_only {
+            TxOpts::default()
+                .set_isolation_level(Some(IsolationLevel::RepeatableRead))
+                .set_access_mode(Some(AccessMode::ReadOnly))
+                .set_with_consistent_snapshot(true)
+        } else {
+            TxOpts::default().set_isolation_level(Some(IsolationLevel::Serializable))
+        };
+        let outcome = (|| {
+            let mut tx = conn.start_transaction(opts).map_err(engine_err)?;
+            f(&mut MyTxn { tx: &mut tx })?;
+            tx.commit().map_err(engine_err)
+        })();
+        // A failed transaction rolled back when dropped. The connection is
+        // reused unless the failure was the link itself.
+        match &outcome {
+            Err(MetaError::Engine(_)) => {}
+            _ => self.pool.put_back(conn),
+        }
+        outcome.map_err(|e| self.located(e))
+    }
+
+    fn reset(&self) -> Result<()> {
+        let mut c = self.pool.take(|_| true, || self.connect())?;
+        c.query_drop("TRUNCATE TABLE tessera_kv")
+            .map_err(engine_err)?;
+        self.pool.put_back(c);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_driver_urls_are_accepted() {
+        assert_eq!(
+            normalise("mysql://u:p@(db.local:3306)/tessera"),
+            "mysql://u:p@db.local:3306/tessera"
+        );
+        assert_eq!(normalise("mysql://u@h:1/d"), "mysql://u@h:1/d");
+    }
+
+    /// The whole conformance suite against a real server. The test command
+    /// starts MariaDB and sets TESSERA_TEST_MYSQL_URL.
+    #[test]
+    #[ignore = "needs a MySQL/MariaDB server; scripts/test.sh runs it"]
+    fn conformance_on_a_real_server() {
+        let url = std::env::var("TESSERA_TEST_MYSQL_URL").expect(
+            "TESSERA_TEST_MYSQL_URL must name a MySQL database (scripts/test.sh starts one)",
+        );
+        crate::conformance::run_all(&|| {
+            let e = MysqlEngine::open(&url, &url).expect("connect");
+            e.reset().expect("truncate");
+            std::sync::Arc::new(e)
+        });
+    }
+}
