@@ -8,9 +8,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 mountpoint=${1:-/mnt/tessera}
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v fusermount3 >/dev/null; then
+need=()
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v protoc >/dev/null || need+=(protobuf-compiler) # builds the etcd client's gRPC code
+if [ ${#need[@]} -gt 0 ]; then
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq fuse3 >/dev/null
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 cargo install --quiet --locked --path "$root/crates/cli" --root "$HOME/.local"
 bin="$HOME/.local/bin/tessera"

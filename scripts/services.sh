@@ -7,6 +7,7 @@
 #   start_redis     -> TESSERA_TEST_REDIS_URL    (redis://127.0.0.1:PORT)
 #   start_postgres  -> TESSERA_TEST_POSTGRES_URL (postgres://tessera:…@127.0.0.1:PORT/tessera)
 #   start_mysql     -> TESSERA_TEST_MYSQL_URL    (mysql://tessera:…@127.0.0.1:PORT/tessera, MariaDB)
+#   start_etcd      -> TESSERA_TEST_ETCD_URL     (etcd://127.0.0.1:PORT/tessera)
 
 service_pids=()
 service_dirs=()
@@ -89,6 +90,25 @@ start_mysql() {
         "CREATE USER 'tessera'@'127.0.0.1' IDENTIFIED BY 'tessera-pass';
          GRANT ALL ON *.* TO 'tessera'@'127.0.0.1'; CREATE DATABASE tessera;"
     export TESSERA_TEST_MYSQL_URL="mysql://tessera:tessera-pass@127.0.0.1:$port/tessera"
+}
+
+start_etcd() {
+    ensure_packages etcd-server
+    local port peer dir
+    port=$(free_port)
+    peer=$(free_port)
+    dir=$(mktemp -d /tmp/tessera-etcd.XXXXXX)
+    service_dirs+=("$dir")
+    # --max-txn-ops: a transaction compares every key it read (see
+    # crates/meta/src/engines/etcd.rs); etcd's default of 128 is small.
+    etcd --name tessera-test --data-dir "$dir/data" \
+        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "tessera-test=http://127.0.0.1:$peer" --max-txn-ops 10240 \
+        --quota-backend-bytes 4294967296 >"$dir/log" 2>&1 &
+    service_pids+=($!)
+    wait_port "$port" 30
+    export TESSERA_TEST_ETCD_URL="etcd://127.0.0.1:$port/tessera"
 }
 
 stop_services() {

@@ -46,6 +46,7 @@ log "dependencies"
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v fio >/dev/null || need+=(fio)
+command -v protoc >/dev/null || need+=(protobuf-compiler) # the etcd client's gRPC code
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     as_root apt-get update -qq
@@ -91,11 +92,12 @@ s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", aws_acce
 s3.create_bucket(Bucket="tessera-test")
 PY
 
-log "metadata servers: redis-server, PostgreSQL, MariaDB (loopback, temporary data)"
+log "metadata servers: redis-server, PostgreSQL, MariaDB, etcd (loopback, temporary data)"
 start_redis
 start_postgres
 start_mysql
-echo "redis: $TESSERA_TEST_REDIS_URL; postgres: ${TESSERA_TEST_POSTGRES_URL/:tessera-pass@/:****@}; mysql: ${TESSERA_TEST_MYSQL_URL/:tessera-pass@/:****@}"
+start_etcd
+echo "redis: $TESSERA_TEST_REDIS_URL; postgres: ${TESSERA_TEST_POSTGRES_URL/:tessera-pass@/:****@}; mysql: ${TESSERA_TEST_MYSQL_URL/:tessera-pass@/:****@}; etcd: $TESSERA_TEST_ETCD_URL"
 
 log "cargo test (unit, conformance, mounted volumes, S3)"
 export TESSERA_TEST_S3_ENDPOINT="http://127.0.0.1:$port" TESSERA_TEST_S3_BUCKET=tessera-test

@@ -1,4 +1,4 @@
-//! Volumes on the server engines (Redis, PostgreSQL, MySQL) through real mounts: several mount
+//! Volumes on the server engines (Redis, PostgreSQL, MySQL, etcd) through real mounts: several mount
 //! processes on one volume see each other's files and directories, their
 //! locks exclude each other, their appends all land, and a mount killed
 //! with -9 is cleaned up by a live one. The servers come from
@@ -79,6 +79,14 @@ fn mysql_url(db: &str) -> String {
         .expect("run the mariadb client");
     assert!(out.status.success(), "mariadb: {}", stderr(&out));
     format!("mysql://{auth}@{addr}/{db}")
+}
+
+/// A key prefix of its own on the test etcd server.
+fn etcd_url(name: &str) -> String {
+    let url = std::env::var("TESSERA_TEST_ETCD_URL")
+        .expect("TESSERA_TEST_ETCD_URL must name an etcd server (scripts/test.sh starts one)");
+    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
+    format!("{base}/{name}-{}", std::process::id())
 }
 
 /// A volume formatted on `meta_url`, with its object store and mounts in
@@ -515,4 +523,22 @@ fn locks_and_appends_on_mysql() {
 #[ignore = "needs a MySQL/MariaDB server; scripts/test.sh runs it"]
 fn dead_mount_cleaned_up_on_mysql() {
     dead_mount_is_cleaned_up(&mysql_url("dead_mount"));
+}
+
+#[test]
+#[ignore = "needs an etcd server; scripts/test.sh runs it"]
+fn two_mounts_on_etcd() {
+    two_mounts_share_one_volume(&etcd_url("two_mounts"));
+}
+
+#[test]
+#[ignore = "needs an etcd server; scripts/test.sh runs it"]
+fn locks_and_appends_on_etcd() {
+    locks_and_appends_across_mounts(&etcd_url("locks_appends"));
+}
+
+#[test]
+#[ignore = "needs an etcd server; scripts/test.sh runs it"]
+fn dead_mount_cleaned_up_on_etcd() {
+    dead_mount_is_cleaned_up(&etcd_url("dead_mount"));
 }

@@ -1,5 +1,6 @@
 //! Metadata engines and the URL scheme that selects one.
 
+mod etcd;
 mod memory;
 mod mysql;
 mod pool;
@@ -9,6 +10,7 @@ mod sqlite;
 
 use std::sync::Arc;
 
+pub use etcd::EtcdEngine;
 pub use memory::MemoryEngine;
 pub use mysql::MysqlEngine;
 pub use postgres::PostgresEngine;
@@ -77,11 +79,15 @@ pub fn open(url: &str) -> Result<Arc<dyn KvEngine>> {
             &with_env_password(url),
             &redact(url),
         )?)),
-        "etcd" | "tikv" => Err(bad(&format!(
-            "the {scheme} engine is not built into this version yet; use sqlite://, redis://, postgres:// or mysql://"
-        ))),
+        "etcd" => Ok(Arc::new(EtcdEngine::open(
+            &with_env_password(url),
+            &redact(url),
+        )?)),
+        "tikv" => Err(bad(
+            "the tikv engine is not built into this version yet; use sqlite://, redis://, postgres://, mysql:// or etcd://",
+        )),
         other => Err(bad(&format!(
-            "unknown engine {other:?}; use sqlite:///path/to/meta.db, redis://host:port/db, postgres://user@host/db or mysql://user@host/db"
+            "unknown engine {other:?}; use sqlite:///path/to/meta.db, redis://host:port/db, postgres://user@host/db, mysql://user@host/db or etcd://host:2379/prefix"
         ))),
     }
 }
