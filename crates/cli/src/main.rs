@@ -37,6 +37,10 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Benchmark an object store: put, get, range get, list, delete.
     Objbench(cmd::objbench::Args),
+    /// Write a volume's metadata as JSON Lines (FILE, or - for stdout).
+    Dump(cmd::dump::DumpArgs),
+    /// Load a dump into an empty metadata engine (FILE, or - for stdin).
+    Load(cmd::dump::LoadArgs),
 }
 
 fn main() {
@@ -51,6 +55,8 @@ fn main() {
         Command::Stats(a) => cmd::stats::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Objbench(a) => cmd::objbench::run(a),
+        Command::Dump(a) => cmd::dump::dump(a),
+        Command::Load(a) => cmd::dump::load(a),
     };
     if let Err(e) = result {
         eprintln!("tessera: {e:#}");

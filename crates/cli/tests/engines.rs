@@ -542,3 +542,192 @@ fn locks_and_appends_on_etcd() {
 fn dead_mount_cleaned_up_on_etcd() {
     dead_mount_is_cleaned_up(&etcd_url("dead_mount"));
 }
+
+/// Everything a user can see of a tree, path by path.
+fn walk(root: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("readdir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        names.sort();
+        for p in names {
+            let m = std::fs::symlink_metadata(&p).expect("lstat");
+            let rel = p
+                .strip_prefix(root)
+                .expect("under root")
+                .display()
+                .to_string();
+            let mut line = format!(
+                "{rel} mode={:o} uid={} gid={} nlink={} size={} mtime={}.{}",
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                m.nlink(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec()
+            );
+            if m.file_type().is_symlink() {
+                line += &format!(
+                    " -> {}",
+                    std::fs::read_link(&p).expect("readlink").display()
+                );
+            } else if m.is_file() {
+                line += &format!(" data={:x}", digest(&std::fs::read(&p).expect("read")));
+            } else if m.is_dir() {
+                stack.push(p.clone());
+            }
+            if !m.file_type().is_symlink() {
+                let c = std::ffi::CString::new(p.to_str().expect("utf-8")).expect("path");
+                let mut buf = vec![0u8; 4096];
+                // SAFETY: valid C string and buffer of the given length.
+                let n = unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+                assert!(n >= 0, "listxattr {rel}");
+                for name in buf[..n as usize]
+                    .split(|b| *b == 0)
+                    .filter(|n| !n.is_empty())
+                {
+                    let cname = std::ffi::CString::new(name).expect("name");
+                    let mut val = vec![0u8; 4096];
+                    // SAFETY: as above.
+                    let len = unsafe {
+                        libc::getxattr(
+                            c.as_ptr(),
+                            cname.as_ptr(),
+                            val.as_mut_ptr().cast(),
+                            val.len(),
+                        )
+                    };
+                    assert!(len >= 0, "getxattr {rel}");
+                    line += &format!(
+                        " {}={:?}",
+                        String::from_utf8_lossy(name),
+                        &val[..len as usize]
+                    );
+                }
+            }
+            out.push(line);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn dump_of(url: &str, path: &std::path::Path) -> String {
+    let out = tessera(&["dump", url, path.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "dump {url}: {}", stderr(&out));
+    std::fs::read_to_string(path).expect("read dump")
+}
+
+fn load_into(url: &str, path: &std::path::Path) {
+    let out = tessera(&["load", url, path.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "load into {url}: {}", stderr(&out));
+}
+
+#[test]
+#[ignore = "needs every metadata server; scripts/test.sh runs it"]
+fn dump_and_load_between_every_engine() {
+    use std::os::unix::fs::PermissionsExt;
+    let vol = Volume::new("roundtrip");
+    let m = vol.mount("src");
+    std::fs::create_dir_all(m.join("models/lora")).expect("mkdir");
+    std::fs::write(m.join("models/ckpt.bin"), pseudo_random(5 << 20, 9)).expect("write");
+    std::fs::write(m.join("models/lora/a.safetensors"), b"adapter").expect("write");
+    std::fs::write(m.join("empty"), b"").expect("write");
+    std::os::unix::fs::symlink("models/ckpt.bin", m.join("latest")).expect("symlink");
+    std::fs::hard_link(m.join("models/ckpt.bin"), m.join("ckpt.hard")).expect("link");
+    std::fs::set_permissions(
+        m.join("models/lora"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .expect("chmod");
+    std::os::unix::fs::chown(m.join("empty"), Some(1234), Some(5678)).expect("chown");
+    let when = std::time::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+    std::fs::File::options()
+        .write(true)
+        .open(m.join("models/lora/a.safetensors"))
+        .and_then(|f| f.set_modified(when))
+        .expect("utimes");
+    let c = std::ffi::CString::new(m.join("models/ckpt.bin").to_str().expect("utf-8")).expect("p");
+    // SAFETY: valid C strings and value buffer.
+    let rc = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            c"user.step".as_ptr(),
+            b"1200".as_ptr().cast(),
+            4,
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr");
+    let original = walk(&m.path);
+    m.unmount();
+
+    let files = tempfile::tempdir().expect("tempdir");
+    let d0 = dump_of(&vol.meta_url, &files.path().join("d0.jsonl"));
+    assert!(d0.contains("\"name\":\"ckpt.bin\""), "{d0}");
+
+    // A fresh, empty place on each engine; `role` keeps source and target apart.
+    let sqlite_dir = tempfile::tempdir().expect("tempdir");
+    let mut n = 0;
+    let mut fresh = |engine: &str, role: &str| -> String {
+        n += 1;
+        match engine {
+            "sqlite" => format!("sqlite://{}/meta-{n}.db", sqlite_dir.path().display()),
+            "redis" => redis_url(if role == "src" { 10 } else { 11 }),
+            "postgres" => postgres_url(&format!("rt_{role}")),
+            "mysql" => mysql_url(&format!("rt_{role}")),
+            _ => etcd_url(&format!("rt-{n}")),
+        }
+    };
+    let engines = ["sqlite", "redis", "postgres", "mysql", "etcd"];
+    let mut last = String::new();
+    for s in engines {
+        let src = fresh(s, "src");
+        load_into(&src, &files.path().join("d0.jsonl"));
+        let ds = files.path().join(format!("{s}.jsonl"));
+        assert_eq!(dump_of(&src, &ds), d0, "{s} keeps the dump");
+        for t in engines.iter().filter(|t| **t != s) {
+            let dst = fresh(t, "dst");
+            load_into(&dst, &ds);
+            let dt = files.path().join(format!("{s}-{t}.jsonl"));
+            assert_eq!(dump_of(&dst, &dt), d0, "{s} -> {t} is identical");
+            last = dst;
+        }
+        last = if last.is_empty() { src } else { last };
+    }
+
+    // The last copy (mysql -> etcd... whichever came last) mounts and shows
+    // the same tree, bytes included, through the kernel.
+    let mnt = files.path().join("copy");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let cache = files.path().join("cache");
+    let copy = Mount::start(
+        &last,
+        &mnt,
+        &[
+            "--cache-dir",
+            cache.to_str().expect("utf-8"),
+            "--metrics",
+            "none",
+        ],
+    );
+    assert_eq!(walk(&copy.path), original);
+    copy.unmount();
+
+    let again = tessera(&[
+        "load",
+        &last,
+        files.path().join("d0.jsonl").to_str().expect("utf-8"),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already holds a volume"),
+        "{}",
+        stderr(&again)
+    );
+}

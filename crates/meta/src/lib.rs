@@ -9,6 +9,7 @@
 
 pub mod attr;
 pub mod conformance;
+pub mod dump;
 pub mod engines;
 mod fs;
 pub mod keys;

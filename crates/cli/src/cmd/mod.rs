@@ -1,6 +1,7 @@
 //! Subcommands.
 
 pub mod bench;
+pub mod dump;
 pub mod format;
 pub mod info;
 pub mod mount;
