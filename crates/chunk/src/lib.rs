@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 pub use read::{Access, Span};
-pub use writer::FileWriter;
+pub use writer::{FileWriter, Flushed};
 
 /// Errors of the data path.
 #[derive(Debug, thiserror::Error)]

@@ -101,6 +101,15 @@ impl Drop for FileWriter {
     }
 }
 
+/// What a [`FileWriter::flush`] did.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    /// Chunks whose record count calls for compaction.
+    pub compact: Vec<u32>,
+    /// Whether anything was committed (the file changed).
+    pub committed: bool,
+}
+
 /// The write buffer of one open file (shared by its handles).
 pub struct FileWriter {
     ino: Ino,
@@ -273,24 +282,25 @@ impl FileWriter {
             .unwrap_or(false)
     }
 
-    /// Upload everything buffered and commit it. Returns the chunks whose
-    /// record count calls for compaction.
-    pub fn flush(&self) -> Result<Vec<u32>> {
+    /// Upload everything buffered and commit it.
+    pub fn flush(&self) -> Result<Flushed> {
         let _order = self.flush_lock.lock().map_err(|_| poisoned())?;
-        let mut compact = self.flush_positional()?;
-        compact.extend(self.flush_appends()?);
+        let positional = self.flush_positional()?;
+        let appended = self.flush_appends()?;
+        let committed = positional.is_some() || appended.is_some();
+        let mut compact: Vec<u32> = positional.into_iter().chain(appended).flatten().collect();
         compact.sort_unstable();
         compact.dedup();
-        Ok(compact)
+        Ok(Flushed { compact, committed })
     }
 
     /// Upload the buffered appends as one slice and place it at the end of
     /// the file in the commit transaction.
-    fn flush_appends(&self) -> Result<Vec<u32>> {
+    fn flush_appends(&self) -> Result<Option<Vec<u32>>> {
         let data = {
             let mut st = self.state.lock().map_err(|_| poisoned())?;
             if st.appended.is_empty() {
-                return Ok(Vec::new());
+                return Ok(None);
             }
             let data = Bytes::from(std::mem::take(&mut st.appended));
             self.chunks.buffer_shrink(data.len());
@@ -321,12 +331,14 @@ impl FileWriter {
                     len = data.len(),
                     "committed appends"
                 );
-                Ok(appended
-                    .touched
-                    .into_iter()
-                    .filter(|(_, n)| *n >= self.chunks.config.compact_threshold)
-                    .map(|(c, _)| c)
-                    .collect())
+                Ok(Some(
+                    appended
+                        .touched
+                        .into_iter()
+                        .filter(|(_, n)| *n >= self.chunks.config.compact_threshold)
+                        .map(|(c, _)| c)
+                        .collect(),
+                ))
             }
             Err(e) => {
                 if let Ok(mut st) = self.state.lock() {
@@ -337,7 +349,7 @@ impl FileWriter {
         }
     }
 
-    fn flush_positional(&self) -> Result<Vec<u32>> {
+    fn flush_positional(&self) -> Result<Option<Vec<u32>>> {
         let (uploads, records, length) = {
             let mut st = self.state.lock().map_err(|_| poisoned())?;
             if let Some(e) = &st.failed {
@@ -346,7 +358,7 @@ impl FileWriter {
                 )));
             }
             if st.dirty.is_empty() {
-                return Ok(Vec::new());
+                return Ok(None);
             }
             let mut dirty = std::mem::take(&mut st.dirty);
             let mut uploads = Vec::new();
@@ -407,7 +419,7 @@ impl FileWriter {
                     Vec::new()
                 };
                 compact.dedup();
-                Ok(compact)
+                Ok(Some(compact))
             }
             Err(e) => {
                 st.failed = Some(e.to_string());

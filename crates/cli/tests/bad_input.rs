@@ -68,8 +68,32 @@ fn unformatted_and_unreachable() {
         "cannot reach postgres at postgres://u:****@127.0.0.1:1/db",
     );
     fails_with(
-        &["status", "mysql://u@127.0.0.1:1/db"],
-        "mysql engine is not built into this version",
+        &["status", "mysql://u:secret@127.0.0.1:1/db"],
+        "cannot reach mysql at mysql://u:****@127.0.0.1:1/db",
+    );
+    fails_with(
+        &["status", "mysql://u@127.0.0.1:1"],
+        "database name is missing",
+    );
+    fails_with(
+        &["status", "etcd://127.0.0.1:1/vol"],
+        "cannot reach etcd at etcd://127.0.0.1:1/vol",
+    );
+    fails_with(&["status", "etcd://127.0.0.1:1"], "key prefix is missing");
+    fails_with(
+        &["status", "tikv://127.0.0.1:1/vol"],
+        "tikv engine is not built into this version",
+    );
+    fails_with(&["dump", &meta, "-"], "no volume is formatted");
+    let junk = dir.path().join("junk.jsonl");
+    std::fs::write(&junk, "{\"not\": \"a dump\"}\n").expect("write");
+    fails_with(
+        &["load", &meta, junk.to_str().expect("utf-8")],
+        "not a tessera dump header",
+    );
+    fails_with(
+        &["load", &meta, "/no/such/dump"],
+        "cannot open /no/such/dump",
     );
     // An S3 endpoint nobody listens on: format refuses before writing metadata.
     let out = std::process::Command::new(common::bin())

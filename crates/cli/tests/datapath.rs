@@ -9,18 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// One metric from the mount's `.stats` file (0 when absent).
-fn stat(mnt: &Path, name: &str) -> f64 {
-    let text = std::fs::read_to_string(mnt.join(".stats")).expect("read .stats");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name).then(|| v.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
-}
-
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
@@ -322,6 +310,12 @@ fn bad_data_path_options_are_refused_by_name() {
         (vec!["--free-space-ratio", "1.5"], "--free-space-ratio"),
         (vec!["--writeback", "--cache-dir", "memory"], "--writeback"),
         (vec!["--upload-limit=-3"], "--upload-limit"),
+        (vec!["--open-cache=-1"], "--open-cache"),
+        (vec!["--heartbeat", "0"], "--heartbeat"),
+        (
+            vec!["--heartbeat", "5", "--session-timeout", "6"],
+            "--session-timeout (6s) must be at least twice --heartbeat",
+        ),
     ] {
         let mut full = vec!["mount", &vol.meta_url, &mnt];
         full.extend(args.iter().copied());

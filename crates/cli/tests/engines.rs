@@ -471,6 +471,54 @@ fn redis_outage_gives_eio_and_the_mount_recovers() {
     );
 }
 
+/// Open, fstat, read whole and close `path` `times` times; returns the
+/// metadata transactions the mount ran meanwhile.
+fn reread(m: &Mount, rel: &str, times: usize, expect: &[u8]) -> f64 {
+    use std::io::Read;
+    let before = stat(&m.path, "tessera_meta_txns");
+    for _ in 0..times {
+        let mut f = std::fs::File::open(m.join(rel)).expect("open");
+        assert_eq!(f.metadata().expect("fstat").len(), expect.len() as u64);
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).expect("read");
+        assert!(got == expect, "same bytes");
+    }
+    stat(&m.path, "tessera_meta_txns") - before
+}
+
+#[test]
+#[ignore = "needs a redis-server; scripts/test.sh runs it"]
+fn open_cache_saves_round_trips() {
+    let vol = Shared::format(&redis_url(9));
+    let writer = vol.mount("w", &[]);
+    let old = pseudo_random(3 << 20, 1);
+    std::fs::write(writer.join("adapter.bin"), &old).expect("write");
+    let plain = vol.mount("plain", &[]);
+    let cached = vol.mount("cached", &["--open-cache", "3"]);
+    // Warm the kernel's entry caches and the data caches alike.
+    reread(&plain, "adapter.bin", 1, &old);
+    reread(&cached, "adapter.bin", 1, &old);
+    let strict = reread(&plain, "adapter.bin", 20, &old);
+    let trusted = reread(&cached, "adapter.bin", 20, &old);
+    eprintln!("20 open/fstat/read/close: {strict} metadata transactions without --open-cache, {trusted} with");
+    assert!(strict >= 40.0, "close-to-open asks at every open: {strict}");
+    assert!(
+        trusted * 10.0 <= strict,
+        "--open-cache saves the round trips: {trusted} vs {strict}"
+    );
+
+    // Another mount's change shows at once without the cache, and once the
+    // cache time has passed with it.
+    let new = pseudo_random(1 << 20, 2);
+    std::fs::write(writer.join("adapter.bin"), &new).expect("rewrite");
+    reread(&plain, "adapter.bin", 1, &new);
+    std::thread::sleep(Duration::from_millis(3200));
+    reread(&cached, "adapter.bin", 1, &new);
+    writer.unmount();
+    plain.unmount();
+    cached.unmount();
+}
+
 #[test]
 #[ignore = "needs a redis-server; scripts/test.sh runs it"]
 fn two_mounts_on_redis() {

@@ -37,6 +37,8 @@ pub trait KvEngine: Send + Sync {
 
 /// Conflicts retried so far, process-wide, for metrics.
 pub static TXN_RESTARTS: AtomicU64 = AtomicU64::new(0);
+/// Transaction attempts so far, process-wide, for metrics.
+pub static TXNS: AtomicU64 = AtomicU64::new(0);
 const MAX_ATTEMPTS: u32 = 50;
 
 /// Run a transaction, retrying on conflicts with jittered exponential backoff.
@@ -48,6 +50,7 @@ pub fn run_txn<T>(
     let mut attempt = 0u32;
     loop {
         let mut out = None;
+        TXNS.fetch_add(1, Ordering::Relaxed);
         let res = engine.run_once(read_only, &mut |tx| {
             out = Some(f(tx)?);
             Ok(())

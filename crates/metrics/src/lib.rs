@@ -83,6 +83,8 @@ pub struct Metrics {
     pub fuse_write_bytes: Counter,
     /// Metadata transactions restarted after a conflict.
     pub meta_txn_restarts: F64Gauge,
+    /// Metadata transactions run (each at least one engine round trip).
+    pub meta_txns: F64Gauge,
 }
 
 impl Default for Metrics {
@@ -117,6 +119,7 @@ impl Metrics {
             fuse_read_bytes: Counter::default(),
             fuse_write_bytes: Counter::default(),
             meta_txn_restarts: F64Gauge::default(),
+            meta_txns: F64Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -224,6 +227,11 @@ impl Metrics {
             "meta_txn_restarts",
             "Metadata transactions retried after a conflict",
             m.meta_txn_restarts.clone(),
+        );
+        r.register(
+            "meta_txns",
+            "Metadata transactions run, each at least one engine round trip",
+            m.meta_txns.clone(),
         );
         m
     }

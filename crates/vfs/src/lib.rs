@@ -71,6 +71,9 @@ pub struct VfsConfig {
     pub heartbeat: Duration,
     /// A session silent for this long is cleaned up by live ones.
     pub session_timeout: Duration,
+    /// How long attributes and slice records of a file opened read-only
+    /// are trusted without asking metadata again (0: close-to-open only).
+    pub open_cache: Duration,
 }
 
 impl Default for VfsConfig {
@@ -79,6 +82,7 @@ impl Default for VfsConfig {
             read_only: false,
             heartbeat: Duration::from_secs(5),
             session_timeout: Duration::from_secs(60),
+            open_cache: Duration::ZERO,
         }
     }
 }
@@ -137,6 +141,15 @@ impl OpenFile {
     }
 }
 
+/// A file opened read-only, remembered for `--open-cache`: later opens and
+/// getattrs within the time are served from here, and reads reuse the slice
+/// records the open file already loaded.
+struct CachedOpen {
+    attr: Attr,
+    at: std::time::Instant,
+    file: Arc<OpenFile>,
+}
+
 enum Work {
     Compact(Ino, u32),
     Clean,
@@ -152,6 +165,7 @@ pub struct Vfs {
     open_files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
     /// Inodes this mount has taken a lock on since they were last closed.
     locked: Mutex<std::collections::HashSet<Ino>>,
+    open_cache: Mutex<HashMap<Ino, CachedOpen>>,
     work: Mutex<Option<mpsc::Sender<Work>>>,
     stop: Arc<AtomicBool>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -171,6 +185,7 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             open_files: Mutex::new(HashMap::new()),
             locked: Mutex::new(std::collections::HashSet::new()),
+            open_cache: Mutex::new(HashMap::new()),
             work: Mutex::new(None),
             stop: Arc::new(AtomicBool::new(false)),
             workers: Mutex::new(Vec::new()),
@@ -331,6 +346,9 @@ impl Vfs {
         self.metrics()
             .meta_txn_restarts
             .set(tessera_meta::kv::TXN_RESTARTS.load(Ordering::Relaxed) as f64);
+        self.metrics()
+            .meta_txns
+            .set(tessera_meta::kv::TXNS.load(Ordering::Relaxed) as f64);
     }
 
     /// Names of internal files cannot be taken by volume entries.
@@ -342,6 +360,42 @@ impl Vfs {
             ));
         }
         Ok(())
+    }
+
+    /// The remembered open of `ino`, while `--open-cache` still trusts it.
+    fn cached_open(&self, ino: Ino) -> Option<(Attr, Arc<OpenFile>)> {
+        let ttl = self.config.open_cache;
+        if ttl.is_zero() {
+            return None;
+        }
+        let mut cache = self.open_cache.lock().ok()?;
+        match cache.get(&ino) {
+            Some(c) if c.at.elapsed() < ttl => Some((c.attr, c.file.clone())),
+            Some(_) => {
+                cache.remove(&ino);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Drop what `--open-cache` remembers of `ino` (this mount changed it).
+    fn forget_open(&self, ino: Ino) {
+        if !self.config.open_cache.is_zero() {
+            if let Ok(mut c) = self.open_cache.lock() {
+                c.remove(&ino);
+            }
+        }
+    }
+
+    /// Drop everything `--open-cache` remembers (a namespace change may
+    /// have moved link counts and change times).
+    fn forget_all_opens(&self) {
+        if !self.config.open_cache.is_zero() {
+            if let Ok(mut c) = self.open_cache.lock() {
+                c.clear();
+            }
+        }
     }
 
     fn writable(&self) -> Result<()> {
@@ -384,6 +438,11 @@ impl Vfs {
         if internal::is_internal(ino) {
             return Ok(internal::attr(self.stats_text().len() as u64));
         }
+        if let Some((attr, of)) = self.cached_open(ino) {
+            if !of.writer.has_dirty() {
+                return Ok(attr);
+            }
+        }
         self.settle_appends(ino)?;
         // Sample the buffer before metadata: a flush that commits in between
         // then shows up in one or the other, never in neither.
@@ -414,6 +473,7 @@ impl Vfs {
             return Err(VfsError::new(libc::EPERM, ".stats is read-only"));
         }
         self.writable()?;
+        self.forget_open(ino);
         if let Some(size) = size {
             self.truncate(ino, size)?;
         }
@@ -430,6 +490,7 @@ impl Vfs {
 
     pub fn truncate(&self, ino: Ino, size: u64) -> Result<Attr> {
         self.writable()?;
+        self.forget_open(ino);
         let of = self.open_file(ino);
         if let Some(of) = &of {
             self.flush_file(ino, of)?;
@@ -501,6 +562,7 @@ impl Vfs {
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
         self.metrics().op("unlink");
         self.writable()?;
+        self.forget_all_opens();
         let r = self.meta.unlink(parent, name)?;
         self.freed(&r);
         Ok(())
@@ -523,6 +585,7 @@ impl Vfs {
         self.metrics().op("rename");
         self.check_name(new_parent, new_name)?;
         self.writable()?;
+        self.forget_all_opens();
         if let Some(r) = self
             .meta
             .rename(parent, name, new_parent, new_name, flags)?
@@ -535,6 +598,7 @@ impl Vfs {
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
         self.check_name(new_parent, new_name)?;
         self.writable()?;
+        self.forget_open(ino);
         self.meta.link(ino, new_parent, new_name)?;
         self.getattr(ino)
     }
@@ -609,7 +673,17 @@ impl Vfs {
         if is_write_open(flags) {
             self.writable()?;
         }
-        let attr = self.meta.getattr(ino)?;
+        let read_only = !is_write_open(flags) && flags & libc::O_TRUNC == 0;
+        let cached = if read_only {
+            self.cached_open(ino)
+        } else {
+            self.forget_open(ino);
+            None
+        };
+        let attr = match &cached {
+            Some((attr, _)) => *attr,
+            None => self.meta.getattr(ino)?,
+        };
         if attr.typ == FileType::Dir && is_write_open(flags) {
             return Err(VfsError::new(
                 libc::EISDIR,
@@ -631,23 +705,42 @@ impl Vfs {
                 .map_err(|_| VfsError::new(libc::EIO, "open files lock poisoned"))?;
             files
                 .entry(ino)
-                .or_insert_with(|| {
-                    Arc::new(OpenFile {
+                .or_insert_with(|| match &cached {
+                    Some((_, file)) => file.clone(),
+                    None => Arc::new(OpenFile {
                         writer: FileWriter::new(ino, self.chunks.clone()),
                         handles: AtomicU64::new(0),
                         records: Mutex::new(RecordCache::default()),
                         length: AtomicU64::new(0),
-                    })
+                    }),
                 })
                 .clone()
         };
         if of.handles.fetch_add(1, Ordering::Relaxed) == 0 {
             self.meta.open_inode(ino);
         }
-        // Close-to-open: a new open sees what other mounts committed.
-        if !of.writer.has_dirty() {
+        // Close-to-open: a new open sees what other mounts committed,
+        // unless --open-cache says to trust what this mount saw last.
+        if !of.writer.has_dirty() && cached.is_none() {
             of.invalidate();
             of.length.store(attr.length, Ordering::Relaxed);
+        }
+        if cached.is_none()
+            && read_only
+            && attr.typ == FileType::File
+            && !self.config.open_cache.is_zero()
+            && !of.writer.has_dirty()
+        {
+            if let Ok(mut c) = self.open_cache.lock() {
+                c.insert(
+                    ino,
+                    CachedOpen {
+                        attr,
+                        at: std::time::Instant::now(),
+                        file: of.clone(),
+                    },
+                );
+            }
         }
         let fh = self.new_handle(Handle::file(ino, flags));
         let length = attr.length.max(of.writer.buffered_length());
@@ -748,6 +841,11 @@ impl Vfs {
         if want <= known {
             return Ok(known);
         }
+        if let Some((attr, _)) = self.cached_open(ino) {
+            if !of.writer.has_dirty() {
+                return Ok(attr.length);
+            }
+        }
         let committed = self.meta.getattr(ino)?.length;
         of.length.store(committed, Ordering::Relaxed);
         Ok(committed.max(buffered))
@@ -787,9 +885,14 @@ impl Vfs {
     }
 
     fn flush_file(&self, ino: Ino, of: &OpenFile) -> Result<()> {
-        let compact = of.writer.flush()?;
+        let flushed = of.writer.flush()?;
+        if !flushed.committed {
+            // Nothing of ours changed the file: what it caches still holds.
+            return Ok(());
+        }
+        self.forget_open(ino);
         of.invalidate();
-        for index in compact {
+        for index in flushed.compact {
             self.send(Work::Compact(ino, index));
         }
         Ok(())
@@ -855,6 +958,7 @@ impl Vfs {
 
     pub fn fallocate(&self, ino: Ino, mode: i32, off: u64, len: u64) -> Result<()> {
         self.writable()?;
+        self.forget_open(ino);
         let of = self.open_file(ino);
         if let Some(of) = &of {
             self.flush_file(ino, of)?;
@@ -893,6 +997,7 @@ impl Vfs {
         let (_, n) = self
             .meta
             .copy_range(ino_in, off_in, ino_out, off_out, len)?;
+        self.forget_open(ino_out);
         if let Some(of) = self.open_file(ino_out) {
             of.invalidate();
         }

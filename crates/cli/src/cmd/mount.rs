@@ -50,6 +50,12 @@ pub struct Args {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// Seconds to trust the attributes and slice records of a file opened
+    /// read-only: later opens, stats and reads of it within that time need
+    /// no metadata round trip (changes from other mounts show up after it).
+    /// 0 keeps strict close-to-open.
+    #[arg(long, default_value_t = 0.0)]
+    pub open_cache: f64,
     /// Seconds between this mount's heartbeats to the metadata engine.
     #[arg(long, default_value_t = 5.0)]
     pub heartbeat: f64,
@@ -266,10 +272,19 @@ pub fn run(a: Args) -> Result<()> {
     let (_, format) = open_volume(&a.meta_url, MetaConfig::default())?;
     a.data.chunk_config(&format)?;
     session_times(&a)?;
+    open_cache_time(a.open_cache)?;
     if a.background {
         daemonize(&mountpoint, a.log.as_deref())?;
     }
     serve(&a, &mountpoint)
+}
+
+fn open_cache_time(v: f64) -> Result<Duration> {
+    if v == 0.0 {
+        Ok(Duration::ZERO)
+    } else {
+        seconds("--open-cache", v)
+    }
 }
 
 /// The heartbeat period and the silence after which a session is dead.
@@ -323,6 +338,7 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
             read_only: a.read_only,
             heartbeat,
             session_timeout,
+            open_cache: open_cache_time(a.open_cache)?,
         },
     );
     let root = match &a.subdir {

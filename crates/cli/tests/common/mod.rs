@@ -210,3 +210,15 @@ pub fn digest(data: &[u8]) -> u64 {
         (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
     })
 }
+
+/// One metric from the mount's `.stats` file (0 when absent).
+pub fn stat(mnt: &Path, name: &str) -> f64 {
+    let text = std::fs::read_to_string(mnt.join(".stats")).expect("read .stats");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name).then(|| v.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
