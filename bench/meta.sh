@@ -42,22 +42,29 @@ trap cleanup EXIT
 
 sql() { # engine database: an empty database of that name
     case $1 in
-        postgres) psql "$TESSERA_TEST_POSTGRES_URL" -q -c "DROP DATABASE IF EXISTS $2" -c "CREATE DATABASE $2" ;;
-        mysql) mariadb --no-defaults -h 127.0.0.1 -P "${TESSERA_TEST_MYSQL_URL##*:}" -u tessera -ptessera-pass \
+        postgres) psql "$TESSERA_TEST_POSTGRES_URL" -q -o /dev/null -c "DROP DATABASE IF EXISTS $2" -c "CREATE DATABASE $2" ;;
+        mysql) local port=${TESSERA_TEST_MYSQL_URL##*:}
+            mariadb --no-defaults -h 127.0.0.1 -P "${port%/*}" -u tessera -ptessera-pass \
                    -e "DROP DATABASE IF EXISTS $2; CREATE DATABASE $2" ;;
     esac
 }
-urls() { # engine -> "tessera-url juicefs-url" (juicefs "-" when it has no such engine)
-    local pg_base=${TESSERA_TEST_POSTGRES_URL%/*} my_hostport=${TESSERA_TEST_MYSQL_URL#*@}
-    my_hostport=${my_hostport%/*}
+urls() { # engine -> tessera URL and juicefs URL on two lines (juicefs "-" when it has no such engine)
+    local pg_base my_hostport
     case $1 in
-        sqlite) echo "sqlite://$work/tessera.db sqlite3://$work/juicefs.db" ;;
-        redis) echo "$TESSERA_TEST_REDIS_URL/1 $TESSERA_TEST_REDIS_URL/2" ;;
+        sqlite) printf '%s\n%s\n' "sqlite://$work/tessera.db" "sqlite3://$work/juicefs.db" ;;
+        redis) printf '%s\n%s\n' "$TESSERA_TEST_REDIS_URL/1" "$TESSERA_TEST_REDIS_URL/2" ;;
         postgres) sql postgres bench_t; sql postgres bench_j
-            echo "$pg_base/bench_t $pg_base/bench_j?sslmode=disable" ;;
+            pg_base=${TESSERA_TEST_POSTGRES_URL%/*}
+            # JuiceFS 0.14 hands what follows postgres:// to its driver, which
+            # reads a URL without the scheme as key=value settings.
+            printf '%s\n%s\n' "$pg_base/bench_t" \
+                "postgres://host=127.0.0.1 port=${pg_base##*:} user=tessera password=tessera-pass dbname=bench_j sslmode=disable" ;;
         mysql) sql mysql bench_t; sql mysql bench_j
-            echo "mysql://tessera:tessera-pass@$my_hostport/bench_t mysql://tessera:tessera-pass@($my_hostport)/bench_j" ;;
-        etcd) echo "$TESSERA_TEST_ETCD_URL-bench -" ;;
+            my_hostport=${TESSERA_TEST_MYSQL_URL#*@}
+            my_hostport=${my_hostport%/*}
+            printf '%s\n%s\n' "mysql://tessera:tessera-pass@$my_hostport/bench_t" \
+                "mysql://tessera:tessera-pass@($my_hostport)/bench_j" ;;
+        etcd) printf '%s\n%s\n' "$TESSERA_TEST_ETCD_URL-bench" - ;;
     esac
 }
 
@@ -66,7 +73,7 @@ for engine in ${engines//,/ }; do
     case $engine in
         redis) start_redis ;; postgres) start_postgres ;; mysql) start_mysql ;; etcd) start_etcd ;;
     esac
-    read -r t_url j_url <<<"$(urls "$engine")"
+    { read -r t_url; read -r j_url; } <<<"$(urls "$engine")"
     mkdir -p "$work/$engine"/{mnt_t,mnt_j,obj_t,obj_j}
     "$tessera" format "$t_url" bench --storage "file://$work/$engine/obj_t" >/dev/null
     "$tessera" mount "$t_url" "$work/$engine/mnt_t" -d --log "$work/$engine/tessera.log" \
@@ -76,11 +83,11 @@ for engine in ${engines//,/ }; do
     if [ "$j_url" != - ]; then
         if "$juicefs" format --storage file --bucket "$work/$engine/obj_j/" "$j_url" bench >"$work/$engine/jfs-format.log" 2>&1 &&
            "$juicefs" mount -d --no-usage-report --cache-dir "$work/$engine/cache_j" \
-               --log "$work/$engine/juicefs.log" "$j_url" "$work/$engine/mnt_j" >/dev/null 2>&1; then
+               "$j_url" "$work/$engine/mnt_j" >"$work/$engine/jfs-mount.log" 2>&1; then
             mounts+=("$work/$engine/mnt_j")
             clients+=(juicefs)
         else
-            echo "JuiceFS 0.14.2 could not use $engine: $(tail -1 "$work/$engine/jfs-format.log")" >&2
+            echo "JuiceFS 0.14.2 could not use $engine: $(tail -1 "$work/$engine/jfs-format.log" "$work/$engine/jfs-mount.log")" >&2
         fi
     fi
     for threads in 1 4; do

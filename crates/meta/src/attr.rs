@@ -78,6 +78,12 @@ pub struct Attr {
     pub flags: u8,
 }
 
+/// `Attr::flags`: the inode has (or had) extended attributes, so removing
+/// it must look for them.
+pub const FLAG_XATTRS: u8 = 1;
+/// `Attr::flags`: the inode has (or had) hard links, so `P` keys may exist.
+pub const FLAG_LINKED: u8 = 2;
+
 const ENCODED_LEN: usize = 76;
 const VERSION: u8 = 1;
 

@@ -137,6 +137,49 @@ fn kv_basics(e: Arc<dyn KvEngine>) {
     assert_eq!(limited.len(), 2);
     run_txn(&*e, false, |tx| tx.delete(b"a2")).expect("delete");
     assert_eq!(run_txn(&*e, true, |tx| tx.get(b"a2")).expect("get"), None);
+
+    // get_follow: a value naming another key, followed in one call.
+    let ptr = crate::kv::Pointer {
+        prefix: b"p",
+        at: 1,
+        len: 2,
+        suffix: b"!",
+    };
+    run_txn(&*e, false, |tx| {
+        tx.set(b"to-x", b"#xy tail")?;
+        tx.set(b"to-none", b"#zz")?;
+        tx.set(b"short", b"#")?;
+        tx.set(b"pxy!", b"target")
+    })
+    .expect("write pointers");
+    for read_only in [true, false] {
+        let got = run_txn(&*e, read_only, |tx| {
+            Ok((
+                tx.get_follow(b"to-x", ptr)?,
+                tx.get_follow(b"to-none", ptr)?,
+                tx.get_follow(b"short", ptr)?,
+                tx.get_follow(b"missing", ptr)?,
+            ))
+        })
+        .expect("follow");
+        assert_eq!(
+            got,
+            (
+                Some((b"#xy tail".to_vec(), Some(b"target".to_vec()))),
+                Some((b"#zz".to_vec(), None)),
+                Some((b"#".to_vec(), None)),
+                None
+            ),
+            "read_only {read_only}"
+        );
+    }
+    let own = run_txn(&*e, false, |tx| {
+        tx.set(b"to-x", b"#zz")?;
+        tx.set(b"pzz!", b"new")?;
+        tx.get_follow(b"to-x", ptr)
+    })
+    .expect("follow own writes");
+    assert_eq!(own, Some((b"#zz".to_vec(), Some(b"new".to_vec()))));
     e.reset().expect("reset");
     assert_eq!(run_txn(&*e, true, |tx| tx.get(b"b")).expect("get"), None);
 }

@@ -6,7 +6,7 @@
 //! return them so the chunk layer can delete their blocks.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::attr::{Attr, FileType};
@@ -91,6 +91,27 @@ pub struct Meta {
     open_counts: Mutex<HashMap<Ino, u32>>,
     /// Inodes unlinked while open here; removed when the last handle closes.
     pub(crate) sustained: Mutex<HashSet<Ino>>,
+    /// Space and inode count changes committed by this process but not yet
+    /// added to the volume's counters (see [`Meta::flush_usage`]).
+    pending_space: AtomicI64,
+    pending_inodes: AtomicI64,
+}
+
+thread_local! {
+    /// Usage changes of the transaction attempt running on this thread;
+    /// kept only if the attempt commits.
+    static TXN_USAGE: std::cell::Cell<(i64, i64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Count a change of used space and inodes in the running transaction.
+/// Every create or delete touching the two volume-wide counters would make
+/// all of them conflict with each other (and cost two reads each), so the
+/// changes are summed per process and added by [`Meta::flush_usage`].
+fn account(space: i64, inodes: i64) {
+    TXN_USAGE.with(|u| {
+        let (s, i) = u.get();
+        u.set((s + space, i + inodes));
+    });
 }
 
 fn align4k(n: u64) -> i64 {
@@ -213,6 +234,8 @@ impl Meta {
             sid: AtomicU64::new(0),
             open_counts: Mutex::new(HashMap::new()),
             sustained: Mutex::new(HashSet::new()),
+            pending_space: AtomicI64::new(0),
+            pending_inodes: AtomicI64::new(0),
         }
     }
 
@@ -220,8 +243,37 @@ impl Meta {
         &*self.engine
     }
 
-    pub(crate) fn txn<T>(&self, f: impl FnMut(&mut dyn KvTxn) -> Result<T>) -> Result<T> {
-        run_txn(&*self.engine, false, f)
+    pub(crate) fn txn<T>(&self, mut f: impl FnMut(&mut dyn KvTxn) -> Result<T>) -> Result<T> {
+        let out = run_txn(&*self.engine, false, |tx| {
+            TXN_USAGE.with(|u| u.set((0, 0)));
+            f(tx)
+        });
+        let (space, inodes) = TXN_USAGE.with(|u| u.replace((0, 0)));
+        if out.is_ok() {
+            self.pending_space.fetch_add(space, Ordering::Relaxed);
+            self.pending_inodes.fetch_add(inodes, Ordering::Relaxed);
+        }
+        out
+    }
+
+    /// Add this process's usage changes to the volume's counters. Mounts
+    /// call it every second and at unmount; a process killed in between
+    /// loses at most that second's accounting (the data is not affected).
+    pub fn flush_usage(&self) -> Result<()> {
+        let space = self.pending_space.swap(0, Ordering::Relaxed);
+        let inodes = self.pending_inodes.swap(0, Ordering::Relaxed);
+        if space == 0 && inodes == 0 {
+            return Ok(());
+        }
+        let done = run_txn(&*self.engine, false, |tx| {
+            incr(tx, "usedSpace", space)?;
+            incr(tx, "totalInodes", inodes)
+        });
+        if done.is_err() {
+            self.pending_space.fetch_add(space, Ordering::Relaxed);
+            self.pending_inodes.fetch_add(inodes, Ordering::Relaxed);
+        }
+        done.map(|_| ())
     }
 
     pub(crate) fn read_txn<T>(&self, f: impl FnMut(&mut dyn KvTxn) -> Result<T>) -> Result<T> {
@@ -343,16 +395,23 @@ impl Meta {
                 };
                 return Ok((ino, get_attr(tx, ino)?));
             }
-            match get_dentry(tx, parent, name)? {
-                Some((ino, _)) => Ok((ino, get_attr(tx, ino)?)),
-                None => {
-                    let p = get_attr(tx, parent)?;
-                    if p.typ != FileType::Dir {
-                        Err(MetaError::NotDir)
-                    } else {
-                        Err(MetaError::NotFound)
+            // A missing name needs no look at the parent: the kernel only
+            // looks up names in directories, and a dentry exists only in one.
+            // The entry and the attributes it points at, in one round trip
+            // where the engine can.
+            match tx.get_follow(&keys::dentry(parent, name), keys::DENTRY_TO_ATTR)? {
+                Some((entry, attr)) if entry.len() == 9 => {
+                    let ino = keys::be_u64(&entry, 0).unwrap_or(0);
+                    match attr {
+                        Some(a) => Ok((ino, Attr::decode(&a)?)),
+                        None => Err(MetaError::NotFound),
                     }
                 }
+                Some((entry, _)) => Err(MetaError::Corrupt(format!(
+                    "dentry of {} bytes",
+                    entry.len()
+                ))),
+                None => Err(MetaError::NotFound),
             }
         })
     }
@@ -439,8 +498,7 @@ impl Meta {
             put_attr(tx, parent, &p)?;
             put_attr(tx, ino, &a)?;
             put_dentry(tx, parent, name, ino, typ)?;
-            incr(tx, "usedSpace", align4k(a.length))?;
-            incr(tx, "totalInodes", 1)?;
+            account(align4k(a.length), 1);
             Ok(a)
         })?;
         Ok((ino, attr))
@@ -466,7 +524,10 @@ impl Meta {
         a.nlink = a.nlink.saturating_sub(1);
         a.touch_ctime(t);
         let pkey = keys::parent(ino, parent);
-        if let Some(v) = tx.get(&pkey)? {
+        let linked = a.flags & crate::attr::FLAG_LINKED != 0;
+        if !linked {
+            // Never hard-linked: no parent counts to maintain.
+        } else if let Some(v) = tx.get(&pkey)? {
             let n = v.first().copied().unwrap_or(1).saturating_sub(1);
             if n == 0 {
                 tx.delete(&pkey)?;
@@ -475,7 +536,7 @@ impl Meta {
             }
         }
         if a.nlink > 0 {
-            if a.parent == parent {
+            if a.parent == parent && linked {
                 // Point `parent` at a directory that still holds a link.
                 if let Some((k, _)) = scan_prefix(tx, &keys::parent_prefix(ino))?
                     .into_iter()
@@ -519,18 +580,25 @@ impl Meta {
     /// Delete an inode with no links. File data is left for the cleaner.
     pub(crate) fn remove_inode(&self, tx: &mut dyn KvTxn, ino: Ino, a: &Attr) -> Result<()> {
         tx.delete(&keys::attr(ino))?;
-        tx.delete(&keys::symlink(ino))?;
-        for (k, _) in scan_prefix(tx, &keys::xattr_prefix(ino))? {
-            tx.delete(&k)?;
+        if a.typ == FileType::Symlink {
+            tx.delete(&keys::symlink(ino))?;
         }
-        for (k, _) in scan_prefix(tx, &keys::parent_prefix(ino))? {
-            tx.delete(&k)?;
+        // Flags say whether there is anything to look for; an inode that
+        // never had xattrs or hard links costs no scans.
+        if a.flags & crate::attr::FLAG_XATTRS != 0 {
+            for (k, _) in scan_prefix(tx, &keys::xattr_prefix(ino))? {
+                tx.delete(&k)?;
+            }
+        }
+        if a.flags & crate::attr::FLAG_LINKED != 0 {
+            for (k, _) in scan_prefix(tx, &keys::parent_prefix(ino))? {
+                tx.delete(&k)?;
+            }
         }
         if a.typ == FileType::File {
             tx.set(&keys::deleted(ino, a.length), b"")?;
         }
-        incr(tx, "usedSpace", -align4k(a.length))?;
-        incr(tx, "totalInodes", -1)?;
+        account(-align4k(a.length), -1);
         Ok(())
     }
 
@@ -774,6 +842,7 @@ impl Meta {
             let n = tx.get(&pk)?.and_then(|v| v.first().copied()).unwrap_or(0);
             tx.set(&pk, &[n.saturating_add(1)])?;
             a.nlink += 1;
+            a.flags |= crate::attr::FLAG_LINKED;
             a.touch_ctime(t);
             put_attr(tx, ino, &a)?;
             put_dentry(tx, new_parent, new_name, ino, a.typ)?;
@@ -856,7 +925,7 @@ impl Meta {
                 tx.set(&key, &v)?;
             }
             if min_length > a.length {
-                incr(tx, "usedSpace", align4k(min_length) - align4k(a.length))?;
+                account(align4k(min_length) - align4k(a.length), 0);
                 a.length = min_length;
             }
             a.touch_mtime(now());
@@ -904,7 +973,7 @@ impl Meta {
                 tx.set(&key, &v)?;
                 done += n;
             }
-            incr(tx, "usedSpace", align4k(start + len) - align4k(start))?;
+            account(align4k(start + len) - align4k(start), 0);
             a.length = start + len;
             a.touch_mtime(now());
             put_attr(tx, ino, &a)?;
@@ -960,7 +1029,7 @@ impl Meta {
             if length < a.length {
                 Self::zero_range(tx, ino, length, a.length - length, &mut freed, true)?;
             }
-            incr(tx, "usedSpace", align4k(length) - align4k(a.length))?;
+            account(align4k(length) - align4k(a.length), 0);
             a.length = length;
             a.touch_mtime(now());
             put_attr(tx, ino, &a)?;
@@ -1033,7 +1102,7 @@ impl Meta {
             }
             let t = now();
             if !keep_size && off + len > a.length {
-                incr(tx, "usedSpace", align4k(off + len) - align4k(a.length))?;
+                account(align4k(off + len) - align4k(a.length), 0);
                 a.length = off + len;
             }
             if punch || zero || !keep_size {
@@ -1103,7 +1172,7 @@ impl Meta {
             }
             let end = off_out + len;
             if end > da.length {
-                incr(tx, "usedSpace", align4k(end) - align4k(da.length))?;
+                account(align4k(end) - align4k(da.length), 0);
                 da.length = end;
             }
             da.touch_mtime(now());
@@ -1238,6 +1307,7 @@ impl Meta {
                 return Err(MetaError::NoData);
             }
             tx.set(&key, value)?;
+            a.flags |= crate::attr::FLAG_XATTRS;
             a.touch_ctime(now());
             put_attr(tx, ino, &a)
         })
@@ -1278,8 +1348,8 @@ impl Meta {
                 get_counter(tx, "totalInodes")?,
             ))
         })?;
-        let used = used.max(0) as u64;
-        let inodes = inodes.max(0) as u64;
+        let used = (used + self.pending_space.load(Ordering::Relaxed)).max(0) as u64;
+        let inodes = (inodes + self.pending_inodes.load(Ordering::Relaxed)).max(0) as u64;
         let total = if format.capacity > 0 {
             format.capacity
         } else {

@@ -43,6 +43,15 @@ fn inode_key(ino: Ino, kind: u8, extra: &[u8]) -> Vec<u8> {
 pub fn attr(ino: Ino) -> Vec<u8> {
     inode_key(ino, b'I', &[])
 }
+
+/// A directory entry's value starts with the child's inode number: the
+/// child's attribute key is `A` + those 8 bytes + `I`.
+pub const DENTRY_TO_ATTR: crate::kv::Pointer<'static> = crate::kv::Pointer {
+    prefix: b"A",
+    at: 0,
+    len: 8,
+    suffix: b"I",
+};
 pub fn dentry(parent: Ino, name: &[u8]) -> Vec<u8> {
     inode_key(parent, b'D', name)
 }

@@ -18,6 +18,47 @@ pub trait KvTxn {
     fn delete(&mut self, key: &[u8]) -> Result<()>;
     /// Keys in `[begin, end)` in ascending order, at most `limit` of them.
     fn scan(&mut self, begin: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// Read `key` and, when it exists, the key its value points at:
+    /// `prefix + value[at..at + len] + suffix` (a directory entry holds the
+    /// inode number whose attributes a lookup wants next). Engines that can
+    /// follow the pointer on the server do both in one round trip.
+    fn get_follow(
+        &mut self,
+        key: &[u8],
+        pointer: Pointer<'_>,
+    ) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>> {
+        let Some(first) = self.get(key)? else {
+            return Ok(None);
+        };
+        let second = match pointer.target(&first) {
+            Some(k) => self.get(&k)?,
+            None => None,
+        };
+        Ok(Some((first, second)))
+    }
+}
+
+/// Where the key of a second read sits inside a first value, for
+/// [`KvTxn::get_follow`].
+#[derive(Debug, Clone, Copy)]
+pub struct Pointer<'a> {
+    pub prefix: &'a [u8],
+    pub at: usize,
+    pub len: usize,
+    pub suffix: &'a [u8],
+}
+
+impl Pointer<'_> {
+    /// The key `value` points at, or None when it is too short.
+    pub fn target(&self, value: &[u8]) -> Option<Vec<u8>> {
+        let bytes = value.get(self.at..self.at + self.len)?;
+        let mut k = Vec::with_capacity(self.prefix.len() + self.len + self.suffix.len());
+        k.extend_from_slice(self.prefix);
+        k.extend_from_slice(bytes);
+        k.extend_from_slice(self.suffix);
+        Some(k)
+    }
 }
 
 /// A metadata engine: something that runs transactions over ordered keys.

@@ -234,12 +234,16 @@ impl Vfs {
     fn heartbeat_loop(&self) {
         let mut last_clean = std::time::Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
-            for _ in 0..(self.config.heartbeat.as_millis() / 100).max(1) {
+            for tick in 0..(self.config.heartbeat.as_millis() / 100).max(1) {
                 if self.stop.load(Ordering::Relaxed) {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(100));
+                if tick % 10 == 9 {
+                    self.flush_usage();
+                }
             }
+            self.flush_usage();
             self.refresh_gauges();
             if let Err(e) = self.meta.heartbeat() {
                 warn!(error = %e, "heartbeat failed");
@@ -258,6 +262,13 @@ impl Vfs {
                     Err(e) => warn!(error = %e, "stale session cleanup failed"),
                 }
             }
+        }
+    }
+
+    /// Add this mount's space and inode changes to the volume's counters.
+    fn flush_usage(&self) {
+        if let Err(e) = self.meta.flush_usage() {
+            warn!(error = %e, "updating the volume's usage counters failed");
         }
     }
 
@@ -329,6 +340,7 @@ impl Vfs {
                 warn!(error = %e, "closing the session failed");
             }
         }
+        self.flush_usage();
     }
 
     pub fn metrics(&self) -> &tessera_metrics::Metrics {
@@ -661,6 +673,12 @@ impl Vfs {
 
     /// Open (and, with `create`, make) a regular file.
     pub fn open(&self, ino: Ino, flags: i32) -> Result<(u64, Attr)> {
+        self.open_known(ino, flags, None)
+    }
+
+    /// Open with the inode's attributes already in hand (`known`), as
+    /// create has them, saving the metadata read.
+    fn open_known(&self, ino: Ino, flags: i32, known: Option<Attr>) -> Result<(u64, Attr)> {
         self.metrics().op("open");
         if internal::is_internal(ino) {
             if is_write_open(flags) {
@@ -680,9 +698,10 @@ impl Vfs {
             self.forget_open(ino);
             None
         };
-        let attr = match &cached {
-            Some((attr, _)) => *attr,
-            None => self.meta.getattr(ino)?,
+        let attr = match (&cached, known) {
+            (Some((attr, _)), _) => *attr,
+            (None, Some(attr)) => attr,
+            (None, None) => self.meta.getattr(ino)?,
         };
         if attr.typ == FileType::Dir && is_write_open(flags) {
             return Err(VfsError::new(
@@ -692,12 +711,16 @@ impl Vfs {
         }
         // The kernel hands O_TRUNC to open (atomic_o_trunc); truncating an
         // empty file still updates its times, as POSIX asks.
-        let attr =
-            if flags & libc::O_TRUNC != 0 && is_write_open(flags) && attr.typ == FileType::File {
-                self.truncate(ino, 0)?
-            } else {
-                attr
-            };
+        let just_created = known.is_some() && attr.length == 0;
+        let attr = if flags & libc::O_TRUNC != 0
+            && is_write_open(flags)
+            && attr.typ == FileType::File
+            && !just_created
+        {
+            self.truncate(ino, 0)?
+        } else {
+            attr
+        };
         let of = {
             let mut files = self
                 .open_files
@@ -758,10 +781,11 @@ impl Vfs {
         self.metrics().op("create");
         self.check_name(parent, name)?;
         self.writable()?;
-        let (ino, _) = self
+        let (ino, attr) = self
             .meta
             .mknod(ctx, parent, name, FileType::File, mode, 0, None)?;
-        let (fh, attr) = self.open(ino, flags)?;
+        // The new inode's attributes are the ones mknod just wrote.
+        let (fh, attr) = self.open_known(ino, flags, Some(attr))?;
         Ok((ino, attr, fh))
     }
 

@@ -132,6 +132,32 @@ struct MyTxn<'a, 'b> {
 }
 
 impl KvTxn for MyTxn<'_, '_> {
+    fn get_follow(
+        &mut self,
+        key: &[u8],
+        pointer: crate::kv::Pointer<'_>,
+    ) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>> {
+        let row: Option<(Vec<u8>, Option<Vec<u8>>)> = self
+            .tx
+            .exec_first(
+                "SELECT a.v, b.v FROM tessera_kv a LEFT JOIN tessera_kv b \
+                 ON b.k = CONCAT(?, SUBSTRING(a.v, ?, ?), ?) WHERE a.k = ?",
+                (
+                    pointer.prefix,
+                    pointer.at as u64 + 1,
+                    pointer.len as u64,
+                    pointer.suffix,
+                    key,
+                ),
+            )
+            .map_err(engine_err)?;
+        Ok(row.map(|(first, second)| {
+            // A value too short to hold the pointer points nowhere.
+            let second = second.filter(|_| first.len() >= pointer.at + pointer.len);
+            (first, second)
+        }))
+    }
+
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.tx
             .exec_first("SELECT v FROM tessera_kv WHERE k = ?", (key,))

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use postgres::error::SqlState;
-use postgres::{Client, IsolationLevel, NoTls};
+use postgres::{Client, IsolationLevel, NoTls, Statement};
 
 use super::pool::Pool;
 use crate::kv::{KvEngine, KvTxn};
@@ -18,8 +18,24 @@ use crate::{MetaError, Result};
 
 pub struct PostgresEngine {
     config: postgres::Config,
-    pool: Pool<Client>,
+    pool: Pool<PgConn>,
     shown: String,
+}
+
+/// A connection with its statements prepared once: a statement given as
+/// text costs a round trip to prepare on every call.
+struct PgConn {
+    client: Client,
+    stmts: Statements,
+}
+
+#[derive(Clone)]
+struct Statements {
+    get: Statement,
+    set: Statement,
+    delete: Statement,
+    scan: Statement,
+    follow: Statement,
 }
 
 fn engine_err(e: postgres::Error) -> MetaError {
@@ -52,59 +68,107 @@ impl PostgresEngine {
             pool: Pool::new(),
             shown: shown.to_string(),
         };
-        let mut c = engine.connect()?;
+        // The table must exist before statements naming it can be prepared.
+        let mut c = engine
+            .config
+            .connect(NoTls)
+            .map_err(|e| MetaError::Engine(format!("cannot reach postgres at {shown}: {e}")))?;
         c.batch_execute(
             "CREATE TABLE IF NOT EXISTS tessera_kv (k bytea PRIMARY KEY, v bytea NOT NULL)",
         )
         .map_err(engine_err)?;
+        drop(c);
+        let c = engine.connect()?;
         engine.put_back(c);
         Ok(engine)
     }
 
-    fn connect(&self) -> Result<Client> {
-        let mut c = self.config.connect(NoTls).map_err(|e| {
+    fn connect(&self) -> Result<PgConn> {
+        let mut client = self.config.connect(NoTls).map_err(|e| {
             MetaError::Engine(format!("cannot reach postgres at {}: {e}", self.shown))
         })?;
-        c.batch_execute("SET statement_timeout = 10000")
+        client
+            .batch_execute("SET statement_timeout = 10000")
             .map_err(engine_err)?;
-        Ok(c)
+        let mut prepare = |sql: &str| client.prepare(sql).map_err(engine_err);
+        let stmts = Statements {
+            get: prepare("SELECT v FROM tessera_kv WHERE k = $1")?,
+            set: prepare(
+                "INSERT INTO tessera_kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+            )?,
+            delete: prepare("DELETE FROM tessera_kv WHERE k = $1")?,
+            scan: prepare(
+                "SELECT k, v FROM tessera_kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3",
+            )?,
+            follow: prepare(
+                "SELECT a.v, b.v FROM tessera_kv a LEFT JOIN tessera_kv b \
+                 ON b.k = $2::bytea || substring(a.v from $3 for $4) || $5::bytea WHERE a.k = $1",
+            )?,
+        };
+        Ok(PgConn { client, stmts })
     }
 
-    fn take(&self) -> Result<Client> {
-        self.pool.take(|c| !c.is_closed(), || self.connect())
+    fn take(&self) -> Result<PgConn> {
+        self.pool.take(|c| !c.client.is_closed(), || self.connect())
     }
 
-    fn put_back(&self, c: Client) {
+    fn put_back(&self, c: PgConn) {
         self.pool.put_back(c);
     }
 }
 
 struct PgTxn<'a, 'b> {
     tx: &'a mut postgres::Transaction<'b>,
+    stmts: &'a Statements,
 }
 
 impl KvTxn for PgTxn<'_, '_> {
+    fn get_follow(
+        &mut self,
+        key: &[u8],
+        pointer: crate::kv::Pointer<'_>,
+    ) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>> {
+        let (Ok(from), Ok(len)) = (i32::try_from(pointer.at + 1), i32::try_from(pointer.len))
+        else {
+            return Err(MetaError::Invalid("pointer out of range".into()));
+        };
+        let row = self
+            .tx
+            .query_opt(
+                &self.stmts.follow,
+                &[&key, &pointer.prefix, &from, &len, &pointer.suffix],
+            )
+            .map_err(engine_err)?;
+        Ok(row.map(|r| {
+            let first: Vec<u8> = r.get(0);
+            // A value too short to hold the pointer points nowhere.
+            let second = if first.len() >= pointer.at + pointer.len {
+                r.get(1)
+            } else {
+                None
+            };
+            (first, second)
+        }))
+    }
+
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let row = self
             .tx
-            .query_opt("SELECT v FROM tessera_kv WHERE k = $1", &[&key])
+            .query_opt(&self.stmts.get, &[&key])
             .map_err(engine_err)?;
         Ok(row.map(|r| r.get(0)))
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         self.tx
-            .execute(
-                "INSERT INTO tessera_kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
-                &[&key, &value],
-            )
+            .execute(&self.stmts.set, &[&key, &value])
             .map_err(engine_err)?;
         Ok(())
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<()> {
         self.tx
-            .execute("DELETE FROM tessera_kv WHERE k = $1", &[&key])
+            .execute(&self.stmts.delete, &[&key])
             .map_err(engine_err)?;
         Ok(())
     }
@@ -113,10 +177,7 @@ impl KvTxn for PgTxn<'_, '_> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .tx
-            .query(
-                "SELECT k, v FROM tessera_kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3",
-                &[&begin, &end, &limit],
-            )
+            .query(&self.stmts.scan, &[&begin, &end, &limit])
             .map_err(engine_err)?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
@@ -132,7 +193,8 @@ impl KvEngine for PostgresEngine {
         read_only: bool,
         f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
     ) -> Result<()> {
-        let mut client = self.take()?;
+        let mut conn = self.take()?;
+        let PgConn { client, stmts } = &mut conn;
         let outcome = (|| {
             let mut tx = client
                 .build_transaction()
@@ -140,7 +202,7 @@ impl KvEngine for PostgresEngine {
                 .read_only(read_only)
                 .start()
                 .map_err(engine_err)?;
-            f(&mut PgTxn { tx: &mut tx })?;
+            f(&mut PgTxn { tx: &mut tx, stmts })?;
             tx.commit().map_err(engine_err)
         })();
         let outcome = outcome.map_err(|e| match e {
@@ -151,15 +213,17 @@ impl KvEngine for PostgresEngine {
         });
         // A failed transaction rolled back when dropped; the connection is
         // reusable unless the server went away.
-        if !client.is_closed() {
-            self.put_back(client);
+        if !conn.client.is_closed() {
+            self.put_back(conn);
         }
         outcome
     }
 
     fn reset(&self) -> Result<()> {
         let mut c = self.take()?;
-        c.batch_execute("TRUNCATE tessera_kv").map_err(engine_err)?;
+        c.client
+            .batch_execute("TRUNCATE tessera_kv")
+            .map_err(engine_err)?;
         self.put_back(c);
         Ok(())
     }

@@ -2,11 +2,15 @@
 //! `redis+sentinel://master@host1:26379,host2:26379/db`.
 //!
 //! Each key `k` is a string `v{k}`; one sorted set `i` (all scores 0) holds
-//! every key for ordered range scans (ZRANGEBYLEX). A transaction is
-//! optimistic: every key read is WATCHed before it is read, a scan watches
-//! the index and the keys it returns, writes are buffered locally (reads see
-//! them) and applied in one MULTI/EXEC. EXEC answering nil means something we
-//! read changed: a conflict, retried by `run_txn`.
+//! every key for ordered range scans (ZRANGEBYLEX). A writing transaction
+//! is optimistic: every key read is WATCHed before it is read (WATCH and
+//! read share one round trip), a scan watches the index and the keys it
+//! returns, writes are buffered locally (reads see them) and applied in one
+//! MULTI/EXEC. EXEC answering nil means something we read changed: a
+//! conflict, retried by `run_txn`. Read-only transactions read plainly and
+//! commit nothing, so each read is one round trip; like any reader that
+//! does not lock, they may see one writer's commit between two of their
+//! reads.
 //!
 //! A connection is taken from a pool per transaction (WATCH state lives on
 //! the connection) and dropped on any error, so a restarted server is met
@@ -128,22 +132,51 @@ impl RedisEngine {
     }
 }
 
+/// Follows a pointer on the server (see `KvTxn::get_follow`): one round
+/// trip for what would be two dependent GETs.
+const FOLLOW_SCRIPT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local at, len = tonumber(ARGV[1]), tonumber(ARGV[2])
+if #v < at + len then return {v} end
+local w = redis.call('GET', ARGV[3] .. string.sub(v, at + 1, at + len) .. ARGV[4])
+if not w then return {v} end
+return {v, w}
+";
+
+fn follow_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(FOLLOW_SCRIPT))
+}
+
 struct RedisTxn<'a> {
     con: &'a mut Connection,
+    /// Values read so far: a key read twice costs one round trip (a
+    /// writing transaction watches it, so a change would fail the commit).
+    read: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Writing transactions WATCH what they read; read-only ones read
+    /// plainly and commit nothing.
+    watching: bool,
     /// Buffered writes: Some(value) sets, None deletes.
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl RedisTxn<'_> {
-    fn watch(&mut self, keys: &[&[u8]]) -> Result<()> {
-        if keys.is_empty() {
-            return Ok(());
+    /// Run `cmd`, preceded in the same round trip by a WATCH of `keys`
+    /// when this transaction writes (the server handles them in order).
+    fn watched<T: redis::FromRedisValue>(&mut self, keys: &[&[u8]], cmd: redis::Cmd) -> Result<T> {
+        if !self.watching || keys.is_empty() {
+            return cmd.query(self.con).map_err(engine_err);
         }
-        let mut c = redis::cmd("WATCH");
+        let mut pipe = redis::pipe();
+        let watch = pipe.cmd("WATCH");
         for k in keys {
-            c.arg(*k);
+            watch.arg(*k);
         }
-        c.query::<()>(self.con).map_err(engine_err)
+        watch.ignore();
+        pipe.add_command(cmd);
+        let (out,): (T,) = pipe.query(self.con).map_err(engine_err)?;
+        Ok(out)
     }
 }
 
@@ -152,12 +185,47 @@ impl KvTxn for RedisTxn<'_> {
         if let Some(w) = self.writes.get(key) {
             return Ok(w.clone());
         }
+        if let Some(v) = self.read.get(key) {
+            return Ok(v.clone());
+        }
         let vk = value_key(key);
-        self.watch(&[&vk])?;
-        redis::cmd("GET")
-            .arg(&vk)
-            .query::<Option<Vec<u8>>>(self.con)
-            .map_err(engine_err)
+        let mut get = redis::cmd("GET");
+        get.arg(&vk);
+        let v: Option<Vec<u8>> = self.watched(&[&vk], get)?;
+        self.read.insert(key.to_vec(), v.clone());
+        Ok(v)
+    }
+
+    fn get_follow(
+        &mut self,
+        key: &[u8],
+        pointer: crate::kv::Pointer<'_>,
+    ) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>> {
+        // A writing transaction must WATCH both keys before reading them,
+        // which a script cannot do: it reads them one by one.
+        if self.watching || self.writes.contains_key(key) {
+            let Some(first) = self.get(key)? else {
+                return Ok(None);
+            };
+            let second = match pointer.target(&first) {
+                Some(k) => self.get(&k)?,
+                None => None,
+            };
+            return Ok(Some((first, second)));
+        }
+        let found: Option<Vec<Vec<u8>>> = follow_script()
+            .key(value_key(key))
+            .arg(pointer.at)
+            .arg(pointer.len)
+            .arg(value_key(pointer.prefix))
+            .arg(pointer.suffix)
+            .invoke(self.con)
+            .map_err(engine_err)?;
+        Ok(found.and_then(|mut vals| {
+            let second = (vals.len() > 1).then(|| vals.pop()).flatten();
+            let first = vals.pop()?;
+            Some((first, second))
+        }))
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
@@ -174,7 +242,6 @@ impl KvTxn for RedisTxn<'_> {
         if begin >= end || limit == 0 {
             return Ok(Vec::new());
         }
-        self.watch(&[INDEX])?;
         // Buffered deletes in range may hide stored keys: ask for that many more.
         let hidden = self
             .writes
@@ -193,16 +260,14 @@ impl KvTxn for RedisTxn<'_> {
         if want < i64::MAX as usize {
             c.arg("LIMIT").arg(0).arg(want);
         }
-        let keys: Vec<Vec<u8>> = c.query(self.con).map_err(engine_err)?;
+        let keys: Vec<Vec<u8>> = self.watched(&[INDEX], c)?;
         let mut found = BTreeMap::new();
         if !keys.is_empty() {
             let vkeys: Vec<Vec<u8>> = keys.iter().map(|k| value_key(k)).collect();
             let refs: Vec<&[u8]> = vkeys.iter().map(Vec::as_slice).collect();
-            self.watch(&refs)?;
-            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-                .arg(&vkeys)
-                .query(self.con)
-                .map_err(engine_err)?;
+            let mut mget = redis::cmd("MGET");
+            mget.arg(&vkeys);
+            let values: Vec<Option<Vec<u8>>> = self.watched(&refs, mget)?;
             for (k, v) in keys.into_iter().zip(values) {
                 if let Some(v) = v {
                     found.insert(k, v);
@@ -230,15 +295,26 @@ impl KvEngine for RedisEngine {
 
     fn run_once(
         &self,
-        _read_only: bool,
+        read_only: bool,
         f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
     ) -> Result<()> {
         let mut con = self.take()?;
         let mut tx = RedisTxn {
             con: &mut con,
+            read: std::collections::HashMap::new(),
+            watching: !read_only,
             writes: BTreeMap::new(),
         };
         let outcome = f(&mut tx).and_then(|()| {
+            if read_only {
+                // Nothing was watched and there is nothing to commit.
+                return match tx.writes.is_empty() {
+                    true => Ok(()),
+                    false => Err(MetaError::Engine(
+                        "a read-only transaction tried to write".into(),
+                    )),
+                };
+            }
             let mut pipe = redis::pipe();
             pipe.atomic();
             for (k, w) in &tx.writes {
