@@ -23,11 +23,7 @@ pub trait KvTxn {
     /// `prefix + value[at..at + len] + suffix` (a directory entry holds the
     /// inode number whose attributes a lookup wants next). Engines that can
     /// follow the pointer on the server do both in one round trip.
-    fn get_follow(
-        &mut self,
-        key: &[u8],
-        pointer: Pointer<'_>,
-    ) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>> {
+    fn get_follow(&mut self, key: &[u8], pointer: Pointer<'_>) -> Result<Followed> {
         let Some(first) = self.get(key)? else {
             return Ok(None);
         };
@@ -38,6 +34,10 @@ pub trait KvTxn {
         Ok(Some((first, second)))
     }
 }
+
+/// What [`KvTxn::get_follow`] found: None when the first key is absent,
+/// else its value and the value it points at (None when that is absent).
+pub type Followed = Option<(Vec<u8>, Option<Vec<u8>>)>;
 
 /// Where the key of a second read sits inside a first value, for
 /// [`KvTxn::get_follow`].

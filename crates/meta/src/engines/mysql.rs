@@ -15,7 +15,7 @@ use mysql::prelude::Queryable;
 use mysql::{AccessMode, Conn, IsolationLevel, Opts, OptsBuilder, TxOpts};
 
 use super::pool::Pool;
-use crate::kv::{KvEngine, KvTxn};
+use crate::kv::{Followed, KvEngine, KvTxn};
 use crate::{MetaError, Result};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,11 +132,7 @@ struct MyTxn<'a, 'b> {
 }
 
 impl KvTxn for MyTxn<'_, '_> {
-    fn get_follow(
-        &mut self,
-        key: &[u8],
-        pointer: crate::kv::Pointer<'_>,
-    ) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>> {
+    fn get_follow(&mut self, key: &[u8], pointer: crate::kv::Pointer<'_>) -> Result<Followed> {
         let row: Option<(Vec<u8>, Option<Vec<u8>>)> = self
             .tx
             .exec_first(

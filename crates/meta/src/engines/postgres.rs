@@ -13,7 +13,7 @@ use postgres::error::SqlState;
 use postgres::{Client, IsolationLevel, NoTls, Statement};
 
 use super::pool::Pool;
-use crate::kv::{KvEngine, KvTxn};
+use crate::kv::{Followed, KvEngine, KvTxn};
 use crate::{MetaError, Result};
 
 pub struct PostgresEngine {
@@ -123,11 +123,7 @@ struct PgTxn<'a, 'b> {
 }
 
 impl KvTxn for PgTxn<'_, '_> {
-    fn get_follow(
-        &mut self,
-        key: &[u8],
-        pointer: crate::kv::Pointer<'_>,
-    ) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>> {
+    fn get_follow(&mut self, key: &[u8], pointer: crate::kv::Pointer<'_>) -> Result<Followed> {
         let (Ok(from), Ok(len)) = (i32::try_from(pointer.at + 1), i32::try_from(pointer.len))
         else {
             return Err(MetaError::Invalid("pointer out of range".into()));

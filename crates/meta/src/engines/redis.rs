@@ -23,7 +23,7 @@ use std::time::Duration;
 use redis::{Client, Connection, Value};
 
 use super::pool::Pool;
-use crate::kv::{KvEngine, KvTxn};
+use crate::kv::{Followed, KvEngine, KvTxn};
 use crate::{MetaError, Result};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -196,11 +196,7 @@ impl KvTxn for RedisTxn<'_> {
         Ok(v)
     }
 
-    fn get_follow(
-        &mut self,
-        key: &[u8],
-        pointer: crate::kv::Pointer<'_>,
-    ) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>> {
+    fn get_follow(&mut self, key: &[u8], pointer: crate::kv::Pointer<'_>) -> Result<Followed> {
         // A writing transaction must WATCH both keys before reading them,
         // which a script cannot do: it reads them one by one.
         if self.watching || self.writes.contains_key(key) {
