@@ -180,6 +180,25 @@ fn kv_basics(e: Arc<dyn KvEngine>) {
     })
     .expect("follow own writes");
     assert_eq!(own, Some((b"#zz".to_vec(), Some(b"new".to_vec()))));
+    // get_many: independent keys at once, own writes and deletes included.
+    for read_only in [true, false] {
+        let got = run_txn(&*e, read_only, |tx| {
+            let before = tx.get_many(&[b"pxy!", b"nope", b"short"])?;
+            if !read_only {
+                tx.set(b"nope", b"now")?;
+                tx.delete(b"short")?;
+            }
+            Ok((before, tx.get_many(&[b"short", b"nope", b"pxy!"])?))
+        })
+        .expect("get_many");
+        let before = vec![Some(b"target".to_vec()), None, Some(b"#".to_vec())];
+        let after = if read_only {
+            vec![Some(b"#".to_vec()), None, Some(b"target".to_vec())]
+        } else {
+            vec![None, Some(b"now".to_vec()), Some(b"target".to_vec())]
+        };
+        assert_eq!(got, (before, after), "read_only {read_only}");
+    }
     e.reset().expect("reset");
     assert_eq!(run_txn(&*e, true, |tx| tx.get(b"b")).expect("get"), None);
 }

@@ -132,10 +132,21 @@ fn check_name(name: &[u8]) -> Result<()> {
 }
 
 pub(crate) fn get_attr(tx: &mut dyn KvTxn, ino: Ino) -> Result<Attr> {
-    match tx.get(&keys::attr(ino))? {
+    decode_attr(tx.get(&keys::attr(ino))?)
+}
+
+fn decode_attr(v: Option<Vec<u8>>) -> Result<Attr> {
+    match v {
         Some(v) => Attr::decode(&v),
         None => Err(MetaError::NotFound),
     }
+}
+
+/// Read independent keys in one go (one round trip where the engine can).
+fn get_n<const N: usize>(tx: &mut dyn KvTxn, keys: [&[u8]; N]) -> Result<[Option<Vec<u8>>; N]> {
+    tx.get_many(&keys)?
+        .try_into()
+        .map_err(|_| MetaError::Engine("get_many answered the wrong number of values".into()))
 }
 
 pub(crate) fn put_attr(tx: &mut dyn KvTxn, ino: Ino, attr: &Attr) -> Result<()> {
@@ -143,7 +154,11 @@ pub(crate) fn put_attr(tx: &mut dyn KvTxn, ino: Ino, attr: &Attr) -> Result<()> 
 }
 
 fn get_dentry(tx: &mut dyn KvTxn, parent: Ino, name: &[u8]) -> Result<Option<(Ino, FileType)>> {
-    match tx.get(&keys::dentry(parent, name))? {
+    decode_dentry(tx.get(&keys::dentry(parent, name))?)
+}
+
+fn decode_dentry(v: Option<Vec<u8>>) -> Result<Option<(Ino, FileType)>> {
+    match v {
         Some(v) if v.len() == 9 => {
             let ino = keys::be_u64(&v, 0).unwrap_or(0);
             let typ = FileType::from_u8(v[8])
@@ -458,14 +473,15 @@ impl Meta {
         check_name(name)?;
         let ino = self.new_inode()?;
         let attr = self.txn(|tx| {
-            let mut p = get_attr(tx, parent)?;
+            let [p, d] = get_n(tx, [&keys::attr(parent), &keys::dentry(parent, name)])?;
+            let mut p = decode_attr(p)?;
             if p.typ != FileType::Dir {
                 return Err(MetaError::NotDir);
             }
             if p.nlink == 0 {
                 return Err(MetaError::NotFound);
             }
-            if get_dentry(tx, parent, name)?.is_some() {
+            if decode_dentry(d)?.is_some() {
                 return Err(MetaError::Exists);
             }
             let t = now();
@@ -606,12 +622,13 @@ impl Meta {
         self.writable()?;
         check_name(name)?;
         self.txn(|tx| {
-            let (ino, typ) = get_dentry(tx, parent, name)?.ok_or(MetaError::NotFound)?;
+            let [d, p] = get_n(tx, [&keys::dentry(parent, name), &keys::attr(parent)])?;
+            let (ino, typ) = decode_dentry(d)?.ok_or(MetaError::NotFound)?;
             if typ == FileType::Dir {
                 return Err(MetaError::IsDir);
             }
             let t = now();
-            let mut p = get_attr(tx, parent)?;
+            let mut p = decode_attr(p)?;
             p.touch_mtime(t);
             put_attr(tx, parent, &p)?;
             tx.delete(&keys::dentry(parent, name))?;
@@ -682,12 +699,23 @@ impl Meta {
             ));
         }
         self.txn(|tx| {
-            let (ino, typ) = get_dentry(tx, parent, name)?.ok_or(MetaError::NotFound)?;
-            let np = get_attr(tx, new_parent)?;
+            // Everything the checks need, in one go; the parents' attributes
+            // are read again (from the transaction's own reads) when touched.
+            let [src, np, dst, _] = get_n(
+                tx,
+                [
+                    &keys::dentry(parent, name),
+                    &keys::attr(new_parent),
+                    &keys::dentry(new_parent, new_name),
+                    &keys::attr(parent),
+                ],
+            )?;
+            let (ino, typ) = decode_dentry(src)?.ok_or(MetaError::NotFound)?;
+            let np = decode_attr(np)?;
             if np.typ != FileType::Dir {
                 return Err(MetaError::NotDir);
             }
-            let dst = get_dentry(tx, new_parent, new_name)?;
+            let dst = decode_dentry(dst)?;
             if parent == new_parent && name == new_name {
                 return if noreplace {
                     Err(MetaError::Exists)

@@ -19,6 +19,12 @@ pub trait KvTxn {
     /// Keys in `[begin, end)` in ascending order, at most `limit` of them.
     fn scan(&mut self, begin: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
+    /// Read several independent keys; engines that can answer them in one
+    /// round trip do (a writing transaction still watches or locks each).
+    fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
     /// Read `key` and, when it exists, the key its value points at:
     /// `prefix + value[at..at + len] + suffix` (a directory entry holds the
     /// inode number whose attributes a lookup wants next). Engines that can

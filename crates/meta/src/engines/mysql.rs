@@ -5,14 +5,16 @@
 //! Writing transactions run SERIALIZABLE, where InnoDB turns every read into
 //! a shared (next-key) lock, so the schema's check-then-write patterns
 //! cannot interleave; deadlocks and lock-wait timeouts come back as
-//! conflicts and are retried by `run_txn`. Read-only transactions take a
-//! consistent snapshot and lock nothing. Connections are pooled; a broken
+//! conflicts and are retried by `run_txn`. Read-only work runs in
+//! autocommit mode: each statement is a consistent read of its own, with
+//! no BEGIN or COMMIT round trips (two statements may see a commit between
+//! them, as with any reader that does not lock). Connections are pooled; a broken
 //! one is dropped, so a restarted server is met with fresh ones.
 
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
-use mysql::{AccessMode, Conn, IsolationLevel, Opts, OptsBuilder, TxOpts};
+use mysql::{Conn, Opts, OptsBuilder, TxOpts};
 
 use super::pool::Pool;
 use crate::kv::{Followed, KvEngine, KvTxn};
@@ -114,6 +116,8 @@ impl MysqlEngine {
         // after a few seconds rather than InnoDB's default 50.
         c.query_drop("SET SESSION innodb_lock_wait_timeout = 5")
             .map_err(engine_err)?;
+        c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            .map_err(engine_err)?;
         Ok(c)
     }
 
@@ -127,11 +131,30 @@ impl MysqlEngine {
     }
 }
 
-struct MyTxn<'a, 'b> {
-    tx: &'a mut mysql::Transaction<'b>,
+/// A transaction, or for read-only work a plain connection in autocommit
+/// mode (each statement its own consistent read, and no BEGIN/COMMIT round
+/// trips).
+struct MyTxn<'a, Q: Queryable> {
+    tx: &'a mut Q,
 }
 
-impl KvTxn for MyTxn<'_, '_> {
+impl<Q: Queryable> KvTxn for MyTxn<'_, Q> {
+    fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.len() < 2 {
+            return keys.iter().map(|k| self.get(k)).collect();
+        }
+        let marks = vec!["?"; keys.len()].join(",");
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = self
+            .tx
+            .exec(
+                format!("SELECT k, v FROM tessera_kv WHERE k IN ({marks})"),
+                keys.to_vec(),
+            )
+            .map_err(engine_err)?;
+        let mut found: std::collections::HashMap<Vec<u8>, Vec<u8>> = rows.into_iter().collect();
+        Ok(keys.iter().map(|k| found.remove(*k)).collect())
+    }
+
     fn get_follow(&mut self, key: &[u8], pointer: crate::kv::Pointer<'_>) -> Result<Followed> {
         let row: Option<(Vec<u8>, Option<Vec<u8>>)> = self
             .tx
@@ -197,19 +220,19 @@ impl KvEngine for MysqlEngine {
         f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
     ) -> Result<()> {
         let mut conn = self.pool.take(|_| true, || self.connect())?;
-        let opts = if read_only {
-            TxOpts::default()
-                .set_isolation_level(Some(IsolationLevel::RepeatableRead))
-                .set_access_mode(Some(AccessMode::ReadOnly))
-                .set_with_consistent_snapshot(true)
+        let outcome = if read_only {
+            f(&mut MyTxn { tx: &mut conn })
         } else {
-            TxOpts::default().set_isolation_level(Some(IsolationLevel::Serializable))
+            // The session is SERIALIZABLE already (set at connect), so
+            // BEGIN needs no SET TRANSACTION before it.
+            (|| {
+                let mut tx = conn
+                    .start_transaction(TxOpts::default())
+                    .map_err(engine_err)?;
+                f(&mut MyTxn { tx: &mut tx })?;
+                tx.commit().map_err(engine_err)
+            })()
         };
-        let outcome = (|| {
-            let mut tx = conn.start_transaction(opts).map_err(engine_err)?;
-            f(&mut MyTxn { tx: &mut tx })?;
-            tx.commit().map_err(engine_err)
-        })();
         // A failed transaction rolled back when dropped. The connection is
         // reused unless the failure was the link itself.
         match &outcome {

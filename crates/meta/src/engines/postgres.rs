@@ -1,8 +1,10 @@
 //! PostgreSQL engine: `postgres://user:pass@host:port/db`.
 //!
-//! One table `tessera_kv (k bytea primary key, v bytea)`. Each transaction
-//! runs SERIALIZABLE, so the schema's check-then-write patterns (an empty
-//! directory before rmdir, a free name before create) cannot interleave;
+//! One table `tessera_kv (k bytea primary key, v bytea)`. Read-only work
+//! runs in autocommit mode (each statement a snapshot of its own, no
+//! BEGIN/COMMIT round trips); each writing transaction runs SERIALIZABLE,
+//! so the schema's check-then-write patterns (an empty directory before
+//! rmdir, a free name before create) cannot interleave;
 //! serialization failures, deadlocks and unique violations come back as
 //! conflicts and are retried by `run_txn`. Connections are pooled and a
 //! broken one is dropped, so a restarted server is met with fresh ones.
@@ -36,6 +38,7 @@ struct Statements {
     delete: Statement,
     scan: Statement,
     follow: Statement,
+    many: Statement,
 }
 
 fn engine_err(e: postgres::Error) -> MetaError {
@@ -100,6 +103,7 @@ impl PostgresEngine {
             scan: prepare(
                 "SELECT k, v FROM tessera_kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3",
             )?,
+            many: prepare("SELECT k, v FROM tessera_kv WHERE k = ANY($1)")?,
             follow: prepare(
                 "SELECT a.v, b.v FROM tessera_kv a LEFT JOIN tessera_kv b \
                  ON b.k = $2::bytea || substring(a.v from $3 for $4) || $5::bytea WHERE a.k = $1",
@@ -117,12 +121,27 @@ impl PostgresEngine {
     }
 }
 
-struct PgTxn<'a, 'b> {
-    tx: &'a mut postgres::Transaction<'b>,
+/// A transaction, or for read-only work the client itself in autocommit
+/// mode (each statement its own snapshot, no BEGIN/COMMIT round trips).
+struct PgTxn<'a, C: postgres::GenericClient> {
+    tx: &'a mut C,
     stmts: &'a Statements,
 }
 
-impl KvTxn for PgTxn<'_, '_> {
+impl<C: postgres::GenericClient> KvTxn for PgTxn<'_, C> {
+    fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.len() < 2 {
+            return keys.iter().map(|k| self.get(k)).collect();
+        }
+        let rows = self
+            .tx
+            .query(&self.stmts.many, &[&keys])
+            .map_err(engine_err)?;
+        let mut found: std::collections::HashMap<Vec<u8>, Vec<u8>> =
+            rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+        Ok(keys.iter().map(|k| found.remove(*k)).collect())
+    }
+
     fn get_follow(&mut self, key: &[u8], pointer: crate::kv::Pointer<'_>) -> Result<Followed> {
         let (Ok(from), Ok(len)) = (i32::try_from(pointer.at + 1), i32::try_from(pointer.len))
         else {
@@ -191,16 +210,19 @@ impl KvEngine for PostgresEngine {
     ) -> Result<()> {
         let mut conn = self.take()?;
         let PgConn { client, stmts } = &mut conn;
-        let outcome = (|| {
-            let mut tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::Serializable)
-                .read_only(read_only)
-                .start()
-                .map_err(engine_err)?;
-            f(&mut PgTxn { tx: &mut tx, stmts })?;
-            tx.commit().map_err(engine_err)
-        })();
+        let outcome = if read_only {
+            f(&mut PgTxn { tx: client, stmts })
+        } else {
+            (|| {
+                let mut tx = client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::Serializable)
+                    .start()
+                    .map_err(engine_err)?;
+                f(&mut PgTxn { tx: &mut tx, stmts })?;
+                tx.commit().map_err(engine_err)
+            })()
+        };
         let outcome = outcome.map_err(|e| match e {
             MetaError::Engine(m) if !m.contains(&self.shown) => {
                 MetaError::Engine(format!("{m} (server {})", self.shown))

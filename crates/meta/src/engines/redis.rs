@@ -196,6 +196,27 @@ impl KvTxn for RedisTxn<'_> {
         Ok(v)
     }
 
+    fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        // What this transaction wrote or read already needs no request.
+        let known = |t: &Self, k: &[u8]| t.writes.get(k).or_else(|| t.read.get(k)).cloned();
+        let missing: Vec<&[u8]> = keys
+            .iter()
+            .copied()
+            .filter(|k| known(self, k).is_none())
+            .collect();
+        if !missing.is_empty() {
+            let vkeys: Vec<Vec<u8>> = missing.iter().map(|k| value_key(k)).collect();
+            let refs: Vec<&[u8]> = vkeys.iter().map(Vec::as_slice).collect();
+            let mut mget = redis::cmd("MGET");
+            mget.arg(&vkeys);
+            let values: Vec<Option<Vec<u8>>> = self.watched(&refs, mget)?;
+            for (k, v) in missing.into_iter().zip(values) {
+                self.read.insert(k.to_vec(), v);
+            }
+        }
+        Ok(keys.iter().map(|k| known(self, k).flatten()).collect())
+    }
+
     fn get_follow(&mut self, key: &[u8], pointer: crate::kv::Pointer<'_>) -> Result<Followed> {
         // A writing transaction must WATCH both keys before reading them,
         // which a script cannot do: it reads them one by one.
