@@ -365,6 +365,15 @@ fn rename_rules(e: Arc<dyn KvEngine>) {
     assert_eq!(m.getattr(b).expect("b").nlink, 3);
     assert_eq!(m.lookup(a, b"..").expect("dotdot").0, b);
     assert_eq!(m.pending_deletes(10).expect("pending").len(), 1);
+    // A hint is only a guess: right or wrong, the entry decides.
+    let g_ino = m.lookup(b, b"g").expect("g").0;
+    m.rename_hinted(b, b"g", b, b"h", 0, Some(g_ino))
+        .expect("right hint");
+    m.rename_hinted(b, b"h", b, b"g", 0, Some(a))
+        .expect("wrong hint");
+    let (ino, attr) = m.lookup(b, b"g").expect("g again");
+    assert_eq!((ino, attr.typ), (g_ino, FileType::File));
+    assert!(attr.ctime >= m.getattr(a).expect("a").ctime - 1);
 }
 
 fn hard_links_and_open_unlink(e: Arc<dyn KvEngine>) {

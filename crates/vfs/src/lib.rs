@@ -166,6 +166,10 @@ pub struct Vfs {
     /// Inodes this mount has taken a lock on since they were last closed.
     locked: Mutex<std::collections::HashSet<Ino>>,
     open_cache: Mutex<HashMap<Ino, CachedOpen>>,
+    /// Inode numbers of names looked up lately, a hint that lets a rename
+    /// read the moved inode together with the entries. Never trusted: the
+    /// rename checks it against the entry it reads.
+    recent_names: Mutex<HashMap<(Ino, Vec<u8>), Ino>>,
     work: Mutex<Option<mpsc::Sender<Work>>>,
     stop: Arc<AtomicBool>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -186,6 +190,7 @@ impl Vfs {
             open_files: Mutex::new(HashMap::new()),
             locked: Mutex::new(std::collections::HashSet::new()),
             open_cache: Mutex::new(HashMap::new()),
+            recent_names: Mutex::new(HashMap::new()),
             work: Mutex::new(None),
             stop: Arc::new(AtomicBool::new(false)),
             workers: Mutex::new(Vec::new()),
@@ -391,6 +396,16 @@ impl Vfs {
         }
     }
 
+    /// Remember which inode a name led to (bounded: cleared when full).
+    fn remember_name(&self, parent: Ino, name: &[u8], ino: Ino) {
+        if let Ok(mut m) = self.recent_names.lock() {
+            if m.len() >= 4096 {
+                m.clear();
+            }
+            m.insert((parent, name.to_vec()), ino);
+        }
+    }
+
     /// Drop what `--open-cache` remembers of `ino` (this mount changed it).
     fn forget_open(&self, ino: Ino) {
         if !self.config.open_cache.is_zero() {
@@ -439,6 +454,7 @@ impl Vfs {
             return Ok((ino, self.getattr(ino)?));
         }
         let (ino, attr) = self.meta.lookup(parent, name)?;
+        self.remember_name(parent, name, ino);
         if self.open_file(ino).is_some() {
             return Ok((ino, self.getattr(ino)?));
         }
@@ -598,9 +614,14 @@ impl Vfs {
         self.check_name(new_parent, new_name)?;
         self.writable()?;
         self.forget_all_opens();
+        let hint = self
+            .recent_names
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&(parent, name.to_vec())));
         if let Some(r) = self
             .meta
-            .rename(parent, name, new_parent, new_name, flags)?
+            .rename_hinted(parent, name, new_parent, new_name, flags, hint)?
         {
             self.freed(&r);
         }

@@ -151,8 +151,8 @@ impl<Q: Queryable> KvTxn for MyTxn<'_, Q> {
                 keys.to_vec(),
             )
             .map_err(engine_err)?;
-        let mut found: std::collections::HashMap<Vec<u8>, Vec<u8>> = rows.into_iter().collect();
-        Ok(keys.iter().map(|k| found.remove(*k)).collect())
+        let found: std::collections::HashMap<Vec<u8>, Vec<u8>> = rows.into_iter().collect();
+        Ok(keys.iter().map(|k| found.get(*k).cloned()).collect())
     }
 
     fn get_follow(&mut self, key: &[u8], pointer: crate::kv::Pointer<'_>) -> Result<Followed> {

@@ -137,9 +137,9 @@ impl<C: postgres::GenericClient> KvTxn for PgTxn<'_, C> {
             .tx
             .query(&self.stmts.many, &[&keys])
             .map_err(engine_err)?;
-        let mut found: std::collections::HashMap<Vec<u8>, Vec<u8>> =
+        let found: std::collections::HashMap<Vec<u8>, Vec<u8>> =
             rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
-        Ok(keys.iter().map(|k| found.remove(*k)).collect())
+        Ok(keys.iter().map(|k| found.get(*k).cloned()).collect())
     }
 
     fn get_follow(&mut self, key: &[u8], pointer: crate::kv::Pointer<'_>) -> Result<Followed> {
