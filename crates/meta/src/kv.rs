@@ -143,3 +143,64 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 pub fn scan_prefix(tx: &mut dyn KvTxn, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     tx.scan(prefix, &prefix_end(prefix), usize::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    /// An engine whose first `conflicts` attempts report a conflict.
+    struct Contended {
+        conflicts: u32,
+        attempts: AtomicU32,
+        inner: crate::engines::MemoryEngine,
+    }
+
+    impl KvEngine for Contended {
+        fn name(&self) -> &'static str {
+            "contended"
+        }
+        fn run_once(
+            &self,
+            read_only: bool,
+            f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
+        ) -> Result<()> {
+            if self.attempts.fetch_add(1, Ordering::Relaxed) < self.conflicts {
+                Err(MetaError::Conflict(1))
+            } else {
+                self.inner.run_once(read_only, f)
+            }
+        }
+        fn reset(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn conflicts_are_retried_counted_and_bounded() {
+        let before = TXN_RESTARTS.load(Ordering::Relaxed);
+        let e = Contended {
+            conflicts: 3,
+            attempts: AtomicU32::new(0),
+            inner: Default::default(),
+        };
+        run_txn(&e, false, |_| Ok(())).expect("succeeds on the fourth attempt");
+        assert_eq!(e.attempts.load(Ordering::Relaxed), 4);
+        assert!(
+            TXN_RESTARTS.load(Ordering::Relaxed) - before >= 3,
+            "restarts counted"
+        );
+
+        let hopeless = Contended {
+            conflicts: u32::MAX,
+            attempts: AtomicU32::new(0),
+            inner: Default::default(),
+        };
+        let err = run_txn(&hopeless, false, |_| Ok(())).expect_err("gives up");
+        assert!(
+            matches!(err, MetaError::Conflict(n) if n == MAX_ATTEMPTS),
+            "{err:?}"
+        );
+        assert_eq!(hopeless.attempts.load(Ordering::Relaxed), MAX_ATTEMPTS);
+    }
+}

@@ -29,6 +29,17 @@ fn engine(url: &str) -> Result<std::sync::Arc<dyn tessera_meta::KvEngine>> {
     tessera_meta::open_engine(url).map_err(|e| anyhow!("cannot reach the metadata engine: {e}"))
 }
 
+fn report(done: &str, stats: &tessera_meta::dump::DumpStats, start: Instant) {
+    eprintln!(
+        "{done} {} inodes, {} entries, {} chunks ({} keys) in {:.1}s",
+        stats.inodes,
+        stats.entries,
+        stats.chunks,
+        stats.keys,
+        start.elapsed().as_secs_f64()
+    );
+}
+
 pub fn dump(a: DumpArgs) -> Result<()> {
     let engine = engine(&a.meta_url)?;
     let start = Instant::now();
@@ -46,14 +57,7 @@ pub fn dump(a: DumpArgs) -> Result<()> {
         }
         e => anyhow!("dump of {} failed: {e}", redact(&a.meta_url)),
     })?;
-    eprintln!(
-        "dumped {} inodes, {} entries, {} chunks ({} keys) in {:.1}s",
-        stats.inodes,
-        stats.entries,
-        stats.chunks,
-        stats.keys,
-        start.elapsed().as_secs_f64()
-    );
+    report("dumped", &stats, start);
     Ok(())
 }
 
@@ -69,13 +73,6 @@ pub fn load(a: LoadArgs) -> Result<()> {
         tessera_meta::dump::load(engine.as_ref(), &mut BufReader::new(file))
     }
     .map_err(|e| anyhow!("load into {} failed: {e}", redact(&a.meta_url)))?;
-    eprintln!(
-        "loaded {} inodes, {} entries, {} chunks ({} keys) in {:.1}s",
-        stats.inodes,
-        stats.entries,
-        stats.chunks,
-        stats.keys,
-        start.elapsed().as_secs_f64()
-    );
+    report("loaded", &stats, start);
     Ok(())
 }

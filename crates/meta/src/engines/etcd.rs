@@ -143,15 +143,6 @@ impl EtcdEngine {
         k.extend_from_slice(key);
         k
     }
-
-    fn located(&self, e: MetaError) -> MetaError {
-        match e {
-            MetaError::Engine(m) if !m.contains(&self.shown) => {
-                MetaError::Engine(format!("{m} (server {})", self.shown))
-            }
-            e => e,
-        }
-    }
 }
 
 /// A key (with the prefix), its value and its mod revision.
@@ -167,7 +158,7 @@ struct EtcdTxn<'a> {
     /// Ranges scanned, as full keys `[begin, end)`.
     ranges: Vec<(Vec<u8>, Vec<u8>)>,
     /// Buffered writes by user key: Some(value) sets, None deletes.
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    writes: super::WriteBuffer,
 }
 
 impl EtcdTxn<'_> {
@@ -248,17 +239,13 @@ impl KvTxn for EtcdTxn<'_> {
             self.reads.entry(k).or_insert(rev);
             found.insert(user, v);
         }
-        for (k, w) in self.writes.range(begin.to_vec()..end.to_vec()) {
-            match w {
-                Some(v) => {
-                    found.insert(k.clone(), v.clone());
-                }
-                None => {
-                    found.remove(k);
-                }
-            }
-        }
-        Ok(found.into_iter().take(limit).collect())
+        Ok(super::overlay_writes(
+            found,
+            &self.writes,
+            begin,
+            end,
+            limit,
+        ))
     }
 }
 
@@ -315,7 +302,7 @@ impl KvEngine for EtcdEngine {
                 Err(MetaError::Conflict(1))
             }
         });
-        outcome.map_err(|e| self.located(e))
+        outcome.map_err(|e| super::located(e, &self.shown))
     }
 
     fn reset(&self) -> Result<()> {

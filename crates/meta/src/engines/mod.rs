@@ -47,6 +47,43 @@ fn with_env_password(url: &str) -> String {
 
 use crate::{KvEngine, MetaError, Result};
 
+/// Name the server in an engine error that does not already, so a log line
+/// says which database failed.
+fn located(e: MetaError, shown: &str) -> MetaError {
+    match e {
+        MetaError::Engine(m) if !m.contains(shown) => {
+            MetaError::Engine(format!("{m} (server {shown})"))
+        }
+        e => e,
+    }
+}
+
+/// Writes a transaction buffers until its commit: Some(value) sets, None
+/// deletes (the optimistic engines, Redis and etcd).
+type WriteBuffer = std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// The rows a scan of `[begin, end)` sees: what the server returned with
+/// the transaction's own buffered writes laid over it, at most `limit`.
+fn overlay_writes(
+    mut found: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    writes: &WriteBuffer,
+    begin: &[u8],
+    end: &[u8],
+    limit: usize,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    for (k, w) in writes.range(begin.to_vec()..end.to_vec()) {
+        match w {
+            Some(v) => {
+                found.insert(k.clone(), v.clone());
+            }
+            None => {
+                found.remove(k);
+            }
+        }
+    }
+    found.into_iter().take(limit).collect()
+}
+
 /// Open the engine a metadata URL names.
 pub fn open(url: &str) -> Result<Arc<dyn KvEngine>> {
     let bad = |reason: &str| MetaError::BadUrl {

@@ -120,15 +120,6 @@ impl MysqlEngine {
             .map_err(engine_err)?;
         Ok(c)
     }
-
-    fn located(&self, e: MetaError) -> MetaError {
-        match e {
-            MetaError::Engine(m) if !m.contains(&self.shown) => {
-                MetaError::Engine(format!("{m} (server {})", self.shown))
-            }
-            e => e,
-        }
-    }
 }
 
 /// A transaction, or for read-only work a plain connection in autocommit
@@ -239,7 +230,7 @@ impl KvEngine for MysqlEngine {
             Err(MetaError::Engine(_)) => {}
             _ => self.pool.put_back(conn),
         }
-        outcome.map_err(|e| self.located(e))
+        outcome.map_err(|e| super::located(e, &self.shown))
     }
 
     fn reset(&self) -> Result<()> {

@@ -223,12 +223,7 @@ impl KvEngine for PostgresEngine {
                 tx.commit().map_err(engine_err)
             })()
         };
-        let outcome = outcome.map_err(|e| match e {
-            MetaError::Engine(m) if !m.contains(&self.shown) => {
-                MetaError::Engine(format!("{m} (server {})", self.shown))
-            }
-            e => e,
-        });
+        let outcome = outcome.map_err(|e| super::located(e, &self.shown));
         // A failed transaction rolled back when dropped; the connection is
         // reusable unless the server went away.
         if !conn.client.is_closed() {

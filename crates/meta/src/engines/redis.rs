@@ -158,7 +158,7 @@ struct RedisTxn<'a> {
     /// plainly and commit nothing.
     watching: bool,
     /// Buffered writes: Some(value) sets, None deletes.
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    writes: super::WriteBuffer,
 }
 
 impl RedisTxn<'_> {
@@ -291,17 +291,13 @@ impl KvTxn for RedisTxn<'_> {
                 }
             }
         }
-        for (k, w) in self.writes.range(begin.to_vec()..end.to_vec()) {
-            match w {
-                Some(v) => {
-                    found.insert(k.clone(), v.clone());
-                }
-                None => {
-                    found.remove(k);
-                }
-            }
-        }
-        Ok(found.into_iter().take(limit).collect())
+        Ok(super::overlay_writes(
+            found,
+            &self.writes,
+            begin,
+            end,
+            limit,
+        ))
     }
 }
 
@@ -354,12 +350,7 @@ impl KvEngine for RedisEngine {
                 _ => Ok(()),
             }
         });
-        let outcome = outcome.map_err(|e| match e {
-            MetaError::Engine(m) if !m.contains(&self.shown) => {
-                MetaError::Engine(format!("{m} (server {})", self.shown))
-            }
-            e => e,
-        });
+        let outcome = outcome.map_err(|e| super::located(e, &self.shown));
         match &outcome {
             Ok(()) | Err(MetaError::Conflict(_)) => self.put_back(con),
             Err(MetaError::Engine(_)) => {} // the connection may be broken: drop it
