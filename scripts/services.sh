@@ -4,7 +4,9 @@
 # server, exports its URL and records its PID in $service_pids for
 # stop_services. Nothing here touches servers it did not start.
 #
-#   start_redis     -> TESSERA_TEST_REDIS_URL    (redis://127.0.0.1:PORT)
+#   start_redis     -> TESSERA_TEST_REDIS_URL    (redis://127.0.0.1:PORT), and
+#                      TESSERA_TEST_REDIS_SENTINEL_URL (a Sentinel watching it) and
+#                      TESSERA_TEST_REDISS_URL (a second server speaking TLS only)
 #   start_postgres  -> TESSERA_TEST_POSTGRES_URL (postgres://tessera:…@127.0.0.1:PORT/tessera)
 #   start_mysql     -> TESSERA_TEST_MYSQL_URL    (mysql://tessera:…@127.0.0.1:PORT/tessera, MariaDB)
 #   start_etcd      -> TESSERA_TEST_ETCD_URL     (etcd://127.0.0.1:PORT/tessera)
@@ -47,6 +49,34 @@ start_redis() {
     export TESSERA_TEST_REDIS_PID=$!
     wait_port "$port" 10
     export TESSERA_TEST_REDIS_URL="redis://127.0.0.1:$port"
+
+    # A Sentinel that knows the server above as master "tessera".
+    local sport
+    sport=$(free_port)
+    printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor tessera 127.0.0.1 %s 1\n' \
+        "$sport" "$dir" "$port" >"$dir/sentinel.conf"
+    redis-server "$dir/sentinel.conf" --sentinel >"$dir/sentinel.log" 2>&1 &
+    service_pids+=($!)
+    wait_port "$sport" 10
+    export TESSERA_TEST_REDIS_SENTINEL_URL="redis+sentinel://tessera@127.0.0.1:$sport/15"
+
+    # A TLS-only server with a throwaway CA and certificate.
+    local tport
+    tport=$(free_port)
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=tessera-test-ca \
+        -keyout "$dir/ca.key" -out "$dir/ca.crt" >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \
+        -keyout "$dir/tls.key" -out "$dir/tls.csr" >/dev/null 2>&1
+    printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$dir/tls.ext"
+    openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+        -days 2 -extfile "$dir/tls.ext" -out "$dir/tls.crt" >/dev/null 2>&1
+    redis-server --bind 127.0.0.1 --port 0 --tls-port "$tport" --dir "$dir" --save '' \
+        --dbfilename tls.rdb --tls-cert-file "$dir/tls.crt" --tls-key-file "$dir/tls.key" \
+        --tls-ca-cert-file "$dir/ca.crt" --tls-auth-clients no --daemonize no >"$dir/tls.log" 2>&1 &
+    service_pids+=($!)
+    wait_port "$tport" 10
+    # Signed by a throwaway CA the client is told to trust.
+    export TESSERA_TEST_REDISS_URL="rediss://127.0.0.1:$tport/0?tls-cacert=$dir/ca.crt"
 }
 
 start_postgres() {

@@ -779,3 +779,31 @@ fn dump_and_load_between_every_engine() {
         stderr(&again)
     );
 }
+
+/// A volume reached through Redis Sentinel: format, mount, status and dump
+/// all take the redis+sentinel:// form.
+#[test]
+#[ignore = "needs redis-server and a Sentinel; scripts/test.sh runs them"]
+fn sentinel_url_works_in_every_command() {
+    redis_url(8); // empties db 8 of the master the Sentinel names
+    let base = std::env::var("TESSERA_TEST_REDIS_SENTINEL_URL")
+        .expect("TESSERA_TEST_REDIS_SENTINEL_URL (scripts/services.sh sets it)");
+    let url = format!(
+        "{}/8",
+        base.rsplit_once('/').map(|(b, _)| b).unwrap_or(&base)
+    );
+    let vol = Shared::format(&url);
+    let m = vol.mount("s", &[]);
+    std::fs::write(m.join("via-sentinel"), b"found the master").expect("write");
+    assert_eq!(
+        std::fs::read(m.join("via-sentinel")).expect("read"),
+        b"found the master"
+    );
+    let status = tessera(&["status", &url]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("shared"));
+    m.unmount();
+    let dump = tessera(&["dump", &url, "-"]);
+    assert!(dump.status.success(), "{}", stderr(&dump));
+    assert!(String::from_utf8_lossy(&dump.stdout).contains("\"name\":\"via-sentinel\""));
+}

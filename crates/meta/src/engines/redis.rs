@@ -61,9 +61,43 @@ fn value_key(k: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Remove `name=value` from a URL's query; returns the URL and the value.
+fn take_query_param(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, format!("#{f}")),
+        None => (query, String::new()),
+    };
+    let mut found = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.split_once('=') {
+            Some((k, v)) if k == name => {
+                found = Some(v.to_string());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        format!("{base}{fragment}")
+    } else {
+        format!("{base}?{}{fragment}", rest.join("&"))
+    };
+    (url, found)
+}
+
 impl RedisEngine {
     /// Connect to the server a URL names (checked with a PING).
     pub fn open(url: &str, shown: &str) -> Result<Self> {
+        if url.starts_with("rediss://") {
+            // rustls cannot pick a crypto provider by itself when the build
+            // could offer more than one; a provider installed already (by
+            // another part of the process) is kept.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let target = if let Some(rest) = url.strip_prefix("redis+sentinel://") {
             let (auth_master, hosts_db) =
                 rest.split_once('@').ok_or_else(|| MetaError::BadUrl {
@@ -86,10 +120,28 @@ impl RedisEngine {
             .map_err(engine_err)?;
             Target::Sentinel(Mutex::new(client), db)
         } else {
-            Target::Direct(Client::open(url).map_err(|e| MetaError::BadUrl {
+            let bad = |reason: String| MetaError::BadUrl {
                 url: shown.to_string(),
-                reason: e.to_string(),
-            })?)
+                reason,
+            };
+            let (url, ca) = take_query_param(url, "tls-cacert");
+            let client = match ca {
+                // rediss:// with a CA of the user's own (JuiceFS's name for
+                // the setting), instead of the system's roots.
+                Some(path) => {
+                    let pem = std::fs::read(&path)
+                        .map_err(|e| bad(format!("cannot read tls-cacert {path}: {e}")))?;
+                    Client::build_with_tls(
+                        url.as_str(),
+                        redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(pem),
+                        },
+                    )
+                }
+                None => Client::open(url.as_str()),
+            };
+            Target::Direct(client.map_err(|e| bad(e.to_string()))?)
         };
         let engine = RedisEngine {
             target,
@@ -376,6 +428,44 @@ impl KvEngine for RedisEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_ca_is_taken_from_the_query() {
+        assert_eq!(
+            take_query_param("rediss://h:1/0?tls-cacert=/ca.pem", "tls-cacert"),
+            ("rediss://h:1/0".to_string(), Some("/ca.pem".to_string()))
+        );
+        assert_eq!(
+            take_query_param("rediss://h:1/0?a=1&tls-cacert=x&b=2", "tls-cacert"),
+            ("rediss://h:1/0?a=1&b=2".to_string(), Some("x".to_string()))
+        );
+        assert_eq!(take_query_param("redis://h/0", "tls-cacert").1, None);
+    }
+
+    fn suite_at(var: &str) {
+        let url = std::env::var(var).unwrap_or_else(|_| {
+            panic!("{var} must be set (scripts/services.sh start_redis sets it)")
+        });
+        crate::conformance::run_all(&|| {
+            let e = RedisEngine::open(&url, &url).expect("connect");
+            e.reset().expect("flush");
+            std::sync::Arc::new(e)
+        });
+    }
+
+    /// The suite through a Sentinel that names the master.
+    #[test]
+    #[ignore = "needs redis-server in Sentinel mode; scripts/test.sh runs it"]
+    fn conformance_through_sentinel() {
+        suite_at("TESSERA_TEST_REDIS_SENTINEL_URL");
+    }
+
+    /// The suite over TLS (rediss://).
+    #[test]
+    #[ignore = "needs a TLS redis-server; scripts/test.sh runs it"]
+    fn conformance_over_tls() {
+        suite_at("TESSERA_TEST_REDISS_URL");
+    }
 
     /// The whole conformance suite against a real server. The test command
     /// starts redis-server and sets TESSERA_TEST_REDIS_URL.
