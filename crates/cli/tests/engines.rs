@@ -807,3 +807,39 @@ fn sentinel_url_works_in_every_command() {
     assert!(dump.status.success(), "{}", stderr(&dump));
     assert!(String::from_utf8_lossy(&dump.stdout).contains("\"name\":\"via-sentinel\""));
 }
+
+/// The password may stay out of the URL (and so out of `ps` and shell
+/// history): META_PASSWORD supplies it.
+#[test]
+#[ignore = "needs a MySQL/MariaDB server; scripts/test.sh runs it"]
+fn password_from_the_environment() {
+    let with_password = mysql_url("env_password");
+    let without = with_password.replacen(":tessera-pass@", "@", 1);
+    assert_ne!(with_password, without);
+    let vol = Shared::format(&with_password);
+    let run = |env: Option<&str>| {
+        let mut c = Command::new(bin());
+        c.args(["status", &without]).env_remove("META_PASSWORD");
+        if let Some(p) = env {
+            c.env("META_PASSWORD", p);
+        }
+        c.output().expect("run tessera status")
+    };
+    let ok = run(Some("tessera-pass"));
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("shared"));
+    let refused = run(None);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("Access denied"),
+        "{}",
+        stderr(&refused)
+    );
+    let wrong = run(Some("not-it"));
+    assert!(!wrong.status.success());
+    assert!(
+        !stderr(&wrong).contains("not-it"),
+        "the password is never printed"
+    );
+    drop(vol);
+}
