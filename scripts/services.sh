@@ -38,7 +38,7 @@ wait_port() { # port seconds
 }
 
 start_redis() {
-    ensure_packages redis-server
+    ensure_packages redis-server openssl
     local port dir
     port=$(free_port)
     dir=$(mktemp -d /tmp/tessera-redis.XXXXXX)
