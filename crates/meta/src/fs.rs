@@ -259,11 +259,13 @@ impl Meta {
     }
 
     pub(crate) fn txn<T>(&self, mut f: impl FnMut(&mut dyn KvTxn) -> Result<T>) -> Result<T> {
+        // Set aside what an enclosing transaction on this thread counted.
+        let outer = TXN_USAGE.with(|u| u.replace((0, 0)));
         let out = run_txn(&*self.engine, false, |tx| {
             TXN_USAGE.with(|u| u.set((0, 0)));
             f(tx)
         });
-        let (space, inodes) = TXN_USAGE.with(|u| u.replace((0, 0)));
+        let (space, inodes) = TXN_USAGE.with(|u| u.replace(outer));
         if out.is_ok() {
             self.pending_space.fetch_add(space, Ordering::Relaxed);
             self.pending_inodes.fetch_add(inodes, Ordering::Relaxed);
