@@ -239,6 +239,7 @@ fn kv_concurrent_increments(e: Arc<dyn KvEngine>) {
 }
 
 fn namespace(e: Arc<dyn KvEngine>) {
+    let e2 = e.clone();
     let m = formatted(e);
     let (d, da) = m
         .mknod(&CTX, ROOT_INO, b"dir", FileType::Dir, 0o755, 0, None)
@@ -290,6 +291,25 @@ fn namespace(e: Arc<dyn KvEngine>) {
     m.rmdir(ROOT_INO, b"dir").expect("rmdir");
     assert_eq!(m.getattr(ROOT_INO).expect("root").nlink, 2);
     assert_eq!(m.statfs().expect("statfs").used_inodes, 0);
+    // Usage is summed per process and reaches the volume's counters on
+    // flush_usage: another client sees it then, not before.
+    let other = Meta::new(e2.clone(), MetaConfig::default());
+    other.load().expect("load the volume");
+    let (u, _) = m
+        .mknod(&CTX, ROOT_INO, b"usage", FileType::File, 0o644, 0, None)
+        .expect("create");
+    m.write_slices(u, &[], 10_000).expect("grow");
+    assert_eq!(m.statfs().expect("own view").used_inodes, 1);
+    assert_eq!(other.statfs().expect("other's view").used_inodes, 0);
+    m.flush_usage().expect("flush usage");
+    let seen = other.statfs().expect("other's view");
+    assert_eq!(
+        (seen.used_inodes, seen.total_space - seen.avail_space),
+        (1, 12_288)
+    );
+    m.unlink(ROOT_INO, b"usage").expect("unlink");
+    m.flush_usage().expect("flush usage");
+    assert_eq!(other.statfs().expect("other's view").used_inodes, 0);
     // setgid directories pass their group and the bit on.
     let (g, _) = m
         .mknod(
