@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, the metadata conformance suite on every
-# engine (SQLite, and Redis and PostgreSQL servers started here), tests that
-# mount real volumes, the S3 path against a real S3-compatible server (moto)
+# engine (SQLite, and Redis — direct, via Sentinel and over TLS —,
+# PostgreSQL, MariaDB and etcd servers started here), multi-mount tests on
+# each server engine, tests that mount real volumes, the S3 path against a real S3-compatible server (moto)
 # on loopback, and the external suites pjdfstest, fsx and fio.
 #
 # Installs what it needs when missing (Debian packages, cargo tools, a
