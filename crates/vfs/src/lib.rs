@@ -742,12 +742,15 @@ impl Vfs {
         } else {
             attr
         };
-        let of = {
+        // The handle count moves under the map's lock: a release that sees
+        // no handles left removes the open file under the same lock, so an
+        // open can never hold an OpenFile that has left the map.
+        let (of, first) = {
             let mut files = self
                 .open_files
                 .lock()
                 .map_err(|_| VfsError::new(libc::EIO, "open files lock poisoned"))?;
-            files
+            let of = files
                 .entry(ino)
                 .or_insert_with(|| match &cached {
                     Some((_, file)) => file.clone(),
@@ -758,9 +761,11 @@ impl Vfs {
                         length: AtomicU64::new(0),
                     }),
                 })
-                .clone()
+                .clone();
+            let first = of.handles.fetch_add(1, Ordering::Relaxed) == 0;
+            (of, first)
         };
-        if of.handles.fetch_add(1, Ordering::Relaxed) == 0 {
+        if first {
             self.meta.open_inode(ino);
         }
         // Close-to-open: a new open sees what other mounts committed,
