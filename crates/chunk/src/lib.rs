@@ -14,6 +14,7 @@
 //! Block keys: `{volume}/chunks/{id/1_000_000}/{id/1_000}/{id}_{index}_{len}`.
 
 mod codec;
+mod external;
 mod read;
 mod writeback;
 pub mod writer;
@@ -134,6 +135,9 @@ pub struct ChunkStore {
     pub(crate) uploads: Arc<Semaphore>,
     /// Bytes held by all write buffers (against `buffer_size`).
     pub(crate) buffered: AtomicUsize,
+    /// Imported objects by slice id, and the stores of their buckets.
+    pub(crate) externals: Mutex<HashMap<u64, Arc<tessera_meta::ExternalObject>>>,
+    pub(crate) sources: Mutex<HashMap<String, DynStore>>,
 }
 
 impl ChunkStore {
@@ -166,6 +170,8 @@ impl ChunkStore {
             rt,
             inflight: Mutex::new(HashMap::new()),
             origins: Mutex::new(HashMap::new()),
+            externals: Mutex::new(HashMap::new()),
+            sources: Mutex::new(HashMap::new()),
             downloads: Arc::new(Semaphore::new(config.max_downloads.max(1))),
             uploads: Arc::new(Semaphore::new(config.max_uploads.max(1))),
             buffered: AtomicUsize::new(0),

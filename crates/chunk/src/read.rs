@@ -82,6 +82,7 @@ enum Part {
 struct Piece {
     /// Offset in the caller's buffer.
     out: usize,
+    kind: SliceKind,
     id: u64,
     size: u64,
     index: u64,
@@ -101,12 +102,6 @@ impl ChunkStore {
             if a >= b || seg.record.is_hole() {
                 continue;
             }
-            if seg.record.kind == SliceKind::External {
-                return Err(ChunkError::Unsupported(format!(
-                    "slice {} points at an external object; reading imported data needs `tessera import` support",
-                    seg.record.id
-                )));
-            }
             let mut slice_off = seg.off + u64::from(a - seg.pos);
             let mut out = (a - off) as usize;
             let mut left = (b - a) as usize;
@@ -117,6 +112,7 @@ impl ChunkStore {
                 let n = left.min(block_len - in_block);
                 pieces.push(Piece {
                     out,
+                    kind: seg.record.kind,
                     id: seg.record.id,
                     size: seg.record.size,
                     index,
@@ -129,6 +125,14 @@ impl ChunkStore {
             }
         }
         Ok(pieces)
+    }
+
+    /// The cache (and, for volume blocks, object) key of a piece's block.
+    fn piece_key(&self, p: &Piece, block_len: u64) -> Result<String> {
+        match p.kind {
+            SliceKind::External => self.external_key(p.id, p.index),
+            SliceKind::Internal => Ok(self.block_key(p.id, p.index, block_len)),
+        }
     }
 
     /// A block just loaded into memory from `tier`: its bytes are counted
@@ -230,6 +234,15 @@ impl ChunkStore {
                 return Ok(b);
             }
         }
+        if key.starts_with(crate::external::PREFIX) {
+            let data = self.load_external(key, len).await?;
+            self.mem.insert(key, data.clone());
+            self.note_origin(key, tier::OBJECT, data.len());
+            if self.disk.is_some() {
+                self.cache_on_disk(key, data.clone());
+            }
+            return Ok(data);
+        }
         let permit = self.downloads.acquire().await;
         let raw = self.store.get(key, None).await;
         drop(permit);
@@ -282,7 +295,7 @@ impl ChunkStore {
         let mut parts = Vec::with_capacity(pieces.len());
         for p in pieces {
             let block_len = self.block_len(p.size, p.index);
-            let key = self.block_key(p.id, p.index, block_len);
+            let key = self.piece_key(&p, block_len)?;
             // Memory, or else the shared fetch (which tries the disk tier
             // first): a block that readahead is already loading is joined,
             // never read twice.
@@ -298,6 +311,7 @@ impl ChunkStore {
                         .unwrap_or(true);
                     let on_disk = self.disk.as_ref().is_some_and(|d| d.contains(&key));
                     if !whole_block_wanted
+                        && p.kind == SliceKind::Internal
                         && !in_flight
                         && !on_disk
                         && self.config.compression == Compression::None
@@ -428,7 +442,7 @@ impl ChunkStore {
                 }
                 last = Some((p.id, p.index));
                 let len = self.block_len(p.size, p.index);
-                let key = self.block_key(p.id, p.index, len);
+                let key = self.piece_key(&p, len)?;
                 let known = self.mem.contains(&key)
                     || self
                         .inflight

@@ -158,6 +158,28 @@ impl ObjectStore for Instrumented {
         })
     }
 
+    fn get_version<'a>(
+        &'a self,
+        key: &'a str,
+        range: Range<u64>,
+        etag: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Bytes>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let r = self.inner.get_version(key, range, etag).await;
+            self.observe("get", started, &r);
+            if let Ok(b) = &r {
+                self.metrics
+                    .object_bytes
+                    .get_or_create(&[("method", "get")])
+                    .inc_by(b.len() as u64);
+                self.throttle(&self.download, "download", b.len() as u64)
+                    .await;
+            }
+            r
+        })
+    }
+
     fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<()>> {
         let len = data.len() as u64;
         Box::pin(self.timed_put(len, self.inner.put(key, data)))

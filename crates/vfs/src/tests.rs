@@ -227,3 +227,83 @@ fn unlinked_open_file_stays_readable() {
     assert!(v.getattr(ino).is_err(), "gone after the last close");
     v.shutdown();
 }
+
+/// An imported file: its slice points at an object in another bucket (here
+/// a local directory). Reads come from that object; a write lands on top
+/// without touching it; an object that changed under Tessera gives EIO.
+#[test]
+fn imported_files_read_from_the_source_object() {
+    use tessera_meta::{ExternalObject, FileType, SliceKind, SliceRecord};
+    let f = fixture(64 << 10);
+    let v = &f.vfs;
+    let src = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(src.path().join("models")).expect("mkdir");
+    let data = pattern(300_000, 9);
+    std::fs::write(src.path().join("models/a.bin"), &data).expect("object");
+    std::fs::write(src.path().join("models/b.bin"), &data).expect("object");
+    let source = format!("file://{}", src.path().display());
+    let import = |name: &[u8], key: &str| {
+        let id = v
+            .meta
+            .put_external(&ExternalObject {
+                source: source.clone(),
+                key: key.into(),
+                size: data.len() as u64,
+                etag: None,
+            })
+            .expect("external");
+        let (ino, _) = v
+            .meta
+            .mknod(&CTX, ROOT_INO, name, FileType::File, 0o644, 0, None)
+            .expect("mknod");
+        let rec = SliceRecord {
+            kind: SliceKind::External,
+            pos: 0,
+            id,
+            size: data.len() as u64,
+            off: 0,
+            len: data.len() as u32,
+        };
+        v.meta
+            .write_slices(ino, &[(0, rec)], data.len() as u64)
+            .expect("records");
+        ino
+    };
+    let a = import(b"a.bin", "models/a.bin");
+    let fh = v.open(a, libc::O_RDWR).expect("open");
+    let got = v.read(a, fh.0, 0, 400_000).expect("read");
+    assert!(got[..] == data[..], "bytes of the source object");
+    v.write(a, fh.0, 70_000, b"LOCAL").expect("write on top");
+    v.flush(a, fh.0, 0).expect("flush");
+    let got = v.read(a, fh.0, 69_998, 9).expect("read");
+    assert_eq!(
+        &got[..],
+        &[
+            data[69_998],
+            data[69_999],
+            b'L',
+            b'O',
+            b'C',
+            b'A',
+            b'L',
+            data[70_005],
+            data[70_006]
+        ]
+    );
+    v.release(a, fh.0, None).expect("release");
+    assert_eq!(
+        std::fs::read(src.path().join("models/a.bin")).expect("source"),
+        data,
+        "source untouched"
+    );
+
+    let b = import(b"b.bin", "models/b.bin");
+    std::fs::write(src.path().join("models/b.bin"), b"replaced").expect("replace behind our back");
+    let fh = v.open(b, libc::O_RDONLY).expect("open");
+    let err = v
+        .read(b, fh.0, 0, 4096)
+        .expect_err("a changed object is not read");
+    assert_eq!(err.errno, libc::EIO);
+    assert!(err.to_string().contains("models/b.bin"), "{err}");
+    v.release(b, fh.0, None).expect("release");
+}
