@@ -3,7 +3,8 @@
 //! the volume's block size by range GETs that name the version recorded at
 //! import (If-Match on the ETag, and the length checked), and cached like any
 //! block under a key that includes that version, so a replaced object is
-//! never served from a stale cache and never returns other bytes: a read of
+//! never served from a stale cache; before serving any of its bytes the
+//! object is checked with a HEAD (at most once a second). A read of
 //! a changed or vanished object fails with EIO and a log line naming it.
 
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use crate::{ChunkStore, Result};
 
 /// Cache keys of external blocks start with this; no volume block key does.
 pub(crate) const PREFIX: &str = "ext/";
+/// How long a checked object is taken to be unchanged.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl ChunkStore {
     /// The object an external slice id names (cached after the first ask).
@@ -33,23 +36,76 @@ impl ChunkStore {
     }
 
     /// Cache key of block `index` of external object `id`: the version is
-    /// part of it.
+    /// part of it. The object is checked against its bucket first (see
+    /// [`ChunkStore::check_external`]).
     pub(crate) fn external_key(&self, id: u64, index: u64) -> Result<String> {
         let obj = self.external_object(id)?;
+        self.check_external(id, &obj)?;
         let version = obj.etag.as_deref().unwrap_or("-");
         let tag = crc32c::crc32c(format!("{}\0{}\0{version}", obj.source, obj.key).as_bytes());
         Ok(format!("{PREFIX}{id}-{tag:08x}/{index}"))
     }
 
-    /// The store a source URL names, opened once; credentials come from the
-    /// environment at read time.
-    fn source_store(&self, url: &str) -> Result<DynStore> {
-        if let Some(s) = self.sources.lock().ok().and_then(|m| m.get(url).cloned()) {
+    /// Make sure the object is still the version imported before any of its
+    /// bytes are served, cached ones included: one HEAD, repeated at most
+    /// once per [`RECHECK`] per object (a warm read makes no GET).
+    fn check_external(&self, id: u64, obj: &ExternalObject) -> Result<()> {
+        let fresh = self
+            .checked
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&id).copied())
+            .is_some_and(|at| at.elapsed() < RECHECK);
+        if fresh {
+            return Ok(());
+        }
+        let name = format!("{}/{}", obj.source.trim_end_matches('/'), obj.key);
+        let store = self.source_store(obj)?;
+        let now = self.rt.block_on(store.head(&obj.key));
+        let fail = |why: String| {
+            warn!(object = %name, "{why}");
+            Err(crate::ChunkError::Unsupported(why))
+        };
+        match now {
+            Ok(info)
+                if info.size == obj.size
+                    && (obj.etag.is_none() || info.etag.is_none() || info.etag == obj.etag) =>
+            {
+                if let Ok(mut m) = self.checked.lock() {
+                    m.insert(id, std::time::Instant::now());
+                }
+                Ok(())
+            }
+            Ok(info) => fail(format!(
+                "imported object {name} changed in its bucket (now {} bytes, ETag {:?}; imported {} bytes, ETag {:?}); run `tessera import` again",
+                info.size, info.etag, obj.size, obj.etag
+            )),
+            Err(ObjectError::NotFound(_)) => fail(format!(
+                "imported object {name} is gone from its bucket; the file cannot be read"
+            )),
+            Err(e) => fail(format!("imported object {name} cannot be checked: {e}")),
+        }
+    }
+
+    /// The store of an object's bucket, opened once: endpoint, region and
+    /// keys recorded at import when there are any, else the environment's
+    /// at read time.
+    fn source_store(&self, obj: &ExternalObject) -> Result<DynStore> {
+        let id = format!("{}\0{:?}", obj.source, obj.endpoint);
+        if let Some(s) = self.sources.lock().ok().and_then(|m| m.get(&id).cloned()) {
             return Ok(s);
         }
-        let store = tessera_object::open_store(url, &StorageOptions::from_env())?;
+        let options = StorageOptions {
+            endpoint: obj.endpoint.clone(),
+            region: obj.region.clone(),
+            access_key: obj.access_key.clone(),
+            secret_key: obj.secret_key.clone(),
+            virtual_host_style: false,
+        }
+        .or(StorageOptions::from_env());
+        let store = tessera_object::open_store(&obj.source, &options)?;
         if let Ok(mut m) = self.sources.lock() {
-            m.insert(url.to_string(), store.clone());
+            m.insert(id, store.clone());
         }
         Ok(store)
     }
@@ -71,7 +127,7 @@ impl ChunkStore {
             .map_err(|e| failed(format!("imported object #{id}: {e}")))?;
         let name = format!("{}/{}", obj.source.trim_end_matches('/'), obj.key);
         let store = self
-            .source_store(&obj.source)
+            .source_store(&obj)
             .map_err(|e| failed(format!("imported object {name}: {e}")))?;
         let start = index * self.config.block_size as u64;
         let permit = self.downloads.acquire().await;

@@ -138,6 +138,8 @@ pub struct ChunkStore {
     /// Imported objects by slice id, and the stores of their buckets.
     pub(crate) externals: Mutex<HashMap<u64, Arc<tessera_meta::ExternalObject>>>,
     pub(crate) sources: Mutex<HashMap<String, DynStore>>,
+    /// When each imported object was last found unchanged in its bucket.
+    pub(crate) checked: Mutex<HashMap<u64, std::time::Instant>>,
 }
 
 impl ChunkStore {
@@ -172,6 +174,7 @@ impl ChunkStore {
             origins: Mutex::new(HashMap::new()),
             externals: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
+            checked: Mutex::new(HashMap::new()),
             downloads: Arc::new(Semaphore::new(config.max_downloads.max(1))),
             uploads: Arc::new(Semaphore::new(config.max_uploads.max(1))),
             buffered: AtomicUsize::new(0),

@@ -37,6 +37,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Benchmark an object store: put, get, range get, list, delete.
     Objbench(cmd::objbench::Args),
+    /// Make the objects under a storage URL files of the volume, in place.
+    Import(Box<cmd::import::Args>),
     /// Write a volume's metadata as JSON Lines (FILE, or - for stdout).
     Dump(cmd::dump::DumpArgs),
     /// Load a dump into an empty metadata engine (FILE, or - for stdin).
@@ -55,6 +57,7 @@ fn main() {
         Command::Stats(a) => cmd::stats::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Objbench(a) => cmd::objbench::run(a),
+        Command::Import(a) => cmd::import::run(*a),
         Command::Dump(a) => cmd::dump::dump(a),
         Command::Load(a) => cmd::dump::load(a),
     };

@@ -504,6 +504,7 @@ fn data_records(e: Arc<dyn KvEngine>) {
         key: "a/model.bin".into(),
         size: 1 << 30,
         etag: Some("\"e1\"".into()),
+        ..Default::default()
     };
     let ext_id = m.put_external(&ext).expect("external");
     assert_eq!(m.get_external(ext_id).expect("read external"), ext);

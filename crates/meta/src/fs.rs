@@ -58,7 +58,7 @@ pub struct UnlinkResult {
 }
 
 /// An object in a bucket that imported files read in place.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExternalObject {
     /// Storage URL of the source (bucket and prefix).
     pub source: String,
@@ -66,6 +66,17 @@ pub struct ExternalObject {
     pub size: u64,
     /// ETag at import time; a read that finds another one fails.
     pub etag: Option<String>,
+    /// Where and how to reach the source, when it is not the environment's
+    /// default: endpoint and region always, keys only if the user asked to
+    /// store them (`import --store-credentials`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<String>,
 }
 
 /// Slices no longer referenced, whose blocks can be deleted: (id, size).
@@ -1318,6 +1329,51 @@ impl Meta {
         let raw = serde_json::to_vec(obj).map_err(|e| MetaError::Corrupt(e.to_string()))?;
         self.txn(|tx| tx.set(&keys::external(id), &raw))?;
         Ok(id)
+    }
+
+    /// Create `name` in `parent` as an imported file: its bytes are those of
+    /// `obj`, read in place (no byte is copied). Returns the new inode.
+    pub fn import_file(
+        &self,
+        ctx: &Ctx,
+        parent: Ino,
+        name: &[u8],
+        obj: &ExternalObject,
+        mode: u32,
+    ) -> Result<Ino> {
+        let id = self.put_external(obj)?;
+        let (ino, _) = self.mknod(ctx, parent, name, FileType::File, mode, 0, None)?;
+        let mut records = Vec::new();
+        let mut off = 0u64;
+        while off < obj.size {
+            let n = (obj.size - off).min(CHUNK_SIZE);
+            records.push((
+                (off / CHUNK_SIZE) as u32,
+                SliceRecord {
+                    kind: crate::SliceKind::External,
+                    pos: 0,
+                    id,
+                    size: obj.size,
+                    off,
+                    len: n as u32,
+                },
+            ));
+            off += n;
+        }
+        self.write_slices(ino, &records, obj.size)?;
+        Ok(ino)
+    }
+
+    /// The imported object a file reads from, if it is an imported file
+    /// (its first chunk starts with an external slice).
+    pub fn imported_object(&self, ino: Ino) -> Result<Option<(u64, ExternalObject)>> {
+        let first = self.read_chunk(ino, 0)?;
+        match first.first() {
+            Some(r) if r.kind == crate::SliceKind::External => {
+                Ok(Some((r.id, self.get_external(r.id)?)))
+            }
+            _ => Ok(None),
+        }
     }
 
     pub fn get_external(&self, id: u64) -> Result<ExternalObject> {

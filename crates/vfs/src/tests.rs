@@ -250,6 +250,7 @@ fn imported_files_read_from_the_source_object() {
                 key: key.into(),
                 size: data.len() as u64,
                 etag: None,
+                ..Default::default()
             })
             .expect("external");
         let (ino, _) = v

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod dump;
 pub mod format;
+pub mod import;
 pub mod info;
 pub mod mount;
 pub mod objbench;

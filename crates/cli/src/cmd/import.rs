@@ -1,0 +1,312 @@
+//! `tessera import SOURCE_URL META_URL DEST_PATH`: make the objects under a
+//! storage URL appear as files of a volume without copying a byte. Each
+//! file is one external slice pointing at its object (key, size, ETag).
+//! Rerun, it is incremental: new objects appear, changed ones (other ETag
+//! or size) point at the new version, vanished ones are removed unless
+//! `--keep-deleted`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use tessera_meta::{Ctx, ExternalObject, FileType, Ino, Meta, MetaConfig, MetaError, ROOT_INO};
+use tessera_object::ObjectInfo;
+
+use crate::common::{open_volume, redact, StorageFlags};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Objects to import: s3://bucket/prefix, or any storage URL.
+    pub source: String,
+    /// Metadata engine URL of the volume.
+    pub meta_url: String,
+    /// Directory in the volume that mirrors the source (made if missing).
+    pub dest: String,
+    /// Import only keys matching this pattern (`*` within a path segment,
+    /// `**` across segments, `?` one character); repeatable.
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Skip keys matching this pattern; repeatable, wins over --include.
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Files created at once.
+    #[arg(long, default_value_t = 8)]
+    pub threads: usize,
+    /// Keep files whose object has gone from the source.
+    #[arg(long)]
+    pub keep_deleted: bool,
+    /// Store the source's access and secret keys with the volume, so mounts
+    /// need no credentials of their own for it (off: read them from the
+    /// environment at read time).
+    #[arg(long)]
+    pub store_credentials: bool,
+    #[command(flatten)]
+    pub storage_flags: StorageFlags,
+}
+
+/// Shell-style match: `*` any run within a segment, `**` any run at all,
+/// `?` one character other than `/`.
+pub fn glob_match(pattern: &str, key: &str) -> bool {
+    fn go(p: &[u8], k: &[u8]) -> bool {
+        match p.first() {
+            None => k.is_empty(),
+            Some(b'*') if p.get(1) == Some(&b'*') => {
+                let rest = &p[2..];
+                (0..=k.len()).any(|i| go(rest, &k[i..]))
+            }
+            Some(b'*') => {
+                let rest = &p[1..];
+                for i in 0..=k.len() {
+                    if go(rest, &k[i..]) {
+                        return true;
+                    }
+                    if k.get(i) == Some(&b'/') {
+                        break;
+                    }
+                }
+                false
+            }
+            Some(b'?') => k.first().is_some_and(|c| *c != b'/') && go(&p[1..], &k[1..]),
+            Some(c) => k.first() == Some(c) && go(&p[1..], &k[1..]),
+        }
+    }
+    go(pattern.as_bytes(), key.as_bytes())
+}
+
+fn wanted(a: &Args, key: &str) -> bool {
+    (a.include.is_empty() || a.include.iter().any(|p| glob_match(p, key)))
+        && !a.exclude.iter().any(|p| glob_match(p, key))
+}
+
+/// A file an earlier import made: where it is and what it points at.
+struct Existing {
+    parent: Ino,
+    name: Vec<u8>,
+    etag: Option<String>,
+    size: u64,
+}
+
+/// Every imported file under `dir` whose object came from `source`, by key.
+fn existing(meta: &Meta, dir: Ino, source: &str) -> Result<HashMap<String, Existing>> {
+    let mut out = HashMap::new();
+    let mut stack = vec![dir];
+    while let Some(d) = stack.pop() {
+        for e in meta.readdir(d, false)? {
+            match e.typ {
+                FileType::Dir => stack.push(e.ino),
+                FileType::File => {
+                    if let Some((_, obj)) = meta.imported_object(e.ino)? {
+                        if obj.source == source {
+                            out.insert(
+                                obj.key.clone(),
+                                Existing {
+                                    parent: d,
+                                    name: e.name,
+                                    etag: obj.etag,
+                                    size: obj.size,
+                                },
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The directory at `path` under `from`, made (with parents) if missing.
+fn mkdir_p(
+    meta: &Meta,
+    ctx: &Ctx,
+    from: Ino,
+    path: &str,
+    made: &Mutex<HashMap<String, Ino>>,
+) -> Result<Ino> {
+    if path.is_empty() {
+        return Ok(from);
+    }
+    if let Some(ino) = made.lock().ok().and_then(|m| m.get(path).copied()) {
+        return Ok(ino);
+    }
+    let (parent_path, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let parent = mkdir_p(meta, ctx, from, parent_path, made)?;
+    let ino = match meta.lookup(parent, name.as_bytes()) {
+        Ok((ino, a)) if a.typ == FileType::Dir => ino,
+        Ok(_) => {
+            return Err(anyhow!(
+                "{path} exists in the volume and is not a directory"
+            ))
+        }
+        Err(MetaError::NotFound) => {
+            match meta.mknod(ctx, parent, name.as_bytes(), FileType::Dir, 0o755, 0, None) {
+                Ok((ino, _)) => ino,
+                // Another thread made it first.
+                Err(MetaError::Exists) => meta.lookup(parent, name.as_bytes())?.0,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Ok(mut m) = made.lock() {
+        m.insert(path.to_string(), ino);
+    }
+    Ok(ino)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let started = Instant::now();
+    let (meta, _) = open_volume(&a.meta_url, MetaConfig::default())?;
+    let options = a.storage_flags.options();
+    let source = a.source.trim_end_matches('/').to_string();
+    let store = tessera_object::open_store(&source, &options)
+        .with_context(|| format!("cannot open the source {}", redact(&source)))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let listed: Vec<ObjectInfo> = rt
+        .block_on(store.list(""))
+        .with_context(|| format!("cannot list {}", redact(&source)))?
+        .into_iter()
+        .filter(|o| !o.key.ends_with('/') && !o.key.is_empty() && wanted(&a, &o.key))
+        .collect();
+    let ctx = Ctx {
+        uid: 0,
+        gid: 0,
+        pid: std::process::id(),
+    };
+    let made = Mutex::new(HashMap::new());
+    let dest = mkdir_p(&meta, &ctx, ROOT_INO, a.dest.trim_matches('/'), &made)?;
+    // Directories are made relative to the destination from here on.
+    made.lock().map_err(|_| anyhow!("lock poisoned"))?.clear();
+    let mut before = existing(&meta, dest, &source)?;
+
+    let mut todo = Vec::new();
+    let mut unchanged = 0u64;
+    for o in &listed {
+        match before.remove(&o.key) {
+            Some(e) if e.etag == o.etag && e.size == o.size => unchanged += 1,
+            Some(e) => todo.push((o, Some(e))),
+            None => todo.push((o, None)),
+        }
+    }
+    let gone: Vec<(String, Existing)> = before.into_iter().collect();
+
+    let total_bytes: u64 = todo.iter().map(|(o, _)| o.size).sum();
+    let bar = ProgressBar::new(todo.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {pos}/{len} objects {msg} [{elapsed_precise}] {wide_bar}",
+        )
+        .map_err(|e| anyhow!("progress bar: {e}"))?,
+    );
+    let bytes_done = AtomicU64::new(0);
+    let (added, changed) = (AtomicU64::new(0), AtomicU64::new(0));
+    let next = AtomicU64::new(0);
+    let failures = Mutex::new(Vec::new());
+    let store_keys = a.store_credentials;
+    std::thread::scope(|s| {
+        for _ in 0..a.threads.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some((o, old)) = todo.get(i) else {
+                    break;
+                };
+                let result = (|| -> Result<()> {
+                    let (dir, name) = o.key.rsplit_once('/').unwrap_or(("", o.key.as_str()));
+                    if let Some(e) = old {
+                        meta.unlink(e.parent, &e.name)?;
+                    }
+                    let parent = mkdir_p(&meta, &ctx, dest, dir, &made)?;
+                    let obj = ExternalObject {
+                        source: source.clone(),
+                        key: o.key.clone(),
+                        size: o.size,
+                        etag: o.etag.clone(),
+                        endpoint: options.endpoint.clone(),
+                        region: options.region.clone(),
+                        access_key: options.access_key.clone().filter(|_| store_keys),
+                        secret_key: options.secret_key.clone().filter(|_| store_keys),
+                    };
+                    meta.import_file(&ctx, parent, name.as_bytes(), &obj, 0o644)?;
+                    Ok(())
+                })();
+                match result {
+                    Ok(()) => {
+                        if old.is_some() { &changed } else { &added }
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if let Ok(mut f) = failures.lock() {
+                            f.push(format!("{}: {e:#}", o.key));
+                        }
+                    }
+                }
+                let b = bytes_done.fetch_add(o.size, Ordering::Relaxed) + o.size;
+                bar.set_message(format!(
+                    "{:.1}/{:.1} GiB",
+                    b as f64 / 1073741824.0,
+                    total_bytes as f64 / 1073741824.0
+                ));
+                bar.inc(1);
+            });
+        }
+    });
+    bar.finish_and_clear();
+
+    let mut deleted = 0u64;
+    if !a.keep_deleted {
+        for (key, e) in &gone {
+            match meta.unlink(e.parent, &e.name) {
+                Ok(_) => deleted += 1,
+                Err(err) => {
+                    if let Ok(mut f) = failures.lock() {
+                        f.push(format!("{key}: removing: {err}"));
+                    }
+                }
+            }
+        }
+    }
+    meta.flush_usage()?;
+    let failures = failures.into_inner().unwrap_or_default();
+    eprintln!(
+        "imported {} into {}: {} new, {} changed, {} unchanged, {} removed{} ({} objects listed, {:.1} GiB) in {:.1}s",
+        redact(&source),
+        a.dest,
+        added.load(Ordering::Relaxed),
+        changed.load(Ordering::Relaxed),
+        unchanged,
+        deleted,
+        if a.keep_deleted && !gone.is_empty() { format!(", {} kept though gone", gone.len()) } else { String::new() },
+        listed.len(),
+        listed.iter().map(|o| o.size).sum::<u64>() as f64 / 1073741824.0,
+        started.elapsed().as_secs_f64()
+    );
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        for f in &failures {
+            eprintln!("  failed: {f}");
+        }
+        Err(anyhow!("{} objects could not be imported", failures.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn patterns() {
+        assert!(glob_match("*.safetensors", "a.safetensors"));
+        assert!(!glob_match("*.safetensors", "lora/a.safetensors"));
+        assert!(glob_match("**.safetensors", "lora/a.safetensors"));
+        assert!(glob_match("lora/**", "lora/x/y.bin"));
+        assert!(glob_match("ckpt-?.bin", "ckpt-7.bin"));
+        assert!(!glob_match("ckpt-?.bin", "ckpt-10.bin"));
+    }
+}
