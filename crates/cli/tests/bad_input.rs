@@ -95,6 +95,10 @@ fn unformatted_and_unreachable() {
         &["load", &meta, "/no/such/dump"],
         "cannot open /no/such/dump",
     );
+    fails_with(
+        &["import", "file:///tmp", &meta, "/x"],
+        "no volume is formatted",
+    );
     // An S3 endpoint nobody listens on: format refuses before writing metadata.
     let out = std::process::Command::new(common::bin())
         .args([

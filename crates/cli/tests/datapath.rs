@@ -299,6 +299,28 @@ fn bench_stats_and_objbench_commands_report() {
 }
 
 #[test]
+fn import_refuses_bad_sources_and_destinations() {
+    let vol = Volume::new("impvol");
+    let out = tessera(&["import", "nosuch://bucket", &vol.meta_url, "/m"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot open the source"),
+        "{}",
+        stderr(&out)
+    );
+    let src = tempfile::tempdir().expect("tempdir");
+    std::fs::write(src.path().join("a.bin"), b"x").expect("object");
+    let source = format!("file://{}", src.path().display());
+    let ok = tessera(&["import", &source, &vol.meta_url, "/m"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(stderr(&ok).contains("1 new"), "{}", stderr(&ok));
+    // A destination under a file cannot be made.
+    let out = tessera(&["import", &source, &vol.meta_url, "/m/a.bin/sub"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a directory"), "{}", stderr(&out));
+}
+
+#[test]
 fn bad_data_path_options_are_refused_by_name() {
     let vol = Volume::new("optvol");
     let mnt = vol.dir.path().join("mnt");
