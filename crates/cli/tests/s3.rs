@@ -10,19 +10,27 @@ use std::io::Write;
 
 use common::{digest, pseudo_random, Volume};
 
-#[test]
-#[ignore = "needs an S3 server: run through scripts/test.sh"]
-fn hundred_mib_round_trip_on_s3() {
+/// The test S3 server's bucket, with the server's endpoint and credentials
+/// put in the environment for this process and the mounts it starts.
+fn s3_env() -> String {
     let endpoint = std::env::var("TESSERA_TEST_S3_ENDPOINT")
         .expect("TESSERA_TEST_S3_ENDPOINT must name a running S3 server");
     let bucket =
         std::env::var("TESSERA_TEST_S3_BUCKET").expect("TESSERA_TEST_S3_BUCKET must name a bucket");
-    // SAFETY: set before any thread of this test reads the environment.
+    // SAFETY: the tests of this file set the same values; nothing reads the
+    // environment concurrently with a change of value.
     unsafe {
         std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
         std::env::set_var("AWS_ACCESS_KEY_ID", "test");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
     }
+    bucket
+}
+
+#[test]
+#[ignore = "needs an S3 server: run through scripts/test.sh"]
+fn hundred_mib_round_trip_on_s3() {
+    let bucket = s3_env();
     let storage = format!("s3://{bucket}/round-trip-{}", std::process::id());
     let vol = Volume::with_storage("s3vol", Some(&storage), &[]);
     let data = pseudo_random(100 << 20, 9);
@@ -52,16 +60,7 @@ fn hundred_mib_round_trip_on_s3() {
 #[ignore = "needs an S3 server: run through scripts/test.sh"]
 fn import_a_bucket_in_place() {
     use tessera_object::{open_store, StorageOptions};
-    let endpoint = std::env::var("TESSERA_TEST_S3_ENDPOINT")
-        .expect("TESSERA_TEST_S3_ENDPOINT must name a running S3 server");
-    let bucket =
-        std::env::var("TESSERA_TEST_S3_BUCKET").expect("TESSERA_TEST_S3_BUCKET must name a bucket");
-    // SAFETY: set before any thread of this test reads the environment.
-    unsafe {
-        std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
-        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-    }
+    let bucket = s3_env();
     let source = format!("s3://{bucket}/repo-{}", std::process::id());
     let store = open_store(&source, &StorageOptions::from_env()).expect("source store");
     let rt = tokio::runtime::Builder::new_current_thread()
