@@ -314,6 +314,22 @@ fn import_refuses_bad_sources_and_destinations() {
     let ok = tessera(&["import", &source, &vol.meta_url, "/m"]);
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert!(stderr(&ok).contains("1 new"), "{}", stderr(&ok));
+    // The file takes the object's modification time.
+    let object_mtime = std::fs::metadata(src.path().join("a.bin"))
+        .and_then(|m| m.modified())
+        .expect("object mtime");
+    let m = vol.mount("mnt");
+    let file_mtime = std::fs::metadata(m.join("m/a.bin"))
+        .and_then(|m| m.modified())
+        .expect("file mtime");
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    assert_eq!(secs(file_mtime), secs(object_mtime));
+    assert_eq!(std::fs::read(m.join("m/a.bin")).expect("read"), b"x");
+    m.unmount();
     // A destination under a file cannot be made.
     let out = tessera(&["import", &source, &vol.meta_url, "/m/a.bin/sub"]);
     assert!(!out.status.success());

@@ -1332,7 +1332,8 @@ impl Meta {
     }
 
     /// Create `name` in `parent` as an imported file: its bytes are those of
-    /// `obj`, read in place (no byte is copied). Returns the new inode.
+    /// `obj`, read in place (no byte is copied), its times the object's
+    /// `mtime` when known. Returns the new inode.
     pub fn import_file(
         &self,
         ctx: &Ctx,
@@ -1340,6 +1341,7 @@ impl Meta {
         name: &[u8],
         obj: &ExternalObject,
         mode: u32,
+        mtime: Option<i64>,
     ) -> Result<Ino> {
         let id = self.put_external(obj)?;
         let (ino, _) = self.mknod(ctx, parent, name, FileType::File, mode, 0, None)?;
@@ -1361,6 +1363,18 @@ impl Meta {
             off += n;
         }
         self.write_slices(ino, &records, obj.size)?;
+        if let Some(t) = mtime {
+            // The object's last change is the file's.
+            let when = Some(Some((t, 0)));
+            self.setattr(
+                ino,
+                &SetAttr {
+                    atime: when,
+                    mtime: when,
+                    ..Default::default()
+                },
+            )?;
+        }
         Ok(ino)
     }
 

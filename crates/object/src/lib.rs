@@ -261,19 +261,26 @@ impl ObjectStore for OpendalStore {
                 Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
                 Err(e) => return Err(backend("LIST", prefix, e)),
             };
-            Ok(entries
-                .into_iter()
-                .filter(|e| !e.path().ends_with('/'))
-                .map(|e| {
-                    let meta = e.metadata();
-                    ObjectInfo {
-                        key: e.path().to_string(),
-                        size: meta.content_length(),
-                        etag: meta.etag().map(str::to_string),
-                        mtime: meta.last_modified().map(|t| t.into_inner().as_second()),
-                    }
-                })
-                .collect())
+            // Some services (a local directory) list names only, without a
+            // time or a size: ask each such object for them.
+            let mut out = Vec::with_capacity(entries.len());
+            for e in entries.into_iter().filter(|e| !e.path().ends_with('/')) {
+                let meta = if e.metadata().last_modified().is_some() {
+                    e.metadata().clone()
+                } else {
+                    self.op
+                        .stat(e.path())
+                        .await
+                        .map_err(|err| backend("HEAD", e.path(), err))?
+                };
+                out.push(ObjectInfo {
+                    key: e.path().to_string(),
+                    size: meta.content_length(),
+                    etag: meta.etag().map(str::to_string),
+                    mtime: meta.last_modified().map(|t| t.into_inner().as_second()),
+                });
+            }
+            Ok(out)
         })
     }
 

@@ -232,7 +232,7 @@ pub fn run(a: Args) -> Result<()> {
                         access_key: options.access_key.clone().filter(|_| store_keys),
                         secret_key: options.secret_key.clone().filter(|_| store_keys),
                     };
-                    meta.import_file(&ctx, parent, name.as_bytes(), &obj, 0o644)?;
+                    meta.import_file(&ctx, parent, name.as_bytes(), &obj, 0o644, o.mtime)?;
                     Ok(())
                 })();
                 match result {
