@@ -89,7 +89,8 @@ impl ChunkStore {
 
     /// The store of an object's bucket, opened once: endpoint, region and
     /// keys recorded at import when there are any, else the environment's
-    /// at read time.
+    /// at read time; behind the same metrics and `--download-limit` as the
+    /// volume's store.
     fn source_store(&self, obj: &ExternalObject) -> Result<DynStore> {
         let id = format!("{}\0{:?}", obj.source, obj.endpoint);
         if let Some(s) = self.sources.lock().ok().and_then(|m| m.get(&id).cloned()) {
@@ -103,7 +104,10 @@ impl ChunkStore {
             virtual_host_style: false,
         }
         .or(StorageOptions::from_env());
-        let store = tessera_object::open_store(&obj.source, &options)?;
+        // Imported reads count and are limited like the volume's own.
+        let store = self
+            .store
+            .beside(tessera_object::open_store(&obj.source, &options)?);
         if let Ok(mut m) = self.sources.lock() {
             m.insert(id, store.clone());
         }

@@ -119,6 +119,23 @@ impl Instrumented {
 }
 
 impl Instrumented {
+    /// A download: time it, count its bytes, then hold the reader to the
+    /// download limit.
+    async fn timed_get(&self, get: BoxFuture<'_, Result<Bytes>>) -> Result<Bytes> {
+        let started = Instant::now();
+        let r = get.await;
+        self.observe("get", started, &r);
+        if let Ok(b) = &r {
+            self.metrics
+                .object_bytes
+                .get_or_create(&[("method", "get")])
+                .inc_by(b.len() as u64);
+            self.throttle(&self.download, "download", b.len() as u64)
+                .await;
+        }
+        r
+    }
+
     /// An upload of `len` bytes: wait for the rate limit, then time it.
     /// The inner request is only started (polled) after the wait.
     async fn timed_put(&self, len: u64, put: BoxFuture<'_, Result<()>>) -> Result<()> {
@@ -142,20 +159,7 @@ impl ObjectStore for Instrumented {
     }
 
     fn get<'a>(&'a self, key: &'a str, range: Option<Range<u64>>) -> BoxFuture<'a, Result<Bytes>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let r = self.inner.get(key, range).await;
-            self.observe("get", started, &r);
-            if let Ok(b) = &r {
-                self.metrics
-                    .object_bytes
-                    .get_or_create(&[("method", "get")])
-                    .inc_by(b.len() as u64);
-                self.throttle(&self.download, "download", b.len() as u64)
-                    .await;
-            }
-            r
-        })
+        Box::pin(self.timed_get(self.inner.get(key, range)))
     }
 
     fn get_version<'a>(
@@ -164,19 +168,15 @@ impl ObjectStore for Instrumented {
         range: Range<u64>,
         etag: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Bytes>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let r = self.inner.get_version(key, range, etag).await;
-            self.observe("get", started, &r);
-            if let Ok(b) = &r {
-                self.metrics
-                    .object_bytes
-                    .get_or_create(&[("method", "get")])
-                    .inc_by(b.len() as u64);
-                self.throttle(&self.download, "download", b.len() as u64)
-                    .await;
-            }
-            r
+        Box::pin(self.timed_get(self.inner.get_version(key, range, etag)))
+    }
+
+    fn beside(&self, other: DynStore) -> DynStore {
+        Arc::new(Instrumented {
+            inner: other,
+            metrics: self.metrics.clone(),
+            upload: self.upload.clone(),
+            download: self.download.clone(),
         })
     }
 

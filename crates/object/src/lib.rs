@@ -94,6 +94,12 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Delete an object; deleting a missing object is not an error.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>>;
     fn counters(&self) -> &RequestCounters;
+    /// Another store (an imported object's bucket) dressed as this one is:
+    /// the same request metrics and rate limits. Plain stores return it as
+    /// it is.
+    fn beside(&self, other: DynStore) -> DynStore {
+        other
+    }
 }
 
 pub type DynStore = Arc<dyn ObjectStore>;
@@ -126,6 +132,33 @@ fn backend(op: &'static str, key: &str, source: opendal::Error) -> ObjectError {
 }
 
 impl OpendalStore {
+    /// One GET: the whole object or a range, of the version `etag` names
+    /// where the service can check it (If-Match).
+    async fn read(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        etag: Option<&str>,
+    ) -> Result<Bytes> {
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        let mut req = self.op.read_with(key);
+        if let Some(r) = range {
+            req = req.range(r);
+        }
+        if let Some(etag) = etag {
+            // Services without If-Match (a local directory) cannot promise
+            // the version; readers check the length (and a HEAD) instead.
+            if self.op.info().full_capability().read_with_if_match {
+                req = req.if_match(etag);
+            }
+        }
+        let data = req.await.map_err(|e| backend("GET", key, e))?.to_bytes();
+        self.counters
+            .get_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
+    }
+
     /// Build a store from a URL and options (flags or environment).
     pub fn open(url: &str, options: &StorageOptions) -> Result<Self> {
         let parsed = StorageUrl::parse(url)?;
@@ -153,20 +186,7 @@ impl ObjectStore for OpendalStore {
     }
 
     fn get<'a>(&'a self, key: &'a str, range: Option<Range<u64>>) -> BoxFuture<'a, Result<Bytes>> {
-        Box::pin(async move {
-            self.counters.gets.fetch_add(1, Ordering::Relaxed);
-            let req = self.op.read_with(key);
-            let buf = match range {
-                Some(r) => req.range(r).await,
-                None => req.await,
-            }
-            .map_err(|e| backend("GET", key, e))?;
-            let data = buf.to_bytes();
-            self.counters
-                .get_bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            Ok(data)
-        })
+        Box::pin(self.read(key, range, None))
     }
 
     fn get_version<'a>(
@@ -175,22 +195,7 @@ impl ObjectStore for OpendalStore {
         range: Range<u64>,
         etag: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Bytes>> {
-        Box::pin(async move {
-            self.counters.gets.fetch_add(1, Ordering::Relaxed);
-            let mut req = self.op.read_with(key).range(range);
-            if let Some(etag) = etag {
-                // Services without If-Match (a local directory) cannot
-                // promise the version; imports there check size instead.
-                if self.op.info().full_capability().read_with_if_match {
-                    req = req.if_match(etag);
-                }
-            }
-            let data = req.await.map_err(|e| backend("GET", key, e))?.to_bytes();
-            self.counters
-                .get_bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            Ok(data)
-        })
+        Box::pin(self.read(key, Some(range), etag))
     }
 
     fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<()>> {
