@@ -30,15 +30,25 @@ pub trait KvTxn {
     /// inode number whose attributes a lookup wants next). Engines that can
     /// follow the pointer on the server do both in one round trip.
     fn get_follow(&mut self, key: &[u8], pointer: Pointer<'_>) -> Result<Followed> {
-        let Some(first) = self.get(key)? else {
-            return Ok(None);
-        };
-        let second = match pointer.target(&first) {
-            Some(k) => self.get(&k)?,
-            None => None,
-        };
-        Ok(Some((first, second)))
+        follow_by_gets(self, key, pointer)
     }
+}
+
+/// [`KvTxn::get_follow`] as two plain reads, for engines that cannot follow
+/// the pointer on the server (or not in every mode).
+pub fn follow_by_gets<T: KvTxn + ?Sized>(
+    tx: &mut T,
+    key: &[u8],
+    pointer: Pointer<'_>,
+) -> Result<Followed> {
+    let Some(first) = tx.get(key)? else {
+        return Ok(None);
+    };
+    let second = match pointer.target(&first) {
+        Some(k) => tx.get(&k)?,
+        None => None,
+    };
+    Ok(Some((first, second)))
 }
 
 /// What [`KvTxn::get_follow`] found: None when the first key is absent,

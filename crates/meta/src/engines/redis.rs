@@ -273,14 +273,7 @@ impl KvTxn for RedisTxn<'_> {
         // A writing transaction must WATCH both keys before reading them,
         // which a script cannot do: it reads them one by one.
         if self.watching || self.writes.contains_key(key) {
-            let Some(first) = self.get(key)? else {
-                return Ok(None);
-            };
-            let second = match pointer.target(&first) {
-                Some(k) => self.get(&k)?,
-                None => None,
-            };
-            return Ok(Some((first, second)));
+            return crate::kv::follow_by_gets(self, key, pointer);
         }
         let found: Option<Vec<Vec<u8>>> = follow_script()
             .key(value_key(key))
