@@ -16,6 +16,11 @@
 //! restarted mount keeps its cache. Staged blocks are outside the index and
 //! never evicted; once uploaded they are renamed into `raw/` and become
 //! ordinary cached blocks.
+//!
+//! Pinned blocks (`tessera warmup --pin`) stay in the index but leave the
+//! eviction policy until their pin ends (`--unpin`, or its deadline), so a
+//! scan cannot push a warmed model out. Pins are kept in `{first dir}/{volume}/pins`
+//! and survive restarts.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -56,6 +61,33 @@ struct Index {
     policy: Box<dyn Policy>,
     used: u64,
     last_sweep: Instant,
+    /// Pinned keys (out of the policy) and the second their pin ends.
+    pins: HashMap<Key, u64>,
+    /// The earliest pin deadline, so expiry costs nothing until then.
+    next_unpin: u64,
+}
+
+impl Index {
+    /// Give pins whose deadline has passed back to the eviction policy.
+    fn release_expired_pins(&mut self, now: u64) -> bool {
+        if now < self.next_unpin {
+            return false;
+        }
+        let expired: Vec<Key> = self
+            .pins
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &expired {
+            self.pins.remove(k);
+            if self.entries.contains_key(k) {
+                self.policy.insert(k.clone());
+            }
+        }
+        self.next_unpin = self.pins.values().copied().min().unwrap_or(u64::MAX);
+        !expired.is_empty()
+    }
 }
 
 /// The disk cache of one volume.
@@ -123,6 +155,8 @@ impl DiskCache {
                 policy: new_policy(config.eviction),
                 used: 0,
                 last_sweep: Instant::now(),
+                pins: HashMap::new(),
+                next_unpin: u64::MAX,
             }),
             roots,
             config,
@@ -181,9 +215,18 @@ impl DiskCache {
                 },
             );
         }
+        for (key, until) in self.load_pins() {
+            if let Some((k, _)) = index.entries.get_key_value(key.as_str()) {
+                let k = k.clone();
+                index.policy.remove(&k);
+                index.next_unpin = index.next_unpin.min(until);
+                index.pins.insert(k, until);
+            }
+        }
         info!(
             blocks = index.entries.len(),
             bytes = index.used,
+            pinned = index.pins.len(),
             ms = started.elapsed().as_millis() as u64,
             "disk cache index rebuilt"
         );
@@ -210,13 +253,15 @@ impl DiskCache {
         let dir = {
             let mut index = self.index.lock().ok()?;
             let expire = self.config.expire.map(|d| d.as_secs());
-            let e = index.entries.get_mut(key)?;
             let now = now_secs();
-            if expire.is_some_and(|x| now.saturating_sub(e.used_at) > x) {
+            let e = index.entries.get(key)?;
+            let stale = expire.is_some_and(|x| now.saturating_sub(e.used_at) > x);
+            if stale && !index.pins.contains_key(key) {
                 drop(index);
                 self.remove(key);
                 return None;
             }
+            let e = index.entries.get_mut(key)?;
             e.used_at = now;
             let dir = e.dir as usize;
             index.policy.touch(key);
@@ -315,6 +360,9 @@ impl DiskCache {
     /// the paths to unlink (outside the lock).
     fn evict_over_quota(&self, index: &mut Index, extra: u64) -> Vec<PathBuf> {
         let limit = self.config.capacity.saturating_sub(extra);
+        if index.used > limit && index.release_expired_pins(now_secs()) {
+            self.save_pins(index);
+        }
         let mut victims = Vec::new();
         while index.used > limit {
             let Some(key) = index.policy.victim() else {
@@ -340,7 +388,7 @@ impl DiskCache {
         let old: Vec<Key> = index
             .entries
             .iter()
-            .filter(|(_, e)| e.used_at < cutoff)
+            .filter(|(k, e)| e.used_at < cutoff && !index.pins.contains_key(*k))
             .map(|(k, _)| k.clone())
             .collect();
         let mut victims = Vec::new();
@@ -370,6 +418,9 @@ impl DiskCache {
                 Some(e) => {
                     index.used -= e.stored;
                     index.policy.remove(key);
+                    if index.pins.remove(key).is_some() {
+                        self.save_pins(&index);
+                    }
                     self.report(&index, 0);
                     Some(self.raw_path(e.dir as usize, key))
                 }
@@ -405,6 +456,95 @@ impl DiskCache {
             .entries
             .get(key)
             .map(|e| self.raw_path(e.dir as usize, key))
+    }
+
+    // ---- pins --------------------------------------------------------------
+
+    /// Keep these cached blocks from eviction for `ttl`. Keys not cached
+    /// are skipped; returns how many are pinned now.
+    pub fn pin(&self, keys: &[String], ttl: Duration) -> usize {
+        let until = now_secs().saturating_add(ttl.as_secs().max(1));
+        let Ok(mut index) = self.index.lock() else {
+            return 0;
+        };
+        let mut pinned = 0;
+        for key in keys {
+            let Some((k, _)) = index.entries.get_key_value(key.as_str()) else {
+                continue;
+            };
+            let k = k.clone();
+            index.policy.remove(&k);
+            let slot = index.pins.entry(k).or_insert(0);
+            *slot = (*slot).max(until);
+            index.next_unpin = index.next_unpin.min(until);
+            pinned += 1;
+        }
+        if pinned > 0 {
+            self.save_pins(&index);
+        }
+        pinned
+    }
+
+    /// End the pins of these keys; the blocks stay cached, evictable again.
+    pub fn unpin(&self, keys: &[String]) -> usize {
+        let Ok(mut index) = self.index.lock() else {
+            return 0;
+        };
+        let mut unpinned = 0;
+        for key in keys {
+            if let Some((k, _)) = index.pins.remove_entry(key.as_str()) {
+                if index.entries.contains_key(&k) {
+                    index.policy.insert(k);
+                }
+                unpinned += 1;
+            }
+        }
+        if unpinned > 0 {
+            index.next_unpin = index.pins.values().copied().min().unwrap_or(u64::MAX);
+            self.save_pins(&index);
+        }
+        unpinned
+    }
+
+    /// Whether a block is cached and pinned (an expired pin counts as gone).
+    pub fn is_pinned(&self, key: &str) -> bool {
+        self.index
+            .lock()
+            .map(|i| i.pins.get(key).is_some_and(|until| *until > now_secs()))
+            .unwrap_or(false)
+    }
+
+    fn pins_path(&self) -> PathBuf {
+        self.roots[0].join("pins")
+    }
+
+    /// The pin table as saved: one `deadline key` line per pinned block.
+    fn load_pins(&self) -> Vec<(String, u64)> {
+        let Ok(text) = std::fs::read_to_string(self.pins_path()) else {
+            return Vec::new();
+        };
+        let now = now_secs();
+        text.lines()
+            .filter_map(|line| {
+                let (until, key) = line.split_once(' ')?;
+                let until: u64 = until.parse().ok()?;
+                (until > now).then(|| (key.to_string(), until))
+            })
+            .collect()
+    }
+
+    /// Rewrite the pin table (small: one line per pinned block).
+    fn save_pins(&self, index: &Index) {
+        let mut text = String::with_capacity(index.pins.len() * 64);
+        for (key, until) in &index.pins {
+            text.push_str(&format!("{until} {key}\n"));
+        }
+        let path = self.pins_path();
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let saved = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = saved {
+            warn!(path = %path.display(), error = %e, "cannot save the pinned blocks");
+        }
     }
 
     /// Write a block and its checksum trailer to a temporary name and
@@ -515,7 +655,9 @@ impl DiskCache {
                     index.used -= old.stored;
                 }
                 index.used += stored;
-                index.policy.insert(k);
+                if !index.pins.contains_key(&k) {
+                    index.policy.insert(k);
+                }
                 let mut victims = self.evict_over_quota(&mut index, 0);
                 victims.extend(self.sweep_expired(&mut index));
                 self.report(&index, victims.len() as u64);
@@ -630,6 +772,44 @@ mod tests {
         let mut on_disk = 0u64;
         walk(&d.path().join("v/raw"), &mut |_, m| on_disk += m.len());
         assert!(on_disk <= cap, "{on_disk} bytes on disk over quota {cap}");
+    }
+
+    #[test]
+    fn pinned_blocks_outlast_a_scan_and_a_restart_until_unpinned() {
+        let d = tempfile::tempdir().unwrap();
+        let cap = 10 * checksum::stored_len(4096) as u64;
+        let cfg = DiskCacheConfig {
+            eviction: Eviction::Lru, // deterministic victims after the unpin
+            ..config(vec![d.path().into()], cap)
+        };
+        let c = DiskCache::open(cfg.clone(), "v", Arc::new(Metrics::new())).unwrap();
+        let model: Vec<String> = (0..4).map(|i| format!("model/{i}")).collect();
+        for (i, k) in model.iter().enumerate() {
+            c.insert(k, &block(i as u8, 4096)).unwrap();
+        }
+        assert_eq!(c.pin(&model, Duration::from_secs(3600)), 4);
+        assert_eq!(
+            c.pin(&["not/cached".to_string()], Duration::from_secs(60)),
+            0
+        );
+        // A scan of 100 other blocks through a 10-block cache.
+        for i in 0..100u8 {
+            c.insert(&format!("scan/{i}"), &block(i, 4096)).unwrap();
+            assert!(c.used() <= cap);
+        }
+        assert!(model.iter().all(|k| c.contains(k) && c.is_pinned(k)));
+        drop(c);
+        let c = DiskCache::open(cfg.clone(), "v", Arc::new(Metrics::new())).unwrap();
+        assert!(
+            model.iter().all(|k| c.is_pinned(k)),
+            "pins survive a restart"
+        );
+        assert_eq!(c.unpin(&model[..2]), 2);
+        for i in 100..200u8 {
+            c.insert(&format!("scan/{i}"), &block(i, 4096)).unwrap();
+        }
+        assert!(!c.contains(&model[0]) && !c.contains(&model[1]));
+        assert!(c.contains(&model[2]) && c.contains(&model[3]));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!
 //! Block keys: `{volume}/chunks/{id/1_000_000}/{id/1_000}/{id}_{index}_{len}`.
 
+mod cache;
 mod codec;
 mod external;
 mod read;
@@ -31,6 +32,7 @@ use tessera_object::{DynStore, ObjectError};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+pub use cache::{CacheAction, CacheReport};
 pub use read::{Access, Span};
 pub use writer::{FileWriter, Flushed};
 

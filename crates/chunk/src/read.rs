@@ -79,21 +79,21 @@ enum Part {
 
 /// One block's share of a read.
 #[derive(Debug)]
-struct Piece {
+pub(crate) struct Piece {
     /// Offset in the caller's buffer.
-    out: usize,
-    kind: SliceKind,
-    id: u64,
-    size: u64,
-    index: u64,
-    in_block: usize,
-    n: usize,
+    pub(crate) out: usize,
+    pub(crate) kind: SliceKind,
+    pub(crate) id: u64,
+    pub(crate) size: u64,
+    pub(crate) index: u64,
+    pub(crate) in_block: usize,
+    pub(crate) n: usize,
 }
 
 impl ChunkStore {
     /// Resolve `[off, off + len)` of a chunk into block pieces. Holes are
     /// left out (the caller's buffer is zeroed).
-    fn plan(&self, records: &[SliceRecord], off: u32, len: usize) -> Result<Vec<Piece>> {
+    pub(crate) fn plan(&self, records: &[SliceRecord], off: u32, len: usize) -> Result<Vec<Piece>> {
         let end = off + len as u32;
         let bs = self.config.block_size as u64;
         let mut pieces = Vec::new();
@@ -128,7 +128,7 @@ impl ChunkStore {
     }
 
     /// The cache (and, for volume blocks, object) key of a piece's block.
-    fn piece_key(&self, p: &Piece, block_len: u64) -> Result<String> {
+    pub(crate) fn piece_key(&self, p: &Piece, block_len: u64) -> Result<String> {
         match p.kind {
             SliceKind::External => self.external_key(p.id, p.index),
             SliceKind::Internal => Ok(self.block_key(p.id, p.index, block_len)),
@@ -234,14 +234,27 @@ impl ChunkStore {
                 return Ok(b);
             }
         }
+        let data = self.fetch_object(key, len).await?;
+        self.mem.insert(key, data.clone());
+        self.note_origin(key, tier::OBJECT, data.len());
+        let partial = (len as usize) < self.config.block_size;
+        let external = key.starts_with(crate::external::PREFIX);
+        if self.disk.is_some() && (external || !self.config.cache_partial_only || partial) {
+            self.cache_on_disk(key, data.clone());
+        }
+        Ok(data)
+    }
+
+    /// One block from object storage (its own bucket for an imported
+    /// object), within `--max-downloads`, decoded and length-checked; not
+    /// cached anywhere yet.
+    pub(crate) async fn fetch_object(
+        self: &Arc<Self>,
+        key: &str,
+        len: u64,
+    ) -> std::result::Result<Bytes, FetchError> {
         if key.starts_with(crate::external::PREFIX) {
-            let data = self.load_external(key, len).await?;
-            self.mem.insert(key, data.clone());
-            self.note_origin(key, tier::OBJECT, data.len());
-            if self.disk.is_some() {
-                self.cache_on_disk(key, data.clone());
-            }
-            return Ok(data);
+            return self.load_external(key, len).await;
         }
         let permit = self.downloads.acquire().await;
         let raw = self.store.get(key, None).await;
@@ -257,12 +270,6 @@ impl ChunkStore {
                 "corrupt block {key}: expected {len} bytes, got {}",
                 data.len()
             )));
-        }
-        self.mem.insert(key, data.clone());
-        self.note_origin(key, tier::OBJECT, data.len());
-        let partial = (len as usize) < self.config.block_size;
-        if self.disk.is_some() && (!self.config.cache_partial_only || partial) {
-            self.cache_on_disk(key, data.clone());
         }
         Ok(data)
     }
@@ -463,7 +470,7 @@ impl ChunkStore {
 
 /// Call `f(chunk index, offset in chunk, length)` for each chunk that
 /// `[off, off + len)` of a file touches, in order.
-fn for_each_chunk(
+pub(crate) fn for_each_chunk(
     off: u64,
     len: u64,
     mut f: impl FnMut(u32, u32, u64) -> Result<()>,

@@ -124,6 +124,39 @@ pub fn parse_size(s: &str, bare_unit: u64) -> Result<u64> {
     Ok((n * mult as f64) as u64)
 }
 
+/// A byte count for people: `512 B`, `3.2 MiB`, `1.00 GiB`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    let digits = if v < 10.0 { 2 } else { 1 };
+    format!("{v:.digits$} {}", UNITS[unit])
+}
+
+/// Parse a duration: a number of seconds, or with a unit s, m, h or d
+/// (`90`, `30m`, `24h`, `7d`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1),
+        Some((i, 'm')) => (&t[..i], 60),
+        Some((i, 'h')) => (&t[..i], 3600),
+        Some((i, 'd')) => (&t[..i], 86_400),
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| {
+        anyhow!("invalid duration {s:?}: expected whole seconds or a number with s, m, h or d, like 30m or 24h")
+    })?;
+    Ok(std::time::Duration::from_secs(n.saturating_mul(mult)))
+}
+
 /// One line of /proc/self/mountinfo that matters here.
 #[derive(Debug, Clone)]
 pub struct MountEntry {
@@ -218,6 +251,17 @@ mod tests {
             .to_string()
             .contains("unknown unit"));
         assert!(parse_size("abc", 1).is_err());
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("90").expect("bare").as_secs(), 90);
+        assert_eq!(parse_duration("30m").expect("m").as_secs(), 1800);
+        assert_eq!(parse_duration("7d").expect("d").as_secs(), 604_800);
+        assert!(parse_duration("soon")
+            .expect_err("word")
+            .to_string()
+            .contains("invalid duration \"soon\""));
     }
 
     #[test]

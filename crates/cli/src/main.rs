@@ -2,6 +2,7 @@
 
 mod cmd;
 mod common;
+mod filter;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +40,10 @@ enum Command {
     Objbench(cmd::objbench::Args),
     /// Make the objects under a storage URL files of the volume, in place.
     Import(Box<cmd::import::Args>),
+    /// Fill a mount's cache with files' blocks; --check, --evict, --pin.
+    Warmup(Box<cmd::warmup::Args>),
+    /// Copy files between a directory (a mount's path) and a storage URL.
+    Sync(Box<cmd::sync::Args>),
     /// Write a volume's metadata as JSON Lines (FILE, or - for stdout).
     Dump(cmd::dump::DumpArgs),
     /// Load a dump into an empty metadata engine (FILE, or - for stdin).
@@ -58,6 +63,8 @@ fn main() {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Objbench(a) => cmd::objbench::run(a),
         Command::Import(a) => cmd::import::run(*a),
+        Command::Warmup(a) => cmd::warmup::run(*a),
+        Command::Sync(a) => cmd::sync::run(*a),
         Command::Dump(a) => cmd::dump::dump(a),
         Command::Load(a) => cmd::dump::load(a),
     };

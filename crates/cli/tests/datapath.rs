@@ -362,3 +362,133 @@ fn bad_data_path_options_are_refused_by_name() {
         assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
     }
 }
+
+const GETS: &str = "tessera_object_request_seconds_count{method=\"get\"}";
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `tessera warmup` through a mount: a warmed directory is read with no
+/// object GET; `--check` reports 100% and `--evict` 0%; pins are reported
+/// and ended; a list file and the background mode work; bad input is
+/// refused by name.
+#[test]
+fn warmup_fills_checks_evicts_and_pins_through_a_mount() {
+    let vol = Volume::new("warmvol");
+    let ckpt = pseudo_random(20 << 20, 11);
+    let adapters: Vec<Vec<u8>> = (0..10)
+        .map(|i| pseudo_random(300_000 + i * 1000, i as u64 + 100))
+        .collect();
+    {
+        let m = vol.mount("writer");
+        std::fs::create_dir_all(m.join("models/lora")).expect("mkdir");
+        std::fs::write(m.join("models/ckpt.bin"), &ckpt).expect("ckpt");
+        for (i, a) in adapters.iter().enumerate() {
+            std::fs::write(m.join(&format!("models/lora/a{i}.bin")), a).expect("adapter");
+        }
+        std::os::unix::fs::symlink("ckpt.bin", m.join("models/latest")).expect("symlink");
+    }
+    // A node with empty caches.
+    let m = vol.mount("reader");
+    let models = m.join("models");
+    let models = models.to_str().expect("utf-8");
+    let warmup = |args: &[&str]| {
+        let mut all = vec!["warmup"];
+        all.extend_from_slice(args);
+        let o = tessera(&all);
+        assert!(o.status.success(), "warmup {args:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+    assert!(warmup(&["--check", models]).contains("(0.0%)"));
+    let gets = stat(&m.path, GETS);
+    let out = warmup(&["--threads", "4", models]);
+    assert!(
+        out.contains("warmed up 11 files") && out.contains("(100.0%)"),
+        "{out}"
+    );
+    assert!(
+        stat(&m.path, GETS) >= gets + 15.0,
+        "the warm-up fetched the blocks"
+    );
+    let check = warmup(&["--check", models]);
+    assert!(
+        check.contains("(100.0%)") && check.contains("11 files"),
+        "{check}"
+    );
+    let gets = stat(&m.path, GETS);
+    assert_eq!(
+        digest(&std::fs::read(m.join("models/ckpt.bin")).expect("read")),
+        digest(&ckpt)
+    );
+    for (i, a) in adapters.iter().enumerate() {
+        let back = std::fs::read(m.join(&format!("models/lora/a{i}.bin"))).expect("read");
+        assert_eq!(digest(&back), digest(a));
+    }
+    assert_eq!(
+        stat(&m.path, GETS),
+        gets,
+        "warmed files are read with no GET"
+    );
+    let out = warmup(&["--evict", models]);
+    assert!(out.contains("(0.0%)"), "{out}");
+    assert!(warmup(&["--check", models]).contains("(0.0%)"));
+
+    // Pins, through a list file.
+    let list = vol.dir.path().join("list.txt");
+    std::fs::write(&list, format!("{}\n\n", m.join("models/lora").display())).expect("list");
+    let list = list.to_str().expect("utf-8");
+    let out = warmup(&["--pin", "--pin-ttl", "1h", "-f", list]);
+    assert!(out.contains("warmed up 10 files"), "{out}");
+    let check = warmup(&["--check", "-f", list]);
+    assert!(
+        check.contains("(100.0%)") && !check.contains("pinned 0 B"),
+        "{check}"
+    );
+    let out = warmup(&["--unpin", "-f", list]);
+    assert!(
+        out.contains("0 B pinned") && out.contains("(100.0%)"),
+        "{out}"
+    );
+
+    // In the background: the command returns, the mount fills its cache.
+    warmup(&["--evict", models]);
+    let out = warmup(&["--background", models]);
+    assert!(out.contains("queued 11 files"), "{out}");
+    wait_for("a background warm-up", || {
+        warmup(&["--check", models]).contains("(100.0%)")
+    });
+
+    // Bad input.
+    let o = tessera(&["warmup", vol.dir.path().to_str().expect("utf-8")]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("is not on a Tessera mount"),
+        "{}",
+        stderr(&o)
+    );
+    let missing = m.join("models/nothing");
+    let o = tessera(&["warmup", missing.to_str().expect("utf-8")]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("models/nothing"),
+        "{}",
+        stderr(&o)
+    );
+    let o = tessera(&["warmup", "--check", "--evict", models]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("cannot be used with"),
+        "{}",
+        stderr(&o)
+    );
+    let o = tessera(&["warmup", "--pin", "--pin-ttl", "soon", models]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("invalid duration \"soon\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = tessera(&["warmup"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("no paths"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -13,13 +13,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL,
+    TimeOrNow, WriteFlags,
 };
 use tessera_meta::{Attr, Ctx, SetAttr};
 use tessera_vfs::{Vfs, VfsError};
-use tracing::debug;
+use tracing::{debug, warn};
+
+pub mod control;
 
 /// Cache lifetimes handed to the kernel.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +50,13 @@ pub struct TesseraFs {
     ttls: CacheTtls,
     /// The volume inode that the kernel sees as inode 1.
     root: u64,
+    /// Cache work queued by `tessera warmup --background`, started on
+    /// first use.
+    background: std::sync::Mutex<Option<std::sync::mpsc::Sender<(u64, control::Request)>>>,
 }
+
+/// Threads that work through background warm-ups, one range at a time each.
+const BACKGROUND_WORKERS: usize = 4;
 
 fn errno(e: VfsError) -> Errno {
     debug!(errno = e.errno, reason = %e.reason, "request failed");
@@ -124,7 +133,53 @@ fn ctx(req: &Request) -> Ctx {
 
 impl TesseraFs {
     pub fn new(vfs: Arc<Vfs>, ttls: CacheTtls, root: u64) -> Self {
-        TesseraFs { vfs, ttls, root }
+        TesseraFs {
+            vfs,
+            ttls,
+            root,
+            background: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Queue a range for the background workers (started on first use).
+    fn queue_background(&self, ino: u64, req: control::Request) -> Result<(), Errno> {
+        let mut slot = self.background.lock().map_err(|_| Errno::EIO)?;
+        let sender = match slot.as_ref() {
+            Some(s) => s.clone(),
+            None => {
+                let (tx, rx) = std::sync::mpsc::channel::<(u64, control::Request)>();
+                let rx = Arc::new(std::sync::Mutex::new(rx));
+                for i in 0..BACKGROUND_WORKERS {
+                    let (rx, vfs) = (rx.clone(), self.vfs.clone());
+                    std::thread::Builder::new()
+                        .name(format!("warmup-{i}"))
+                        .spawn(move || loop {
+                            let next = match rx.lock() {
+                                Ok(rx) => rx.recv(),
+                                Err(_) => return,
+                            };
+                            let Ok((ino, req)) = next else { return };
+                            let r = vfs.cache_range(ino, req.offset, req.length, req.action());
+                            match r {
+                                Ok(rep) if rep.failed_blocks > 0 => warn!(
+                                    ino,
+                                    failed = rep.failed_blocks,
+                                    error = rep.error.as_deref().unwrap_or(""),
+                                    "background warm-up could not fetch every block"
+                                ),
+                                Ok(_) => {}
+                                Err(e) => {
+                                    warn!(ino, error = %e.reason, "background warm-up failed")
+                                }
+                            }
+                        })
+                        .map_err(|_| Errno::EAGAIN)?;
+                }
+                *slot = Some(tx.clone());
+                tx
+            }
+        };
+        sender.send((ino, req)).map_err(|_| Errno::EIO)
     }
 
     /// Kernel inode to volume inode.
@@ -516,6 +571,48 @@ impl Filesystem for TesseraFs {
             self.vfs
                 .setxattr(self.i(ino), name.as_bytes(), value, flags),
         );
+    }
+
+    /// `tessera warmup`'s cache-control requests (see [`control`]); any
+    /// other ioctl is not supported. The work runs off the FUSE thread.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let Some(req) = control::Request::decode(cmd, in_data) else {
+            reply.error(Errno::ENOTTY);
+            return;
+        };
+        if (out_size as usize) < control::SIZE {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let ino = self.i(ino);
+        if req.flags & control::FLAG_BACKGROUND != 0 {
+            match self.queue_background(ino, req) {
+                Ok(()) => reply.ioctl(0, &control::encode_report(&Default::default())),
+                Err(e) => reply.error(e),
+            }
+            return;
+        }
+        let vfs = self.vfs.clone();
+        let work = move || match vfs.cache_range(ino, req.offset, req.length, req.action()) {
+            Ok(report) => reply.ioctl(0, &control::encode_report(&report)),
+            Err(e) => reply.error(errno(e)),
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("cache-control".into())
+            .spawn(work)
+        {
+            warn!(error = %e, "cannot start a cache-control thread");
+        }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tessera_metrics::Metrics;
 
-use crate::{BoxFuture, DynStore, ObjectInfo, ObjectStore, RequestCounters, Result};
+use crate::{BoxFuture, DynStore, ObjectInfo, ObjectStore, PartStream, RequestCounters, Result};
 
 /// A bandwidth limit shared by every request of one direction.
 #[derive(Debug)]
@@ -185,9 +185,29 @@ impl ObjectStore for Instrumented {
         Box::pin(self.timed_put(len, self.inner.put(key, data)))
     }
 
-    fn put_multipart<'a>(&'a self, key: &'a str, parts: Vec<Bytes>) -> BoxFuture<'a, Result<()>> {
-        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        Box::pin(self.timed_put(len, self.inner.put_multipart(key, parts)))
+    /// Each part waits for the upload limit and is counted as it goes by.
+    fn put_multipart<'a>(
+        &'a self,
+        key: &'a str,
+        parts: PartStream<'a>,
+    ) -> BoxFuture<'a, Result<()>> {
+        use futures::StreamExt;
+        let metered = parts.then(move |part| async move {
+            if let Ok(b) = &part {
+                self.throttle(&self.upload, "upload", b.len() as u64).await;
+                self.metrics
+                    .object_bytes
+                    .get_or_create(&[("method", "put")])
+                    .inc_by(b.len() as u64);
+            }
+            part
+        });
+        Box::pin(async move {
+            let started = Instant::now();
+            let r = self.inner.put_multipart(key, Box::pin(metered)).await;
+            self.observe("put", started, &r);
+            r
+        })
     }
 
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectInfo>> {

@@ -26,6 +26,10 @@ pub use url_parse::{StorageOptions, StorageUrl};
 /// A boxed future, so the trait stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The parts of a large upload, produced as they are sent, so an object of
+/// any size is never held in memory whole (a read error ends the upload).
+pub type PartStream<'a> = Pin<Box<dyn futures::Stream<Item = std::io::Result<Bytes>> + Send + 'a>>;
+
 /// Errors of the object storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
@@ -33,6 +37,12 @@ pub enum ObjectError {
     NotFound(String),
     #[error("invalid storage URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+    #[error("reading the data for {key:?} failed: {source}")]
+    Source {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("object storage {op} {key:?} failed: {source}")]
     Backend {
         op: &'static str,
@@ -86,8 +96,13 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     }
     /// Store an object in one request.
     fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<()>>;
-    /// Store a large object from several parts, uploaded concurrently.
-    fn put_multipart<'a>(&'a self, key: &'a str, parts: Vec<Bytes>) -> BoxFuture<'a, Result<()>>;
+    /// Store a large object from parts read as they go, uploaded
+    /// concurrently (multipart where the service has it).
+    fn put_multipart<'a>(
+        &'a self,
+        key: &'a str,
+        parts: PartStream<'a>,
+    ) -> BoxFuture<'a, Result<()>>;
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectInfo>>;
     /// Every object whose key starts with `prefix`, recursively.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>>>;
@@ -103,6 +118,9 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 }
 
 pub type DynStore = Arc<dyn ObjectStore>;
+
+/// Size of the parts of a multipart upload (S3 wants at least 5 MiB).
+const MULTIPART_PART: usize = 8 << 20;
 
 /// The OpenDAL-backed store.
 pub struct OpendalStore {
@@ -211,29 +229,39 @@ impl ObjectStore for OpendalStore {
         })
     }
 
-    fn put_multipart<'a>(&'a self, key: &'a str, parts: Vec<Bytes>) -> BoxFuture<'a, Result<()>> {
+    fn put_multipart<'a>(
+        &'a self,
+        key: &'a str,
+        mut parts: PartStream<'a>,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            use futures::StreamExt;
             self.counters.puts.fetch_add(1, Ordering::Relaxed);
-            let chunk = parts
-                .iter()
-                .map(|p| p.len())
-                .max()
-                .unwrap_or(0)
-                .max(5 << 20);
             let mut writer = self
                 .op
                 .writer_with(key)
-                .chunk(chunk)
+                .chunk(MULTIPART_PART)
                 .concurrent(4)
                 .await
                 .map_err(|e| backend("PUT", key, e))?;
             let mut total = 0u64;
-            for part in parts {
-                total += part.len() as u64;
-                writer
-                    .write(part)
-                    .await
-                    .map_err(|e| backend("PUT", key, e))?;
+            while let Some(part) = parts.next().await {
+                let written = match part {
+                    Ok(part) => {
+                        total += part.len() as u64;
+                        writer.write(part).await.map_err(|e| backend("PUT", key, e))
+                    }
+                    Err(source) => Err(ObjectError::Source {
+                        key: key.to_string(),
+                        source,
+                    }),
+                };
+                if let Err(e) = written {
+                    // Leave no uploaded parts behind where the service can
+                    // abort (S3 multipart); a local directory cannot.
+                    let _ = writer.abort().await;
+                    return Err(e);
+                }
             }
             writer.close().await.map_err(|e| backend("PUT", key, e))?;
             self.counters.put_bytes.fetch_add(total, Ordering::Relaxed);
@@ -354,11 +382,26 @@ mod tests {
         let url = format!("file://{}", dir.display());
         let store = open_store(&url, &StorageOptions::default()).expect("open");
         rt().block_on(async {
-            let parts = vec![Bytes::from(vec![1u8; 6 << 20]), Bytes::from(vec![2u8; 100])];
+            let parts = vec![
+                Ok(Bytes::from(vec![1u8; 6 << 20])),
+                Ok(Bytes::from(vec![2u8; 100])),
+            ];
+            let parts = Box::pin(futures::stream::iter(parts));
             store.put_multipart("big", parts).await.expect("multipart");
             let data = store.get("big", None).await.expect("get");
             assert_eq!(data.len(), (6 << 20) + 100);
             assert_eq!(data[(6 << 20) + 1], 2);
+            // A part that cannot be read ends the upload with an error
+            // naming the key.
+            let parts = vec![
+                Ok(Bytes::from(vec![1u8; 100])),
+                Err(std::io::Error::other("disk on fire")),
+            ];
+            let e = store
+                .put_multipart("broken", Box::pin(futures::stream::iter(parts)))
+                .await
+                .expect_err("read error");
+            assert!(e.to_string().contains("\"broken\"") && e.to_string().contains("disk on fire"));
         });
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -15,6 +15,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+pub use tessera_chunk::{CacheAction, CacheReport};
 use tessera_chunk::{ChunkError, ChunkStore, FileWriter, Span};
 use tessera_meta::{
     Attr, Ctx, Entry, FileType, Ino, Meta, MetaError, PosixLock, SessionInfo, SetAttr, SliceRecord,
@@ -881,6 +882,36 @@ impl Vfs {
         };
         self.metrics().fuse_read_bytes.inc_by(data.len() as u64);
         Ok(data)
+    }
+
+    /// Warm up, check, evict or unpin the cached blocks behind
+    /// `[off, off + len)` of a file (`tessera warmup`); the range is cut
+    /// at the file's committed length. Slice records are read afresh, so
+    /// the blocks are those of the file as committed now.
+    pub fn cache_range(
+        &self,
+        ino: Ino,
+        off: u64,
+        len: u64,
+        action: CacheAction,
+    ) -> Result<CacheReport> {
+        let _span = tracing::debug_span!("cache_range", ino, off, len, ?action).entered();
+        self.metrics().op("cache");
+        if internal::is_internal(ino) {
+            return Ok(CacheReport::default());
+        }
+        let attr = self.meta.getattr(ino)?;
+        if attr.typ != FileType::File {
+            return Err(VfsError::new(libc::EISDIR, "only files have cached blocks"));
+        }
+        let end = off.saturating_add(len).min(attr.length);
+        if off >= end {
+            return Ok(CacheReport::default());
+        }
+        let mut records = |index| Ok(Arc::new(self.meta.read_chunk(ino, index)?));
+        Ok(self
+            .chunks
+            .cache_range(off, end - off, &mut records, action)?)
     }
 
     /// The length a read up to `want` may see: buffered writes count, and

@@ -23,6 +23,11 @@ struct Fixture {
 }
 
 fn fixture(block_size: usize) -> Fixture {
+    fixture_with(block_size, None)
+}
+
+/// A fixture whose mount has a disk cache in `cache_dir`.
+fn fixture_with(block_size: usize, cache_dir: Option<&std::path::Path>) -> Fixture {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -41,6 +46,13 @@ fn fixture(block_size: usize) -> Fixture {
         block_size,
         compact_threshold: 8,
         buffer_size: 1 << 20,
+        disk_cache: cache_dir.map(|d| tessera_blockcache::DiskCacheConfig {
+            dirs: vec![d.to_path_buf()],
+            capacity: 1 << 30,
+            free_space_ratio: 0.0,
+            expire: None,
+            eviction: Default::default(),
+        }),
         ..Default::default()
     };
     let chunks = ChunkStore::new(
@@ -307,4 +319,73 @@ fn imported_files_read_from_the_source_object() {
     assert_eq!(err.errno, libc::EIO);
     assert!(err.to_string().contains("models/b.bin"), "{err}");
     v.release(b, fh.0, None).expect("release");
+}
+
+/// `tessera warmup`'s operations on a file: after a warm-up every block is
+/// on disk (and pinned when asked), a read makes no GET, an eviction
+/// empties the cache, and holes count as no data.
+#[test]
+fn warm_check_evict_and_pin_a_file() {
+    use tessera_chunk::CacheAction;
+    let cache = tempfile::tempdir().expect("tempdir");
+    let f = fixture_with(64 << 10, Some(cache.path()));
+    let v = &f.vfs;
+    let (ino, _, fh) = v
+        .create(&CTX, ROOT_INO, b"model.bin", 0o644, libc::O_RDWR)
+        .expect("create");
+    let data = pattern(1_000_000, 4);
+    v.write(ino, fh, 0, &data).expect("write");
+    // A hole of 200,000 bytes, then 1,000 more bytes of data.
+    v.write(ino, fh, 1_200_000, &data[..1000]).expect("write");
+    v.release(ino, fh, None).expect("close");
+    let whole = u64::MAX;
+    let r = v
+        .cache_range(ino, 0, whole, CacheAction::Evict)
+        .expect("evict");
+    assert_eq!((r.bytes, r.memory, r.disk), (1_001_000, 0, 0));
+    let gets = || v.chunks.store().counters().gets.load(Ordering::Relaxed);
+    let before = gets();
+    let warm = CacheAction::Warm {
+        pin: Some(std::time::Duration::from_secs(600)),
+    };
+    let r = v.cache_range(ino, 0, whole, warm).expect("warm");
+    assert_eq!(r.failed_blocks, 0, "{:?}", r.error);
+    assert_eq!(
+        (r.bytes, r.cached, r.disk, r.pinned),
+        (1_001_000, 1_001_000, 1_001_000, 1_001_000)
+    );
+    assert_eq!(r.memory, 0, "a warm-up leaves the memory tier alone");
+    assert!(r.fetched >= 1_001_000, "fetched {}", r.fetched);
+    let fetched = gets() - before;
+    assert!(fetched >= 16, "one GET per block: {fetched}");
+    // Warm again: nothing left to fetch.
+    let r = v.cache_range(ino, 0, whole, warm).expect("warm again");
+    assert_eq!(r.fetched, 0);
+    let after_warm = gets();
+    let fh = v.open(ino, libc::O_RDONLY).expect("open").0;
+    let back = v.read(ino, fh, 0, 1_300_000).expect("read");
+    assert_eq!(&back[..1_000_000], &data[..]);
+    assert!(back[1_000_000..1_200_000].iter().all(|&b| b == 0));
+    assert_eq!(&back[1_200_000..], &data[..1000]);
+    v.release(ino, fh, None).expect("close");
+    assert_eq!(gets(), after_warm, "a warmed file is read without a GET");
+    let r = v
+        .cache_range(ino, 0, whole, CacheAction::Unpin)
+        .expect("unpin");
+    assert_eq!((r.disk, r.pinned), (1_001_000, 0));
+    let r = v
+        .cache_range(ino, 0, whole, CacheAction::Evict)
+        .expect("evict");
+    assert_eq!((r.cached, r.memory, r.disk), (0, 0, 0));
+    // A range past the end is empty; a directory has no blocks.
+    let r = v
+        .cache_range(ino, 5_000_000, 10, CacheAction::Check)
+        .expect("past end");
+    assert_eq!(r, Default::default());
+    assert_eq!(
+        v.cache_range(ROOT_INO, 0, whole, CacheAction::Check)
+            .expect_err("directory")
+            .errno,
+        libc::EISDIR
+    );
 }

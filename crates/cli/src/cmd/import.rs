@@ -16,6 +16,7 @@ use tessera_meta::{Ctx, ExternalObject, FileType, Ino, Meta, MetaConfig, MetaErr
 use tessera_object::ObjectInfo;
 
 use crate::common::{open_volume, redact, StorageFlags};
+use crate::filter::KeyFilter;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -25,13 +26,8 @@ pub struct Args {
     pub meta_url: String,
     /// Directory in the volume that mirrors the source (made if missing).
     pub dest: String,
-    /// Import only keys matching this pattern (`*` within a path segment,
-    /// `**` across segments, `?` one character); repeatable.
-    #[arg(long)]
-    pub include: Vec<String>,
-    /// Skip keys matching this pattern; repeatable, wins over --include.
-    #[arg(long)]
-    pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub filter: KeyFilter,
     /// Files created at once.
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
@@ -45,40 +41,6 @@ pub struct Args {
     pub store_credentials: bool,
     #[command(flatten)]
     pub storage_flags: StorageFlags,
-}
-
-/// Shell-style match: `*` any run within a segment, `**` any run at all,
-/// `?` one character other than `/`.
-pub fn glob_match(pattern: &str, key: &str) -> bool {
-    fn go(p: &[u8], k: &[u8]) -> bool {
-        match p.first() {
-            None => k.is_empty(),
-            Some(b'*') if p.get(1) == Some(&b'*') => {
-                let rest = &p[2..];
-                (0..=k.len()).any(|i| go(rest, &k[i..]))
-            }
-            Some(b'*') => {
-                let rest = &p[1..];
-                for i in 0..=k.len() {
-                    if go(rest, &k[i..]) {
-                        return true;
-                    }
-                    if k.get(i) == Some(&b'/') {
-                        break;
-                    }
-                }
-                false
-            }
-            Some(b'?') => k.first().is_some_and(|c| *c != b'/') && go(&p[1..], &k[1..]),
-            Some(c) => k.first() == Some(c) && go(&p[1..], &k[1..]),
-        }
-    }
-    go(pattern.as_bytes(), key.as_bytes())
-}
-
-fn wanted(a: &Args, key: &str) -> bool {
-    (a.include.is_empty() || a.include.iter().any(|p| glob_match(p, key)))
-        && !a.exclude.iter().any(|p| glob_match(p, key))
 }
 
 /// A file an earlier import made: where it is and what it points at.
@@ -172,7 +134,7 @@ pub fn run(a: Args) -> Result<()> {
         .block_on(store.list(""))
         .with_context(|| format!("cannot list {}", redact(&source)))?
         .into_iter()
-        .filter(|o| !o.key.ends_with('/') && !o.key.is_empty() && wanted(&a, &o.key))
+        .filter(|o| !o.key.ends_with('/') && !o.key.is_empty() && a.filter.wants(&o.key))
         .collect();
     let ctx = Ctx {
         uid: 0,
@@ -293,20 +255,5 @@ pub fn run(a: Args) -> Result<()> {
             eprintln!("  failed: {f}");
         }
         Err(anyhow!("{} objects could not be imported", failures.len()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob_match;
-
-    #[test]
-    fn patterns() {
-        assert!(glob_match("*.safetensors", "a.safetensors"));
-        assert!(!glob_match("*.safetensors", "lora/a.safetensors"));
-        assert!(glob_match("**.safetensors", "lora/a.safetensors"));
-        assert!(glob_match("lora/**", "lora/x/y.bin"));
-        assert!(glob_match("ckpt-?.bin", "ckpt-7.bin"));
-        assert!(!glob_match("ckpt-?.bin", "ckpt-10.bin"));
     }
 }

@@ -9,4 +9,6 @@ pub mod mount;
 pub mod objbench;
 pub mod stats;
 pub mod status;
+pub mod sync;
 pub mod umount;
+pub mod warmup;
