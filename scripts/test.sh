@@ -80,7 +80,7 @@ bin="$CARGO_TARGET_DIR/debug/tessera"
 
 log "moto S3 server on loopback"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$cache/moto/bin/moto_server" -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
+MOTO_RECORDER_FILEPATH="$work/moto-requests.jsonl" "$cache/moto/bin/moto_server" -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
     "$cache/moto/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')" 2>/dev/null && break

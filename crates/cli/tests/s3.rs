@@ -10,6 +10,16 @@ use std::io::Write;
 
 use common::{digest, pseudo_random, Volume};
 
+/// The tests of this file take turns: the server is one Python process,
+/// and the request log one test reads must hold only its own requests.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The test S3 server's bucket, with the server's endpoint and credentials
 /// put in the environment for this process and the mounts it starts.
 fn s3_env() -> String {
@@ -30,6 +40,7 @@ fn s3_env() -> String {
 #[test]
 #[ignore = "needs an S3 server: run through scripts/test.sh"]
 fn hundred_mib_round_trip_on_s3() {
+    let _turn = serial();
     let bucket = s3_env();
     let storage = format!("s3://{bucket}/round-trip-{}", std::process::id());
     let vol = Volume::with_storage("s3vol", Some(&storage), &[]);
@@ -60,6 +71,7 @@ fn hundred_mib_round_trip_on_s3() {
 #[ignore = "needs an S3 server: run through scripts/test.sh"]
 fn import_a_bucket_in_place() {
     use tessera_object::{open_store, StorageOptions};
+    let _turn = serial();
     let bucket = s3_env();
     let source = format!("s3://{bucket}/repo-{}", std::process::id());
     let store = open_store(&source, &StorageOptions::from_env()).expect("source store");
@@ -138,4 +150,210 @@ fn import_a_bucket_in_place() {
     assert!(!m.join("models/lora/a02.safetensors").exists());
     let err = fs::read(m.join("models/lora/a03.safetensors")).expect_err("changed behind our back");
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
+}
+
+/// A call to the test server's own API (moto's request recorder); the body
+/// of the answer.
+fn server_api(method: &str, path: &str) -> String {
+    use std::io::Read;
+    let endpoint = std::env::var("TESSERA_TEST_S3_ENDPOINT").expect("endpoint");
+    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut conn = std::net::TcpStream::connect(host).expect("connect to the S3 server");
+    write!(
+        conn,
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("request");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).expect("answer");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    assert!(head.contains(" 200 "), "{method} {path}: {head}");
+    body.to_string()
+}
+
+/// Every file under `dir`: relative path → (size, digest).
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, (u64, u64)> {
+    fn walk(
+        root: &std::path::Path,
+        d: &std::path::Path,
+        out: &mut std::collections::BTreeMap<String, (u64, u64)>,
+    ) {
+        for e in fs::read_dir(d).expect("readdir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let data = fs::read(&p).expect("read");
+                let rel = p
+                    .strip_prefix(root)
+                    .expect("under root")
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, (data.len() as u64, digest(&data)));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// The whole model-repository story on a real S3 server: 200 objects (a
+/// 1 GiB checkpoint and 199 adapters) uploaded with `tessera sync`,
+/// imported in place (the server's request log shows no write to them),
+/// read back identically; a warm-up of the adapters makes later reads
+/// GET-free, `--check` says 100% and `--evict` 0%; the tree synced out of the volume to a new
+/// prefix and imported into a second volume is the same tree.
+#[test]
+#[ignore = "needs an S3 server: run through scripts/test.sh"]
+fn two_hundred_objects_import_warm_up_and_sync_back() {
+    let _turn = serial();
+    let bucket = s3_env();
+    let run = |args: &[&str]| {
+        let out = common::tessera(args);
+        assert!(out.status.success(), "{args:?}: {}", common::stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned() + &common::stderr(&out)
+    };
+    let local = tempfile::tempdir().expect("tempdir");
+    let repo = local.path().join("repo");
+    fs::create_dir_all(repo.join("ckpt")).expect("mkdir");
+    fs::create_dir_all(repo.join("lora/v2")).expect("mkdir");
+    fs::write(
+        repo.join("ckpt/model.safetensors"),
+        pseudo_random(1 << 30, 77),
+    )
+    .expect("ckpt");
+    for i in 0..199u64 {
+        let dir = if i % 3 == 0 { "lora/v2" } else { "lora" };
+        let data = pseudo_random(20_000 + i as usize * 1_013, i + 1_000);
+        fs::write(repo.join(format!("{dir}/adapter-{i:03}.safetensors")), data).expect("adapter");
+    }
+    let expected = tree(&repo);
+    assert_eq!(expected.len(), 200);
+
+    let id = std::process::id();
+    let source = format!("s3://{bucket}/models-{id}");
+    let said = run(&["sync", repo.to_str().expect("utf-8"), &source]);
+    assert!(said.contains("200 copied"), "{said}");
+
+    // From here on the server logs every request.
+    server_api("POST", "/moto-api/recorder/reset-recording");
+    server_api("POST", "/moto-api/recorder/start-recording");
+    // Blocks of 16 MiB (the largest): the test server reads a whole object
+    // to answer each range GET, so fewer, larger ranges keep the test quick.
+    let vol = Volume::with_storage("modelvol", None, &["--block-size", "16M"]);
+    let said = run(&["import", &source, &vol.meta_url, "/models"]);
+    assert!(said.contains("200 new"), "{said}");
+    let m = vol.mount_with("mnt", &["--max-downloads", "4"]);
+    let models = m.join("models");
+    assert_eq!(tree(&models), expected, "every file reads back identically");
+    server_api("POST", "/moto-api/recorder/stop-recording");
+    let log = server_api("GET", "/moto-api/recorder/download-recording");
+    let prefix = format!("/models-{id}");
+    let (mut reads, mut writes) = (0, Vec::new());
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let req: serde_json::Value = serde_json::from_str(line).expect("log line");
+        let url = req["url"].as_str().unwrap_or_default();
+        let method = req["method"].as_str().unwrap_or_default();
+        let copy = req["headers"].as_object().is_some_and(|h| {
+            h.keys()
+                .any(|k| k.eq_ignore_ascii_case("x-amz-copy-source"))
+        });
+        let on_source =
+            url.contains(&prefix) || (method == "GET" && url.contains("prefix=models-"));
+        if !on_source {
+            continue;
+        }
+        if matches!(method, "GET" | "HEAD") && !copy {
+            reads += 1;
+        } else {
+            writes.push(format!("{method} {url}"));
+        }
+    }
+    assert!(reads >= 200, "the source was read ({reads} requests)");
+    assert!(
+        writes.is_empty(),
+        "requests that write to the source: {writes:?}"
+    );
+
+    // Warm-up of the adapters' directory (the checkpoint's is in
+    // datapath.rs; here every extra pass over 1 GiB costs the test server
+    // half a minute): evict, warm, then reads make no GET.
+    let models_arg = models.to_str().expect("utf-8");
+    let lora = models.join("lora");
+    let lora_arg = lora.to_str().expect("utf-8");
+    assert!(run(&["warmup", "--evict", lora_arg]).contains("(0.0%)"));
+    assert!(run(&["warmup", "--check", lora_arg]).contains("(0.0%)"));
+    const GETS: &str = "tessera_object_request_seconds_count{method=\"get\"}";
+    let gets = common::stat(&m.path, GETS);
+    let said = run(&["warmup", "--threads", "4", lora_arg]);
+    assert!(
+        said.contains("warmed up 199 files") && said.contains("(100.0%)"),
+        "{said}"
+    );
+    assert!(
+        common::stat(&m.path, GETS) >= gets + 199.0,
+        "the warm-up fetched every adapter"
+    );
+    let check = run(&["warmup", "--check", models_arg]);
+    assert!(
+        check.contains("(100.0%)") && check.contains("200 files"),
+        "{check}"
+    );
+    let gets = common::stat(&m.path, GETS);
+    assert_eq!(tree(&models), expected);
+    assert_eq!(
+        common::stat(&m.path, GETS),
+        gets,
+        "a warmed tree is read with no GET"
+    );
+
+    // Out of the volume and into another: the same tree.
+    let export = format!("s3://{bucket}/export-{id}");
+    let said = run(&["sync", models_arg, &export, "--threads", "4"]);
+    assert!(said.contains("200 copied"), "{said}");
+    let said = run(&["sync", models_arg, &export, "--update"]);
+    assert!(
+        said.contains("0 copied") && said.contains("200 unchanged"),
+        "{said}"
+    );
+    fs::remove_file(models.join("lora/adapter-001.safetensors")).expect("rm");
+    let said = run(&["sync", models_arg, &export, "--update", "--delete-dst"]);
+    assert!(
+        said.contains("199 unchanged") && said.contains("1 deleted"),
+        "{said}"
+    );
+    let mut expected = expected;
+    expected.remove("lora/adapter-001.safetensors");
+    let vol2 = Volume::with_storage("restorevol", None, &["--block-size", "16M"]);
+    let said = run(&["import", &export, &vol2.meta_url, "/restored"]);
+    assert!(said.contains("199 new"), "{said}");
+    let m2 = vol2.mount_with("mnt", &["--max-downloads", "4"]);
+    assert_eq!(
+        tree(&m2.join("restored")),
+        expected,
+        "the round trip keeps the tree"
+    );
+    // And back into a plain directory, adapters only.
+    let copy = local.path().join("copy");
+    let said = run(&[
+        "sync",
+        &export,
+        copy.to_str().expect("utf-8"),
+        "--include",
+        "lora/**",
+    ]);
+    assert!(said.contains("198 copied"), "{said}");
+    let said = run(&[
+        "sync",
+        &export,
+        copy.to_str().expect("utf-8"),
+        "--include",
+        "lora/**",
+        "--update",
+    ]);
+    assert!(
+        said.contains("0 copied") && said.contains("198 unchanged"),
+        "{said}"
+    );
 }
