@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Model loading, in one run: a repository of one checkpoint (2 GiB) and 200
+# adapters (20 MiB each) is put in a bucket on an S3-compatible server on
+# loopback with `tessera sync`, imported into a volume in place (no byte
+# copied), and read whole:
+#
+#   (1) cold: empty caches, every byte from the bucket;
+#   (2) after `tessera warmup` of the repository, the mount restarted so its
+#       memory tier is empty: every byte from the local disk cache;
+#   (3) straight from the same files on the local disk.
+#
+# Kernel caches are dropped before each read. A read is the checkpoint with
+# one sequential reader, then the adapters with --readers readers at once.
+# Reads (2) and (3) alternate --rounds times (the machine is shared and
+# noisy); the medians are compared. Printed: seconds and GiB/s per read, the
+# warm-up's own time, sync's upload rate, and warm/local (target <= 1.10).
+# The disk cache is told to keep only 2% of the disk free (the default 10%
+# would evict part of a 6 GiB repository on a disk as full as the bench's).
+#
+#   bench/model.sh [--ckpt-mib 2048] [--adapters 200] [--adapter-mib 20] [--readers 4] [--rounds 3]
+#
+# The S3 server: rustfs (bench/build-rustfs.sh), as in bench/peers.sh.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+ckpt_mib=2048
+adapters=200
+adapter_mib=20
+readers=4
+rounds=3
+while [ $# -gt 0 ]; do
+    case $1 in
+        --ckpt-mib) ckpt_mib=$2; shift 2 ;;
+        --adapters) adapters=$2; shift 2 ;;
+        --adapter-mib) adapter_mib=$2; shift 2 ;;
+        --readers) readers=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
+        *) echo "usage: $0 [--ckpt-mib N] [--adapters N] [--adapter-mib N] [--readers N] [--rounds N]" >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" = 0 ] || { echo "run as root: kernel caches are dropped between reads" >&2; exit 1; }
+
+cache_root=${TESSERA_BENCH_CACHE:-$HOME/.cache/tessera-bench}
+rustfs=${RUSTFS:-$cache_root/rustfs/bin/rustfs}
+[ -x "$rustfs" ] || { echo "no S3 server at $rustfs: run bench/build-rustfs.sh once" >&2; exit 1; }
+command -v rclone >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null; }
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tessera-test/target}
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p tessera
+tessera="$CARGO_TARGET_DIR/release/tessera"
+log() { printf '\n== %s\n' "$*" >&2; }
+
+work=$(mktemp -d /var/tmp/tessera-model.XXXXXX)
+pids=()
+mnt=$work/mnt
+cleanup() {
+    fusermount3 -uz "$mnt" 2>/dev/null || true
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+now() { date +%s.%N; }
+calc() { python3 -c "print($1)"; }
+
+# ---- the server and the repository ------------------------------------------------
+export AWS_ACCESS_KEY_ID=tesserabench AWS_SECRET_ACCESS_KEY=tesserabench-secret AWS_REGION=us-east-1
+s3port=$(port)
+export AWS_ENDPOINT_URL=http://127.0.0.1:$s3port
+unset AWS_CA_BUNDLE
+mkdir -p "$work/s3data"
+RUSTFS_CONSOLE_ENABLE=false "$rustfs" server --address "127.0.0.1:$s3port" \
+    --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$work/s3data" \
+    >"$work/s3.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do curl -s -o /dev/null "$AWS_ENDPOINT_URL" && break; sleep 0.2; done
+export RCLONE_CONFIG_S3_TYPE=s3 RCLONE_CONFIG_S3_PROVIDER=Other RCLONE_CONFIG_S3_ENDPOINT=$AWS_ENDPOINT_URL \
+    RCLONE_CONFIG_S3_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_S3_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
+    RCLONE_CONFIG_S3_REGION=us-east-1
+rclone mkdir s3:models
+
+log "making the repository: $ckpt_mib MiB checkpoint, $adapters adapters of $adapter_mib MiB"
+repo=$work/repo
+mkdir -p "$repo/ckpt" "$repo/lora"
+head -c $((ckpt_mib << 20)) /dev/urandom >"$repo/ckpt/model.safetensors"
+head -c $((adapter_mib << 20)) /dev/urandom >"$work/adapter"
+for i in $(seq -w 1 "$adapters"); do
+    # Distinct contents without paying for urandom 200 times.
+    { printf '%8s' "$i"; tail -c +9 "$work/adapter"; } >"$repo/lora/adapter-$i.safetensors"
+done
+total_mib=$((ckpt_mib + adapters * adapter_mib))
+
+log "upload with tessera sync"
+t0=$(now)
+"$tessera" sync "$repo" s3://models/repo --threads 8 >"$work/sync.out"
+t1=$(now)
+sync_mibs=$(calc "$total_mib/($t1-$t0)")
+
+log "import into a volume"
+"$tessera" format "sqlite://$work/meta.db" modelvol --storage "file://$work/objects" >/dev/null
+t0=$(now)
+"$tessera" import s3://models/repo "sqlite://$work/meta.db" /repo 2>"$work/import.out"
+t1=$(now)
+import_s=$(calc "$t1-$t0")
+mkdir -p "$mnt"
+mount_tessera() {
+    "$tessera" mount "sqlite://$work/meta.db" "$mnt" -d --log "$work/mount.log" \
+        --cache-dir "$work/cache" --cache-size 64G --free-space-ratio 0.02 --metrics none >/dev/null
+}
+umount_tessera() { "$tessera" umount "$mnt"; }
+
+# read_all DIR: the checkpoint, then the adapters with $readers readers.
+read_all() {
+    local t0 t1
+    t0=$(now)
+    dd if="$1/ckpt/model.safetensors" of=/dev/null bs=4M status=none
+    find "$1/lora" -type f -print0 | xargs -0 -P "$readers" -n 10 cat >/dev/null
+    t1=$(now)
+    calc "$t1-$t0"
+}
+
+log "(1) cold"
+mount_tessera
+drop
+cold=$(read_all "$mnt/repo")
+
+log "(2) after warm-up"
+"$tessera" warmup --evict "$mnt/repo" >/dev/null
+umount_tessera
+mount_tessera
+t0=$(now)
+"$tessera" warmup "$mnt/repo" --threads 8 | tee "$work/warmup.out" >&2
+t1=$(now)
+warmup_s=$(calc "$t1-$t0")
+umount_tessera
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+warms=() locals=()
+for r in $(seq "$rounds"); do
+    log "(2) warm read, round $r"
+    mount_tessera
+    drop
+    warms+=("$(read_all "$mnt/repo")")
+    umount_tessera
+    log "(3) local disk, round $r"
+    drop
+    locals+=("$(read_all "$repo")")
+done
+warm=$(median "${warms[@]}")
+local_s=$(median "${locals[@]}")
+
+gib=$(calc "$total_mib/1024")
+printf '\nModel loading: %s GiB (%s MiB checkpoint + %s x %s MiB adapters), %s adapter readers, rustfs on loopback\n' \
+    "$gib" "$ckpt_mib" "$adapters" "$adapter_mib" "$readers"
+printf '| read | seconds | GiB/s |\n|---|---:|---:|\n'
+for row in "cold (from the bucket):$cold" "after warmup (local disk cache), median:$warm" "local disk directly, median:$local_s"; do
+    name=${row%:*}; s=${row##*:}
+    printf '| %s | %.2f | %.2f |\n' "$name" "$s" "$(calc "$gib/$s")"
+done
+printf 'rounds (seconds): warm %s; local %s\n' "${warms[*]}" "${locals[*]}"
+printf '\nwarm / local = %.3f (target <= 1.10); cold / local = %.2f\n' \
+    "$(calc "$warm/$local_s")" "$(calc "$cold/$local_s")"
+printf 'warmup itself: %.1f s (%.2f GiB/s); import: %.2f s; upload with tessera sync: %.0f MiB/s\n' \
+    "$warmup_s" "$(calc "$gib/$warmup_s")" "$import_s" "$sync_mibs"
