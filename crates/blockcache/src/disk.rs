@@ -286,6 +286,38 @@ impl DiskCache {
         }
     }
 
+    /// A cached block's file, opened, with its data length and stored
+    /// CRCs (from the trailer), for sending as it is: a cache-group member
+    /// sends it with sendfile and the reader checks the CRCs. Counts as a
+    /// use. A file with a bad trailer is dropped.
+    pub fn open_sealed(&self, key: &str) -> Option<(std::fs::File, usize, Vec<u32>)> {
+        let dir = {
+            let mut index = self.index.lock().ok()?;
+            let e = index.entries.get_mut(key)?;
+            e.used_at = now_secs();
+            let dir = e.dir as usize;
+            index.policy.touch(key);
+            dir
+        };
+        let path = self.raw_path(dir, key);
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(_) => {
+                self.remove(key);
+                return None;
+            }
+        };
+        match checksum::read_trailer(&file) {
+            Ok((len, sums)) => Some((file, len, sums)),
+            Err(damage) => {
+                warn!(path = %path.display(), %damage, "corrupt cached block dropped");
+                self.metrics.corrupt_blocks.inc();
+                self.remove(key);
+                None
+            }
+        }
+    }
+
     /// Read a whole cached file. O_DIRECT where the file system allows it:
     /// the bytes go straight to our buffer, skipping a copy through the
     /// page cache (the memory tier caches hot blocks already).
@@ -447,6 +479,14 @@ impl DiskCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The keys of every cached block.
+    pub fn keys(&self) -> Vec<String> {
+        self.index
+            .lock()
+            .map(|i| i.entries.keys().map(|k| k.to_string()).collect())
+            .unwrap_or_default()
     }
 
     /// The file a cached block is kept in (for tests and tools).
@@ -752,6 +792,29 @@ mod tests {
         assert!(c.get("k/1").is_none());
         assert_eq!(m.corrupt_blocks.get(), 1);
         assert!(!path.exists() && c.is_empty());
+    }
+
+    #[test]
+    fn sealed_files_give_their_length_and_crcs() {
+        let d = tempfile::tempdir().unwrap();
+        let c = DiskCache::open(
+            config(vec![d.path().into()], 1 << 30),
+            "v",
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        let data = block(3, 100_000);
+        c.insert("k/1", &data).unwrap();
+        let (file, len, sums) = c.open_sealed("k/1").expect("cached");
+        assert_eq!(len, 100_000);
+        let want: Vec<u32> = data.chunks(checksum::PIECE).map(crc32c::crc32c).collect();
+        assert_eq!(sums, want);
+        drop(file);
+        let path = c.path_of("k/1").unwrap();
+        std::fs::write(&path, b"short").unwrap();
+        assert!(c.open_sealed("k/1").is_none(), "a bad trailer is refused");
+        assert!(c.is_empty());
+        assert!(c.open_sealed("never/cached").is_none());
     }
 
     #[test]

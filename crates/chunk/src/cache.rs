@@ -23,11 +23,18 @@ pub enum CacheAction {
     /// Report only.
     Check,
     /// Fetch what is not cached locally; pin every block for the duration.
-    Warm { pin: Option<Duration> },
+    Warm {
+        pin: Option<Duration>,
+    },
     /// Drop the blocks from memory and disk (pins included).
     Evict,
     /// End the pins; the blocks stay cached.
     Unpin,
+    /// The same through the cache group: each block's owner warms it,
+    /// reports it, or drops it (`tessera warmup --cache-group`).
+    GroupWarm,
+    GroupCheck,
+    GroupEvict,
 }
 
 /// The state of a range's blocks after an action. Byte counts are of the
@@ -50,6 +57,8 @@ pub struct CacheReport {
     pub failed_blocks: u64,
     /// The first failure, for the caller to show.
     pub error: Option<String>,
+    /// Through the group: bytes cached per member (address).
+    pub members: Vec<(String, u64)>,
 }
 
 /// One block of the range: its cache key, its length, and how many bytes
@@ -80,6 +89,13 @@ impl ChunkStore {
         let blocks = self.blocks_of(off, len, records)?;
         let mut report = CacheReport::default();
         let keys: Vec<String> = blocks.iter().map(|b| b.key.clone()).collect();
+        if matches!(
+            action,
+            CacheAction::GroupWarm | CacheAction::GroupCheck | CacheAction::GroupEvict
+        ) {
+            self.group_range(&blocks, action, &mut report);
+            return Ok(report);
+        }
         match action {
             CacheAction::Check => {}
             CacheAction::Evict => {
@@ -101,6 +117,7 @@ impl ChunkStore {
                     disk.pin(&keys, ttl);
                 }
             }
+            CacheAction::GroupWarm | CacheAction::GroupCheck | CacheAction::GroupEvict => {}
         }
         for b in &blocks {
             report.bytes += b.visible;
@@ -176,6 +193,105 @@ impl ChunkStore {
                     report.error.get_or_insert(e);
                 }
             }
+        }
+    }
+
+    /// Ask each block's owner in the group to warm, check or drop it, a
+    /// few blocks at a time; blocks this process owns are handled here.
+    fn group_range(
+        self: &Arc<Self>,
+        blocks: &[Block],
+        action: CacheAction,
+        report: &mut CacheReport,
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tessera_cachegroup::{Answer, Op};
+        report.bytes = blocks.iter().map(|b| b.visible).sum();
+        let Some(group) = self.group.get() else {
+            report.failed_blocks = blocks.len() as u64;
+            report.error = Some("this mount is not in a cache group".into());
+            return;
+        };
+        let op = match action {
+            CacheAction::GroupWarm => Op::Warm,
+            CacheAction::GroupEvict => Op::Evict,
+            _ => Op::Check,
+        };
+        // Per block: the owner's address and whether it holds the block now.
+        type Outcome = (String, std::result::Result<bool, String>);
+        let outcomes: Vec<std::sync::Mutex<Option<Outcome>>> =
+            blocks.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(b) = blocks.get(i) else { break };
+                    let outcome = match group.owner(&b.key) {
+                        None => (
+                            String::new(),
+                            Err("no member of the group has weight".to_string()),
+                        ),
+                        Some(owner) if group.is_me(&owner) => (
+                            owner.addr.clone(),
+                            Ok(self.local_group_op(op, &b.key, b.len)),
+                        ),
+                        Some(owner) => {
+                            let r = match group.peers.request(&owner.addr, op, &b.key, b.len) {
+                                Ok(Answer::Done) => Ok(op != Op::Evict),
+                                Ok(_) => Ok(false),
+                                Err(e) => Err(e.to_string()),
+                            };
+                            (owner.addr.clone(), r)
+                        }
+                    };
+                    if let Ok(mut slot) = outcomes[i].lock() {
+                        *slot = Some(outcome);
+                    }
+                });
+            }
+        });
+        let mut per_member: std::collections::BTreeMap<String, u64> = Default::default();
+        for (b, slot) in blocks.iter().zip(outcomes) {
+            match slot.into_inner().ok().flatten() {
+                Some((addr, Ok(held))) => {
+                    let bytes = if held { b.visible } else { 0 };
+                    *per_member.entry(addr).or_insert(0) += bytes;
+                    report.cached += bytes;
+                }
+                Some((_, Err(e))) => {
+                    report.failed_blocks += 1;
+                    report.error.get_or_insert(e);
+                }
+                None => report.failed_blocks += 1,
+            }
+        }
+        report.members = per_member.into_iter().collect();
+    }
+
+    /// A group operation on a block this process owns.
+    fn local_group_op(self: &Arc<Self>, op: tessera_cachegroup::Op, key: &str, len: u64) -> bool {
+        use tessera_cachegroup::Op;
+        let on_disk =
+            |me: &Self| me.disk.as_ref().is_some_and(|d| d.contains(key)) || me.mem.contains(key);
+        match op {
+            Op::Evict => {
+                self.mem.remove(key);
+                if let Some(d) = &self.disk {
+                    d.remove(key);
+                }
+                false
+            }
+            Op::Warm if !on_disk(self) => {
+                let me = self.clone();
+                let k = key.to_string();
+                let fetched = self.rt.block_on(async move {
+                    let data = me.fetch_owned(&k, len).await.map_err(describe)?;
+                    me.keep_warmed(k, data).await
+                });
+                fetched.is_ok()
+            }
+            _ => on_disk(self),
         }
     }
 

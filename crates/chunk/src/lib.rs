@@ -16,6 +16,7 @@
 mod cache;
 mod codec;
 mod external;
+mod group;
 mod read;
 mod writeback;
 pub mod writer;
@@ -33,6 +34,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 pub use cache::{CacheAction, CacheReport};
+pub use group::Serving;
 pub use read::{Access, Span};
 pub use writer::{FileWriter, Flushed};
 
@@ -142,6 +144,10 @@ pub struct ChunkStore {
     pub(crate) sources: Mutex<HashMap<String, DynStore>>,
     /// When each imported object was last found unchanged in its bucket.
     pub(crate) checked: Mutex<HashMap<u64, std::time::Instant>>,
+    /// The cache group this process takes part in, if any.
+    pub(crate) group: std::sync::OnceLock<Arc<tessera_cachegroup::Group>>,
+    /// Blocks being fetched for peers, so that every asker shares one fetch.
+    pub(crate) served: Mutex<HashMap<String, read::Fetch>>,
 }
 
 impl ChunkStore {
@@ -177,6 +183,8 @@ impl ChunkStore {
             externals: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
             checked: Mutex::new(HashMap::new()),
+            group: std::sync::OnceLock::new(),
+            served: Mutex::new(HashMap::new()),
             downloads: Arc::new(Semaphore::new(config.max_downloads.max(1))),
             uploads: Arc::new(Semaphore::new(config.max_uploads.max(1))),
             buffered: AtomicUsize::new(0),

@@ -138,7 +138,7 @@ impl ChunkStore {
     /// A block just loaded into memory from `tier`: its bytes are counted
     /// for that tier as readers consume them, so a block fetched whole for
     /// a small read (or by readahead) is not later counted as memory hits.
-    fn note_origin(&self, key: &str, tier: &'static str, len: usize) {
+    pub(crate) fn note_origin(&self, key: &str, tier: &'static str, len: usize) {
         if let Ok(mut o) = self.origins.lock() {
             if o.len() > 65_536 {
                 o.clear();
@@ -234,7 +234,12 @@ impl ChunkStore {
                 return Ok(b);
             }
         }
-        let data = self.fetch_object(key, len).await?;
+        if let Some(data) = self.from_owner(key, len).await {
+            // The owner keeps the disk copy; this one stays in memory.
+            self.mem.insert(key, data.clone());
+            return Ok(data);
+        }
+        let data = self.fetch_owned(key, len).await?;
         self.mem.insert(key, data.clone());
         self.note_origin(key, tier::OBJECT, data.len());
         let partial = (len as usize) < self.config.block_size;
@@ -318,6 +323,7 @@ impl ChunkStore {
                         .unwrap_or(true);
                     let on_disk = self.disk.as_ref().is_some_and(|d| d.contains(&key));
                     if !whole_block_wanted
+                        && self.group.get().is_none()
                         && p.kind == SliceKind::Internal
                         && !in_flight
                         && !on_disk

@@ -44,6 +44,14 @@ enum Command {
     Warmup(Box<cmd::warmup::Args>),
     /// Copy files between a directory (a mount's path) and a storage URL.
     Sync(Box<cmd::sync::Args>),
+    /// Serve a cache group as a dedicated member (no mount).
+    CacheServer(Box<cmd::cache_server::Args>),
+    /// Cache groups: `status`.
+    #[command(subcommand)]
+    CacheGroup(cmd::cache_group::Command),
+    /// Local cache directories: `gc`.
+    #[command(subcommand)]
+    Cache(cmd::cache::Command),
     /// Write a volume's metadata as JSON Lines (FILE, or - for stdout).
     Dump(cmd::dump::DumpArgs),
     /// Load a dump into an empty metadata engine (FILE, or - for stdin).
@@ -65,6 +73,9 @@ fn main() {
         Command::Import(a) => cmd::import::run(*a),
         Command::Warmup(a) => cmd::warmup::run(*a),
         Command::Sync(a) => cmd::sync::run(*a),
+        Command::CacheServer(a) => cmd::cache_server::run(*a),
+        Command::CacheGroup(c) => cmd::cache_group::run(c),
+        Command::Cache(c) => cmd::cache::run(c),
         Command::Dump(a) => cmd::dump::dump(a),
         Command::Load(a) => cmd::dump::load(a),
     };

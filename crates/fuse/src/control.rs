@@ -7,15 +7,18 @@
 //! callers (as a `.control` file would need), and one call per range lets
 //! the command show progress and choose its own parallelism.
 //!
-//! Every command is `_IOWR(0xB7, nr, [u8; 256])`. Request: offset, length,
-//! pin seconds (0: no pin), flags, as little-endian u64s. Reply: eight
+//! Every command is `_IOWR(0xB7, nr, [u8; 4096])`. Request: offset, length,
+//! pin seconds (0: no pin), flags, as little-endian u64s; at byte 64 the
+//! cache group name for `FLAG_GROUP` (NUL padded). Reply: eight
 //! little-endian u64s (data bytes, in memory, on disk, pinned, fetched,
-//! failed blocks, cached in either, 0), then the first error message, NUL padded.
+//! failed blocks, cached in either, 0), the first error message at byte 64
+//! (NUL padded, 1 KiB), and at byte 1088 the number of members followed by
+//! one entry per member (address, 48 bytes NUL padded; cached bytes, u64).
 
 use tessera_vfs::{CacheAction, CacheReport};
 
 /// Bytes of a request and of a reply.
-pub const SIZE: usize = 256;
+pub const SIZE: usize = 4096;
 const MAGIC: u32 = 0xB7;
 const NR_CHECK: u32 = 1;
 const NR_WARM: u32 = 2;
@@ -23,7 +26,15 @@ const NR_EVICT: u32 = 3;
 const NR_UNPIN: u32 = 4;
 /// Queue the work in the mount and answer at once.
 pub const FLAG_BACKGROUND: u64 = 1;
+/// Act through the cache group: each block's owner does the work.
+pub const FLAG_GROUP: u64 = 2;
 const MESSAGE_AT: usize = 64;
+const MESSAGE_END: usize = 1088;
+const GROUP_AT: usize = 64;
+const GROUP_LEN: usize = 64;
+const MEMBER_ADDR: usize = 48;
+const MEMBER_ENTRY: usize = MEMBER_ADDR + 8;
+const MAX_MEMBERS: usize = (SIZE - MESSAGE_END - 4) / MEMBER_ENTRY;
 
 /// What a `tessera warmup` invocation asks of each range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,13 +69,15 @@ impl Op {
 }
 
 /// One range request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub op: Op,
     pub offset: u64,
     pub length: u64,
     pub pin_secs: u64,
     pub flags: u64,
+    /// The cache group named with `FLAG_GROUP`.
+    pub group: String,
 }
 
 fn word(buf: &[u8], i: usize) -> u64 {
@@ -83,22 +96,35 @@ impl Request {
         {
             buf[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
+        let g = &self.group.as_bytes()[..self.group.len().min(GROUP_LEN - 1)];
+        buf[GROUP_AT..GROUP_AT + g.len()].copy_from_slice(g);
         buf
     }
 
     /// A request from an ioctl, or None if it is not one of ours.
     pub fn decode(cmd: u32, data: &[u8]) -> Option<Request> {
         let op = Op::from_command(cmd)?;
+        let group = data.get(GROUP_AT..GROUP_AT + GROUP_LEN).unwrap_or_default();
+        let end = group.iter().position(|&b| b == 0).unwrap_or(group.len());
         (data.len() >= 32).then(|| Request {
             op,
             offset: word(data, 0),
             length: word(data, 1),
             pin_secs: word(data, 2),
             flags: word(data, 3),
+            group: String::from_utf8_lossy(&group[..end]).into_owned(),
         })
     }
 
     pub fn action(&self) -> CacheAction {
+        if self.flags & FLAG_GROUP != 0 {
+            match self.op {
+                Op::Warm => return CacheAction::GroupWarm,
+                Op::Check => return CacheAction::GroupCheck,
+                Op::Evict => return CacheAction::GroupEvict,
+                Op::Unpin => {}
+            }
+        }
         match self.op {
             Op::Check => CacheAction::Check,
             Op::Evict => CacheAction::Evict,
@@ -126,17 +152,40 @@ pub fn encode_report(r: &CacheReport) -> [u8; SIZE] {
     }
     if let Some(e) = &r.error {
         // Cut at a character boundary that fits, leaving a NUL at the end.
-        let mut n = e.len().min(SIZE - MESSAGE_AT - 1);
+        let mut n = e.len().min(MESSAGE_END - MESSAGE_AT - 1);
         while !e.is_char_boundary(n) {
             n -= 1;
         }
         buf[MESSAGE_AT..MESSAGE_AT + n].copy_from_slice(&e.as_bytes()[..n]);
     }
+    let members = &r.members[..r.members.len().min(MAX_MEMBERS)];
+    buf[MESSAGE_END..MESSAGE_END + 4].copy_from_slice(&(members.len() as u32).to_le_bytes());
+    for (i, (addr, bytes)) in members.iter().enumerate() {
+        let at = MESSAGE_END + 4 + i * MEMBER_ENTRY;
+        let a = &addr.as_bytes()[..addr.len().min(MEMBER_ADDR - 1)];
+        buf[at..at + a.len()].copy_from_slice(a);
+        buf[at + MEMBER_ADDR..at + MEMBER_ENTRY].copy_from_slice(&bytes.to_le_bytes());
+    }
     buf
 }
 
 pub fn decode_report(buf: &[u8]) -> CacheReport {
-    let message = buf.get(MESSAGE_AT..).unwrap_or_default();
+    let message = buf.get(MESSAGE_AT..MESSAGE_END).unwrap_or_default();
+    let count = buf
+        .get(MESSAGE_END..MESSAGE_END + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .unwrap_or(0)
+        .min(MAX_MEMBERS);
+    let members = (0..count)
+        .filter_map(|i| {
+            let at = MESSAGE_END + 4 + i * MEMBER_ENTRY;
+            let entry = buf.get(at..at + MEMBER_ENTRY)?;
+            let addr = &entry[..MEMBER_ADDR];
+            let end = addr.iter().position(|&b| b == 0).unwrap_or(MEMBER_ADDR);
+            let bytes = u64::from_le_bytes(entry[MEMBER_ADDR..].try_into().ok()?);
+            Some((String::from_utf8_lossy(&addr[..end]).into_owned(), bytes))
+        })
+        .collect();
     let end = message
         .iter()
         .position(|&b| b == 0)
@@ -150,6 +199,7 @@ pub fn decode_report(buf: &[u8]) -> CacheReport {
         failed_blocks: word(buf, 5),
         cached: word(buf, 6),
         error: (end > 0).then(|| String::from_utf8_lossy(&message[..end]).into_owned()),
+        members,
     }
 }
 
@@ -164,18 +214,20 @@ mod tests {
             offset: 64 << 20,
             length: 64 << 20,
             pin_secs: 3600,
-            flags: FLAG_BACKGROUND,
+            flags: FLAG_BACKGROUND | FLAG_GROUP,
+            group: "gpu-a".into(),
         };
         assert_eq!(
             Request::decode(Op::Warm.command(), &req.encode()),
-            Some(req)
+            Some(req.clone())
         );
         assert_eq!(
             Request::decode(0x5401, &req.encode()),
             None,
             "TCGETS is not ours"
         );
-        assert_eq!(Op::Check.command(), 0xC100_B701);
+        assert_eq!(Op::Check.command(), 0xD000_B701);
+        assert_eq!(req.action(), CacheAction::GroupWarm);
         let report = CacheReport {
             bytes: 10,
             memory: 1,
@@ -184,12 +236,14 @@ mod tests {
             fetched: 8,
             failed_blocks: 2,
             cached: 9,
-            error: Some("é".repeat(200)),
+            error: Some("é".repeat(2000)),
+            members: vec![("127.0.0.2:9800".into(), 4), ("127.0.0.3:9800".into(), 5)],
         };
         let back = decode_report(&encode_report(&report));
         assert_eq!(back.bytes, 10);
         assert_eq!((back.failed_blocks, back.cached), (2, 9));
         let msg = back.error.expect("message");
-        assert!(msg.len() < SIZE - MESSAGE_AT && msg.chars().all(|c| c == 'é'));
+        assert!(msg.len() < MESSAGE_END - MESSAGE_AT && msg.chars().all(|c| c == 'é'));
+        assert_eq!(back.members, report.members);
     }
 }

@@ -595,6 +595,26 @@ impl Filesystem for TesseraFs {
             return;
         }
         let ino = self.i(ino);
+        if req.flags & control::FLAG_GROUP != 0 {
+            let mine = self.vfs.chunks.group().map(|g| g.name().to_string());
+            if mine.as_deref() != Some(req.group.as_str()) {
+                let report = tessera_vfs::CacheReport {
+                    failed_blocks: 1,
+                    error: Some(match mine {
+                        Some(g) => {
+                            format!("this mount is in cache group {g:?}, not {:?}", req.group)
+                        }
+                        None => format!(
+                            "this mount is not in cache group {:?} (mount it with --cache-group)",
+                            req.group
+                        ),
+                    }),
+                    ..Default::default()
+                };
+                reply.ioctl(0, &control::encode_report(&report));
+                return;
+            }
+        }
         if req.flags & control::FLAG_BACKGROUND != 0 {
             match self.queue_background(ino, req) {
                 Ok(()) => reply.ioctl(0, &control::encode_report(&Default::default())),

@@ -25,6 +25,7 @@ pub fn run_all(factory: Factory<'_>) {
     xattrs(factory());
     locks(factory());
     sessions(factory());
+    cache_groups(factory());
 }
 
 pub fn test_format() -> Format {
@@ -616,4 +617,30 @@ fn sessions(e: Arc<dyn KvEngine>) {
     );
     assert_eq!(a.pending_deletes(10).expect("pending"), vec![(f, 0)]);
     a.heartbeat().expect("heartbeat");
+}
+
+/// Member records: written, refreshed, listed per group (groups whose names
+/// share a prefix stay apart), removed.
+fn cache_groups(e: Arc<dyn KvEngine>) {
+    use crate::MemberRecord;
+    let m = formatted(e);
+    let rec = |id: &str, weight| MemberRecord {
+        id: id.into(),
+        addr: "127.0.0.2:9000".into(),
+        weight,
+        heartbeat_ms: 1,
+        ..Default::default()
+    };
+    m.group_register("gpu", &rec("a", 1)).expect("a");
+    m.group_register("gpu", &rec("b", 2)).expect("b");
+    m.group_register("gpu2", &rec("c", 1)).expect("c");
+    let mut refreshed = rec("a", 1);
+    refreshed.heartbeat_ms = 2;
+    m.group_register("gpu", &refreshed).expect("refresh");
+    let gpu = m.group_members("gpu").expect("list");
+    assert_eq!(gpu, vec![refreshed, rec("b", 2)]);
+    assert_eq!(m.group_members("gpu2").expect("list").len(), 1);
+    m.group_leave("gpu", "a").expect("leave");
+    assert_eq!(m.group_members("gpu").expect("list"), vec![rec("b", 2)]);
+    assert!(m.group_members("none").expect("list").is_empty());
 }

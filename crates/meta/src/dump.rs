@@ -177,7 +177,7 @@ fn line_for(key: &[u8], value: &[u8]) -> Result<Option<Value>> {
             json!({ "external": keys::be_u64(key, 1), "object": obj })
         }
         // Live state and the cleanup queue: see the module comment.
-        Some(b'D') | Some(b'L') | Some(b'S') => return Ok(None),
+        Some(b'D') | Some(b'G') | Some(b'L') | Some(b'S') => return Ok(None),
         _ => raw(),
     };
     Ok(Some(line))

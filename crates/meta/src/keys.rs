@@ -16,6 +16,7 @@
 //! | `LF` ino / `LP` ino | flock / POSIX lock tables |
 //! | `SE` sid | session info JSON; `SH` sid heartbeat; `SS` sid ino open-unlinked |
 //! | `E` id | external object a slice points at (import) |
+//! | `G` group `\0` member | cache-group member record JSON (live state) |
 //! | `Q`, `T`, `R` | reserved for quotas, trash and ACLs |
 //!
 //! Integers in keys are big-endian so that scans come out in numeric order.
@@ -149,4 +150,20 @@ pub fn be_u64(key: &[u8], at: usize) -> Option<u64> {
     key.get(at..at + 8)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)
+}
+
+/// The record of one member of a cache group.
+pub fn group_member(group: &str, member: &str) -> Vec<u8> {
+    let mut k = group_prefix(group);
+    k.extend_from_slice(member.as_bytes());
+    k
+}
+
+/// Every member record of a cache group.
+pub fn group_prefix(group: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + group.len());
+    k.push(b'G');
+    k.extend_from_slice(group.as_bytes());
+    k.push(0);
+    k
 }

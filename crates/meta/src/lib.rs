@@ -12,6 +12,7 @@ pub mod conformance;
 pub mod dump;
 pub mod engines;
 mod fs;
+mod group;
 pub mod keys;
 pub mod kv;
 mod locks;
@@ -25,6 +26,7 @@ pub use fs::{
     Appended, Entry, ExternalObject, Meta, MetaConfig, SetAttr, StatFs, TruncateResult,
     UnlinkResult,
 };
+pub use group::MemberRecord;
 pub use kv::{KvEngine, KvTxn};
 pub use locks::{FlockType, PosixLock};
 pub use session::SessionInfo;

@@ -31,6 +31,8 @@ pub mod tier {
     pub const MEMORY: &str = "memory";
     pub const DISK: &str = "disk";
     pub const OBJECT: &str = "object";
+    /// Another member of the cache group.
+    pub const PEER: &str = "peer";
 }
 
 /// Builds latency histograms from 100 µs to about 52 s.
@@ -85,6 +87,19 @@ pub struct Metrics {
     pub meta_txn_restarts: F64Gauge,
     /// Metadata transactions run (each at least one engine round trip).
     pub meta_txns: F64Gauge,
+    /// Cache group, as a reader: requests to peers by result (hit, miss,
+    /// error, down), and reads that went to object storage instead.
+    pub group_requests: Family<Label, Counter>,
+    pub group_fallbacks: Counter,
+    /// Cache group, as a member serving others: blocks served from its
+    /// cache (hits), fetched for a peer (misses), bytes sent, connections
+    /// refused for a wrong secret or protocol.
+    pub group_hits: Counter,
+    pub group_misses: Counter,
+    pub group_served_bytes: Counter,
+    pub group_auth_failures: Counter,
+    /// Live members in the group's view.
+    pub group_members: Gauge,
 }
 
 impl Default for Metrics {
@@ -120,6 +135,13 @@ impl Metrics {
             fuse_write_bytes: Counter::default(),
             meta_txn_restarts: F64Gauge::default(),
             meta_txns: F64Gauge::default(),
+            group_requests: Family::default(),
+            group_fallbacks: Counter::default(),
+            group_hits: Counter::default(),
+            group_misses: Counter::default(),
+            group_served_bytes: Counter::default(),
+            group_auth_failures: Counter::default(),
+            group_members: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -232,6 +254,41 @@ impl Metrics {
             "meta_txns",
             "Metadata transactions run, each at least one engine round trip",
             m.meta_txns.clone(),
+        );
+        r.register(
+            "group_requests",
+            "Block requests to cache group peers, by result (hit, miss, error, down)",
+            m.group_requests.clone(),
+        );
+        r.register(
+            "group_fallbacks",
+            "Block reads that went to object storage because a peer failed",
+            m.group_fallbacks.clone(),
+        );
+        r.register(
+            "group_hits",
+            "Blocks served to peers from this member's cache",
+            m.group_hits.clone(),
+        );
+        r.register(
+            "group_misses",
+            "Blocks this member fetched from object storage for a peer",
+            m.group_misses.clone(),
+        );
+        r.register(
+            "group_served_bytes",
+            "Bytes of blocks sent to peers",
+            m.group_served_bytes.clone(),
+        );
+        r.register(
+            "group_auth_failures",
+            "Peer connections refused: wrong group secret or protocol",
+            m.group_auth_failures.clone(),
+        );
+        r.register(
+            "group_members",
+            "Live members of the cache group",
+            m.group_members.clone(),
         );
         m
     }

@@ -1,8 +1,12 @@
 //! Subcommands.
 
 pub mod bench;
+pub mod cache;
+pub mod cache_group;
+pub mod cache_server;
 pub mod dump;
 pub mod format;
+pub mod group;
 pub mod import;
 pub mod info;
 pub mod mount;

@@ -63,8 +63,14 @@ pub struct Args {
     /// release its locks and reclaim the files it held open after unlink.
     #[arg(long, default_value_t = 60.0)]
     pub session_timeout: f64,
+    /// Before mounting, evict from each cache directory down to its share
+    /// of --cache-size (`tessera cache gc`; waits for another GC of it).
+    #[arg(long, help_heading = "Cache")]
+    pub cache_gc_before_start: bool,
     #[command(flatten)]
     pub data: DataPathArgs,
+    #[command(flatten)]
+    pub group: crate::cmd::group::GroupArgs,
     #[command(flatten)]
     pub storage_flags: StorageFlags,
 }
@@ -212,7 +218,7 @@ impl DataPathArgs {
 
 /// Serve metrics on `addr`, or on one of the next ten ports when it is taken
 /// (several mounts on one host).
-fn serve_metrics(metrics: &Arc<Metrics>, addr: &str) {
+pub(crate) fn serve_metrics(metrics: &Arc<Metrics>, addr: &str) {
     if addr == "none" || addr.is_empty() {
         return;
     }
@@ -270,8 +276,22 @@ pub fn run(a: Args) -> Result<()> {
     let mountpoint = a.mountpoint.canonicalize()?;
     // Check the engine, the volume and the options before anything forks or mounts.
     let (_, format) = open_volume(&a.meta_url, MetaConfig::default())?;
-    a.data.chunk_config(&format)?;
+    let chunk_config = a.data.chunk_config(&format)?;
     session_times(&a)?;
+    if let Some(name) = &a.group.cache_group {
+        crate::cmd::group::check_group_name(name)?;
+    }
+    if a.cache_gc_before_start {
+        if let Some(dc) = &chunk_config.disk_cache {
+            let share = dc.capacity / dc.dirs.len().max(1) as u64;
+            for dir in &dc.dirs {
+                if dir.is_dir() {
+                    let r = crate::cmd::cache::gc(dir, share)?;
+                    info!(dir = %dir.display(), removed = r.removed, left = r.left, "cache gc before start");
+                }
+            }
+        }
+    }
     open_cache_time(a.open_cache)?;
     if a.background {
         daemonize(&mountpoint, a.log.as_deref())?;
@@ -331,6 +351,22 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
         metrics.clone(),
     )?;
     serve_metrics(&metrics, &a.data.metrics);
+    let membership = match &a.group.cache_group {
+        Some(name) => Some(crate::cmd::group::join(
+            &meta,
+            &format,
+            &chunks,
+            &metrics,
+            crate::cmd::group::JoinSpec {
+                name,
+                share: (!a.group.no_sharing)
+                    .then_some((a.group.group_listen.as_str(), a.group.group_weight)),
+                backup_period: Duration::from_secs_f64(a.group.backup_period.max(0.0)),
+                kind: "mount",
+            },
+        )?),
+        None => None,
+    };
     let vfs = Vfs::new(
         meta.clone(),
         chunks,
@@ -387,6 +423,9 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
     info!(volume = %format.name, mountpoint = %mountpoint.display(), "mounting");
     let served = tessera_fuse::mount(vfs.clone(), mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()));
+    if let Some(m) = &membership {
+        m.leave();
+    }
     vfs.shutdown();
     info!("unmounted");
     served

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use tessera_fuse::control::{decode_report, Op, Request, FLAG_BACKGROUND};
+use tessera_fuse::control::{decode_report, Op, Request, FLAG_BACKGROUND, FLAG_GROUP};
 use tessera_vfs::CacheReport;
 
 use crate::common::{human, parse_duration};
@@ -56,6 +56,10 @@ pub struct Args {
     /// End the pins of the paths' blocks (they stay cached).
     #[arg(long, conflicts_with_all = ["background", "pin"])]
     pub unpin: bool,
+    /// Act on the cache group the mount belongs to instead of its local
+    /// cache: each block's owner fetches it (--check reports per member).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["pin", "unpin"])]
+    pub cache_group: Option<String>,
 }
 
 /// A regular file found under one of the paths given.
@@ -146,6 +150,12 @@ fn add(total: &mut CacheReport, r: &CacheReport) {
     if total.error.is_none() {
         total.error.clone_from(&r.error);
     }
+    for (addr, bytes) in &r.members {
+        match total.members.iter_mut().find(|(a, _)| a == addr) {
+            Some((_, b)) => *b += bytes,
+            None => total.members.push((addr.clone(), *bytes)),
+        }
+    }
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
@@ -196,7 +206,12 @@ pub fn run(a: Args) -> Result<()> {
         check_on_mount(r)?;
         collect(i, r, &mut targets, &mut skipped)?;
     }
-    let flags = if a.background { FLAG_BACKGROUND } else { 0 };
+    let mut flags = if a.background { FLAG_BACKGROUND } else { 0 };
+    if let Some(g) = &a.cache_group {
+        crate::cmd::group::check_group_name(g)?;
+        flags |= FLAG_GROUP;
+    }
+    let group = a.cache_group.clone().unwrap_or_default();
     // Warm-ups go a chunk at a time, for progress and parallelism; the
     // other operations are quick, one request per file.
     let mut tasks = Vec::new();
@@ -252,6 +267,7 @@ pub fn run(a: Args) -> Result<()> {
                         length: task.length,
                         pin_secs,
                         flags,
+                        group: group.clone(),
                     };
                     let result = File::open(&t.path).and_then(|f| control(&f, &req));
                     match result {
@@ -316,6 +332,24 @@ pub fn run(a: Args) -> Result<()> {
                 String::new()
             }
         ),
+        Op::Check if a.cache_group.is_some() => {
+            for (i, r) in per_root.iter().enumerate() {
+                println!(
+                    "{}: {} of {} cached in group {} ({:.1}%); {} files",
+                    roots[i].display(),
+                    human(r.cached),
+                    human(r.bytes),
+                    group,
+                    percent(r.cached, r.bytes),
+                    files(i)
+                );
+                let mut members = r.members.clone();
+                members.sort();
+                for (addr, bytes) in members {
+                    println!("  {addr}: {}", human(bytes));
+                }
+            }
+        }
         Op::Check => {
             for (i, r) in per_root.iter().enumerate() {
                 println!(

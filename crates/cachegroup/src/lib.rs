@@ -1,0 +1,25 @@
+//! The distributed cache group: the disks and memory of many nodes pooled
+//! into one block cache.
+//!
+//! * [`placement`]: which member owns a block (weighted rendezvous hashing).
+//! * [`group`]: membership through the metadata engine (records with a
+//!   heartbeat), the current and the previous view.
+//! * [`proto`]: the authenticated wire protocol, with CRCs end to end.
+//! * [`server`]: a member serving its cache to peers (sendfile from disk).
+//! * [`client`]: pooled connections to peers, deadlines, and peers marked
+//!   down after a failure so readers fall back to object storage.
+//!
+//! The data path (`tessera-chunk`) asks a block's owner before object
+//! storage and serves its own cache through [`server::BlockSource`].
+
+pub mod client;
+pub mod group;
+pub mod placement;
+pub mod proto;
+pub mod server;
+
+pub use client::{Answer, PeerError, PeerTimeouts, Peers};
+pub use group::{member_id, Group, GroupConfig, Usage};
+pub use placement::Member;
+pub use proto::{Op, Secret};
+pub use server::{BlockSource, Held, Server};
