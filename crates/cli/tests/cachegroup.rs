@@ -45,6 +45,12 @@ struct Member {
 impl Member {
     fn start(vol: &Volume, group: &str, ip: &str, extra: &[&str]) -> Member {
         let addr = format!("{ip}:{}", free_port(ip));
+        Self::start_at(vol, group, &addr, extra)
+    }
+
+    /// A member at a given address (a restart keeps its cache directory).
+    fn start_at(vol: &Volume, group: &str, addr: &str, extra: &[&str]) -> Member {
+        let addr = addr.to_string();
         // No ':' in the path: --cache-dir takes a colon-separated list.
         let cache = vol
             .dir
@@ -60,14 +66,14 @@ impl Member {
                 "--listen",
                 &addr,
             ])
-            .args([
-                "--cache-dir",
-                cache.to_str().expect("utf-8"),
-                "--metrics",
-                "none",
-            ])
+            .args(["--cache-dir", cache.to_str().expect("utf-8")])
             .args(["--free-space-ratio", "0.01"])
             .args(extra)
+            .args(if extra.contains(&"--metrics") {
+                &[][..]
+            } else {
+                &["--metrics", "none"][..]
+            })
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
@@ -341,4 +347,101 @@ fn a_join_moves_only_the_newcomers_share_and_gc_waits_for_the_lock() {
         "1G",
     ]);
     assert!(!out.status.success() && stderr(&out).contains("/nonexistent/cache"));
+}
+
+/// One metric of a member, from its `--metrics` endpoint.
+fn member_metric(endpoint: &str, name: &str) -> f64 {
+    use std::io::Write;
+    let Ok(mut s) = std::net::TcpStream::connect(endpoint) else {
+        return -1.0;
+    };
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name).then(|| v.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Weight 0 drains a member: restarted with weight 0 it hands its blocks to
+/// their new owner, which takes them from it (the backup period) rather
+/// than from object storage, and status shows it drained.
+#[test]
+fn weight_zero_drains_a_member_through_the_backup_period() {
+    let (vol, data) = volume_with_file(64 << 20, 13);
+    let a_metrics = format!("127.0.0.9:{}", free_port("127.0.0.9"));
+    let a = Member::start(&vol, "drain", "127.0.0.9", &["--metrics", &a_metrics]);
+    let b_addr = format!("127.0.0.10:{}", free_port("127.0.0.10"));
+    let mut b = Member::start_at(&vol, "drain", &b_addr, &[]);
+    let started = Instant::now();
+    while live_members(&vol, "drain") != 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "two live members: {} / {}",
+            a.log(),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // b must be in a's view before it changes, or a has no previous owner
+    // to ask.
+    wait_for("a to see b", || member_metric(&a_metrics, MEMBERS) == 2.0);
+    let c = vol.mount_with(
+        "consumer",
+        &[
+            "--cache-group",
+            "drain",
+            "--no-sharing",
+            "--cache-dir",
+            "memory",
+        ],
+    );
+    wait_for("the consumer's view", || stat(&c.path, MEMBERS) == 2.0);
+    let file = c.join("model.bin");
+    let file = file.to_str().expect("utf-8");
+    run(&["warmup", "--cache-group", "drain", file]);
+    let shares = per_member(&run(&["warmup", "--cache-group", "drain", "--check", file]));
+    let b_share = shares
+        .iter()
+        .find(|s| s.0 == b_addr)
+        .map(|s| s.1)
+        .unwrap_or(0.0);
+    assert!(b_share > 0.0, "b owns part of the file: {shares:?}");
+    let a_gets = member_metric(&a_metrics, GETS);
+    assert!(a_gets > 0.0, "a fetched its own share");
+
+    // b comes back at the same address with weight 0, its cache intact.
+    b.kill9();
+    let b = Member::start_at(&vol, "drain", &b_addr, &["--weight", "0"]);
+    wait_for("b to drain", || {
+        let out = tessera(&["cache-group", "status", &vol.meta_url, "drain", "--json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rows.as_array().is_some_and(|r| {
+            r.iter()
+                .any(|m| m["addr"] == b_addr.as_str() && m["state"] == "drained")
+        })
+    });
+    assert_eq!(
+        member_metric(&a_metrics, GETS),
+        a_gets,
+        "a took b's blocks from b, not from object storage: {}\n----\n{}",
+        a.log(),
+        b.log()
+    );
+    let check = run(&["warmup", "--cache-group", "drain", "--check", file]);
+    assert!(check.contains("(100.0%)"), "{check}");
+    assert_eq!(
+        per_member(&check)
+            .iter()
+            .find(|s| s.0 == a.addr)
+            .map(|s| s.1),
+        Some(64.0)
+    );
+    let back = std::fs::read(c.join("model.bin")).expect("read");
+    assert_eq!(digest(&back), digest(&data));
+    drop(b);
 }
