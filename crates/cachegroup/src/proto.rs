@@ -297,13 +297,18 @@ pub fn read_reply(
     let pieces = len.div_ceil(PIECE);
     let mut raw = vec![0u8; 4 * pieces];
     r.read_exact(&mut raw)?;
-    let mut data = vec![0u8; len];
-    let mut at = 0;
-    while at < len {
+    // Read into spare capacity (no zeroing pass over the block first).
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
         deadline_check()?;
-        let end = (at + (1 << 20)).min(len);
-        r.read_exact(&mut data[at..end])?;
-        at = end;
+        let want = (len - data.len()).min(1 << 20) as u64;
+        let got = r.by_ref().take(want).read_to_end(&mut data)?;
+        if got == 0 {
+            return Err(ProtoError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection mid-block",
+            )));
+        }
     }
     for (i, piece) in data.chunks(PIECE).enumerate() {
         let want = u32::from_le_bytes([raw[4 * i], raw[4 * i + 1], raw[4 * i + 2], raw[4 * i + 3]]);

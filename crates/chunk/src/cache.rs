@@ -139,6 +139,21 @@ impl ChunkStore {
         Ok(report)
     }
 
+    /// The cache keys and lengths of the distinct blocks of a whole file
+    /// (`cache-group bench` fetches them one by one).
+    pub fn file_blocks(
+        self: &Arc<Self>,
+        ino: tessera_meta::Ino,
+        length: u64,
+    ) -> Result<Vec<(String, u64)>> {
+        let mut records = |index| Ok(Arc::new(self.meta.read_chunk(ino, index)?));
+        Ok(self
+            .blocks_of(0, length, &mut records)?
+            .into_iter()
+            .map(|b| (b.key, b.len))
+            .collect())
+    }
+
     /// The distinct blocks behind a range, in order.
     fn blocks_of(
         self: &Arc<Self>,

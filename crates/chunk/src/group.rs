@@ -80,6 +80,18 @@ impl ChunkStore {
         }
     }
 
+    /// A block straight from object storage, not cached (for benchmarks).
+    pub async fn fetch_uncached(
+        self: &Arc<Self>,
+        key: &str,
+        len: u64,
+    ) -> std::result::Result<Bytes, String> {
+        self.fetch_object(key, len).await.map_err(|e| match e {
+            FetchError::Missing(k) => format!("object not found: {k}"),
+            FetchError::Failed(why) => why,
+        })
+    }
+
     /// A block this process owns (or one read without a group): from the
     /// previous owner within the backup period, else from object storage.
     pub(crate) async fn fetch_owned(

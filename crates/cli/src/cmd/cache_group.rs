@@ -11,6 +11,27 @@ use crate::common::{human, open_volume};
 pub enum Command {
     /// List a group's members with their usage, hit ratio and health.
     Status(StatusArgs),
+    /// Fetch every block of a file from its owner, then from object
+    /// storage, and compare throughput and CPU (no FUSE, no caching here).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Metadata engine URL of the volume.
+    pub meta_url: String,
+    /// The cache group.
+    pub name: String,
+    /// A file in the volume (path from the volume root).
+    pub path: String,
+    /// Blocks in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub threads: usize,
+    /// Skip the object storage pass.
+    #[arg(long)]
+    pub group_only: bool,
+    #[command(flatten)]
+    pub storage_flags: crate::common::StorageFlags,
 }
 
 #[derive(clap::Args, Debug)]
@@ -30,7 +51,122 @@ const LIVE_MS: i64 = 5_000;
 pub fn run(c: Command) -> Result<()> {
     match c {
         Command::Status(a) => status(a),
+        Command::Bench(a) => bench(a),
     }
+}
+
+/// CPU seconds this process has used (user + system).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    crate::cmd::group::check_group_name(&a.name)?;
+    let (meta, format) = open_volume(&a.meta_url, MetaConfig { read_only: true })?;
+    let (ino, attr) = meta
+        .resolve(&a.path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.path))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()?;
+    let metrics = Arc::new(tessera_metrics::Metrics::new());
+    let store = tessera_object::open_store(&format.storage, &a.storage_flags.options())?;
+    let config = tessera_chunk::ChunkConfig {
+        volume: format.name.clone(),
+        block_size: format.block_size as usize,
+        compression: format.compression,
+        mem_cache_size: 0,
+        ..Default::default()
+    };
+    let chunks = tessera_chunk::ChunkStore::new(
+        store,
+        meta.clone(),
+        rt.handle().clone(),
+        config,
+        metrics.clone(),
+    )?;
+    let group = tessera_cachegroup::Group::join(
+        meta.clone(),
+        tessera_cachegroup::GroupConfig {
+            name: a.name.clone(),
+            volume_uuid: format.uuid.clone(),
+            member: None,
+            heartbeat: std::time::Duration::from_secs(1),
+            member_timeout: std::time::Duration::from_secs(5),
+            backup_period: std::time::Duration::ZERO,
+            timeouts: Default::default(),
+        },
+        Box::new(|| (0, 0)),
+        metrics,
+    )?;
+    let blocks = chunks.file_blocks(ino, attr.length)?;
+    let total: u64 = blocks.iter().map(|b| b.1).sum();
+    let pass = |from_group: bool| -> Result<(f64, f64)> {
+        let next = AtomicUsize::new(0);
+        let done = AtomicU64::new(0);
+        let failed = AtomicU64::new(0);
+        let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
+        std::thread::scope(|s| {
+            for _ in 0..a.threads.max(1) {
+                s.spawn(|| {
+                    while let Some((key, len)) = blocks.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let got = if from_group {
+                            group.owner(key).and_then(|o| {
+                                match group.peers.request(
+                                    &o.addr,
+                                    tessera_cachegroup::Op::Get,
+                                    key,
+                                    *len,
+                                ) {
+                                    Ok(tessera_cachegroup::Answer::Data(b)) => Some(b.len() as u64),
+                                    _ => None,
+                                }
+                            })
+                        } else {
+                            rt.block_on(chunks.fetch_uncached(key, *len))
+                                .ok()
+                                .map(|b| b.len() as u64)
+                        };
+                        match got {
+                            Some(n) => done.fetch_add(n, Ordering::Relaxed),
+                            None => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                });
+            }
+        });
+        let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+        let failed = failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            anyhow::bail!("{failed} blocks could not be fetched");
+        }
+        let gb = done.load(Ordering::Relaxed) as f64 / 1e9;
+        Ok((gb / secs, cpu / gb))
+    };
+    let members = group.members().len();
+    let (group_rate, group_cpu) = pass(true)?;
+    println!(
+        "group {}: {} blocks ({}) from {members} members: {group_rate:.2} GB/s, client CPU {group_cpu:.3} s per GB",
+        a.name,
+        blocks.len(),
+        human(total)
+    );
+    if !a.group_only {
+        let (object_rate, object_cpu) = pass(false)?;
+        println!(
+            "object storage: {object_rate:.2} GB/s, client CPU {object_cpu:.3} s per GB; group / object = {:.2}",
+            group_rate / object_rate
+        );
+    }
+    group.leave();
+    Ok(())
 }
 
 fn status(a: StatusArgs) -> Result<()> {

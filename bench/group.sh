@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The cache group, in one run. A 4 GiB file in a volume whose blocks live on
+# an S3-compatible server on loopback (rustfs); three `tessera cache-server`
+# members on 127.0.0.2-4 that hold it after `tessera warmup --cache-group`;
+# one client on the same machine:
+#
+#   1. iperf3 on loopback, 3 streams: the network ceiling of this machine;
+#   2. `tessera cache-group bench`: every block of the file from its owner
+#      (16 in flight, no FUSE), then the same blocks from object storage —
+#      GB/s, client CPU seconds per GB, and the ratio;
+#   3. the file read with dd through a `--no-sharing` mount (FUSE) — GB/s;
+#
+# and the members' CPU seconds per GB served during 2 and 3 (from /proc).
+#
+#   bench/group.sh [--size-mib 4096]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+size_mib=4096
+while [ $# -gt 0 ]; do
+    case $1 in
+        --size-mib) size_mib=$2; shift 2 ;;
+        *) echo "usage: $0 [--size-mib N]" >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" = 0 ] || { echo "run as root: kernel caches are dropped between reads" >&2; exit 1; }
+cache_root=${TESSERA_BENCH_CACHE:-$HOME/.cache/tessera-bench}
+rustfs=${RUSTFS:-$cache_root/rustfs/bin/rustfs}
+[ -x "$rustfs" ] || { echo "no S3 server at $rustfs: run bench/build-rustfs.sh once" >&2; exit 1; }
+need=()
+command -v rclone >/dev/null || need+=(rclone)
+command -v iperf3 >/dev/null || need+=(iperf3)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tessera-test/target}
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p tessera
+tessera="$CARGO_TARGET_DIR/release/tessera"
+log() { printf '\n== %s\n' "$*" >&2; }
+
+work=$(mktemp -d /var/tmp/tessera-group.XXXXXX)
+pids=()
+mounts=()
+cleanup() {
+    for m in "${mounts[@]}"; do fusermount3 -uz "$m" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+now() { date +%s.%N; }
+calc() { python3 -c "print($1)"; }
+ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+clk=$(getconf CLK_TCK)
+
+export AWS_ACCESS_KEY_ID=tesserabench AWS_SECRET_ACCESS_KEY=tesserabench-secret AWS_REGION=us-east-1
+s3port=$(port)
+export AWS_ENDPOINT_URL=http://127.0.0.1:$s3port
+unset AWS_CA_BUNDLE
+mkdir -p "$work/s3data"
+RUSTFS_CONSOLE_ENABLE=false "$rustfs" server --address "127.0.0.1:$s3port" \
+    --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$work/s3data" \
+    >"$work/s3.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do curl -s -o /dev/null "$AWS_ENDPOINT_URL" && break; sleep 0.2; done
+export RCLONE_CONFIG_S3_TYPE=s3 RCLONE_CONFIG_S3_PROVIDER=Other RCLONE_CONFIG_S3_ENDPOINT=$AWS_ENDPOINT_URL \
+    RCLONE_CONFIG_S3_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_S3_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
+    RCLONE_CONFIG_S3_REGION=us-east-1
+rclone mkdir s3:groupbench 2>/dev/null
+
+log "volume with a $size_mib MiB file"
+meta="sqlite://$work/meta.db"
+"$tessera" format "$meta" groupbench --storage s3://groupbench/vol >/dev/null
+mkdir -p "$work/writer" "$work/client"
+"$tessera" mount "$meta" "$work/writer" -d --log "$work/writer.log" --cache-dir memory --metrics none >/dev/null
+mounts+=("$work/writer")
+head -c $((size_mib << 20)) /dev/urandom >"$work/writer/model.bin"
+"$tessera" umount "$work/writer"
+
+log "three members"
+members=()
+for i in 2 3 4; do
+    "$tessera" cache-server "$meta" --group bench --listen "127.0.0.$i:$(port)" \
+        --cache-dir "$work/member$i" --cache-size 64G --free-space-ratio 0.02 --metrics none \
+        >"$work/member$i.log" 2>&1 &
+    pids+=($!)
+    members+=($!)
+done
+sleep 3
+"$tessera" mount "$meta" "$work/client" -d --log "$work/client.log" --cache-dir memory \
+    --metrics none --cache-group bench --no-sharing >/dev/null
+mounts+=("$work/client")
+sleep 2
+"$tessera" warmup --cache-group bench "$work/client/model.bin" >&2
+"$tessera" warmup --cache-group bench --check "$work/client/model.bin" >&2
+
+log "iperf3 on loopback"
+iport=$(port)
+iperf3 -s -B 127.0.0.1 -p "$iport" -1 >/dev/null 2>&1 &
+pids+=($!)
+sleep 1
+iperf_gbs=$(iperf3 -c 127.0.0.1 -p "$iport" -P 3 -t 5 -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8e9)')
+
+log "group vs object storage, no FUSE"
+drop
+m0=$(ticks "${members[@]}")
+"$tessera" cache-group bench "$meta" bench /model.bin --threads 16 --group-only | tee "$work/gbench.out" >&2
+m1=$(ticks "${members[@]}")
+"$tessera" cache-group bench "$meta" bench /model.bin --threads 16 | tee "$work/gbench2.out" >&2
+gb=$(calc "$size_mib * 1048576 / 1e9")
+member_cpu=$(calc "($m1 - $m0) / $clk / $gb")
+
+log "through a --no-sharing mount"
+drop
+m0=$(ticks "${members[@]}")
+client_pid=$(pgrep -f "tessera mount $meta $work/client")
+c0=$(ticks "$client_pid")
+t0=$(now)
+dd if="$work/client/model.bin" of=/dev/null bs=4M status=none
+t1=$(now)
+c1=$(ticks "$client_pid")
+m1=$(ticks "${members[@]}")
+fuse_gbs=$(calc "$gb / ($t1 - $t0)")
+fuse_client_cpu=$(calc "($c1 - $c0) / $clk / $gb")
+fuse_member_cpu=$(calc "($m1 - $m0) / $clk / $gb")
+
+group_line=$(grep '^group' "$work/gbench.out")
+object_line=$(grep '^object' "$work/gbench2.out")
+group_gbs=$(sed -E 's/.*: ([0-9.]+) GB\/s.*/\1/' <<<"$group_line")
+printf '\nCache group: %s MiB file, 3 members on 127.0.0.2-4, one client, rustfs on loopback\n' "$size_mib"
+printf '| path | GB/s | vs iperf3 |\n|---|---:|---:|\n'
+printf '| iperf3 loopback, 3 streams | %.2f | 1.00 |\n' "$iperf_gbs"
+printf '| group, block client (16 in flight) | %.2f | %.2f |\n' "$group_gbs" "$(calc "$group_gbs/$iperf_gbs")"
+printf '| group, through FUSE (dd) | %.2f | %.2f |\n' "$fuse_gbs" "$(calc "$fuse_gbs/$iperf_gbs")"
+printf '\n%s\n%s\n' "$group_line" "$object_line"
+printf 'members: %.3f CPU s per GB served (block client), %.3f (FUSE read)\n' "$member_cpu" "$fuse_member_cpu"
+printf 'client mount: %.3f CPU s per GB read through FUSE\n' "$fuse_client_cpu"
