@@ -9,13 +9,14 @@
 use std::collections::HashMap;
 use std::io::BufReader;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::warn;
 
 use crate::proto::{self, Op, ProtoError, Reply, Request, Secret};
+use crate::tls::{Stream, Tls};
 
 /// Timeouts and penalties of peer requests.
 #[derive(Debug, Clone, Copy)]
@@ -60,8 +61,7 @@ pub enum Answer {
 }
 
 struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    io: BufReader<Stream>,
 }
 
 /// Pooled, authenticated connections to the members of one group.
@@ -71,19 +71,26 @@ pub struct Peers {
     timeouts: PeerTimeouts,
     idle: Mutex<HashMap<String, Vec<Conn>>>,
     down: Mutex<HashMap<String, Instant>>,
+    tls: Option<Arc<Tls>>,
 }
 
 /// Idle connections kept per peer.
 const POOL: usize = 16;
 
 impl Peers {
-    pub fn new(group: &str, secret: Secret, timeouts: PeerTimeouts) -> Peers {
+    pub fn new(
+        group: &str,
+        secret: Secret,
+        timeouts: PeerTimeouts,
+        tls: Option<Arc<Tls>>,
+    ) -> Peers {
         Peers {
             group: group.to_string(),
             secret,
             timeouts,
             idle: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
+            tls,
         }
     }
 
@@ -115,14 +122,17 @@ impl Peers {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| ProtoError::Protocol(format!("cannot resolve {addr}")))?;
-        let mut s = TcpStream::connect_timeout(&target, self.timeouts.connect)?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(self.timeouts.request))?;
-        s.set_write_timeout(Some(self.timeouts.request))?;
+        let tcp = TcpStream::connect_timeout(&target, self.timeouts.connect)?;
+        tcp.set_nodelay(true)?;
+        tcp.set_read_timeout(Some(self.timeouts.request))?;
+        tcp.set_write_timeout(Some(self.timeouts.request))?;
+        let mut s = match &self.tls {
+            Some(tls) => tls.connect(&target.ip().to_string(), tcp)?,
+            None => Stream::Plain(tcp),
+        };
         proto::client_handshake(&mut s, &self.group, &self.secret)?;
         Ok(Conn {
-            reader: BufReader::with_capacity(256 << 10, s.try_clone()?),
-            writer: s,
+            io: BufReader::with_capacity(256 << 10, s),
         })
     }
 
@@ -141,15 +151,17 @@ impl Peers {
         };
         let started = Instant::now();
         let limit = self.timeouts.request;
+        let writer = conn.io.get_mut();
         proto::write_request(
-            &mut conn.writer,
+            writer,
             &Request {
                 op,
                 len,
                 key: key.to_string(),
             },
         )?;
-        let reply = proto::read_reply(&mut conn.reader, len, || {
+        std::io::Write::flush(writer)?;
+        let reply = proto::read_reply(&mut conn.io, len, || {
             if started.elapsed() > limit {
                 Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,

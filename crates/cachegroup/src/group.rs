@@ -34,6 +34,8 @@ pub struct GroupConfig {
     /// After a change, ask the previous owner first for this long.
     pub backup_period: Duration,
     pub timeouts: PeerTimeouts,
+    /// TLS towards members, when the group uses it.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// Figures a member publishes in its record each heartbeat.
@@ -82,7 +84,7 @@ impl Group {
         let secret = Secret::derive(&config.volume_uuid, &config.name);
         let group = Arc::new(Group {
             meta: meta.clone(),
-            peers: Peers::new(&config.name, secret, config.timeouts),
+            peers: Peers::new(&config.name, secret, config.timeouts, config.tls.clone()),
             config,
             view: RwLock::new(View {
                 members: Vec::new(),

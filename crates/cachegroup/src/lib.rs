@@ -8,6 +8,7 @@
 //! * [`server`]: a member serving its cache to peers (sendfile from disk).
 //! * [`client`]: pooled connections to peers, deadlines, and peers marked
 //!   down after a failure so readers fall back to object storage.
+//! * [`tls`]: optional TLS between members.
 //!
 //! The data path (`tessera-chunk`) asks a block's owner before object
 //! storage and serves its own cache through [`server::BlockSource`].
@@ -17,9 +18,11 @@ pub mod group;
 pub mod placement;
 pub mod proto;
 pub mod server;
+pub mod tls;
 
 pub use client::{Answer, PeerError, PeerTimeouts, Peers};
 pub use group::{member_id, Group, GroupConfig, Usage};
 pub use placement::Member;
 pub use proto::{Op, Secret};
 pub use server::{BlockSource, Held, Server};
+pub use tls::Tls;

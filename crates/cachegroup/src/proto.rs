@@ -109,8 +109,10 @@ pub fn client_handshake(s: &mut (impl Read + Write), group: &str, secret: &Secre
     hello.extend_from_slice(&group.as_bytes()[..group.len().min(MAX_GROUP)]);
     hello.extend_from_slice(&mine);
     s.write_all(&hello)?;
+    s.flush()?;
     let theirs: [u8; NONCE] = read_array(s)?;
     s.write_all(secret.sign(b"client", &mine, &theirs).as_ref())?;
+    s.flush()?;
     let [ok] = read_array::<1>(s)?;
     if ok != 1 {
         return Err(ProtoError::Auth);
@@ -136,9 +138,11 @@ pub fn server_handshake(s: &mut (impl Read + Write), secret: &Secret) -> Result<
     let theirs: [u8; NONCE] = read_array(s)?;
     let mine = nonce()?;
     s.write_all(&mine)?;
+    s.flush()?;
     let tag: [u8; TAG] = read_array(s)?;
     if !secret.verify(b"client", &theirs, &mine, &tag) {
         let _ = s.write_all(&[0]);
+        let _ = s.flush();
         return Err(ProtoError::Protocol(format!(
             "wrong secret (the client asked for group {asked:?})"
         )));

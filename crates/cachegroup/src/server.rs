@@ -6,10 +6,11 @@
 //! from the cache file, after a header carrying the CRCs stored with the
 //! block; blocks in memory are written from the buffer. A block cached
 //! nowhere is fetched from object storage once (the source does the single
-//! flight), kept, and sent. Connections that fail the handshake are logged
+//! flight), kept, and sent. With TLS, file blocks are copied through user
+//! space (sendfile cannot encrypt). Connections that fail the handshake are logged
 //! and counted, never served.
 
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +22,7 @@ use tessera_metrics::Metrics;
 use tracing::{debug, info, warn};
 
 use crate::proto::{self, Op, ProtoError, Secret};
+use crate::tls::{Stream, Tls};
 
 /// A block as a member holds it.
 pub enum Held {
@@ -62,6 +64,7 @@ impl Server {
         secret: Secret,
         source: Arc<dyn BlockSource>,
         metrics: Arc<Metrics>,
+        tls: Option<Arc<Tls>>,
     ) -> std::io::Result<Server> {
         let listener = TcpListener::bind(listen).map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))
@@ -77,11 +80,14 @@ impl Server {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
-                    let (secret, source, metrics) =
-                        (secret.clone(), source.clone(), metrics.clone());
-                    let spawned = std::thread::Builder::new()
-                        .name("group-conn".into())
-                        .spawn(move || serve(conn, &secret, source.as_ref(), &metrics));
+                    let (secret, source, metrics, tls) =
+                        (secret.clone(), source.clone(), metrics.clone(), tls.clone());
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("group-conn".into())
+                            .spawn(move || {
+                                serve(conn, &secret, source.as_ref(), &metrics, tls.as_deref())
+                            });
                     if let Err(e) = spawned {
                         warn!(error = %e, "cannot start a thread for a peer connection");
                     }
@@ -118,7 +124,13 @@ fn plausible_key(key: &str) -> bool {
             .any(|part| part.is_empty() || part == "." || part == "..")
 }
 
-fn serve(mut conn: TcpStream, secret: &Secret, source: &dyn BlockSource, metrics: &Metrics) {
+fn serve(
+    conn: TcpStream,
+    secret: &Secret,
+    source: &dyn BlockSource,
+    metrics: &Metrics,
+    tls: Option<&Tls>,
+) {
     let peer = conn
         .peer_addr()
         .map(|a| a.to_string())
@@ -126,18 +138,26 @@ fn serve(mut conn: TcpStream, secret: &Secret, source: &dyn BlockSource, metrics
     let _ = conn.set_nodelay(true);
     let _ = conn.set_read_timeout(Some(HANDSHAKE));
     let _ = conn.set_write_timeout(Some(SEND));
-    if let Err(e) = proto::server_handshake(&mut conn, secret) {
+    let mut stream = match tls {
+        Some(t) => match t.accept(conn) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%peer, error = %e, "cache group connection refused");
+                return;
+            }
+        },
+        None => Stream::Plain(conn),
+    };
+    let greeted = proto::server_handshake(&mut stream, secret).and_then(|_| Ok(stream.flush()?));
+    if let Err(e) = greeted {
         metrics.group_auth_failures.inc();
         warn!(%peer, error = %e, "cache group connection refused");
         return;
     }
-    let _ = conn.set_read_timeout(Some(IDLE));
-    let Ok(read_half) = conn.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(read_half);
+    let _ = stream.tcp().set_read_timeout(Some(IDLE));
+    let mut io = BufReader::new(stream);
     loop {
-        let req = match proto::read_request(&mut reader) {
+        let req = match proto::read_request(&mut io) {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e) => {
@@ -145,12 +165,15 @@ fn serve(mut conn: TcpStream, secret: &Secret, source: &dyn BlockSource, metrics
                 return;
             }
         };
+        let conn = io.get_mut();
         if !plausible_key(&req.key) {
             warn!(%peer, key = %req.key, "peer asked for a key that is no block key");
-            let _ = proto::write_failed(&mut conn, "not a block key");
+            let _ = proto::write_failed(conn, "not a block key");
+            let _ = conn.flush();
             return;
         }
-        if let Err(e) = answer(&mut conn, &req, source, metrics) {
+        let answered = answer(conn, &req, source, metrics).and_then(|_| Ok(conn.flush()?));
+        if let Err(e) = answered {
             debug!(%peer, key = %req.key, error = %e, "cannot answer a peer");
             return;
         }
@@ -158,7 +181,7 @@ fn serve(mut conn: TcpStream, secret: &Secret, source: &dyn BlockSource, metrics
 }
 
 fn answer(
-    conn: &mut TcpStream,
+    conn: &mut Stream,
     req: &proto::Request,
     source: &dyn BlockSource,
     metrics: &Metrics,
@@ -195,7 +218,7 @@ fn answer(
     }
 }
 
-fn send(conn: &mut TcpStream, held: Held, want: u64, metrics: &Metrics) -> Result<(), ProtoError> {
+fn send(conn: &mut Stream, held: Held, want: u64, metrics: &Metrics) -> Result<(), ProtoError> {
     match held {
         Held::Memory(b) => {
             if b.len() as u64 != want {
@@ -210,7 +233,13 @@ fn send(conn: &mut TcpStream, held: Held, want: u64, metrics: &Metrics) -> Resul
                 return proto::write_failed(conn, "cached block has another length");
             }
             proto::write_data_header(conn, len, &sums)?;
-            sendfile_all(conn, &file, len)?;
+            if conn.is_plain() {
+                sendfile_all(conn.tcp(), &file, len)?;
+            } else {
+                // TLS encrypts in user space: copy the file through.
+                let mut left = (&file).take(len as u64);
+                std::io::copy(&mut left, conn)?;
+            }
             metrics.group_served_bytes.inc_by(len as u64);
         }
     }

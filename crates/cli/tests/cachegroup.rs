@@ -215,7 +215,7 @@ fn members_serve_a_consumer_survive_a_kill_and_refuse_strangers() {
         ("gpu", Secret::derive("not-this-volume", "gpu")),
         ("other", Secret::derive("not-this-volume", "other")),
     ] {
-        let peers = Peers::new(group, secret, PeerTimeouts::default());
+        let peers = Peers::new(group, secret, PeerTimeouts::default(), None);
         let refused = peers.request(live, Op::Get, "groupvol/chunks/0/0/1_0_4194304", 4 << 20);
         assert!(refused.is_err(), "a wrong secret gets nothing");
     }
@@ -444,4 +444,159 @@ fn weight_zero_drains_a_member_through_the_backup_period() {
     let back = std::fs::read(c.join("model.bin")).expect("read");
     assert_eq!(digest(&back), digest(&data));
     drop(b);
+}
+
+/// A throwaway CA and a certificate for `ip`, made with the openssl tool.
+fn make_certs(dir: &Path, ip: &str) {
+    let sh = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    sh(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=tessera test CA",
+        ],
+    ]
+    .concat());
+    sh(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "member.key",
+            "-out",
+            "member.csr",
+            "-subj",
+            "/CN=member",
+        ],
+    ]
+    .concat());
+    std::fs::write(dir.join("ext.cnf"), format!("subjectAltName=IP:{ip}\n")).expect("ext");
+    sh(&[
+        "x509",
+        "-req",
+        "-in",
+        "member.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "member.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+/// TLS between members: a consumer with the CA reads everything from the
+/// member; one without TLS is refused by it and reads object storage; a
+/// serving member without a certificate is refused by name.
+#[test]
+fn members_can_talk_tls() {
+    let (vol, data) = volume_with_file(32 << 20, 21);
+    let pki = vol.dir.path().join("pki");
+    std::fs::create_dir_all(&pki).expect("mkdir");
+    make_certs(&pki, "127.0.0.11");
+    let path = |f: &str| pki.join(f).to_str().expect("utf-8").to_string();
+    let (ca, cert, key) = (path("ca.crt"), path("member.crt"), path("member.key"));
+    let member = Member::start(
+        &vol,
+        "secure",
+        "127.0.0.11",
+        &[
+            "--group-tls-ca",
+            &ca,
+            "--group-tls-cert",
+            &cert,
+            "--group-tls-key",
+            &key,
+        ],
+    );
+    wait_for("a live member", || live_members(&vol, "secure") == 1);
+
+    let c = vol.mount_with(
+        "tls-consumer",
+        &[
+            "--cache-group",
+            "secure",
+            "--no-sharing",
+            "--cache-dir",
+            "memory",
+            "--group-tls-ca",
+            &ca,
+        ],
+    );
+    wait_for("the consumer's view", || stat(&c.path, MEMBERS) == 1.0);
+    let back = std::fs::read(c.join("model.bin")).expect("read over TLS");
+    assert_eq!(digest(&back), digest(&data));
+    assert_eq!(stat(&c.path, GETS), 0.0, "every block came from the member");
+    assert_eq!(stat(&c.path, PEER_BYTES), data.len() as f64);
+    c.unmount();
+
+    let plain = vol.mount_with(
+        "plain-consumer",
+        &[
+            "--cache-group",
+            "secure",
+            "--no-sharing",
+            "--cache-dir",
+            "memory",
+        ],
+    );
+    wait_for("the consumer's view", || stat(&plain.path, MEMBERS) == 1.0);
+    let back = std::fs::read(plain.join("model.bin")).expect("read without TLS");
+    assert_eq!(
+        digest(&back),
+        digest(&data),
+        "right bytes from object storage"
+    );
+    assert!(stat(&plain.path, FALLBACKS) >= 1.0);
+    assert_eq!(stat(&plain.path, PEER_BYTES), 0.0);
+    wait_for("the refusal in the member's log", || {
+        member.log().contains("cache group connection refused")
+    });
+    plain.unmount();
+
+    let out = tessera(&[
+        "cache-server",
+        &vol.meta_url,
+        "--group",
+        "secure",
+        "--listen",
+        "127.0.0.11:0",
+        "--group-tls-ca",
+        &ca,
+    ]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("--group-tls-cert"),
+        "{}",
+        stderr(&out)
+    );
 }

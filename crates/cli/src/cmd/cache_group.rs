@@ -13,7 +13,7 @@ pub enum Command {
     Status(StatusArgs),
     /// Fetch every block of a file from its owner, then from object
     /// storage, and compare throughput and CPU (no FUSE, no caching here).
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -30,6 +30,8 @@ pub struct BenchArgs {
     /// Skip the object storage pass.
     #[arg(long)]
     pub group_only: bool,
+    #[command(flatten)]
+    pub tls: crate::cmd::group::GroupTlsArgs,
     #[command(flatten)]
     pub storage_flags: crate::common::StorageFlags,
 }
@@ -51,7 +53,7 @@ const LIVE_MS: i64 = 5_000;
 pub fn run(c: Command) -> Result<()> {
     match c {
         Command::Status(a) => status(a),
-        Command::Bench(a) => bench(a),
+        Command::Bench(a) => bench(*a),
     }
 }
 
@@ -102,6 +104,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             member_timeout: std::time::Duration::from_secs(5),
             backup_period: std::time::Duration::ZERO,
             timeouts: Default::default(),
+            tls: a.tls.load(false)?,
         },
         Box::new(|| (0, 0)),
         metrics,

@@ -36,6 +36,8 @@ pub struct Args {
     #[arg(long, default_value_t = 600.0)]
     pub backup_period: f64,
     #[command(flatten)]
+    pub tls: crate::cmd::group::GroupTlsArgs,
+    #[command(flatten)]
     pub data: DataPathArgs,
     #[command(flatten)]
     pub storage_flags: StorageFlags,
@@ -43,6 +45,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     crate::cmd::group::check_group_name(&a.group)?;
+    let tls = a.tls.load(true)?;
     let (meta, format) = open_volume(&a.meta_url, MetaConfig { read_only: true })?;
     let chunk_config = a.data.chunk_config(&format)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -75,6 +78,7 @@ pub fn run(a: Args) -> Result<()> {
             share: Some((&a.listen, a.weight)),
             backup_period: Duration::from_secs_f64(a.backup_period.max(0.0)),
             kind: "cache-server",
+            tls,
         },
     )?;
     let addr = membership

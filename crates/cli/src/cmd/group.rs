@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use tessera_cachegroup::{Answer, Group, GroupConfig, Op, PeerTimeouts, Server};
+use tessera_cachegroup::{Answer, Group, GroupConfig, Op, PeerTimeouts, Server, Tls};
 use tessera_chunk::{ChunkStore, Serving};
 use tessera_meta::{Format, MemberRecord, Meta};
 use tessera_metrics::Metrics;
@@ -41,6 +41,52 @@ pub struct GroupArgs {
     /// asks its previous owner before object storage.
     #[arg(long, default_value_t = 600.0, help_heading = "Cache group")]
     pub backup_period: f64,
+    #[command(flatten)]
+    pub tls: GroupTlsArgs,
+}
+
+/// TLS between members.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct GroupTlsArgs {
+    /// CA certificate (PEM) that members' certificates are checked
+    /// against; turns on TLS between members.
+    #[arg(long, value_name = "PEM", help_heading = "Cache group")]
+    pub group_tls_ca: Option<std::path::PathBuf>,
+    /// This member's certificate chain (PEM), issued for the address it is
+    /// reached at.
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "group_tls_ca",
+        help_heading = "Cache group"
+    )]
+    pub group_tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --group-tls-cert.
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "group_tls_ca",
+        help_heading = "Cache group"
+    )]
+    pub group_tls_key: Option<std::path::PathBuf>,
+}
+
+impl GroupTlsArgs {
+    /// The TLS settings, or None when TLS is off; `serves` asks for the
+    /// server side too.
+    pub fn load(&self, serves: bool) -> Result<Option<Arc<Tls>>> {
+        let Some(ca) = &self.group_tls_ca else {
+            return Ok(None);
+        };
+        let server = match (serves, &self.group_tls_cert, &self.group_tls_key) {
+            (false, _, _) => None,
+            (true, Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            (true, _, _) => bail!(
+                "a member that serves over TLS needs --group-tls-cert and --group-tls-key (a consumer, --no-sharing, needs only --group-tls-ca)"
+            ),
+        };
+        Ok(Some(Arc::new(Tls::load(ca, server)?)))
+    }
 }
 
 /// A group name: letters, digits, `-`, `_`, `.`; 1 to 63 characters.
@@ -95,6 +141,7 @@ pub struct JoinSpec<'a> {
     pub share: Option<(&'a str, u32)>,
     pub backup_period: Duration,
     pub kind: &'a str,
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// This process in a group: the view and, when sharing, the server.
@@ -129,6 +176,7 @@ pub fn join(
                 secret,
                 Arc::new(Serving(chunks.clone())),
                 metrics.clone(),
+                spec.tls.clone(),
             )
             .with_context(|| format!("cache group {}", spec.name))?;
             // Peers need an address they can reach: not 0.0.0.0.
@@ -158,6 +206,7 @@ pub fn join(
             member_timeout: MEMBER_TIMEOUT,
             backup_period: spec.backup_period,
             timeouts: PeerTimeouts::default(),
+            tls: spec.tls.clone(),
         },
         Box::new(move || match &usage_chunks.disk {
             Some(d) => (

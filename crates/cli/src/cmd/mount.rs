@@ -280,6 +280,7 @@ pub fn run(a: Args) -> Result<()> {
     session_times(&a)?;
     if let Some(name) = &a.group.cache_group {
         crate::cmd::group::check_group_name(name)?;
+        a.group.tls.load(!a.group.no_sharing)?;
     }
     if a.cache_gc_before_start {
         if let Some(dc) = &chunk_config.disk_cache {
@@ -363,6 +364,7 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
                     .then_some((a.group.group_listen.as_str(), a.group.group_weight)),
                 backup_period: Duration::from_secs_f64(a.group.backup_period.max(0.0)),
                 kind: "mount",
+                tls: a.group.tls.load(!a.group.no_sharing)?,
             },
         )?),
         None => None,
