@@ -17,7 +17,10 @@
 # The disk cache is told to keep only 2% of the disk free (the default 10%
 # would evict part of a 6 GiB repository on a disk as full as the bench's).
 #
-#   bench/model.sh [--ckpt-mib 2048] [--adapters 200] [--adapter-mib 20] [--readers 4] [--rounds 3]
+# With --local-copy the warm-up also keeps whole-file copies that the kernel
+# reads directly (FUSE passthrough), and (2) reads those.
+#
+#   bench/model.sh [--ckpt-mib 2048] [--adapters 200] [--adapter-mib 20] [--readers 4] [--rounds 3] [--local-copy]
 #
 # The S3 server: rustfs (bench/build-rustfs.sh), as in bench/peers.sh.
 set -euo pipefail
@@ -27,6 +30,7 @@ adapters=200
 adapter_mib=20
 readers=4
 rounds=3
+warm_flags=()
 while [ $# -gt 0 ]; do
     case $1 in
         --ckpt-mib) ckpt_mib=$2; shift 2 ;;
@@ -34,7 +38,8 @@ while [ $# -gt 0 ]; do
         --adapter-mib) adapter_mib=$2; shift 2 ;;
         --readers) readers=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
-        *) echo "usage: $0 [--ckpt-mib N] [--adapters N] [--adapter-mib N] [--readers N] [--rounds N]" >&2; exit 2 ;;
+        --local-copy) warm_flags+=(--local-copy); shift ;;
+        *) echo "usage: $0 [--ckpt-mib N] [--adapters N] [--adapter-mib N] [--readers N] [--rounds N] [--local-copy]" >&2; exit 2 ;;
     esac
 done
 [ "$(id -u)" = 0 ] || { echo "run as root: kernel caches are dropped between reads" >&2; exit 1; }
@@ -128,7 +133,7 @@ log "(2) after warm-up"
 umount_tessera
 mount_tessera
 t0=$(now)
-"$tessera" warmup "$mnt/repo" --threads 8 | tee "$work/warmup.out" >&2
+"$tessera" warmup "$mnt/repo" --threads 8 "${warm_flags[@]}" | tee "$work/warmup.out" >&2
 t1=$(now)
 warmup_s=$(calc "$t1-$t0")
 umount_tessera
@@ -148,8 +153,8 @@ warm=$(median "${warms[@]}")
 local_s=$(median "${locals[@]}")
 
 gib=$(calc "$total_mib/1024")
-printf '\nModel loading: %s GiB (%s MiB checkpoint + %s x %s MiB adapters), %s adapter readers, rustfs on loopback\n' \
-    "$gib" "$ckpt_mib" "$adapters" "$adapter_mib" "$readers"
+printf '\nModel loading: %s GiB (%s MiB checkpoint + %s x %s MiB adapters), %s adapter readers, rustfs on loopback%s\n' \
+    "$gib" "$ckpt_mib" "$adapters" "$adapter_mib" "$readers" "${warm_flags[*]:+, warmup ${warm_flags[*]}}"
 printf '| read | seconds | GiB/s |\n|---|---:|---:|\n'
 for row in "cold (from the bucket):$cold" "after warmup (local disk cache), median:$warm" "local disk directly, median:$local_s"; do
     name=${row%:*}; s=${row##*:}

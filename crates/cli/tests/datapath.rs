@@ -492,3 +492,57 @@ fn warmup_fills_checks_evicts_and_pins_through_a_mount() {
         stderr(&o)
     );
 }
+
+/// `warmup --local-copy`: reads of the file then bypass the mount (kernel
+/// passthrough to the copy: no byte through FUSE), a writer is refused
+/// with ETXTBSY while such a reader is open, a change makes the copy
+/// stale (reads come through the mount again, with the new bytes), and
+/// `--evict` removes the copy.
+#[test]
+fn local_copies_are_read_by_passthrough_until_the_file_changes() {
+    const FUSE_READ: &str = "tessera_fuse_read_bytes_total";
+    let vol = Volume::new("copyvol");
+    let data = pseudo_random(9 << 20, 31);
+    {
+        let m = vol.mount("writer");
+        std::fs::write(m.join("model.bin"), &data).expect("write");
+    }
+    let m = vol.mount("reader");
+    let file = m.join("model.bin");
+    let out = tessera(&["warmup", "--local-copy", file.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("1 local copies"), "{}", stdout(&out));
+    let copies = vol.cache_dir("reader").join("copyvol/files");
+    assert_eq!(files_under(&copies).len(), 1);
+
+    let mut reader = std::fs::File::open(&file).expect("open");
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut back).expect("read");
+    assert_eq!(digest(&back), digest(&data));
+    assert_eq!(
+        stat(&m.path, FUSE_READ),
+        0.0,
+        "read by passthrough, not through the mount"
+    );
+    let busy = std::fs::OpenOptions::new().write(true).open(&file);
+    assert_eq!(
+        busy.expect_err("a writer while a passthrough reader is open")
+            .raw_os_error(),
+        Some(libc::ETXTBSY)
+    );
+    drop(reader);
+
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"CHANGED"))
+        .expect("write once the readers are gone");
+    let back = std::fs::read(&file).expect("read the changed file");
+    assert_eq!(&back[..7], b"CHANGED");
+    assert_eq!(digest(&back[7..]), digest(&data[7..]));
+    assert!(stat(&m.path, FUSE_READ) > 0.0, "a stale copy is not used");
+
+    let out = tessera(&["warmup", "--evict", file.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(files_under(&copies).is_empty(), "evict removes the copy");
+}

@@ -24,6 +24,7 @@ const NR_CHECK: u32 = 1;
 const NR_WARM: u32 = 2;
 const NR_EVICT: u32 = 3;
 const NR_UNPIN: u32 = 4;
+const NR_LOCAL_COPY: u32 = 5;
 /// Queue the work in the mount and answer at once.
 pub const FLAG_BACKGROUND: u64 = 1;
 /// Act through the cache group: each block's owner does the work.
@@ -43,6 +44,8 @@ pub enum Op {
     Warm,
     Evict,
     Unpin,
+    /// Write the whole file's local copy, for kernel passthrough reads.
+    LocalCopy,
 }
 
 /// `_IOWR(MAGIC, nr, [u8; SIZE])` as Linux encodes it.
@@ -58,11 +61,12 @@ impl Op {
             Op::Warm => NR_WARM,
             Op::Evict => NR_EVICT,
             Op::Unpin => NR_UNPIN,
+            Op::LocalCopy => NR_LOCAL_COPY,
         })
     }
 
     fn from_command(cmd: u32) -> Option<Op> {
-        [Op::Check, Op::Warm, Op::Evict, Op::Unpin]
+        [Op::Check, Op::Warm, Op::Evict, Op::Unpin, Op::LocalCopy]
             .into_iter()
             .find(|op| op.command() == cmd)
     }
@@ -122,11 +126,11 @@ impl Request {
                 Op::Warm => return CacheAction::GroupWarm,
                 Op::Check => return CacheAction::GroupCheck,
                 Op::Evict => return CacheAction::GroupEvict,
-                Op::Unpin => {}
+                Op::Unpin | Op::LocalCopy => {}
             }
         }
         match self.op {
-            Op::Check => CacheAction::Check,
+            Op::Check | Op::LocalCopy => CacheAction::Check,
             Op::Evict => CacheAction::Evict,
             Op::Unpin => CacheAction::Unpin,
             Op::Warm => CacheAction::Warm {

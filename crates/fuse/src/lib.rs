@@ -5,6 +5,7 @@
 //! requests arrive as whole-file record locks (FUSE_FLOCK_LOCKS) and share the
 //! POSIX lock table.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -53,10 +54,87 @@ pub struct TesseraFs {
     /// Cache work queued by `tessera warmup --background`, started on
     /// first use.
     background: std::sync::Mutex<Option<std::sync::mpsc::Sender<(u64, control::Request)>>>,
+    /// Whether the kernel took FUSE_PASSTHROUGH (reads of files with a
+    /// local copy go straight to it).
+    passthrough: std::sync::atomic::AtomicBool,
+    modes: std::sync::Mutex<OpenModes>,
 }
 
 /// Threads that work through background warm-ups, one range at a time each.
 const BACKGROUND_WORKERS: usize = 4;
+
+/// How an inode is open in the kernel. FUSE fails an open with EIO if it
+/// would mix passthrough and cached opens of one inode, or give one inode
+/// two backing files, so every open is decided against this.
+enum IoMode {
+    Passthrough {
+        backing: Arc<fuser::BackingId>,
+        opens: usize,
+    },
+    Cached {
+        opens: usize,
+    },
+}
+
+/// What a handle counted for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HandleMode {
+    Passthrough,
+    Cached,
+    /// A writer of an inode open by passthrough (refused: ETXTBSY).
+    Direct,
+}
+
+#[derive(Default)]
+struct OpenModes {
+    inodes: HashMap<u64, IoMode>,
+    handles: HashMap<u64, (u64, HandleMode)>,
+}
+
+impl OpenModes {
+    fn opened(
+        &mut self,
+        ino: u64,
+        fh: u64,
+        mode: HandleMode,
+        backing: Option<Arc<fuser::BackingId>>,
+    ) {
+        self.handles.insert(fh, (ino, mode));
+        match (self.inodes.get_mut(&ino), mode, backing) {
+            (_, HandleMode::Direct, _) => {}
+            (Some(IoMode::Passthrough { opens, .. }), HandleMode::Passthrough, _)
+            | (Some(IoMode::Cached { opens }), HandleMode::Cached, _) => *opens += 1,
+            (None, HandleMode::Passthrough, Some(backing)) => {
+                self.inodes
+                    .insert(ino, IoMode::Passthrough { backing, opens: 1 });
+            }
+            (None, _, _) => {
+                self.inodes.insert(ino, IoMode::Cached { opens: 1 });
+            }
+            _ => {}
+        }
+    }
+
+    fn released(&mut self, fh: u64) {
+        let Some((ino, mode)) = self.handles.remove(&fh) else {
+            return;
+        };
+        if mode == HandleMode::Direct {
+            return;
+        }
+        let last = match self.inodes.get_mut(&ino) {
+            Some(IoMode::Passthrough { opens, .. }) | Some(IoMode::Cached { opens }) => {
+                *opens = opens.saturating_sub(1);
+                *opens == 0
+            }
+            None => false,
+        };
+        if last {
+            // Dropping the last reference closes the backing file id.
+            self.inodes.remove(&ino);
+        }
+    }
+}
 
 fn errno(e: VfsError) -> Errno {
     debug!(errno = e.errno, reason = %e.reason, "request failed");
@@ -138,6 +216,8 @@ impl TesseraFs {
             ttls,
             root,
             background: std::sync::Mutex::new(None),
+            passthrough: std::sync::atomic::AtomicBool::new(false),
+            modes: std::sync::Mutex::new(OpenModes::default()),
         }
     }
 
@@ -243,6 +323,16 @@ impl Filesystem for TesseraFs {
             | InitFlags::FUSE_MAX_PAGES;
         let available = wanted & config.capabilities();
         let _ = config.add_capabilities(available);
+        // Passthrough needs CAP_SYS_ADMIN and a kernel that offers it.
+        if nix_is_root()
+            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.set_max_stack_depth(1).is_ok()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        {
+            self.passthrough
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            debug!("kernel passthrough available for local copies");
+        }
         Ok(())
     }
 
@@ -397,14 +487,74 @@ impl Filesystem for TesseraFs {
         let ino = self.i(ino);
         // Internal files change size between getattr and read: bypass the
         // page cache so the kernel does not cut reads at a stale length.
-        let open_flags = if tessera_vfs::internal::is_internal(ino) {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else {
-            FopenFlags::empty()
+        if tessera_vfs::internal::is_internal(ino) {
+            match self.vfs.open(ino, flags.0) {
+                Ok((fh, _)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+                Err(e) => reply.error(errno(e)),
+            }
+            return;
+        }
+        let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
+        let Ok(mut modes) = self.modes.lock() else {
+            reply.error(Errno::EIO);
+            return;
         };
-        match self.vfs.open(ino, flags.0) {
-            Ok((fh, _)) => reply.opened(FileHandle(fh), open_flags),
-            Err(e) => reply.error(errno(e)),
+        // Decide the mode first: a writer of an inode the kernel reads by
+        // passthrough goes direct; a reader of a file with a local copy
+        // goes by passthrough unless the inode is open cached already.
+        let existing = match modes.inodes.get(&ino) {
+            Some(IoMode::Passthrough { backing, .. }) => Some(Some(backing.clone())),
+            Some(IoMode::Cached { .. }) => Some(None),
+            None => None,
+        };
+        let (mode, backing) = match existing {
+            Some(Some(b)) if read_only => (HandleMode::Passthrough, Some(b)),
+            Some(Some(_)) => (HandleMode::Direct, None),
+            Some(None) => (HandleMode::Cached, None),
+            None if read_only && self.passthrough.load(std::sync::atomic::Ordering::Relaxed) => {
+                let backing = self
+                    .vfs
+                    .local_copy(ino)
+                    .and_then(|path| std::fs::File::open(path).ok())
+                    .and_then(|file| match reply.open_backing(&file) {
+                        Ok(id) => Some(Arc::new(id)),
+                        Err(e) => {
+                            debug!(ino, error = %e, "no passthrough for this file");
+                            None
+                        }
+                    });
+                match backing {
+                    Some(b) => (HandleMode::Passthrough, Some(b)),
+                    None => (HandleMode::Cached, None),
+                }
+            }
+            None => (HandleMode::Cached, None),
+        };
+        if mode == HandleMode::Direct {
+            // The kernel wants every open of an inode read by passthrough
+            // to be passthrough too, which would send writes to the local
+            // copy: a writer waits until the readers have closed.
+            debug!(
+                ino,
+                "file is open for reading from its local copy; refusing a writer"
+            );
+            reply.error(Errno::ETXTBSY);
+            return;
+        }
+        let fh = match self.vfs.open(ino, flags.0) {
+            Ok((fh, _)) => fh,
+            Err(e) => {
+                reply.error(errno(e));
+                return;
+            }
+        };
+        modes.opened(ino, fh, mode, backing.clone());
+        drop(modes);
+        match (mode, backing) {
+            (HandleMode::Passthrough, Some(b)) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
+            }
+            _ => reply.opened(FileHandle(fh), FopenFlags::empty()),
         }
     }
 
@@ -464,6 +614,9 @@ impl Filesystem for TesseraFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Ok(mut modes) = self.modes.lock() {
+            modes.released(fh.0);
+        }
         empty(
             reply,
             self.vfs.release(self.i(ino), fh.0, lock_owner.map(|o| o.0)),
@@ -623,9 +776,27 @@ impl Filesystem for TesseraFs {
             return;
         }
         let vfs = self.vfs.clone();
-        let work = move || match vfs.cache_range(ino, req.offset, req.length, req.action()) {
-            Ok(report) => reply.ioctl(0, &control::encode_report(&report)),
-            Err(e) => reply.error(errno(e)),
+        let work = move || {
+            if req.op == control::Op::LocalCopy {
+                return match vfs.make_local_copy(ino) {
+                    Ok(n) => {
+                        let report = tessera_vfs::CacheReport {
+                            bytes: n,
+                            cached: n,
+                            ..Default::default()
+                        };
+                        reply.ioctl(0, &control::encode_report(&report))
+                    }
+                    Err(e) => reply.error(errno(e)),
+                };
+            }
+            if req.op == control::Op::Evict && req.flags & control::FLAG_GROUP == 0 {
+                vfs.drop_local_copy(ino);
+            }
+            match vfs.cache_range(ino, req.offset, req.length, req.action()) {
+                Ok(report) => reply.ioctl(0, &control::encode_report(&report)),
+                Err(e) => reply.error(errno(e)),
+            }
         };
         if let Err(e) = std::thread::Builder::new()
             .name("cache-control".into())
@@ -682,13 +853,18 @@ impl Filesystem for TesseraFs {
             .vfs
             .create(&ctx(req), self.i(parent), name.as_bytes(), mode, flags)
         {
-            Ok((ino, a, fh)) => reply.created(
-                &self.entry_ttl(&a),
-                &file_attr(self.o(ino), &a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((ino, a, fh)) => {
+                if let Ok(mut modes) = self.modes.lock() {
+                    modes.opened(ino, fh, HandleMode::Cached, None);
+                }
+                reply.created(
+                    &self.entry_ttl(&a),
+                    &file_attr(self.o(ino), &a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            }
             Err(e) => reply.error(errno(e)),
         }
     }

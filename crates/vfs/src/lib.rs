@@ -6,6 +6,7 @@
 //! compaction). The FUSE adapter only translates requests into these calls,
 //! so everything here can be exercised in-process.
 
+mod copies;
 mod handles;
 pub mod internal;
 

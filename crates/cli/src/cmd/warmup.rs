@@ -56,6 +56,11 @@ pub struct Args {
     /// End the pins of the paths' blocks (they stay cached).
     #[arg(long, conflicts_with_all = ["background", "pin"])]
     pub unpin: bool,
+    /// Also keep a whole contiguous copy of each file on the local disk,
+    /// which the kernel reads directly (FUSE passthrough) while the file
+    /// is unchanged: local-disk read speed, for twice the disk space.
+    #[arg(long, conflicts_with_all = ["check", "evict", "unpin", "background", "cache_group"])]
+    pub local_copy: bool,
     /// Act on the cache group the mount belongs to instead of its local
     /// cache: each block's owner fetches it (--check reports per member).
     #[arg(long, value_name = "NAME", conflicts_with_all = ["pin", "unpin"])]
@@ -252,6 +257,7 @@ pub fn run(a: Args) -> Result<()> {
         left_per_file[t.target].fetch_add(1, Ordering::Relaxed);
     }
     let files_done = AtomicU64::new(0);
+    let copies = AtomicU64::new(0);
     let per_root = Mutex::new(vec![CacheReport::default(); roots.len()]);
     let failures = Mutex::new(Vec::<String>::new());
     let next = AtomicUsize::new(0);
@@ -295,6 +301,26 @@ pub fn run(a: Args) -> Result<()> {
                     }
                     bar.inc(task.length.min(t.size.saturating_sub(task.offset)));
                     if left_per_file[task.target].fetch_sub(1, Ordering::Relaxed) == 1 {
+                        if a.local_copy {
+                            let copy = Request {
+                                op: Op::LocalCopy,
+                                offset: 0,
+                                length: t.size,
+                                pin_secs: 0,
+                                flags: 0,
+                                group: String::new(),
+                            };
+                            match File::open(&t.path).and_then(|f| control(&f, &copy)) {
+                                Ok(_) => {
+                                    copies.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(e) => {
+                                    if let Ok(mut f) = failures.lock() {
+                                        f.push(format!("{}: local copy: {e}", t.path.display()));
+                                    }
+                                }
+                            }
+                        }
                         let done = files_done.fetch_add(1, Ordering::Relaxed) + 1;
                         bar.set_message(format!("{done}/{files_total} files"));
                     }
@@ -318,7 +344,7 @@ pub fn run(a: Args) -> Result<()> {
             human(total_bytes)
         ),
         Op::Warm => println!(
-            "warmed up {} files, {} in {secs:.1}s ({}/s): {} fetched, {} cached now ({:.1}%), {} pinned{}",
+            "warmed up {} files, {} in {secs:.1}s ({}/s): {} fetched, {} cached now ({:.1}%), {} pinned{}{}",
             targets.len(),
             human(total.bytes),
             human((total.fetched as f64 / secs.max(1e-3)) as u64),
@@ -328,6 +354,11 @@ pub fn run(a: Args) -> Result<()> {
             human(total.pinned),
             if total.failed_blocks > 0 {
                 format!("; {} blocks failed", total.failed_blocks)
+            } else {
+                String::new()
+            },
+            if a.local_copy {
+                format!("; {} local copies", copies.load(Ordering::Relaxed))
             } else {
                 String::new()
             }
@@ -365,7 +396,7 @@ pub fn run(a: Args) -> Result<()> {
                 );
             }
         }
-        Op::Evict | Op::Unpin => {
+        Op::Evict | Op::Unpin | Op::LocalCopy => {
             let verb = if op == Op::Evict { "evicted" } else { "unpinned" };
             for (i, r) in per_root.iter().enumerate() {
                 println!(

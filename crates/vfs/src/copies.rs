@@ -1,0 +1,132 @@
+//! Whole-file local copies, for kernel passthrough reads.
+//!
+//! `tessera warmup --local-copy` writes a file's data, as committed now,
+//! into one contiguous file `{first cache dir}/{volume}/files/{ino}/{tag}`,
+//! the tag made of its length and slice records. A
+//! read-only open finds the copy when the tag still matches (any write
+//! changes the records, so a stale copy is never used) and the FUSE layer
+//! hands the kernel that file: reads then go straight to the local disk,
+//! without a FUSE round trip or a copy through this process. The copy is
+//! written from checked blocks; after that the kernel reads it as it is.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use tessera_chunk::{Access, Span};
+use tessera_meta::{FileType, Ino, CHUNK_SIZE};
+
+use crate::{Result, Vfs, VfsError};
+
+impl Vfs {
+    /// Where local copies live, when the mount has a disk cache.
+    fn copies_dir(&self, ino: Ino) -> Option<PathBuf> {
+        let config = self.chunks.config();
+        let dir = config.disk_cache.as_ref()?.dirs.first()?;
+        Some(dir.join(&config.volume).join("files").join(ino.to_string()))
+    }
+
+    /// The file's length and the name its copy has while it is unchanged.
+    fn copy_name(&self, ino: Ino) -> Result<(u64, String)> {
+        let attr = self.meta.getattr(ino)?;
+        if attr.typ != FileType::File {
+            return Err(VfsError::new(libc::EISDIR, "only files have local copies"));
+        }
+        let mut tag = crc32c::crc32c(&attr.length.to_le_bytes());
+        for index in 0..attr.length.div_ceil(CHUNK_SIZE) {
+            let records = self.meta.read_chunk(ino, index as u32)?;
+            tag = crc32c::crc32c_append(tag, format!("{index}:{records:?}").as_bytes());
+        }
+        Ok((attr.length, format!("{tag:08x}-{}", attr.length)))
+    }
+
+    /// The local copy of a file, if one matches the file as it is now.
+    pub fn local_copy(&self, ino: Ino) -> Option<PathBuf> {
+        let dir = self.copies_dir(ino)?;
+        // Cheap first: no copy of this inode at all, no metadata reads.
+        if !dir.is_dir() {
+            return None;
+        }
+        let (_, name) = self.copy_name(ino).ok()?;
+        let path = dir.join(name);
+        if path.is_file() {
+            return Some(path);
+        }
+        // The file changed since its copy was made: the copy is of no use.
+        self.drop_local_copy(ino);
+        None
+    }
+
+    /// Write a local copy of a file (its blocks come from the caches, or
+    /// object storage for any not cached), replacing older copies of it.
+    /// Returns the bytes written.
+    pub fn make_local_copy(&self, ino: Ino) -> Result<u64> {
+        let _span = tracing::debug_span!("make_local_copy", ino).entered();
+        let dir = self.copies_dir(ino).ok_or_else(|| {
+            VfsError::new(
+                libc::EINVAL,
+                "a local copy needs a disk cache (--cache-dir)",
+            )
+        })?;
+        std::fs::create_dir_all(&dir).map_err(|e| VfsError::new(libc::EIO, e.to_string()))?;
+        let (length, name) = self.copy_name(ino)?;
+        let path = dir.join(&name);
+        if path.is_file() {
+            return Ok(length);
+        }
+        let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+        let written = (|| -> Result<()> {
+            let io = |e: std::io::Error| VfsError::new(libc::EIO, e.to_string());
+            let mut out = std::io::BufWriter::with_capacity(
+                4 << 20,
+                std::fs::File::create(&tmp).map_err(io)?,
+            );
+            let mut records = |index| Ok(std::sync::Arc::new(self.meta.read_chunk(ino, index)?));
+            let step = self.chunks.config().block_size as u64;
+            let mut off = 0;
+            while off < length {
+                let n = step.min(length - off);
+                for span in
+                    self.chunks
+                        .read_committed(off, n as usize, Access::Sequential, &mut records)?
+                {
+                    match span {
+                        Span::Data(b) => out.write_all(&b).map_err(io)?,
+                        Span::Zero(z) => out.write_all(&vec![0u8; z]).map_err(io)?,
+                    }
+                }
+                off += n;
+            }
+            out.into_inner()
+                .map_err(|e| io(e.into_error()))?
+                .sync_all()
+                .map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
+        self.drop_local_copies_except(ino, Some(&name));
+        Ok(length)
+    }
+
+    /// Remove every local copy of a file.
+    pub fn drop_local_copy(&self, ino: Ino) {
+        self.drop_local_copies_except(ino, None);
+    }
+
+    fn drop_local_copies_except(&self, ino: Ino, keep: Option<&str>) {
+        let Some(dir) = self.copies_dir(ino) else {
+            return;
+        };
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if Some(name.as_str()) != keep {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        if keep.is_none() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
