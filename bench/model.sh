@@ -25,6 +25,7 @@
 # The S3 server: rustfs (bench/build-rustfs.sh), as in bench/peers.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/bench/lib.sh"
 ckpt_mib=2048
 adapters=200
 adapter_mib=20
@@ -44,14 +45,10 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || { echo "run as root: kernel caches are dropped between reads" >&2; exit 1; }
 
-cache_root=${TESSERA_BENCH_CACHE:-$HOME/.cache/tessera-bench}
-rustfs=${RUSTFS:-$cache_root/rustfs/bin/rustfs}
-[ -x "$rustfs" ] || { echo "no S3 server at $rustfs: run bench/build-rustfs.sh once" >&2; exit 1; }
-command -v rclone >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null; }
+need_rustfs
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tessera-test/target}
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p tessera
 tessera="$CARGO_TARGET_DIR/release/tessera"
-log() { printf '\n== %s\n' "$*" >&2; }
 
 work=$(mktemp -d /var/tmp/tessera-model.XXXXXX)
 pids=()
@@ -62,26 +59,9 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-now() { date +%s.%N; }
-calc() { python3 -c "print($1)"; }
 
 # ---- the server and the repository ------------------------------------------------
-export AWS_ACCESS_KEY_ID=tesserabench AWS_SECRET_ACCESS_KEY=tesserabench-secret AWS_REGION=us-east-1
-s3port=$(port)
-export AWS_ENDPOINT_URL=http://127.0.0.1:$s3port
-unset AWS_CA_BUNDLE
-mkdir -p "$work/s3data"
-RUSTFS_CONSOLE_ENABLE=false "$rustfs" server --address "127.0.0.1:$s3port" \
-    --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$work/s3data" \
-    >"$work/s3.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do curl -s -o /dev/null "$AWS_ENDPOINT_URL" && break; sleep 0.2; done
-export RCLONE_CONFIG_S3_TYPE=s3 RCLONE_CONFIG_S3_PROVIDER=Other RCLONE_CONFIG_S3_ENDPOINT=$AWS_ENDPOINT_URL \
-    RCLONE_CONFIG_S3_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_S3_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
-    RCLONE_CONFIG_S3_REGION=us-east-1
-rclone mkdir s3:models
+start_rustfs "$work" models
 
 log "making the repository: $ckpt_mib MiB checkpoint, $adapters adapters of $adapter_mib MiB"
 repo=$work/repo

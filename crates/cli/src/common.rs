@@ -124,6 +124,21 @@ pub fn parse_size(s: &str, bare_unit: u64) -> Result<u64> {
     Ok((n * mult as f64) as u64)
 }
 
+/// Print the first 20 failures (and how many more), and turn them into the
+/// command's error: `{count} {what}`.
+pub fn report_failures(failures: &[String], what: &str) -> Result<()> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    for f in failures.iter().take(20) {
+        eprintln!("  failed: {f}");
+    }
+    if failures.len() > 20 {
+        eprintln!("  ... and {} more", failures.len() - 20);
+    }
+    Err(anyhow!("{} {what}", failures.len()))
+}
+
 /// A byte count for people: `512 B`, `3.2 MiB`, `1.00 GiB`.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -16,17 +16,6 @@ const PEER_BYTES: &str = "tessera_tier_read_bytes_total{tier=\"peer\"}";
 const FALLBACKS: &str = "tessera_group_fallbacks_total";
 const MEMBERS: &str = "tessera_group_members";
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A free port on `ip` (bound, then released for the member to take).
 fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0))
@@ -358,13 +347,7 @@ fn member_metric(endpoint: &str, name: &str) -> f64 {
     let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\n\r\n");
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name).then(|| v.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+    metric(&text, name)
 }
 
 /// Weight 0 drains a member: restarted with weight 0 it hands its blocks to

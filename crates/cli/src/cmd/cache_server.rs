@@ -3,18 +3,14 @@
 //! blocks it owns from its disk and memory caches, fetching each from
 //! object storage the first time a peer asks.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tessera_chunk::ChunkStore;
 use tessera_meta::MetaConfig;
-use tessera_metrics::Metrics;
-use tessera_object::{Instrumented, RateLimiter};
 use tracing::info;
 
 use crate::cmd::group::{join, JoinSpec};
-use crate::cmd::mount::{serve_metrics, DataPathArgs};
+use crate::cmd::mount::{open_data_path, DataPathArgs};
 use crate::common::{open_volume, StorageFlags};
 
 #[derive(clap::Args, Debug)]
@@ -47,27 +43,7 @@ pub fn run(a: Args) -> Result<()> {
     crate::cmd::group::check_group_name(&a.group)?;
     let tls = a.tls.load(true)?;
     let (meta, format) = open_volume(&a.meta_url, MetaConfig { read_only: true })?;
-    let chunk_config = a.data.chunk_config(&format)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .thread_name("tessera-io")
-        .enable_all()
-        .build()?;
-    let metrics = Arc::new(Metrics::new());
-    let store = Instrumented::wrap(
-        tessera_object::open_store(&format.storage, &a.storage_flags.options())?,
-        metrics.clone(),
-        RateLimiter::from_mbps(a.data.upload_limit),
-        RateLimiter::from_mbps(a.data.download_limit),
-    );
-    let chunks = ChunkStore::new(
-        store,
-        meta.clone(),
-        rt.handle().clone(),
-        chunk_config,
-        metrics.clone(),
-    )?;
-    serve_metrics(&metrics, &a.data.metrics);
+    let (rt, metrics, chunks) = open_data_path(&meta, &format, &a.data, &a.storage_flags)?;
     let membership = join(
         &meta,
         &format,

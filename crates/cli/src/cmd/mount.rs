@@ -218,7 +218,38 @@ impl DataPathArgs {
 
 /// Serve metrics on `addr`, or on one of the next ten ports when it is taken
 /// (several mounts on one host).
-pub(crate) fn serve_metrics(metrics: &Arc<Metrics>, addr: &str) {
+/// The I/O runtime, the metrics and the data path of a volume, with the
+/// metrics served as `--metrics` asks (a mount and a cache server alike).
+pub(crate) fn open_data_path(
+    meta: &Arc<tessera_meta::Meta>,
+    format: &tessera_meta::Format,
+    data: &DataPathArgs,
+    storage: &StorageFlags,
+) -> Result<(tokio::runtime::Runtime, Arc<Metrics>, Arc<ChunkStore>)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .thread_name("tessera-io")
+        .enable_all()
+        .build()?;
+    let metrics = Arc::new(Metrics::new());
+    let store = Instrumented::wrap(
+        tessera_object::open_store(&format.storage, &storage.options())?,
+        metrics.clone(),
+        RateLimiter::from_mbps(data.upload_limit),
+        RateLimiter::from_mbps(data.download_limit),
+    );
+    let chunks = ChunkStore::new(
+        store,
+        meta.clone(),
+        rt.handle().clone(),
+        data.chunk_config(format)?,
+        metrics.clone(),
+    )?;
+    serve_metrics(&metrics, &data.metrics);
+    Ok((rt, metrics, chunks))
+}
+
+fn serve_metrics(metrics: &Arc<Metrics>, addr: &str) {
     if addr == "none" || addr.is_empty() {
         return;
     }
@@ -331,27 +362,7 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
             read_only: a.read_only,
         },
     )?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .thread_name("tessera-io")
-        .enable_all()
-        .build()?;
-    let metrics = Arc::new(Metrics::new());
-    let store = Instrumented::wrap(
-        tessera_object::open_store(&format.storage, &a.storage_flags.options())?,
-        metrics.clone(),
-        RateLimiter::from_mbps(a.data.upload_limit),
-        RateLimiter::from_mbps(a.data.download_limit),
-    );
-    let chunk_config = a.data.chunk_config(&format)?;
-    let chunks = ChunkStore::new(
-        store,
-        meta.clone(),
-        rt.handle().clone(),
-        chunk_config,
-        metrics.clone(),
-    )?;
-    serve_metrics(&metrics, &a.data.metrics);
+    let (rt, metrics, chunks) = open_data_path(&meta, &format, &a.data, &a.storage_flags)?;
     let membership = match &a.group.cache_group {
         Some(name) => Some(crate::cmd::group::join(
             &meta,

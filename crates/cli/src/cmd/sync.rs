@@ -25,7 +25,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use tessera_object::{DynStore, PartStream};
 
-use crate::common::{human, redact, StorageFlags};
+use crate::common::{human, redact, report_failures, StorageFlags};
 use crate::filter::KeyFilter;
 
 /// Bytes read or written in one piece.
@@ -411,16 +411,7 @@ pub fn run(a: Args) -> Result<()> {
     if skipped > 0 {
         eprintln!("skipped {skipped} symlinks, special files or names that are not UTF-8");
     }
-    if failures.is_empty() {
-        return Ok(());
-    }
-    for f in failures.iter().take(20) {
-        eprintln!("  failed: {f}");
-    }
-    if failures.len() > 20 {
-        eprintln!("  ... and {} more", failures.len() - 20);
-    }
-    Err(anyhow!("{} files could not be synced", failures.len()))
+    report_failures(&failures, "files could not be synced")
 }
 
 #[cfg(test)]

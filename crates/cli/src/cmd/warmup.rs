@@ -21,7 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tessera_fuse::control::{decode_report, Op, Request, FLAG_BACKGROUND, FLAG_GROUP};
 use tessera_vfs::CacheReport;
 
-use crate::common::{human, parse_duration};
+use crate::common::{human, parse_duration, report_failures};
 
 /// Bytes asked for in one warm-up request: one chunk.
 const RANGE: u64 = 64 << 20;
@@ -414,18 +414,5 @@ pub fn run(a: Args) -> Result<()> {
     if skipped > 0 {
         eprintln!("skipped {skipped} symlinks or special files");
     }
-    if failures.is_empty() {
-        return Ok(());
-    }
-    for f in failures.iter().take(20) {
-        eprintln!("  failed: {f}");
-    }
-    if failures.len() > 20 {
-        eprintln!("  ... and {} more", failures.len() - 20);
-    }
-    Err(anyhow!(
-        "{} of {} requests failed",
-        failures.len(),
-        tasks.len()
-    ))
+    report_failures(&failures, &format!("of {} requests failed", tasks.len()))
 }

@@ -213,7 +213,14 @@ pub fn digest(data: &[u8]) -> u64 {
 
 /// One metric from the mount's `.stats` file (0 when absent).
 pub fn stat(mnt: &Path, name: &str) -> f64 {
-    let text = std::fs::read_to_string(mnt.join(".stats")).expect("read .stats");
+    metric(
+        &std::fs::read_to_string(mnt.join(".stats")).expect("read .stats"),
+        name,
+    )
+}
+
+/// One metric from Prometheus text (0 when absent).
+pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| {
@@ -221,4 +228,16 @@ pub fn stat(mnt: &Path, name: &str) -> f64 {
             (k == name).then(|| v.parse().ok()).flatten()
         })
         .unwrap_or(0.0)
+}
+
+/// Poll `cond` every 50 ms until it holds; fail after 30 s naming `what`.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -1,0 +1,43 @@
+# Helpers shared by the benchmark scripts (sourced, not run).
+#
+#   log MESSAGE; port; drop; now; calc EXPR
+#   need_rustfs                      fail early without the rustfs binary
+#   start_rustfs WORKDIR BUCKET...   rustfs on a free loopback port with the
+#       bench credentials in AWS_* and RCLONE_CONFIG_S3_*, the buckets made;
+#       its PID is appended to the caller's `pids` array.
+
+log() { printf '\n== %s\n' "$*" >&2; }
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+now() { date +%s.%N; }
+calc() { python3 -c "print($1)"; }
+
+rustfs=${RUSTFS:-${TESSERA_BENCH_CACHE:-$HOME/.cache/tessera-bench}/rustfs/bin/rustfs}
+
+need_rustfs() {
+    [ -x "$rustfs" ] || { echo "no S3 server at $rustfs: run bench/build-rustfs.sh once" >&2; exit 1; }
+    command -v rclone >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null; }
+}
+
+start_rustfs() {
+    local work=$1
+    shift
+    need_rustfs
+    export AWS_ACCESS_KEY_ID=tesserabench AWS_SECRET_ACCESS_KEY=tesserabench-secret AWS_REGION=us-east-1
+    local s3port
+    s3port=$(port)
+    export AWS_ENDPOINT_URL=http://127.0.0.1:$s3port
+    # Loopback is plain HTTP; a CA bundle setting only confuses the Go clients.
+    unset AWS_CA_BUNDLE
+    mkdir -p "$work/s3data"
+    RUSTFS_CONSOLE_ENABLE=false "$rustfs" server --address "127.0.0.1:$s3port" \
+        --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$work/s3data" \
+        >"$work/s3.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do curl -s -o /dev/null "$AWS_ENDPOINT_URL" && break; sleep 0.2; done
+    export RCLONE_CONFIG_S3_TYPE=s3 RCLONE_CONFIG_S3_PROVIDER=Other RCLONE_CONFIG_S3_ENDPOINT=$AWS_ENDPOINT_URL \
+        RCLONE_CONFIG_S3_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_S3_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
+        RCLONE_CONFIG_S3_REGION=us-east-1
+    local b
+    for b in "$@"; do rclone mkdir "s3:$b" 2>/dev/null; done
+}
