@@ -202,8 +202,9 @@ fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, (u64, u64)>
 /// 1 GiB checkpoint and 199 adapters) uploaded with `tessera sync`,
 /// imported in place (the server's request log shows no write to them),
 /// read back identically; a warm-up of the adapters makes later reads
-/// GET-free, `--check` says 100% and `--evict` 0%; the tree synced out of the volume to a new
-/// prefix and imported into a second volume is the same tree.
+/// GET-free, `--check` says 100% and `--evict` 0%; the tree synced out of
+/// the volume to a new prefix and imported into a second volume is the
+/// same tree.
 #[test]
 #[ignore = "needs an S3 server: run through scripts/test.sh"]
 fn two_hundred_objects_import_warm_up_and_sync_back() {
