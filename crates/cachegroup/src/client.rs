@@ -176,6 +176,7 @@ impl Peers {
 
     /// Ask `addr` for a block (blocking; call it off async threads).
     pub fn request(&self, addr: &str, op: Op, key: &str, len: u64) -> Result<Answer, PeerError> {
+        let _span = tracing::debug_span!("peer_request", peer = addr, ?op, key).entered();
         if self.is_down(addr) {
             return Err(PeerError::Down(addr.to_string()));
         }

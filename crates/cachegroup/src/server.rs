@@ -165,6 +165,8 @@ fn serve(
                 return;
             }
         };
+        let _span =
+            tracing::debug_span!("serve_block", %peer, op = ?req.op, key = %req.key).entered();
         let conn = io.get_mut();
         if !plausible_key(&req.key) {
             warn!(%peer, key = %req.key, "peer asked for a key that is no block key");
