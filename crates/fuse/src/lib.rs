@@ -76,19 +76,19 @@ enum IoMode {
     },
 }
 
-/// What a handle counted for.
+/// How a new handle opens its inode.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum HandleMode {
     Passthrough,
     Cached,
-    /// A writer of an inode open by passthrough (refused: ETXTBSY).
-    Direct,
 }
 
 #[derive(Default)]
 struct OpenModes {
     inodes: HashMap<u64, IoMode>,
-    handles: HashMap<u64, (u64, HandleMode)>,
+    /// The inode of every file handle; each counts for its inode's mode
+    /// (a handle is never opened against the inode's current mode).
+    handles: HashMap<u64, u64>,
 }
 
 impl OpenModes {
@@ -99,9 +99,8 @@ impl OpenModes {
         mode: HandleMode,
         backing: Option<Arc<fuser::BackingId>>,
     ) {
-        self.handles.insert(fh, (ino, mode));
+        self.handles.insert(fh, ino);
         match (self.inodes.get_mut(&ino), mode, backing) {
-            (_, HandleMode::Direct, _) => {}
             (Some(IoMode::Passthrough { opens, .. }), HandleMode::Passthrough, _)
             | (Some(IoMode::Cached { opens }), HandleMode::Cached, _) => *opens += 1,
             (None, HandleMode::Passthrough, Some(backing)) => {
@@ -116,12 +115,9 @@ impl OpenModes {
     }
 
     fn released(&mut self, fh: u64) {
-        let Some((ino, mode)) = self.handles.remove(&fh) else {
+        let Some(ino) = self.handles.remove(&fh) else {
             return;
         };
-        if mode == HandleMode::Direct {
-            return;
-        }
         let last = match self.inodes.get_mut(&ino) {
             Some(IoMode::Passthrough { opens, .. }) | Some(IoMode::Cached { opens }) => {
                 *opens = opens.saturating_sub(1);
@@ -495,58 +491,73 @@ impl Filesystem for TesseraFs {
             return;
         }
         let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
-        let Ok(mut modes) = self.modes.lock() else {
-            reply.error(Errno::EIO);
-            return;
-        };
-        // Decide the mode first: a writer of an inode the kernel reads by
-        // passthrough goes direct; a reader of a file with a local copy
-        // goes by passthrough unless the inode is open cached already.
-        let existing = match modes.inodes.get(&ino) {
+        // No lock is held across the metadata and file work below: the
+        // inode's mode is looked at first, and again when registering.
+        let open_as = |modes: &OpenModes| match modes.inodes.get(&ino) {
             Some(IoMode::Passthrough { backing, .. }) => Some(Some(backing.clone())),
             Some(IoMode::Cached { .. }) => Some(None),
             None => None,
         };
-        let (mode, backing) = match existing {
-            Some(Some(b)) if read_only => (HandleMode::Passthrough, Some(b)),
-            Some(Some(_)) => (HandleMode::Direct, None),
-            Some(None) => (HandleMode::Cached, None),
-            None if read_only && self.passthrough.load(std::sync::atomic::Ordering::Relaxed) => {
-                let backing = self
-                    .vfs
-                    .local_copy(ino)
-                    .and_then(|path| std::fs::File::open(path).ok())
-                    .and_then(|file| match reply.open_backing(&file) {
-                        Ok(id) => Some(Arc::new(id)),
-                        Err(e) => {
-                            debug!(ino, error = %e, "no passthrough for this file");
-                            None
-                        }
-                    });
-                match backing {
-                    Some(b) => (HandleMode::Passthrough, Some(b)),
-                    None => (HandleMode::Cached, None),
-                }
-            }
-            None => (HandleMode::Cached, None),
+        let Ok(existing) = self.modes.lock().map(|m| open_as(&m)) else {
+            reply.error(Errno::EIO);
+            return;
         };
-        if mode == HandleMode::Direct {
-            // The kernel wants every open of an inode read by passthrough
-            // to be passthrough too, which would send writes to the local
-            // copy: a writer waits until the readers have closed.
+        // The kernel wants every open of an inode read by passthrough to
+        // be passthrough too, which would send writes to the local copy:
+        // a writer waits until the readers have closed.
+        let refuse_writer = || {
             debug!(
                 ino,
                 "file is open for reading from its local copy; refusing a writer"
             );
-            reply.error(Errno::ETXTBSY);
+            Errno::ETXTBSY
+        };
+        if !read_only && matches!(existing, Some(Some(_))) {
+            reply.error(refuse_writer());
             return;
         }
+        let passthrough = self.passthrough.load(std::sync::atomic::Ordering::Relaxed);
+        let candidate = if read_only && passthrough && existing.is_none() {
+            self.vfs
+                .local_copy(ino)
+                .and_then(|path| std::fs::File::open(path).ok())
+                .and_then(|file| match reply.open_backing(&file) {
+                    Ok(id) => Some(Arc::new(id)),
+                    Err(e) => {
+                        debug!(ino, error = %e, "no passthrough for this file");
+                        None
+                    }
+                })
+        } else {
+            None
+        };
         let fh = match self.vfs.open(ino, flags.0) {
             Ok((fh, _)) => fh,
             Err(e) => {
                 reply.error(errno(e));
                 return;
             }
+        };
+        let Ok(mut modes) = self.modes.lock() else {
+            reply.error(Errno::EIO);
+            return;
+        };
+        // Another open may have settled the inode's mode meanwhile: a
+        // reader joins it (one backing file per inode), a writer of an
+        // inode now read by passthrough is refused.
+        let (mode, backing) = match open_as(&modes) {
+            Some(Some(b)) if read_only => (HandleMode::Passthrough, Some(b)),
+            Some(Some(_)) => {
+                drop(modes);
+                let _ = self.vfs.release(ino, fh, None);
+                reply.error(refuse_writer());
+                return;
+            }
+            Some(None) => (HandleMode::Cached, None),
+            None => match candidate {
+                Some(b) => (HandleMode::Passthrough, Some(b)),
+                None => (HandleMode::Cached, None),
+            },
         };
         modes.opened(ino, fh, mode, backing.clone());
         drop(modes);
