@@ -94,13 +94,17 @@ mount_tessera() {
 umount_tessera() { "$tessera" umount "$mnt"; }
 
 # read_all DIR: the checkpoint, then the adapters with $readers readers.
+# The total on stdout; the two parts (and the metadata WAL's size) on stderr.
 read_all() {
-    local t0 t1
+    local t0 t1 t2
     t0=$(now)
     dd if="$1/ckpt/model.safetensors" of=/dev/null bs=4M status=none
-    find "$1/lora" -type f -print0 | xargs -0 -P "$readers" -n 10 cat >/dev/null
     t1=$(now)
-    calc "$t1-$t0"
+    find "$1/lora" -type f -print0 | xargs -0 -P "$readers" -n 10 cat >/dev/null
+    t2=$(now)
+    printf '   %s: checkpoint %.2f s, adapters %.2f s (metadata WAL %s bytes)\n' "$1" \
+        "$(calc "$t1-$t0")" "$(calc "$t2-$t1")" "$(stat -c %s "$work/meta.db-wal" 2>/dev/null || echo 0)" >&2
+    calc "$t2-$t0"
 }
 
 log "(1) cold"
