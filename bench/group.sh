@@ -30,19 +30,9 @@ command -v iperf3 >/dev/null || need+=(iperf3)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tessera-test/target}
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p tessera
-tessera="$CARGO_TARGET_DIR/release/tessera"
+build_tessera
 
-work=$(mktemp -d /var/tmp/tessera-group.XXXXXX)
-pids=()
-mounts=()
-cleanup() {
-    for m in "${mounts[@]}"; do fusermount3 -uz "$m" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+scratch group
 ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 clk=$(getconf CLK_TCK)
 

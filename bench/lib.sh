@@ -1,6 +1,9 @@
 # Helpers shared by the benchmark scripts (sourced, not run).
 #
 #   log MESSAGE; port; drop; now; calc EXPR
+#   scratch NAME                     a work dir in $work, removed at exit with
+#       every mount in `mounts` unmounted and every PID in `pids` killed
+#   build_tessera                    release build; its path in $tessera
 #   need_rustfs                      fail early without the rustfs binary
 #   start_rustfs WORKDIR BUCKET...   rustfs on a free loopback port with the
 #       bench credentials in AWS_* and RCLONE_CONFIG_S3_*, the buckets made;
@@ -11,6 +14,25 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
 calc() { python3 -c "print($1)"; }
+
+scratch() {
+    work=$(mktemp -d "/var/tmp/tessera-$1.XXXXXX")
+    pids=()
+    mounts=()
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    for m in "${mounts[@]}"; do fusermount3 -uz "$m" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+
+build_tessera() {
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tessera-test/target}
+    cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p tessera
+    tessera="$CARGO_TARGET_DIR/release/tessera"
+}
 
 rustfs=${RUSTFS:-${TESSERA_BENCH_CACHE:-$HOME/.cache/tessera-bench}/rustfs/bin/rustfs}
 

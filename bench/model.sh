@@ -46,19 +46,11 @@ done
 [ "$(id -u)" = 0 ] || { echo "run as root: kernel caches are dropped between reads" >&2; exit 1; }
 
 need_rustfs
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tessera-test/target}
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p tessera
-tessera="$CARGO_TARGET_DIR/release/tessera"
+build_tessera
 
-work=$(mktemp -d /var/tmp/tessera-model.XXXXXX)
-pids=()
+scratch model
 mnt=$work/mnt
-cleanup() {
-    fusermount3 -uz "$mnt" 2>/dev/null || true
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+mounts+=("$mnt")
 
 # ---- the server and the repository ------------------------------------------------
 start_rustfs "$work" models

@@ -20,6 +20,7 @@
 # single-threaded Python server bounds every client (the table says so).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/bench/lib.sh"
 size_mib=2048
 files=2000
 only="tessera,juicefs,s3fs,rclone,local"
@@ -35,7 +36,6 @@ done
 
 cache_root=${TESSERA_BENCH_CACHE:-$HOME/.cache/tessera-bench}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tessera-test/target}
-log() { printf '\n== %s\n' "$*" >&2; }
 
 # ---- tools -------------------------------------------------------------------
 need=()
@@ -48,20 +48,10 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 source "$root/bench/juicefs.sh"
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p tessera
-tessera="$CARGO_TARGET_DIR/release/tessera"
+build_tessera
 
 # ---- scratch space and cleanup -------------------------------------------------
-work=$(mktemp -d /var/tmp/tessera-peers.XXXXXX)
-pids=()
-mounts=()
-cleanup() {
-    for m in "${mounts[@]}"; do fusermount3 -uz "$m" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+scratch peers
 
 # ---- the S3 server ---------------------------------------------------------------
 export AWS_ACCESS_KEY_ID=tesserabench AWS_SECRET_ACCESS_KEY=tesserabench-secret AWS_REGION=us-east-1
@@ -70,7 +60,6 @@ endpoint=http://127.0.0.1:$s3port
 export AWS_ENDPOINT_URL=$endpoint
 # Loopback is plain HTTP; a CA bundle setting only confuses the Go clients.
 unset AWS_CA_BUNDLE
-rustfs=${RUSTFS:-$cache_root/rustfs/bin/rustfs}
 mkdir -p "$work/s3data"
 if [ -x "$rustfs" ]; then
     server="rustfs 1.0.1"
@@ -95,8 +84,6 @@ src=$work/src.bin
 head -c $((size_mib << 20)) /dev/urandom >"$src"
 small_src=$work/small.bin
 head -c $((128 << 10)) /dev/urandom >"$small_src"
-drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-now() { date +%s.%N; }
 declare -A result
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user+sys ticks
 clk=$(getconf CLK_TCK)

@@ -251,17 +251,17 @@ impl DiskCache {
     /// A cached block, checked. A damaged file is removed and counted.
     pub fn get(&self, key: &str) -> Option<Bytes> {
         let dir = {
-            let mut index = self.index.lock().ok()?;
+            let mut guard = self.index.lock().ok()?;
+            let index = &mut *guard;
             let expire = self.config.expire.map(|d| d.as_secs());
             let now = now_secs();
-            let e = index.entries.get(key)?;
+            let e = index.entries.get_mut(key)?;
             let stale = expire.is_some_and(|x| now.saturating_sub(e.used_at) > x);
             if stale && !index.pins.contains_key(key) {
-                drop(index);
+                drop(guard);
                 self.remove(key);
                 return None;
             }
-            let e = index.entries.get_mut(key)?;
             e.used_at = now;
             let dir = e.dir as usize;
             index.policy.touch(key);

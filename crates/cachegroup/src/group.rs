@@ -64,14 +64,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A member id unique for this process's life.
-pub fn member_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
-    format!("{host}-{}-{}", std::process::id(), now_ms())
-}
-
 impl Group {
     /// Join (or, as a consumer, watch) a group: the record is written and
     /// the first view read before this returns.

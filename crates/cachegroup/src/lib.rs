@@ -21,7 +21,7 @@ pub mod server;
 pub mod tls;
 
 pub use client::{Answer, PeerError, PeerTimeouts, Peers};
-pub use group::{member_id, Group, GroupConfig, Usage};
+pub use group::{Group, GroupConfig, Usage};
 pub use placement::Member;
 pub use proto::{Op, Secret};
 pub use server::{BlockSource, Held, Server};

@@ -105,10 +105,6 @@ impl Tls {
         })
     }
 
-    pub fn serves(&self) -> bool {
-        self.server.is_some()
-    }
-
     /// Wrap an accepted connection (the TLS handshake runs on first use).
     pub fn accept(&self, tcp: TcpStream) -> io::Result<Stream> {
         let config = self
