@@ -1,67 +1,15 @@
-//! Whole-file reads with O_DIRECT into page-aligned buffers that `Bytes`
-//! can own, so a cached block travels from the disk to the FUSE reply
-//! without passing through the page cache.
+//! Whole-file reads and block writes with O_DIRECT, through page-aligned
+//! buffers (`tessera-buf`), so a cached block travels between the disk and
+//! the FUSE reply without passing through the page cache: no copy into it,
+//! and no dirty pages for the kernel to write back on the reader's cores.
 
-use std::alloc::Layout;
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::ptr::NonNull;
 
 use bytes::Bytes;
-
-const ALIGN: usize = 4096;
-
-/// A page-aligned heap buffer, filled by the kernel.
-struct Aligned {
-    ptr: NonNull<u8>,
-    layout: Layout,
-    len: usize,
-}
-
-// SAFETY: the buffer is uniquely owned plain memory; once handed to Bytes it
-// is only read.
-unsafe impl Send for Aligned {}
-unsafe impl Sync for Aligned {}
-
-impl AsRef<[u8]> for Aligned {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: the first `len` bytes were written by pread.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for Aligned {
-    fn drop(&mut self) {
-        if let Ok(mut pool) = POOL.lock() {
-            if pool.len() < POOL_MAX {
-                pool.push(Free(self.ptr, self.layout));
-                return;
-            }
-        }
-        // SAFETY: allocated in `alloc_aligned` with this very layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
-    }
-}
-
-/// Buffers freed lately, reused so that each block read does not fault in
-/// (and the kernel zero) fresh pages.
-struct Free(NonNull<u8>, Layout);
-// SAFETY: a free buffer is owned by the pool alone.
-unsafe impl Send for Free {}
-static POOL: std::sync::Mutex<Vec<Free>> = std::sync::Mutex::new(Vec::new());
-const POOL_MAX: usize = 32;
-
-fn alloc_aligned(layout: Layout) -> std::io::Result<NonNull<u8>> {
-    if let Ok(mut pool) = POOL.lock() {
-        if let Some(i) = pool.iter().position(|f| f.1 == layout) {
-            return Ok(pool.swap_remove(i).0);
-        }
-    }
-    // SAFETY: the layout has a non-zero size.
-    NonNull::new(unsafe { std::alloc::alloc(layout) })
-        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))
-}
+use tessera_buf::{AlignedBuf, ALIGN};
 
 /// Read all of `path` with O_DIRECT. EINVAL means the file system does not
 /// support it (tmpfs, for one); the caller falls back to buffered reads.
@@ -71,24 +19,18 @@ pub fn read(path: &Path) -> std::io::Result<Bytes> {
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
     let size = file.metadata()?.len() as usize;
-    let cap = size.next_multiple_of(ALIGN).max(ALIGN);
-    let layout = Layout::from_size_align(cap, ALIGN)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let ptr = alloc_aligned(layout)?;
-    let mut buf = Aligned {
-        ptr,
-        layout,
-        len: 0,
-    };
-    while buf.len < size {
+    let mut buf = AlignedBuf::with_capacity(size)?;
+    let cap = buf.capacity();
+    let mut filled = 0;
+    while filled < size {
         // Reads stay aligned: every read but the last returns whole pages.
         // SAFETY: the destination lies within the allocation (cap >= size).
         let n = unsafe {
             libc::pread(
                 file.as_raw_fd(),
-                buf.ptr.as_ptr().add(buf.len).cast(),
-                cap - buf.len,
-                buf.len as libc::off_t,
+                buf.as_mut_ptr().add(filled).cast(),
+                cap - filled,
+                filled as libc::off_t,
             )
         };
         match n {
@@ -99,15 +41,43 @@ pub fn read(path: &Path) -> std::io::Result<Bytes> {
                 }
             }
             0 => break,
-            n => buf.len += n as usize,
+            n => filled += n as usize,
         }
     }
-    buf.len = buf.len.min(size);
-    Ok(Bytes::from_owner(buf))
+    // SAFETY: pread wrote `filled` bytes from the start (within capacity).
+    unsafe { buf.set_len(filled.min(size)) };
+    Ok(buf.freeze())
+}
+
+/// Write `data` then `trailer` to a new file at `path`: the whole pages of
+/// `data` with O_DIRECT (which needs `data` page-aligned: see
+/// [`tessera_buf::is_aligned`]), the rest through the page cache. EINVAL
+/// means no O_DIRECT here.
+pub fn write(path: &Path, data: &[u8], trailer: &[u8]) -> std::io::Result<std::fs::File> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    let whole = data.len() / ALIGN * ALIGN;
+    file.write_all(&data[..whole])?;
+    // The tail is not a whole page: switch the descriptor to buffered I/O.
+    // SAFETY: plain fcntl calls on a descriptor we own.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0
+        || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_DIRECT) } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    file.write_all(&data[whole..])?;
+    file.write_all(trailer)?;
+    Ok(file)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn reads_unaligned_sizes_whole() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -115,12 +85,30 @@ mod tests {
             let p = dir.path().join(format!("f{len}"));
             let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
             std::fs::write(&p, &data).expect("write");
-            match super::read(&p) {
+            match read(&p) {
                 Ok(b) => assert_eq!(&b[..], &data[..]),
                 // No O_DIRECT on this file system (tmpfs): nothing to check.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
                 Err(e) => panic!("{e}"),
             }
+        }
+    }
+
+    #[test]
+    fn writes_whole_pages_direct_and_the_tail_buffered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for len in [0usize, 100, 4096, 3 * 4096 + 17] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let buf = AlignedBuf::copy_of(&data[..]).expect("alloc");
+            let p = dir.path().join(format!("w{len}"));
+            match write(&p, buf.as_ref(), b"TAIL") {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+                Err(e) => panic!("{e}"),
+            }
+            let back = std::fs::read(&p).expect("read back");
+            assert_eq!(&back[..len], buf.as_ref());
+            assert_eq!(&back[len..], b"TAIL");
         }
     }
 }

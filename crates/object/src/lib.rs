@@ -149,6 +149,20 @@ fn backend(op: &'static str, key: &str, source: opendal::Error) -> ObjectError {
     }
 }
 
+/// A response body (a rope of network chunks) as one buffer. Bodies of a
+/// page or more go to a recycled page-aligned buffer: no fresh pages to
+/// fault in per block, and the disk cache can write it with O_DIRECT. A
+/// body that is already one piece is kept as it is.
+fn contiguous(body: opendal::Buffer) -> Bytes {
+    if opendal::Buffer::count(&body) <= 1 || body.len() < tessera_buf::ALIGN {
+        return body.to_bytes();
+    }
+    match tessera_buf::AlignedBuf::copy_of(body.clone()) {
+        Ok(buf) => buf.freeze(),
+        Err(_) => body.to_bytes(),
+    }
+}
+
 impl OpendalStore {
     /// One GET: the whole object or a range, of the version `etag` names
     /// where the service can check it (If-Match).
@@ -170,7 +184,8 @@ impl OpendalStore {
                 req = req.if_match(etag);
             }
         }
-        let data = req.await.map_err(|e| backend("GET", key, e))?.to_bytes();
+        let body = req.await.map_err(|e| backend("GET", key, e))?;
+        let data = contiguous(body);
         self.counters
             .get_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
