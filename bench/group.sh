@@ -6,7 +6,9 @@
 #
 #   1. iperf3 on loopback, 3 streams: the network ceiling of this machine;
 #   2. `tessera cache-group bench`: every block of the file from its owner
-#      (16 in flight, no FUSE), then the same blocks from object storage —
+#      (16 in flight, no FUSE), members reading their disks (kernel caches
+#      dropped), then again with the blocks in the members' page cache (the
+#      network and CPU alone), then the same blocks from object storage —
 #      GB/s, client CPU seconds per GB, and the ratio;
 #   3. the file read with dd through a `--no-sharing` mount (FUSE) — GB/s;
 #
@@ -76,9 +78,13 @@ drop
 m0=$(ticks "${members[@]}")
 "$tessera" cache-group bench "$meta" bench /model.bin --threads 16 --group-only | tee "$work/gbench.out" >&2
 m1=$(ticks "${members[@]}")
+log "again, the blocks now in the members' page cache"
+"$tessera" cache-group bench "$meta" bench /model.bin --threads 16 --group-only | tee "$work/gbench_hot.out" >&2
+m2=$(ticks "${members[@]}")
 "$tessera" cache-group bench "$meta" bench /model.bin --threads 16 | tee "$work/gbench2.out" >&2
 gb=$(calc "$size_mib * 1048576 / 1e9")
 member_cpu=$(calc "($m1 - $m0) / $clk / $gb")
+member_cpu_hot=$(calc "($m2 - $m1) / $clk / $gb")
 
 log "through a --no-sharing mount"
 drop
@@ -95,13 +101,17 @@ fuse_client_cpu=$(calc "($c1 - $c0) / $clk / $gb")
 fuse_member_cpu=$(calc "($m1 - $m0) / $clk / $gb")
 
 group_line=$(grep '^group' "$work/gbench.out")
+hot_line=$(grep '^group' "$work/gbench_hot.out")
 object_line=$(grep '^object' "$work/gbench2.out")
 group_gbs=$(sed -E 's/.*: ([0-9.]+) GB\/s.*/\1/' <<<"$group_line")
+hot_gbs=$(sed -E 's/.*: ([0-9.]+) GB\/s.*/\1/' <<<"$hot_line")
 printf '\nCache group: %s MiB file, 3 members on 127.0.0.2-4, one client, rustfs on loopback\n' "$size_mib"
 printf '| path | GB/s | vs iperf3 |\n|---|---:|---:|\n'
 printf '| iperf3 loopback, 3 streams | %.2f | 1.00 |\n' "$iperf_gbs"
-printf '| group, block client (16 in flight) | %.2f | %.2f |\n' "$group_gbs" "$(calc "$group_gbs/$iperf_gbs")"
+printf '| group, block client (16 in flight), members read their disks | %.2f | %.2f |\n' "$group_gbs" "$(calc "$group_gbs/$iperf_gbs")"
+printf '| group, block client, blocks in the members'"'"' page cache | %.2f | %.2f |\n' "$hot_gbs" "$(calc "$hot_gbs/$iperf_gbs")"
 printf '| group, through FUSE (dd) | %.2f | %.2f |\n' "$fuse_gbs" "$(calc "$fuse_gbs/$iperf_gbs")"
-printf '\n%s\n%s\n' "$group_line" "$object_line"
-printf 'members: %.3f CPU s per GB served (block client), %.3f (FUSE read)\n' "$member_cpu" "$fuse_member_cpu"
+printf '\n%s\n%s\n%s\n' "$group_line" "$hot_line" "$object_line"
+printf 'members: %.3f CPU s per GB served (block client), %.3f (page cache warm), %.3f (FUSE read)\n' \
+    "$member_cpu" "$member_cpu_hot" "$fuse_member_cpu"
 printf 'client mount: %.3f CPU s per GB read through FUSE\n' "$fuse_client_cpu"

@@ -1,6 +1,7 @@
 # Helpers shared by the benchmark scripts (sourced, not run).
 #
 #   log MESSAGE; port; drop; now; calc EXPR
+#   profile_start LABEL / profile_stop   (see below)
 #   scratch NAME                     a work dir in $work, removed at exit with
 #       every mount in `mounts` unmounted and every PID in `pids` killed
 #   build_tessera                    release build; its path in $tessera
@@ -8,6 +9,30 @@
 #   start_rustfs WORKDIR BUCKET...   rustfs on a free loopback port with the
 #       bench credentials in AWS_* and RCLONE_CONFIG_S3_*, the buckets made;
 #       its PID is appended to the caller's `pids` array.
+
+# profile_start LABEL; ...; profile_stop   with PROFILE set, a system-wide
+#   `perf` sample between the two, summarised into $work/profile.txt: the
+#   share of CPU samples per thread name (idle = swapper) and the hottest
+#   functions.
+profile_start() {
+    [ -n "${PROFILE:-}" ] || return 0
+    profile_label=$1
+    perf record -a -F 499 -o "$work/perf.data" >/dev/null 2>&1 &
+    profiler=$!
+    sleep 0.5
+}
+
+profile_stop() {
+    [ -n "${PROFILE:-}" ] || return 0
+    kill -INT "$profiler" 2>/dev/null || true
+    wait "$profiler" 2>/dev/null || true
+    {
+        echo "## $profile_label: share of CPU samples (2 cores) by thread"
+        perf report -i "$work/perf.data" --sort comm --stdio 2>/dev/null | awk '/^ +[0-9.]+%/ && n++ < 10'
+        echo "   hottest functions:"
+        perf report -i "$work/perf.data" --sort comm,sym --stdio 2>/dev/null | awk '/^ +[0-9.]+%/ && n++ < 12'
+    } >>"$work/profile.txt"
+}
 
 log() { printf '\n== %s\n' "$*" >&2; }
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -12,7 +12,12 @@
 # `tessera objbench` GET throughput on the same server, iperf3 on loopback,
 # and Tessera's client CPU seconds per GB read.
 #
-#   bench/peers.sh [--size-mib 2048] [--files 2000] [--only tessera,juicefs,...]
+#   bench/peers.sh [--size-mib 2048] [--files 2000] [--only tessera,juicefs,...] [--profile]
+#
+# --profile samples the whole machine with `perf` during every phase and
+# prints, per client and phase, the share of CPU samples each process took
+# (idle shows as swapper) and the hottest functions: what bounds a figure
+# on these 2 cores (the server, the client, FUSE, the disk).
 #
 # The S3 server: rustfs 1.0.1 when $RUSTFS (default
 # ~/.cache/tessera-bench/rustfs/bin/rustfs) exists; build it once with
@@ -29,7 +34,8 @@ while [ $# -gt 0 ]; do
         --size-mib) size_mib=$2; shift 2 ;;
         --files) files=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
-        *) echo "usage: $0 [--size-mib N] [--files N] [--only a,b,...]" >&2; exit 2 ;;
+        --profile) PROFILE=1; shift ;;
+        *) echo "usage: $0 [--size-mib N] [--files N] [--only a,b,...] [--profile]" >&2; exit 2 ;;
     esac
 done
 [ "$(id -u)" = 0 ] || { echo "run as root: kernel caches are dropped between phases" >&2; exit 1; }
@@ -43,6 +49,7 @@ command -v s3fs >/dev/null || need+=(s3fs)
 command -v rclone >/dev/null || need+=(rclone)
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v fusermount3 >/dev/null || need+=(fuse3)
+if [ -n "${PROFILE:-}" ]; then command -v perf >/dev/null || need+=(linux-perf); fi
 if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -97,28 +104,43 @@ run_client() {
     log "$name"
     $mount_fn
     local t0 t1
+    profile_start "$name seq write"
     t0=$(now); dd if="$src" of="$mnt/big" bs=1M conv=fsync status=none; $settle 1; t1=$(now)
+    profile_stop
     result[$name,write]=$(python3 -c "print($size_mib/($t1-$t0))")
     $umount_fn; $wipe_fn; $mount_fn; drop
     local c0=0 c1=0
     [ -n "$pid_fn" ] && c0=$(cpu_of "$($pid_fn)")
+    profile_start "$name seq read cold"
     t0=$(now); dd if="$mnt/big" of=/dev/null bs=1M status=none; t1=$(now)
+    profile_stop
     [ -n "$pid_fn" ] && c1=$(cpu_of "$($pid_fn)")
     result[$name,cold]=$(python3 -c "print($size_mib/($t1-$t0))")
     result[$name,cold_cpu]=$(python3 -c "print(($c1-$c0)/$clk/($size_mib/1024))")
     sleep 2 # let asynchronous cache writes land
     drop
     [ -n "$pid_fn" ] && c0=$(cpu_of "$($pid_fn)")
+    profile_start "$name seq read warm"
     t0=$(now); dd if="$mnt/big" of=/dev/null bs=1M status=none; t1=$(now)
+    profile_stop
     [ -n "$pid_fn" ] && c1=$(cpu_of "$($pid_fn)")
     result[$name,warm]=$(python3 -c "print($size_mib/($t1-$t0))")
+    # The same bytes straight from the disk, right after: the client's own
+    # cache files read in one stream with `cat` (kernel caches dropped).
+    if [ "$name" = tessera ]; then
+        drop
+        t0=$(now); find "$work/cache_tessera" -type f -path '*/raw/*' | sort -V | xargs cat >/dev/null; t1=$(now)
+        result[$name,cacheraw]=$(python3 -c "print($size_mib/($t1-$t0))")
+    fi
     result[$name,warm_cpu]=$(python3 -c "print(($c1-$c0)/$clk/($size_mib/1024))")
     mkdir -p "$mnt/small"
+    profile_start "$name small write"
     t0=$(now)
     for i in $(seq "$files"); do cp "$small_src" "$mnt/small/$i"; done
     sync -f "$mnt/small" 2>/dev/null || true
     $settle $((files + 1))
     t1=$(now)
+    profile_stop
     result[$name,swrite]=$(python3 -c "print($files/($t1-$t0))")
     drop
     t0=$(now); cat "$mnt"/small/* >/dev/null; t1=$(now)
@@ -210,7 +232,7 @@ done
     echo "server: $server on $endpoint; file ${size_mib} MiB, ${files} x 128 KiB files"
     echo "reference: tessera objbench GET 4 MiB x16: ${obj_get:-?} MiB/s; iperf3 loopback: ${iperf:-?} MiB/s"
     export RESULTS=$(for k in "${!result[@]}"; do echo "$k=${result[$k]}"; done)
-    export CLIENTS="$only"
+    export CLIENTS="$only" OBJ_GET="${obj_get:-0}"
     python3 - <<'EOF'
 import os
 r = {}
@@ -235,5 +257,17 @@ for label, key, unit in rows:
 for c in ("tessera", "juicefs"):
     if (c, "cold_cpu") in r:
         print(f"{c} client CPU (user+sys) per GB read: cold {r[(c,'cold_cpu')]:.2f} s, warm {r[(c,'warm_cpu')]:.2f} s")
+obj = float(os.environ["OBJ_GET"])
+if ("tessera", "cold") in r and obj:
+    print(f"tessera cold read / objbench GET: {r[('tessera', 'cold')] / obj:.0%}")
+refs = []
+if ("tessera", "cacheraw") in r:
+    refs.append((f"its cache files read with cat ({r[('tessera', 'cacheraw')]:.0f} MiB/s)", r[("tessera", "cacheraw")]))
+if ("local", "warm") in r:
+    refs.append((f"the local column ({r[('local', 'warm')]:.0f} MiB/s)", r[("local", "warm")]))
+for what, v in refs:
+    if ("tessera", "warm") in r:
+        print(f"tessera warm read / {what}: {r[('tessera', 'warm')] / v:.0%}")
 EOF
 } | tee "$work/table.txt"
+if [ -s "$work/profile.txt" ]; then cat "$work/profile.txt"; fi

@@ -45,7 +45,7 @@ pub fn read(path: &Path) -> std::io::Result<Bytes> {
         }
     }
     // SAFETY: pread wrote `filled` bytes from the start (within capacity).
-    unsafe { buf.set_len(filled.min(size)) };
+    unsafe { buf.assume_init(filled.min(size)) };
     Ok(buf.freeze())
 }
 

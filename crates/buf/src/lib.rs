@@ -20,24 +20,36 @@ use bytes::Bytes;
 pub const ALIGN: usize = 4096;
 
 /// Buffers kept for reuse at most (of any size; blocks are mostly one size).
-const POOL_MAX: usize = 64;
+const POOL_MAX: usize = 32;
 
-/// A free buffer, owned by the pool alone.
-struct Free(NonNull<u8>, Layout);
+/// Room allocated beyond what is asked for, about 1/64 of it: a block and
+/// the same block with its checksum trailer (as the disk cache reads it)
+/// then fit the same recycled buffers.
+fn slack(want: usize) -> usize {
+    (want / 64).next_multiple_of(ALIGN)
+}
+
+/// A free buffer, owned by the pool alone, with how many of its leading
+/// bytes were ever written (initialised).
+struct Free(NonNull<u8>, Layout, usize);
 // SAFETY: a pooled buffer is plain memory no one else points into.
 unsafe impl Send for Free {}
 
 static POOL: Mutex<Vec<Free>> = Mutex::new(Vec::new());
 
 /// A page-aligned buffer, fresh or recycled. Fill it through
-/// [`AlignedBuf::copy_of`] or through [`AlignedBuf::as_mut_ptr`] and
-/// [`AlignedBuf::set_len`], then [`AlignedBuf::freeze`] it into `Bytes`;
-/// when the last `Bytes` is dropped the memory goes back to the pool.
+/// [`AlignedBuf::copy_of`], [`AlignedBuf::writable`] (a `Read::read`
+/// target) or [`AlignedBuf::as_mut_ptr`] (a `pread`), then
+/// [`AlignedBuf::freeze`] it into `Bytes`; when the last `Bytes` is dropped
+/// the memory goes back to the pool.
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     layout: Layout,
-    /// Bytes written so far (the only ones ever read).
+    /// Bytes that make up the contents.
     len: usize,
+    /// Leading bytes ever written (by us or an earlier user of the memory):
+    /// only these may be borrowed as `&[u8]`.
+    init: usize,
 }
 
 // SAFETY: the buffer is uniquely owned memory; once frozen it is only read.
@@ -45,28 +57,38 @@ unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
-    /// An empty buffer with room for at least `capacity` bytes (rounded up
-    /// to whole pages). Its memory is not cleared: nothing is read from it
-    /// before it is written.
+    /// An empty buffer with room for at least `capacity` bytes (whole
+    /// pages, a little more for a fresh one: see `slack`). Its memory is
+    /// not cleared: nothing is read from it before it is written.
     pub fn with_capacity(capacity: usize) -> std::io::Result<Self> {
-        let cap = capacity.next_multiple_of(ALIGN).max(ALIGN);
-        let layout = Layout::from_size_align(cap, ALIGN)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let want = capacity.next_multiple_of(ALIGN).max(ALIGN);
+        let most = want + 2 * slack(want);
         let recycled = POOL.lock().ok().and_then(|mut pool| {
-            let i = pool.iter().position(|f| f.1 == layout)?;
-            Some(pool.swap_remove(i).0)
+            let i = pool
+                .iter()
+                .position(|f| (want..=most).contains(&f.1.size()))?;
+            let f = pool.swap_remove(i);
+            Some((f.0, f.1, f.2))
         });
-        let ptr = match recycled {
+        let (ptr, layout, init) = match recycled {
             Some(p) => p,
-            // SAFETY: the layout has a non-zero size (cap >= ALIGN).
-            None => NonNull::new(unsafe { std::alloc::alloc(layout) })
-                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?,
+            None => Self::fresh(want + slack(want))?,
         };
         Ok(Self {
             ptr,
             layout,
             len: 0,
+            init,
         })
+    }
+
+    fn fresh(cap: usize) -> std::io::Result<(NonNull<u8>, Layout, usize)> {
+        let layout = Layout::from_size_align(cap, ALIGN)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: the layout has a non-zero size (cap >= ALIGN).
+        let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) })
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
+        Ok((ptr, layout, 0))
     }
 
     /// A copy of `data` (one slice or a rope of chunks) in an aligned buffer.
@@ -88,6 +110,7 @@ impl AlignedBuf {
             let n = chunk.len();
             data.advance(n);
         }
+        buf.init = buf.init.max(buf.len);
         Ok(buf)
     }
 
@@ -109,14 +132,36 @@ impl AlignedBuf {
         self.ptr.as_ptr()
     }
 
-    /// Declare the first `len` bytes written.
+    /// Declare the first `len` bytes written through [`Self::as_mut_ptr`].
     ///
     /// # Safety
-    /// `len <= capacity()` and every byte below `len` has been written
-    /// through [`Self::as_mut_ptr`] (or by `copy_of`).
-    pub unsafe fn set_len(&mut self, len: usize) {
+    /// `len <= capacity()` and every byte below `len` has been written.
+    pub unsafe fn assume_init(&mut self, len: usize) {
         debug_assert!(len <= self.capacity());
         self.len = len;
+        self.init = self.init.max(len);
+    }
+
+    /// The first `upto` bytes (at most the capacity) to write into, say
+    /// with `Read::read`. Memory never written before is zeroed first —
+    /// once in a buffer's life, not once per block, as buffers are reused.
+    pub fn writable(&mut self, upto: usize) -> &mut [u8] {
+        let upto = upto.min(self.capacity());
+        if upto > self.init {
+            // SAFETY: `init..upto` lies within the allocation.
+            unsafe {
+                std::ptr::write_bytes(self.ptr.as_ptr().add(self.init), 0, upto - self.init);
+            }
+            self.init = upto;
+        }
+        // SAFETY: the first `upto` bytes are initialised (above).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), upto) }
+    }
+
+    /// Make the first `len` bytes the contents (at most what was ever
+    /// written: see [`Self::writable`]).
+    pub fn set_len(&mut self, len: usize) {
+        self.len = len.min(self.init);
     }
 
     pub fn freeze(self) -> Bytes {
@@ -135,7 +180,7 @@ impl Drop for AlignedBuf {
     fn drop(&mut self) {
         if let Ok(mut pool) = POOL.lock() {
             if pool.len() < POOL_MAX {
-                pool.push(Free(self.ptr, self.layout));
+                pool.push(Free(self.ptr, self.layout, self.init));
                 return;
             }
         }
@@ -158,7 +203,7 @@ mod tests {
     fn buffers_are_aligned_and_recycled() {
         let a = AlignedBuf::copy_of(&[7u8; 10_000][..]).expect("alloc");
         assert_eq!(a.len(), 10_000);
-        assert_eq!(a.capacity(), 12_288);
+        assert!(a.capacity() >= 10_000 && a.capacity() % ALIGN == 0);
         let b = a.freeze();
         assert!(is_aligned(&b));
         assert!(b.iter().all(|&x| x == 7));
@@ -179,6 +224,33 @@ mod tests {
         assert!(is_aligned(&b));
         let empty = AlignedBuf::with_capacity(0).expect("alloc");
         assert!(empty.is_empty());
-        assert_eq!(empty.capacity(), ALIGN);
+        assert!(empty.capacity() >= ALIGN);
+    }
+
+    #[test]
+    fn a_block_and_the_block_with_its_trailer_share_buffers() {
+        let block = 4 << 20;
+        let a = AlignedBuf::with_capacity(block).expect("alloc");
+        let addr = a.ptr.as_ptr() as usize;
+        drop(a);
+        let b = AlignedBuf::with_capacity(block + 520).expect("alloc");
+        assert_eq!(b.ptr.as_ptr() as usize, addr, "reused for the larger read");
+        drop(b);
+        let c = AlignedBuf::with_capacity(block).expect("alloc");
+        assert_eq!(c.ptr.as_ptr() as usize, addr, "and back");
+    }
+
+    #[test]
+    fn never_written_memory_is_zeroed_before_it_is_lent() {
+        // A size no other test uses, so the buffer is fresh.
+        let mut b = AlignedBuf::with_capacity(40_000).expect("alloc");
+        let w = b.writable(30_000);
+        assert!(w.iter().all(|&x| x == 0));
+        w[..3].copy_from_slice(b"abc");
+        // The length cannot claim more than was ever written.
+        b.set_len(1 << 20);
+        assert_eq!(b.len(), 30_000);
+        b.set_len(3);
+        assert_eq!(&b.freeze()[..], b"abc");
     }
 }

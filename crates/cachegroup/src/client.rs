@@ -202,7 +202,7 @@ impl Peers {
                     }
                 }
                 Ok(match reply {
-                    Reply::Data(d) => Answer::Data(Bytes::from(d)),
+                    Reply::Data(d) => Answer::Data(d),
                     Reply::Missing => Answer::Missing,
                     Reply::Done => Answer::Done,
                 })

@@ -18,6 +18,7 @@
 
 use std::io::{self, Read, Write};
 
+use bytes::Bytes;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -264,7 +265,7 @@ pub fn write_failed(w: &mut impl Write, why: &str) -> Result<()> {
 /// A reply as the client reads it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply {
-    Data(Vec<u8>),
+    Data(Bytes),
     Missing,
     Done,
 }
@@ -301,25 +302,34 @@ pub fn read_reply(
     let pieces = len.div_ceil(PIECE);
     let mut raw = vec![0u8; 4 * pieces];
     r.read_exact(&mut raw)?;
-    // Read into spare capacity (no zeroing pass over the block first).
-    let mut data = Vec::with_capacity(len);
-    while data.len() < len {
+    // Straight into a recycled page-aligned buffer: reads this large skip
+    // the connection's BufReader, so the bytes are copied once, from the
+    // socket, into memory that is not faulted in afresh for every block.
+    let mut buf = tessera_buf::AlignedBuf::with_capacity(len)?;
+    let dest = buf.writable(len);
+    let mut filled = 0;
+    while filled < len {
         deadline_check()?;
-        let want = (len - data.len()).min(1 << 20) as u64;
-        let got = r.by_ref().take(want).read_to_end(&mut data)?;
-        if got == 0 {
-            return Err(ProtoError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the peer closed the connection mid-block",
-            )));
+        match r.read(&mut dest[filled..]) {
+            Ok(0) => {
+                return Err(ProtoError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the connection mid-block",
+                )))
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
         }
     }
-    for (i, piece) in data.chunks(PIECE).enumerate() {
+    for (i, piece) in dest.chunks(PIECE).enumerate() {
         let want = u32::from_le_bytes([raw[4 * i], raw[4 * i + 1], raw[4 * i + 2], raw[4 * i + 3]]);
         if crc32c::crc32c(piece) != want {
             return Err(ProtoError::Checksum(i));
         }
     }
+    buf.set_len(len);
+    let data = buf.freeze();
     Ok(Reply::Data(data))
 }
 
@@ -365,7 +375,7 @@ mod tests {
         let ok = || Ok(());
         assert_eq!(
             read_reply(&mut &reply[..], 100_000, ok).expect("reply"),
-            Reply::Data(data.clone())
+            Reply::Data(Bytes::from(data.clone()))
         );
         let flip = reply.len() - 40_000;
         reply[flip] ^= 1;
