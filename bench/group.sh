@@ -14,21 +14,28 @@
 #
 # and the members' CPU seconds per GB served during 2 and 3 (from /proc).
 #
-#   bench/group.sh [--size-mib 4096]
+#   bench/group.sh [--size-mib 4096] [--threads 16] [--profile]
+#
+# --profile: a system-wide perf sample of each pass, summarised after the
+# table (CPU share by thread, hottest functions).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/bench/lib.sh"
 size_mib=4096
+threads=16
 while [ $# -gt 0 ]; do
     case $1 in
         --size-mib) size_mib=$2; shift 2 ;;
-        *) echo "usage: $0 [--size-mib N]" >&2; exit 2 ;;
+        --threads) threads=$2; shift 2 ;;
+        --profile) PROFILE=1; shift ;;
+        *) echo "usage: $0 [--size-mib N] [--threads N] [--profile]" >&2; exit 2 ;;
     esac
 done
 [ "$(id -u)" = 0 ] || { echo "run as root: kernel caches are dropped between reads" >&2; exit 1; }
 need_rustfs
 need=()
 command -v iperf3 >/dev/null || need+=(iperf3)
+if [ -n "${PROFILE:-}" ]; then command -v perf >/dev/null || need+=(linux-perf); fi
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -76,12 +83,16 @@ iperf_gbs=$(iperf3 -c 127.0.0.1 -p "$iport" -P 3 -t 5 -J | python3 -c 'import js
 log "group vs object storage, no FUSE"
 drop
 m0=$(ticks "${members[@]}")
-"$tessera" cache-group bench "$meta" bench /model.bin --threads 16 --group-only | tee "$work/gbench.out" >&2
+profile_start "group, block client, members read their disks"
+"$tessera" cache-group bench "$meta" bench /model.bin --threads "$threads" --group-only | tee "$work/gbench.out" >&2
+profile_stop
 m1=$(ticks "${members[@]}")
 log "again, the blocks now in the members' page cache"
-"$tessera" cache-group bench "$meta" bench /model.bin --threads 16 --group-only | tee "$work/gbench_hot.out" >&2
+profile_start "group, block client, blocks in the members' page cache"
+"$tessera" cache-group bench "$meta" bench /model.bin --threads "$threads" --group-only | tee "$work/gbench_hot.out" >&2
+profile_stop
 m2=$(ticks "${members[@]}")
-"$tessera" cache-group bench "$meta" bench /model.bin --threads 16 | tee "$work/gbench2.out" >&2
+"$tessera" cache-group bench "$meta" bench /model.bin --threads "$threads" | tee "$work/gbench2.out" >&2
 gb=$(calc "$size_mib * 1048576 / 1e9")
 member_cpu=$(calc "($m1 - $m0) / $clk / $gb")
 member_cpu_hot=$(calc "($m2 - $m1) / $clk / $gb")
@@ -91,9 +102,11 @@ drop
 m0=$(ticks "${members[@]}")
 client_pid=$(pgrep -f "tessera mount $meta $work/client")
 c0=$(ticks "$client_pid")
+profile_start "group through the FUSE mount (dd)"
 t0=$(now)
 dd if="$work/client/model.bin" of=/dev/null bs=4M status=none
 t1=$(now)
+profile_stop
 c1=$(ticks "$client_pid")
 m1=$(ticks "${members[@]}")
 fuse_gbs=$(calc "$gb / ($t1 - $t0)")
@@ -108,10 +121,11 @@ hot_gbs=$(sed -E 's/.*: ([0-9.]+) GB\/s.*/\1/' <<<"$hot_line")
 printf '\nCache group: %s MiB file, 3 members on 127.0.0.2-4, one client, rustfs on loopback\n' "$size_mib"
 printf '| path | GB/s | vs iperf3 |\n|---|---:|---:|\n'
 printf '| iperf3 loopback, 3 streams | %.2f | 1.00 |\n' "$iperf_gbs"
-printf '| group, block client (16 in flight), members read their disks | %.2f | %.2f |\n' "$group_gbs" "$(calc "$group_gbs/$iperf_gbs")"
+printf '| group, block client (%s in flight), members read their disks | %.2f | %.2f |\n' "$threads" "$group_gbs" "$(calc "$group_gbs/$iperf_gbs")"
 printf '| group, block client, blocks in the members'"'"' page cache | %.2f | %.2f |\n' "$hot_gbs" "$(calc "$hot_gbs/$iperf_gbs")"
 printf '| group, through FUSE (dd) | %.2f | %.2f |\n' "$fuse_gbs" "$(calc "$fuse_gbs/$iperf_gbs")"
 printf '\n%s\n%s\n%s\n' "$group_line" "$hot_line" "$object_line"
 printf 'members: %.3f CPU s per GB served (block client), %.3f (page cache warm), %.3f (FUSE read)\n' \
     "$member_cpu" "$member_cpu_hot" "$fuse_member_cpu"
 printf 'client mount: %.3f CPU s per GB read through FUSE\n' "$fuse_client_cpu"
+if [ -s "$work/profile.txt" ]; then cat "$work/profile.txt"; fi

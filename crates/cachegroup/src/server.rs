@@ -26,7 +26,9 @@ use crate::tls::{Stream, Tls};
 
 /// A block as a member holds it.
 pub enum Held {
-    Memory(Bytes),
+    /// A block in memory, with its piece CRCs when the disk cache holds
+    /// them too (read from the file's trailer rather than computed again).
+    Memory { data: Bytes, sums: Option<Vec<u32>> },
     /// A disk cache file: the data is its first `len` bytes; `sums` are the
     /// CRCs stored in its trailer.
     File {
@@ -207,7 +209,7 @@ fn answer(
                 None => {
                     metrics.group_misses.inc();
                     match source.fetch(&req.key, req.len) {
-                        Ok(b) => Held::Memory(b),
+                        Ok(data) => Held::Memory { data, sums: None },
                         Err(why) => return proto::write_failed(conn, &why),
                     }
                 }
@@ -222,13 +224,14 @@ fn answer(
 
 fn send(conn: &mut Stream, held: Held, want: u64, metrics: &Metrics) -> Result<(), ProtoError> {
     match held {
-        Held::Memory(b) => {
-            if b.len() as u64 != want {
+        Held::Memory { data, sums } => {
+            if data.len() as u64 != want {
                 return proto::write_failed(conn, "cached block has another length");
             }
-            proto::write_data_header(conn, b.len(), &proto::sums_of(&b))?;
-            conn.write_all(&b)?;
-            metrics.group_served_bytes.inc_by(b.len() as u64);
+            let sums = sums.unwrap_or_else(|| proto::sums_of(&data));
+            proto::write_data_header(conn, data.len(), &sums)?;
+            conn.write_all(&data)?;
+            metrics.group_served_bytes.inc_by(data.len() as u64);
         }
         Held::File { file, len, sums } => {
             if len as u64 != want {

@@ -160,8 +160,12 @@ pub struct Serving(pub Arc<ChunkStore>);
 
 impl BlockSource for Serving {
     fn held(&self, key: &str) -> Option<Held> {
-        if let Some(b) = self.0.mem.get(key) {
-            return Some(Held::Memory(b));
+        if let Some(data) = self.0.mem.get(key) {
+            // The trailer of the disk copy (one small read) spares
+            // checksumming the whole block again.
+            let sums = self.0.disk.as_ref().and_then(|d| d.open_sealed(key));
+            let sums = sums.filter(|s| s.1 == data.len()).map(|s| s.2);
+            return Some(Held::Memory { data, sums });
         }
         let (file, len, sums) = self.0.disk.as_ref()?.open_sealed(key)?;
         Some(Held::File { file, len, sums })
