@@ -13,6 +13,14 @@
 # and Tessera's client CPU seconds per GB read.
 #
 #   bench/peers.sh [--size-mib 2048] [--files 2000] [--only tessera,juicefs,...] [--profile]
+#                  [--rounds N]
+#
+# --reverse takes the clients in the opposite order.
+# --rounds N runs the whole comparison N times from scratch (every other
+# round reversed) and then prints
+# the median of every cell and of every per-run ratio (each ratio is still
+# taken within one run): this machine is shared and one run can be off by
+# a fifth.
 #
 # --profile samples the whole machine with `perf` during every phase and
 # prints, per client and phase, the share of CPU samples each process took
@@ -29,15 +37,36 @@ source "$root/bench/lib.sh"
 size_mib=2048
 files=2000
 only="tessera,juicefs,s3fs,rclone,local"
+rounds=1
+reverse=
+passed=()
 while [ $# -gt 0 ]; do
+    case $1 in --rounds) rounds=$2; shift 2; continue ;; esac
+    passed+=("$1")
+    case $1 in --size-mib|--files|--only) passed+=("$2") ;; esac
     case $1 in
         --size-mib) size_mib=$2; shift 2 ;;
         --files) files=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
         --profile) PROFILE=1; shift ;;
-        *) echo "usage: $0 [--size-mib N] [--files N] [--only a,b,...] [--profile]" >&2; exit 2 ;;
+        --reverse) reverse=1; shift ;;
+        *) echo "usage: $0 [--size-mib N] [--files N] [--only a,b,...] [--profile] [--rounds N] [--reverse]" >&2; exit 2 ;;
     esac
 done
+if [ "$rounds" -gt 1 ]; then
+    tables=$(mktemp -d /var/tmp/tessera-peers-rounds.XXXXXX)
+    for r in $(seq "$rounds"); do
+        printf '\n== round %s of %s\n' "$r" "$rounds" >&2
+        # Every other round takes the clients in reverse order.
+        flip=()
+        if [ $((r % 2)) -eq 0 ]; then flip=(--reverse); fi
+        "$0" "${passed[@]}" "${flip[@]}" | tee "$tables/$r.txt"
+    done
+    printf '\n== median of %s rounds (each ratio taken within its own run)\n' "$rounds"
+    python3 "$root/bench/median.py" "$tables"/*.txt
+    rm -rf "$tables"
+    exit 0
+fi
 [ "$(id -u)" = 0 ] || { echo "run as root: kernel caches are dropped between phases" >&2; exit 1; }
 
 cache_root=${TESSERA_BENCH_CACHE:-$HOME/.cache/tessera-bench}
@@ -95,67 +124,107 @@ declare -A result
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user+sys ticks
 clk=$(getconf CLK_TCK)
 
-# Write timings end when the data is in the object store: clients that
-# upload after close (rclone) are waited for by their settle function.
-# run_client NAME MOUNTPOINT MOUNT_FN UNMOUNT_FN WIPE_FN [PID_FN]
-run_client() {
-    local name=$1 mnt=$2 mount_fn=$3 umount_fn=$4 wipe_fn=$5 pid_fn=${6:-}
-    local settle=${name}_settle
-    log "$name"
-    $mount_fn
-    local t0 t1
+# Phases run one after another, each for every client back to back (write
+# for all, then cold read for all, ...), so that the figures compared in a
+# row are taken within a minute or two of each other: this machine's disk
+# and CPU drift over a run. Write timings end when the data is in the object
+# store: clients that upload after close (rclone) are waited for by their
+# settle function. Each client NAME has NAME_mount, NAME_umount, NAME_wipe,
+# NAME_settle and, where its CPU is counted, NAME_pid.
+mnt_of() { if [ "$1" = local ]; then echo "$work/local"; else echo "$work/mnt_$1"; fi; }
+pid_of() { if declare -F "$1_pid" >/dev/null; then "$1_pid"; fi; }
+cpu_ticks() { local p; p=$(pid_of "$1"); if [ -n "$p" ]; then cpu_of "$p"; else echo 0; fi; }
+
+phase_write() {
+    local name=$1 mnt t0 t1
+    mnt=$(mnt_of "$name")
     profile_start "$name seq write"
-    t0=$(now); dd if="$src" of="$mnt/big" bs=1M conv=fsync status=none; $settle 1; t1=$(now)
+    t0=$(now); dd if="$src" of="$mnt/big" bs=1M conv=fsync status=none; "${name}_settle" 1; t1=$(now)
     profile_stop
     result[$name,write]=$(python3 -c "print($size_mib/($t1-$t0))")
-    $umount_fn; $wipe_fn; $mount_fn; drop
-    local c0=0 c1=0
-    [ -n "$pid_fn" ] && c0=$(cpu_of "$($pid_fn)")
+}
+
+# Cold: the client remounted with its local cache wiped, kernel caches dropped.
+phase_cold() {
+    local name=$1 mnt t0 t1 c0 c1
+    mnt=$(mnt_of "$name")
+    "${name}_umount"; "${name}_wipe"; "${name}_mount"; drop
+    c0=$(cpu_ticks "$name")
     profile_start "$name seq read cold"
     t0=$(now); dd if="$mnt/big" of=/dev/null bs=1M status=none; t1=$(now)
     profile_stop
-    [ -n "$pid_fn" ] && c1=$(cpu_of "$($pid_fn)")
+    c1=$(cpu_ticks "$name")
     result[$name,cold]=$(python3 -c "print($size_mib/($t1-$t0))")
     result[$name,cold_cpu]=$(python3 -c "print(($c1-$c0)/$clk/($size_mib/1024))")
-    sleep 2 # let asynchronous cache writes land
+}
+
+# Warm: the second read on the same mount, kernel caches dropped.
+phase_warm() {
+    local name=$1 mnt t0 t1 c0 c1
+    mnt=$(mnt_of "$name")
     drop
-    [ -n "$pid_fn" ] && c0=$(cpu_of "$($pid_fn)")
+    c0=$(cpu_ticks "$name")
     profile_start "$name seq read warm"
     t0=$(now); dd if="$mnt/big" of=/dev/null bs=1M status=none; t1=$(now)
     profile_stop
-    [ -n "$pid_fn" ] && c1=$(cpu_of "$($pid_fn)")
+    c1=$(cpu_ticks "$name")
     result[$name,warm]=$(python3 -c "print($size_mib/($t1-$t0))")
+    result[$name,warm_cpu]=$(python3 -c "print(($c1-$c0)/$clk/($size_mib/1024))")
     # The same bytes straight from the disk, right after: the client's own
     # cache files read in one stream with `cat` (kernel caches dropped).
     if [ "$name" = tessera ]; then
         drop
-        t0=$(now); find "$work/cache_tessera" -type f -path '*/raw/*' | sort -V | xargs cat >/dev/null; t1=$(now)
-        result[$name,cacheraw]=$(python3 -c "print($size_mib/($t1-$t0))")
+        local cached
+        cached=$(find "$work/cache_tessera" -type f -path '*/raw/*' | sort -V)
+        if [ -n "$cached" ]; then
+            t0=$(now); xargs cat <<<"$cached" >/dev/null; t1=$(now)
+            result[$name,cacheraw]=$(python3 -c "print($size_mib/($t1-$t0))")
+        else
+            echo "tessera's disk cache is empty after the warm read" >&2
+        fi
     fi
-    result[$name,warm_cpu]=$(python3 -c "print(($c1-$c0)/$clk/($size_mib/1024))")
+}
+
+phase_swrite() {
+    local name=$1 mnt t0 t1 i
+    mnt=$(mnt_of "$name")
     mkdir -p "$mnt/small"
     profile_start "$name small write"
     t0=$(now)
     for i in $(seq "$files"); do cp "$small_src" "$mnt/small/$i"; done
     sync -f "$mnt/small" 2>/dev/null || true
-    $settle $((files + 1))
+    "${name}_settle" $((files + 1))
     t1=$(now)
     profile_stop
     result[$name,swrite]=$(python3 -c "print($files/($t1-$t0))")
+}
+
+phase_sread() {
+    local name=$1 mnt t0 t1
+    mnt=$(mnt_of "$name")
     drop
     t0=$(now); cat "$mnt"/small/* >/dev/null; t1=$(now)
     result[$name,sread]=$(python3 -c "print($files/($t1-$t0))")
+}
+
+phase_stat() {
+    local name=$1 mnt t0 t1
+    mnt=$(mnt_of "$name")
     drop
     t0=$(now); stat "$mnt"/small/* >/dev/null; t1=$(now)
     result[$name,stat]=$(python3 -c "print($files/($t1-$t0))")
-    $umount_fn
 }
 
 # ---- clients ------------------------------------------------------------------------------
+# Tessera and JuiceFS stop caching when the cache disk's available space
+# falls under --free-space-ratio (0.1 by default in both). With every
+# client's data on this machine's one disk at once, and a file system that
+# reports far less available than free, both would stop caching half way:
+# both get 0.02 here.
 mkdir -p "$work"/{mnt_tessera,mnt_juicefs,mnt_s3fs,mnt_rclone,local}
 tessera_mount() {
     "$tessera" mount "sqlite://$work/tessera.db" "$work/mnt_tessera" -d --log "$work/tessera.log" \
-        --cache-dir "$work/cache_tessera" --metrics none >/dev/null
+        --cache-dir "$work/cache_tessera" --metrics none --free-space-ratio 0.02 >/dev/null
     mounts+=("$work/mnt_tessera")
 }
 tessera_umount() { "$tessera" umount "$work/mnt_tessera"; }
@@ -164,7 +233,7 @@ tessera_pid() { pgrep -f "tessera mount sqlite://$work/tessera.db" | head -1; }
 
 juicefs_mount() {
     "$juicefs" mount -d "sqlite3://$work/juicefs.db" "$work/mnt_juicefs" --cache-dir "$work/cache_juicefs" \
-        --cache-size 102400 --log "$work/juicefs.log" >/dev/null 2>&1
+        --cache-size 102400 --free-space-ratio 0.02 --log "$work/juicefs.log" >/dev/null 2>&1
     mounts+=("$work/mnt_juicefs")
 }
 juicefs_pid() { pgrep -n -f "juicefs mount -d sqlite3://$work/juicefs.db" | head -1; }
@@ -218,14 +287,22 @@ iperf=$(iperf3 -c 127.0.0.1 -p 5299 -t 3 -f M 2>/dev/null | awk '/receiver/ {pri
 IFS=, read -r -a clients <<<"$only"
 for c in "${clients[@]}"; do
     case $c in
-        tessera) run_client tessera "$work/mnt_tessera" tessera_mount tessera_umount tessera_wipe tessera_pid ;;
-        juicefs) run_client juicefs "$work/mnt_juicefs" juicefs_mount juicefs_umount juicefs_wipe juicefs_pid ;;
-        s3fs) run_client s3fs "$work/mnt_s3fs" s3fs_mount s3fs_umount s3fs_wipe ;;
-        rclone) run_client rclone "$work/mnt_rclone" rclone_mount rclone_umount rclone_wipe ;;
-        local) run_client local "$work/local" local_mount local_umount local_wipe ;;
+        tessera | juicefs | s3fs | rclone | local) ;;
         *) echo "unknown client $c" >&2; exit 2 ;;
     esac
 done
+order=("${clients[@]}")
+if [ -n "$reverse" ]; then
+    order=()
+    for ((i = ${#clients[@]} - 1; i >= 0; i--)); do order+=("${clients[$i]}"); done
+fi
+log "clients in this order: ${order[*]}"
+for c in "${order[@]}"; do "${c}_mount"; done
+for phase in write cold warm swrite sread stat; do
+    log "phase: $phase"
+    for c in "${order[@]}"; do "phase_$phase" "$c"; done
+done
+for c in "${order[@]}"; do "${c}_umount"; done
 
 # ---- the table --------------------------------------------------------------------------------
 {
@@ -257,6 +334,9 @@ for label, key, unit in rows:
 for c in ("tessera", "juicefs"):
     if (c, "cold_cpu") in r:
         print(f"{c} client CPU (user+sys) per GB read: cold {r[(c,'cold_cpu')]:.2f} s, warm {r[(c,'warm_cpu')]:.2f} s")
+for key, label in (("swrite", "small write"), ("sread", "small read")):
+    if ("tessera", key) in r and ("juicefs", key) in r:
+        print(f"tessera {label} / juicefs: {r[('tessera', key)] / r[('juicefs', key)]:.2f}x")
 obj = float(os.environ["OBJ_GET"])
 if ("tessera", "cold") in r and obj:
     print(f"tessera cold read / objbench GET: {r[('tessera', 'cold')] / obj:.0%}")

@@ -19,8 +19,12 @@ use bytes::Bytes;
 /// Linux file system that supports it.
 pub const ALIGN: usize = 4096;
 
-/// Buffers kept for reuse at most (of any size; blocks are mostly one size).
+/// Buffers kept for reuse at most (blocks are mostly one size).
 const POOL_MAX: usize = 32;
+
+/// Smaller buffers are not pooled: the allocator keeps and reuses memory
+/// of that size by itself, and they would crowd out the block-sized ones.
+const POOL_MIN: usize = 1 << 20;
 
 /// Room allocated beyond what is asked for, about 1/64 of it: a block and
 /// the same block with its checksum trailer (as the disk cache reads it)
@@ -63,7 +67,8 @@ impl AlignedBuf {
     pub fn with_capacity(capacity: usize) -> std::io::Result<Self> {
         let want = capacity.next_multiple_of(ALIGN).max(ALIGN);
         let most = want + 2 * slack(want);
-        let recycled = POOL.lock().ok().and_then(|mut pool| {
+        let pooled = want >= POOL_MIN;
+        let recycled = pooled.then(|| POOL.lock().ok()).flatten().and_then(|mut pool| {
             let i = pool
                 .iter()
                 .position(|f| (want..=most).contains(&f.1.size()))?;
@@ -178,13 +183,18 @@ impl AsRef<[u8]> for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if self.layout.size() < POOL_MIN {
+            // SAFETY: allocated in `fresh` with this very layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+            return;
+        }
         if let Ok(mut pool) = POOL.lock() {
             if pool.len() < POOL_MAX {
                 pool.push(Free(self.ptr, self.layout, self.init));
                 return;
             }
         }
-        // SAFETY: allocated in `new` with this very layout.
+        // SAFETY: allocated in `fresh` with this very layout.
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }
 }
@@ -201,18 +211,22 @@ mod tests {
 
     #[test]
     fn buffers_are_aligned_and_recycled() {
-        let a = AlignedBuf::copy_of(&[7u8; 10_000][..]).expect("alloc");
-        assert_eq!(a.len(), 10_000);
-        assert!(a.capacity() >= 10_000 && a.capacity() % ALIGN == 0);
+        let data = vec![7u8; 2 << 20];
+        let a = AlignedBuf::copy_of(&data[..]).expect("alloc");
+        assert_eq!(a.len(), 2 << 20);
+        assert!(a.capacity() >= 2 << 20 && a.capacity() % ALIGN == 0);
         let b = a.freeze();
         assert!(is_aligned(&b));
         assert!(b.iter().all(|&x| x == 7));
         let addr = b.as_ptr() as usize;
         drop(b);
-        // The same size comes back from the pool, empty.
-        let again = AlignedBuf::with_capacity(9_000).expect("alloc");
+        // A block-sized buffer comes back from the pool, empty.
+        let again = AlignedBuf::with_capacity((2 << 20) - 5000).expect("alloc");
         assert_eq!(again.as_ref().as_ptr() as usize, addr);
         assert!(again.is_empty());
+        // Small ones are left to the allocator, but aligned all the same.
+        let small = AlignedBuf::copy_of(&[1u8; 10_000][..]).expect("alloc");
+        assert!(is_aligned(small.as_ref()) && small.capacity() >= 10_000);
     }
 
     #[test]
