@@ -67,14 +67,18 @@ impl AlignedBuf {
     pub fn with_capacity(capacity: usize) -> std::io::Result<Self> {
         let want = capacity.next_multiple_of(ALIGN).max(ALIGN);
         let most = want + 2 * slack(want);
-        let pooled = want >= POOL_MIN;
-        let recycled = pooled.then(|| POOL.lock().ok()).flatten().and_then(|mut pool| {
-            let i = pool
-                .iter()
-                .position(|f| (want..=most).contains(&f.1.size()))?;
-            let f = pool.swap_remove(i);
-            Some((f.0, f.1, f.2))
-        });
+        // Only buffers of POOL_MIN or more are ever pooled (see Drop).
+        let pooled = most >= POOL_MIN;
+        let recycled = pooled
+            .then(|| POOL.lock().ok())
+            .flatten()
+            .and_then(|mut pool| {
+                let i = pool
+                    .iter()
+                    .position(|f| (want..=most).contains(&f.1.size()))?;
+                let f = pool.swap_remove(i);
+                Some((f.0, f.1, f.2))
+            });
         let (ptr, layout, init) = match recycled {
             Some(p) => p,
             None => Self::fresh(want + slack(want))?,
@@ -176,7 +180,7 @@ impl AlignedBuf {
 
 impl AsRef<[u8]> for AlignedBuf {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: as in `as_mut_slice`.
+        // SAFETY: `len <= init`: every byte read was written.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
