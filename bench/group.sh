@@ -6,7 +6,7 @@
 #
 #   1. iperf3 on loopback, 3 streams: the network ceiling of this machine;
 #   2. `tessera cache-group bench`: every block of the file from its owner
-#      (16 in flight, no FUSE), members reading their disks (kernel caches
+#      (6 in flight, no FUSE), members reading their disks (kernel caches
 #      dropped), then again with the blocks in the members' page cache (the
 #      network and CPU alone), then the same blocks from object storage —
 #      GB/s, client CPU seconds per GB, and the ratio;
@@ -14,15 +14,18 @@
 #
 # and the members' CPU seconds per GB served during 2 and 3 (from /proc).
 #
-#   bench/group.sh [--size-mib 4096] [--threads 16] [--profile]
+#   bench/group.sh [--size-mib 4096] [--threads 6] [--profile]
 #
+# --threads: requests in flight in the block client. Two per member (6)
+# moved more than 16 or 32 on this 2-core machine (5.16-5.44 GB/s against
+# 4.96-5.34 from the members' page cache): fewer threads to wake.
 # --profile: a system-wide perf sample of each pass, summarised after the
 # table (CPU share by thread, hottest functions).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/bench/lib.sh"
 size_mib=4096
-threads=16
+threads=6
 while [ $# -gt 0 ]; do
     case $1 in
         --size-mib) size_mib=$2; shift 2 ;;
