@@ -13,14 +13,13 @@
 # and Tessera's client CPU seconds per GB read.
 #
 #   bench/peers.sh [--size-mib 2048] [--files 2000] [--only tessera,juicefs,...] [--profile]
-#                  [--rounds N]
+#                  [--rounds N] [--reverse]
 #
 # --reverse takes the clients in the opposite order.
 # --rounds N runs the whole comparison N times from scratch (every other
-# round reversed) and then prints
-# the median of every cell and of every per-run ratio (each ratio is still
-# taken within one run): this machine is shared and one run can be off by
-# a fifth.
+# round reversed) and then prints the median of every cell and of every
+# per-run ratio (each ratio is still taken within one run): this machine is
+# shared and one run can be off by a fifth.
 #
 # --profile samples the whole machine with `perf` during every phase and
 # prints, per client and phase, the share of CPU samples each process took
