@@ -23,11 +23,18 @@ pub fn stored_len(len: usize) -> usize {
     len + 4 * pieces(len) + TAIL
 }
 
+/// The CRC32C of each `PIECE` of `data`: what the trailer stores, and
+/// what a cache-group member sends with a block (from the trailer when the
+/// block is on disk), so both use this one piece size.
+pub fn piece_sums(data: &[u8]) -> Vec<u32> {
+    data.chunks(PIECE).map(crc32c::crc32c).collect()
+}
+
 /// The trailer that follows a block's data on disk.
 pub fn trailer(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(stored_len(data.len()) - data.len());
-    for piece in data.chunks(PIECE) {
-        out.extend_from_slice(&crc32c::crc32c(piece).to_le_bytes());
+    for sum in piece_sums(data) {
+        out.extend_from_slice(&sum.to_le_bytes());
     }
     out.extend_from_slice(&(data.len() as u32).to_le_bytes());
     out.extend_from_slice(MAGIC);

@@ -25,8 +25,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 const MAGIC: &[u8; 4] = b"TCG1";
 const NONCE: usize = 16;
 const TAG: usize = 32;
-/// Checksummed piece, as in the disk cache's block files.
-pub const PIECE: usize = 32 << 10;
+/// Checksummed piece: the disk cache's, since a member sends the CRCs of a
+/// block file's trailer as they are.
+pub use tessera_blockcache::checksum::PIECE;
 /// Longest key and largest block a peer may ask for.
 pub const MAX_KEY: usize = 1024;
 pub const MAX_BLOCK: u64 = 64 << 20;
@@ -226,9 +227,7 @@ const DONE: u8 = 2;
 const FAILED: u8 = 3;
 
 /// The CRC32C of each piece of `data`.
-pub fn sums_of(data: &[u8]) -> Vec<u32> {
-    data.chunks(PIECE).map(crc32c::crc32c).collect()
-}
+pub use tessera_blockcache::checksum::piece_sums as sums_of;
 
 /// The header of a data reply; the bytes follow (written by the caller,
 /// perhaps with sendfile).
@@ -304,9 +303,12 @@ pub fn read_reply(
             "{len} bytes where {expected_len} were asked for"
         )));
     }
-    let pieces = len.div_ceil(PIECE);
-    let mut raw = vec![0u8; 4 * pieces];
+    let mut raw = vec![0u8; 4 * len.div_ceil(PIECE)];
     r.read_exact(&mut raw)?;
+    let sums: Vec<u32> = raw
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     // Straight into a recycled page-aligned buffer: reads this large skip
     // the connection's BufReader, so the bytes are copied once, from the
     // socket, into memory that is not faulted in afresh for every block.
@@ -330,21 +332,19 @@ pub fn read_reply(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
         }
+        // Whole pieces received so far (the last one may be short).
         let ready = if filled == len {
             len
         } else {
-            filled / PIECE * PIECE
+            filled - filled % PIECE
         };
-        while checked < ready {
-            let i = checked / PIECE;
-            let end = (checked + PIECE).min(len);
-            let want =
-                u32::from_le_bytes([raw[4 * i], raw[4 * i + 1], raw[4 * i + 2], raw[4 * i + 3]]);
-            if crc32c::crc32c(&dest[checked..end]) != want {
+        for (k, piece) in dest[checked..ready].chunks(PIECE).enumerate() {
+            let i = checked / PIECE + k;
+            if crc32c::crc32c(piece) != sums[i] {
                 return Err(ProtoError::Checksum(i));
             }
-            checked = end;
         }
+        checked = ready;
     }
     buf.set_len(len);
     let data = buf.freeze();
@@ -400,6 +400,28 @@ mod tests {
         assert!(matches!(
             read_reply(&mut &reply[..], 100_000, ok),
             Err(ProtoError::Checksum(1))
+        ));
+        // Delivered a few KiB at a time, pieces are checked as they complete,
+        // the short last one included.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(7_000);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        reply[flip] ^= 1;
+        assert_eq!(
+            read_reply(&mut Trickle(&reply), 100_000, ok).expect("reply"),
+            Reply::Data(Bytes::from(data.clone()))
+        );
+        let last = reply.len() - 10;
+        reply[last] ^= 1;
+        assert!(matches!(
+            read_reply(&mut Trickle(&reply), 100_000, ok),
+            Err(ProtoError::Checksum(3))
         ));
         let mut failed = Vec::new();
         write_failed(&mut failed, "object storage said no").expect("failed");
