@@ -67,11 +67,13 @@ fn disk_cache_survives_restart_and_drops_corrupt_blocks() {
         assert_eq!(stat(&m.path, DISK_BYTES), data.len() as f64);
         m.unmount();
     }
-    // Flip one bit in the middle of the 2 MiB block's file.
+    // Flip one bit in the middle of the 2 MiB block's file. Keys end in
+    // `{slice}_{index}_{length}`; the writer may have cut the 10 MiB into
+    // more than one slice, so the block is found by its length alone.
     let cached = files_under(&vol.cache_dir("mnt"));
     let victim = cached
         .iter()
-        .find(|p| p.to_string_lossy().ends_with(&format!("_2_{}", 2 << 20)))
+        .find(|p| p.to_string_lossy().ends_with(&format!("_{}", 2 << 20)))
         .unwrap_or_else(|| panic!("2 MiB block among {cached:?}"));
     let mut raw = std::fs::read(victim).expect("read cached block");
     raw[1 << 20] ^= 0x40;
