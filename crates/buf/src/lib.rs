@@ -7,7 +7,8 @@
 //! kernel to flush on the cores the reader needs), and a buffer freed by
 //! the memory tier is handed to the next block instead of the allocator
 //! returning it to the kernel, which would fault in and zero fresh pages
-//! for every block.
+//! for every block. Block-sized buffers are their own mappings, in huge
+//! pages where the kernel allows.
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
@@ -63,7 +64,7 @@ unsafe impl Sync for AlignedBuf {}
 impl AlignedBuf {
     /// An empty buffer with room for at least `capacity` bytes (whole
     /// pages, a little more for a fresh one: see `slack`). Its memory is
-    /// not cleared: nothing is read from it before it is written.
+    /// not cleared again: nothing is read from it before it is written.
     pub fn with_capacity(capacity: usize) -> std::io::Result<Self> {
         let want = capacity.next_multiple_of(ALIGN).max(ALIGN);
         let most = want + 2 * slack(want);
@@ -91,9 +92,19 @@ impl AlignedBuf {
         })
     }
 
+    /// A new buffer of `cap` bytes (whole pages) with how many of them are
+    /// known to be written. Block-sized ones are mapped straight from the
+    /// kernel: on a huge-page boundary and asking for huge pages (the
+    /// receive copy, CRC32C and the FUSE reply then walk a block with a
+    /// TLB entry per 2 MiB instead of per 4 KiB, and it faults in twice,
+    /// not a thousand times), and already zeroed by the kernel, so
+    /// [`Self::writable`] does not clear it a second time.
     fn fresh(cap: usize) -> std::io::Result<(NonNull<u8>, Layout, usize)> {
         let layout = Layout::from_size_align(cap, ALIGN)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        if cap >= POOL_MIN {
+            return Ok((map(cap)?, layout, cap));
+        }
         // SAFETY: the layout has a non-zero size (cap >= ALIGN).
         let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) })
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
@@ -198,9 +209,58 @@ impl Drop for AlignedBuf {
                 return;
             }
         }
-        // SAFETY: allocated in `fresh` with this very layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+        unmap(self.ptr, self.layout.size());
     }
+}
+
+/// Huge pages, where the kernel has them for this process (transparent
+/// huge pages in `always` or `madvise` mode).
+const HUGE_PAGE: usize = 2 << 20;
+
+/// `len` bytes (whole pages) of zeroed anonymous memory; from 2 MiB up it
+/// starts on a 2 MiB boundary with huge pages asked for.
+fn map(len: usize) -> std::io::Result<NonNull<u8>> {
+    let extra = if len >= HUGE_PAGE { HUGE_PAGE } else { 0 };
+    // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len + extra,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let base = base as usize;
+    let start = base.next_multiple_of(extra.max(ALIGN));
+    // SAFETY: the head and tail trimmed lie inside the mapping just made
+    // and outside [start, start + len).
+    unsafe {
+        if start > base {
+            libc::munmap(base as *mut libc::c_void, start - base);
+        }
+        let end = start + len;
+        if base + len + extra > end {
+            libc::munmap(end as *mut libc::c_void, base + len + extra - end);
+        }
+        let whole = len / HUGE_PAGE * HUGE_PAGE;
+        if whole > 0 {
+            // A hint: refused (huge pages off), the memory is ordinary pages.
+            libc::madvise(start as *mut libc::c_void, whole, libc::MADV_HUGEPAGE);
+        }
+    }
+    NonNull::new(start as *mut u8)
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))
+}
+
+fn unmap(ptr: NonNull<u8>, len: usize) {
+    // SAFETY: `ptr..ptr + len` is a mapping made by `map` that nothing
+    // refers to any more (its buffer is being dropped).
+    unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
 }
 
 /// Whether `data` starts on a page boundary (so its whole pages can be
