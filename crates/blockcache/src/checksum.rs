@@ -23,11 +23,21 @@ pub fn stored_len(len: usize) -> usize {
     len + 4 * pieces(len) + TAIL
 }
 
+/// CRC32C (Castagnoli), the checksum of every cached piece and of the
+/// blocks peers send. Each read of a cached or received block checks all
+/// of its bytes, so this runs at memory speed on every hit: the folding
+/// implementation (carry-less multiply, 512-bit where the CPU has it)
+/// does a 32 KiB piece about four times faster than the CRC32 instruction
+/// alone.
+pub fn crc32c(data: &[u8]) -> u32 {
+    crc_fast::crc32_iscsi(data)
+}
+
 /// The CRC32C of each `PIECE` of `data`: what the trailer stores, and
 /// what a cache-group member sends with a block (from the trailer when the
 /// block is on disk), so both use this one piece size.
 pub fn piece_sums(data: &[u8]) -> Vec<u32> {
-    data.chunks(PIECE).map(crc32c::crc32c).collect()
+    data.chunks(PIECE).map(crc32c).collect()
 }
 
 /// The trailer that follows a block's data on disk.
@@ -122,7 +132,7 @@ pub fn open_bytes(stored: Bytes) -> Result<Bytes, Damage> {
     for (i, piece) in data.chunks(PIECE).enumerate() {
         let mut want = [0u8; 4];
         want.copy_from_slice(&sums[4 * i..4 * i + 4]);
-        if crc32c::crc32c(piece) != u32::from_le_bytes(want) {
+        if crc32c(piece) != u32::from_le_bytes(want) {
             return Err(Damage::BadChecksum { piece: i });
         }
     }
@@ -132,6 +142,28 @@ pub fn open_bytes(stored: Bytes) -> Result<Bytes, Damage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crc32c_is_castagnoli_and_stable_across_piece_boundaries() {
+        // The catalogue's check value: trailers written by any version
+        // (and peers running one) must agree on every sum.
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(crc32c(b""), 0);
+        // Long inputs take the folding path; a bitwise reference agrees.
+        let data: Vec<u8> = (0..100_003u32).map(|i| (i * 31 + i / 7) as u8).collect();
+        let mut reference = !0u32;
+        for &b in &data {
+            reference ^= u32::from(b);
+            for _ in 0..8 {
+                reference = if reference & 1 == 1 {
+                    (reference >> 1) ^ 0x82f6_3b78
+                } else {
+                    reference >> 1
+                };
+            }
+        }
+        assert_eq!(crc32c(&data), !reference);
+    }
 
     #[test]
     fn round_trips_and_catches_flipped_bits() {

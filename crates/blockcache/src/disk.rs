@@ -237,7 +237,7 @@ impl DiskCache {
     }
 
     fn dir_of(&self, key: &str) -> usize {
-        crc32c::crc32c(key.as_bytes()) as usize % self.roots.len()
+        checksum::crc32c(key.as_bytes()) as usize % self.roots.len()
     }
 
     fn raw_path(&self, dir: usize, key: &str) -> PathBuf {
@@ -870,7 +870,7 @@ mod tests {
         c.insert("k/1", &data).unwrap();
         let (file, len, sums) = c.open_sealed("k/1").expect("cached");
         assert_eq!(len, 100_000);
-        let want: Vec<u32> = data.chunks(checksum::PIECE).map(crc32c::crc32c).collect();
+        let want: Vec<u32> = data.chunks(checksum::PIECE).map(checksum::crc32c).collect();
         assert_eq!(sums, want);
         drop(file);
         let path = c.path_of("k/1").unwrap();

@@ -21,6 +21,7 @@ use std::io::{self, Read, Write};
 use bytes::Bytes;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use tessera_blockcache::checksum::crc32c;
 
 const MAGIC: &[u8; 4] = b"TCG1";
 const NONCE: usize = 16;
@@ -340,7 +341,7 @@ pub fn read_reply(
         };
         for (k, piece) in dest[checked..ready].chunks(PIECE).enumerate() {
             let i = checked / PIECE + k;
-            if crc32c::crc32c(piece) != sums[i] {
+            if crc32c(piece) != sums[i] {
                 return Err(ProtoError::Checksum(i));
             }
         }

@@ -42,7 +42,9 @@ impl ChunkStore {
         let obj = self.external_object(id)?;
         self.check_external(id, &obj)?;
         let version = obj.etag.as_deref().unwrap_or("-");
-        let tag = crc32c::crc32c(format!("{}\0{}\0{version}", obj.source, obj.key).as_bytes());
+        let tag = tessera_blockcache::checksum::crc32c(
+            format!("{}\0{}\0{version}", obj.source, obj.key).as_bytes(),
+        );
         Ok(format!("{PREFIX}{id}-{tag:08x}/{index}"))
     }
 

@@ -31,11 +31,12 @@ impl Vfs {
         if attr.typ != FileType::File {
             return Err(VfsError::new(libc::EISDIR, "only files have local copies"));
         }
-        let mut tag = crc32c::crc32c(&attr.length.to_le_bytes());
+        let mut named = attr.length.to_le_bytes().to_vec();
         for index in 0..attr.length.div_ceil(CHUNK_SIZE) {
             let records = self.meta.read_chunk(ino, index as u32)?;
-            tag = crc32c::crc32c_append(tag, format!("{index}:{records:?}").as_bytes());
+            named.extend_from_slice(format!("{index}:{records:?}").as_bytes());
         }
+        let tag = tessera_blockcache::checksum::crc32c(&named);
         Ok((attr.length, format!("{tag:08x}-{}", attr.length)))
     }
 
