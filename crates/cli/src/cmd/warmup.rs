@@ -343,6 +343,23 @@ pub fn run(a: Args) -> Result<()> {
             targets.len(),
             human(total_bytes)
         ),
+        // The owners fetch what they lack and do not say how much that
+        // was: the rate is of the bytes the group holds now.
+        Op::Warm if a.cache_group.is_some() => println!(
+            "warmed up {} files, {} in {secs:.1}s ({}/s) through cache group {}: {} cached on {} members ({:.1}%){}",
+            targets.len(),
+            human(total.bytes),
+            human((total.cached as f64 / secs.max(1e-3)) as u64),
+            group,
+            human(total.cached),
+            total.members.len(),
+            percent(total.cached, total.bytes),
+            if total.failed_blocks > 0 {
+                format!("; {} blocks failed", total.failed_blocks)
+            } else {
+                String::new()
+            },
+        ),
         Op::Warm => println!(
             "warmed up {} files, {} in {secs:.1}s ({}/s): {} fetched, {} cached now ({:.1}%), {} pinned{}{}",
             targets.len(),
