@@ -144,6 +144,15 @@ fn control(file: &File, req: &Request) -> std::io::Result<CacheReport> {
     Ok(decode_report(&buf))
 }
 
+/// "; N blocks failed" when any did, for the summary line.
+fn failed_note(total: &CacheReport) -> String {
+    if total.failed_blocks > 0 {
+        format!("; {} blocks failed", total.failed_blocks)
+    } else {
+        String::new()
+    }
+}
+
 fn add(total: &mut CacheReport, r: &CacheReport) {
     total.bytes += r.bytes;
     total.cached += r.cached;
@@ -354,11 +363,7 @@ pub fn run(a: Args) -> Result<()> {
             human(total.cached),
             total.members.len(),
             percent(total.cached, total.bytes),
-            if total.failed_blocks > 0 {
-                format!("; {} blocks failed", total.failed_blocks)
-            } else {
-                String::new()
-            },
+            failed_note(&total),
         ),
         Op::Warm => println!(
             "warmed up {} files, {} in {secs:.1}s ({}/s): {} fetched, {} cached now ({:.1}%), {} pinned{}{}",
@@ -369,11 +374,7 @@ pub fn run(a: Args) -> Result<()> {
             human(total.cached),
             percent(total.cached, total.bytes),
             human(total.pinned),
-            if total.failed_blocks > 0 {
-                format!("; {} blocks failed", total.failed_blocks)
-            } else {
-                String::new()
-            },
+            failed_note(&total),
             if a.local_copy {
                 format!("; {} local copies", copies.load(Ordering::Relaxed))
             } else {
