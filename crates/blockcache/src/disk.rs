@@ -99,6 +99,8 @@ pub struct DiskCache {
     tmp_seq: AtomicU64,
     /// Whether the cache file system takes O_DIRECT reads and writes.
     direct_io: AtomicBool,
+    /// When (seconds since the epoch) a full disk was last logged.
+    short_logged: AtomicU64,
 }
 
 fn now_secs() -> u64 {
@@ -162,6 +164,7 @@ impl DiskCache {
             config,
             metrics,
             tmp_seq: AtomicU64::new(0),
+            short_logged: AtomicU64::new(0),
             direct_io: AtomicBool::new(true),
         };
         cache.rebuild();
@@ -385,7 +388,27 @@ impl DiskCache {
             Err(_) => Vec::new(),
         };
         self.unlink(victims);
-        free_ratio(root).is_some_and(|r| r >= floor)
+        let free = free_ratio(root);
+        if free.is_some_and(|r| r >= floor) {
+            return true;
+        }
+        // Say why blocks stop being cached, once a minute at most.
+        let now = now_secs();
+        let last = self.short_logged.load(Ordering::Relaxed);
+        if now >= last + 60
+            && self
+                .short_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(
+                dir = %root.display(),
+                free_percent = free.map(|r| format!("{:.1}", r * 100.0)).unwrap_or_default(),
+                floor_percent = floor * 100.0,
+                "cache disk below --free-space-ratio: blocks are not cached there"
+            );
+        }
+        false
     }
 
     /// Pick victims until usage is `extra` bytes under the quota. Returns
@@ -780,6 +803,27 @@ mod tests {
 
     fn block(seed: u8, len: usize) -> Vec<u8> {
         (0..len).map(|i| seed.wrapping_add(i as u8)).collect()
+    }
+
+    #[test]
+    fn below_the_free_space_floor_blocks_are_not_cached_and_nothing_breaks() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Arc::new(Metrics::new());
+        let mut cfg = config(vec![d.path().to_path_buf()], 1 << 30);
+        // No disk has every block free: the floor can never be met.
+        cfg.free_space_ratio = 1.0;
+        let c = DiskCache::open(cfg, "vol", m.clone()).unwrap();
+        c.insert("vol/chunks/0/0/1_0_1000", &block(1, 1000))
+            .unwrap();
+        c.insert("vol/chunks/0/0/2_0_1000", &block(2, 1000))
+            .unwrap();
+        assert!(!c.contains("vol/chunks/0/0/1_0_1000"));
+        assert_eq!(c.len(), 0);
+        // The same directory with no floor caches as usual.
+        let c = DiskCache::open(config(vec![d.path().to_path_buf()], 1 << 30), "vol", m).unwrap();
+        c.insert("vol/chunks/0/0/1_0_1000", &block(1, 1000))
+            .unwrap();
+        assert!(c.contains("vol/chunks/0/0/1_0_1000"));
     }
 
     #[test]
