@@ -13,6 +13,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${TESSERA_CACHE:-$HOME/.cache/tessera-test}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
+# Incremental data is of no use to a test run and piles up in the kept
+# target directory (20 GB of it after a few days of runs here).
+export CARGO_INCREMENTAL=0
 mkdir -p "$cache"
 work=$(mktemp -d /tmp/tessera-test.XXXXXX)
 # pjdfstest switches to unprivileged users, who must reach the test dirs.
