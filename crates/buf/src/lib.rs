@@ -319,6 +319,26 @@ mod tests {
     }
 
     #[test]
+    fn block_sized_buffers_are_huge_page_aligned_mappings_and_zeroed() {
+        // A size no other test uses, so the buffer is fresh.
+        let mut b = AlignedBuf::with_capacity((6 << 20) + 12_345).expect("map");
+        assert_eq!(b.ptr.as_ptr() as usize % HUGE_PAGE, 0);
+        assert!(b.capacity() >= (6 << 20) + 12_345);
+        // Fresh from the kernel: all of it counts as written, and is zero.
+        let w = b.writable(b.capacity());
+        assert!(w.iter().all(|&x| x == 0));
+        w[HUGE_PAGE] = 9;
+        b.set_len(HUGE_PAGE + 1);
+        let frozen = b.freeze();
+        assert_eq!(frozen[HUGE_PAGE], 9);
+        // Dropped beyond the pool or into it, the mapping is given back or
+        // kept whole: a new one of the same size is aligned all the same.
+        drop(frozen);
+        let again = AlignedBuf::with_capacity(6 << 20).expect("map");
+        assert_eq!(again.ptr.as_ptr() as usize % HUGE_PAGE, 0);
+    }
+
+    #[test]
     fn never_written_memory_is_zeroed_before_it_is_lent() {
         // A size no other test uses, so the buffer is fresh.
         let mut b = AlignedBuf::with_capacity(40_000).expect("alloc");
