@@ -393,8 +393,9 @@ mod tests {
 
     #[test]
     fn file_store_multipart() {
-        let dir = std::env::temp_dir().join(format!("tessera-obj-{}", std::process::id()));
-        let url = format!("file://{}", dir.display());
+        // Removed when the test ends, passed or not.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("file://{}", dir.path().display());
         let store = open_store(&url, &StorageOptions::default()).expect("open");
         rt().block_on(async {
             let parts = vec![
@@ -418,6 +419,5 @@ mod tests {
                 .expect_err("read error");
             assert!(e.to_string().contains("\"broken\"") && e.to_string().contains("disk on fire"));
         });
-        let _ = std::fs::remove_dir_all(dir);
     }
 }
