@@ -60,6 +60,9 @@ struct Index {
     entries: HashMap<Key, Entry>,
     policy: Box<dyn Policy>,
     used: u64,
+    /// Bytes of whole-file local copies (`files/` of the first directory):
+    /// they count against the quota, but only their owner removes them.
+    copies: u64,
     last_sweep: Instant,
     /// Pinned keys (out of the policy) and the second their pin ends.
     pins: HashMap<Key, u64>,
@@ -156,6 +159,7 @@ impl DiskCache {
                 entries: HashMap::new(),
                 policy: new_policy(config.eviction),
                 used: 0,
+                copies: 0,
                 last_sweep: Instant::now(),
                 pins: HashMap::new(),
                 next_unpin: u64::MAX,
@@ -201,10 +205,18 @@ impl DiskCache {
                 }
             });
         }
+        let mut copies = 0;
+        walk(&self.copies_root(), &mut |path, meta| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !name.starts_with('.') {
+                copies += meta.len();
+            }
+        });
         found.sort();
         let Ok(mut index) = self.index.lock() else {
             return;
         };
+        index.copies = copies;
         for (mtime, key, dir, stored) in found {
             let key: Key = Arc::from(key.as_str());
             index.policy.insert(key.clone());
@@ -229,14 +241,60 @@ impl DiskCache {
         info!(
             blocks = index.entries.len(),
             bytes = index.used,
+            copies = index.copies,
             pinned = index.pins.len(),
             ms = started.elapsed().as_millis() as u64,
             "disk cache index rebuilt"
         );
-        let victims = self.evict_over_quota(&mut index, 0);
+        let victims = self.evict_over_quota(&mut index);
         self.report(&index, 0);
         drop(index);
         self.unlink(victims);
+    }
+
+    /// Where whole-file local copies live (kept by the VFS layer).
+    pub fn copies_root(&self) -> PathBuf {
+        self.roots[0].join("files")
+    }
+
+    /// Whether a local copy of `bytes` fits the quota beside the copies
+    /// already kept (blocks give way to it; copies do not).
+    pub fn copy_fits(&self, bytes: u64) -> std::io::Result<()> {
+        let copies = self.copies();
+        if copies.saturating_add(bytes) > self.config.capacity {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "a local copy of {bytes} bytes does not fit the cache quota \
+                     (--cache-size {} bytes, {copies} of it already in local copies)",
+                    self.config.capacity
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A local copy of `bytes` was put in place under [`Self::copies_root`]:
+    /// blocks are evicted as the quota asks.
+    pub fn add_copy(&self, bytes: u64) {
+        let victims = match self.index.lock() {
+            Ok(mut index) => {
+                index.copies += bytes;
+                let victims = self.evict_over_quota(&mut index);
+                self.report(&index, victims.len() as u64);
+                victims
+            }
+            Err(_) => Vec::new(),
+        };
+        self.unlink(victims);
+    }
+
+    /// Local copies of `bytes` in all were removed (or never written).
+    pub fn release_copy(&self, bytes: u64) {
+        if let Ok(mut index) = self.index.lock() {
+            index.copies = index.copies.saturating_sub(bytes);
+            self.report(&index, 0);
+        }
     }
 
     fn dir_of(&self, key: &str) -> usize {
@@ -376,12 +434,8 @@ impl DiskCache {
         let victims = match self.index.lock() {
             Ok(mut index) => {
                 // Make room for a few blocks' worth below current usage.
-                let extra = self
-                    .config
-                    .capacity
-                    .saturating_sub(index.used)
-                    .saturating_add(want.saturating_mul(4));
-                let v = self.evict_over_quota(&mut index, extra);
+                let limit = index.used.saturating_sub(want.saturating_mul(4));
+                let v = self.evict_down_to(&mut index, limit);
                 self.report(&index, v.len() as u64);
                 v
             }
@@ -411,10 +465,15 @@ impl DiskCache {
         false
     }
 
-    /// Pick victims until usage is `extra` bytes under the quota. Returns
-    /// the paths to unlink (outside the lock).
-    fn evict_over_quota(&self, index: &mut Index, extra: u64) -> Vec<PathBuf> {
-        let limit = self.config.capacity.saturating_sub(extra);
+    /// Pick victims until the blocks and local copies fit the quota.
+    /// Returns the paths to unlink (outside the lock).
+    fn evict_over_quota(&self, index: &mut Index) -> Vec<PathBuf> {
+        let limit = self.config.capacity.saturating_sub(index.copies);
+        self.evict_down_to(index, limit)
+    }
+
+    /// Pick victims until the blocks take at most `limit` bytes.
+    fn evict_down_to(&self, index: &mut Index, limit: u64) -> Vec<PathBuf> {
         if index.used > limit && index.release_expired_pins(now_secs()) {
             self.save_pins(index);
         }
@@ -487,13 +546,22 @@ impl DiskCache {
     }
 
     fn report(&self, index: &Index, evicted: u64) {
-        self.metrics
-            .cache_usage(tier::DISK, index.used, index.entries.len(), evicted);
+        self.metrics.cache_usage(
+            tier::DISK,
+            index.used + index.copies,
+            index.entries.len(),
+            evicted,
+        );
     }
 
     /// Bytes of cached blocks on disk (as stored).
     pub fn used(&self) -> u64 {
         self.index.lock().map(|i| i.used).unwrap_or(0)
+    }
+
+    /// Bytes of whole-file local copies.
+    pub fn copies(&self) -> u64 {
+        self.index.lock().map(|i| i.copies).unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {
@@ -752,7 +820,7 @@ impl DiskCache {
                 if !index.pins.contains_key(&k) {
                     index.policy.insert(k);
                 }
-                let mut victims = self.evict_over_quota(&mut index, 0);
+                let mut victims = self.evict_over_quota(&mut index);
                 victims.extend(self.sweep_expired(&mut index));
                 self.report(&index, victims.len() as u64);
                 victims
@@ -803,6 +871,40 @@ mod tests {
 
     fn block(seed: u8, len: usize) -> Vec<u8> {
         (0..len).map(|i| seed.wrapping_add(i as u8)).collect()
+    }
+
+    #[test]
+    fn local_copies_count_against_the_quota_and_survive_a_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Arc::new(Metrics::new());
+        let stored = checksum::stored_len(1000) as u64;
+        let cap = 10 * stored;
+        let c =
+            DiskCache::open(config(vec![d.path().to_path_buf()], cap), "vol", m.clone()).unwrap();
+        for i in 0..10u8 {
+            c.insert(&format!("vol/chunks/0/0/{i}_0_1000"), &block(i, 1000))
+                .unwrap();
+        }
+        assert_eq!(c.len(), 10);
+        // A copy the size of four blocks: four blocks give way to it.
+        let copy = 4 * stored;
+        c.copy_fits(copy).unwrap();
+        let dir = c.copies_root().join("7");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("0badc0de-4"), vec![0u8; copy as usize]).unwrap();
+        c.add_copy(copy);
+        assert_eq!((c.len(), c.copies()), (6, copy));
+        assert!(c.used() + c.copies() <= cap);
+        // One larger than what the copies may still take is refused.
+        let e = c.copy_fits(cap - copy + 1).unwrap_err();
+        assert!(e.to_string().contains("--cache-size"), "{e}");
+        // A restart finds the copy again (a temporary file is not counted).
+        std::fs::write(dir.join(".0badc0de-4.tmp.1"), vec![0u8; 100]).unwrap();
+        drop(c);
+        let c = DiskCache::open(config(vec![d.path().to_path_buf()], cap), "vol", m).unwrap();
+        assert_eq!((c.len(), c.copies()), (6, copy));
+        c.release_copy(copy);
+        assert_eq!(c.copies(), 0);
     }
 
     #[test]

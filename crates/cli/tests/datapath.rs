@@ -536,4 +536,16 @@ fn local_copies_are_read_by_passthrough_until_the_file_changes() {
     let out = tessera(&["warmup", "--evict", file.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(files_under(&copies).is_empty(), "evict removes the copy");
+
+    // Copies count against the cache quota: one larger than the whole
+    // quota is refused by name, before a byte of it is written.
+    let small = vol.mount_with("small", &["--cache-size", "8M"]);
+    let file = small.join("model.bin");
+    let out = tessera(&["warmup", "--local-copy", file.to_str().expect("utf-8")]);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        !out.status.success() && said.contains("--cache-size"),
+        "{said}"
+    );
+    assert!(files_under(&vol.cache_dir("small").join("copyvol/files")).is_empty());
 }

@@ -161,7 +161,7 @@ impl Metrics {
         );
         r.register(
             "cache_bytes",
-            "Bytes cached now, by tier",
+            "Bytes cached now, by tier (on disk: blocks and whole-file local copies)",
             m.cache_bytes.clone(),
         );
         r.register(

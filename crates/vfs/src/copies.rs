@@ -8,6 +8,7 @@
 //! hands the kernel that file: reads then go straight to the local disk,
 //! without a FUSE round trip or a copy through this process. The copy is
 //! written from checked blocks; after that the kernel reads it as it is.
+//! Copies count against the disk cache's quota (`DiskCache::add_copy`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,9 +21,13 @@ use crate::{Result, Vfs, VfsError};
 impl Vfs {
     /// Where local copies live, when the mount has a disk cache.
     fn copies_dir(&self, ino: Ino) -> Option<PathBuf> {
-        let config = self.chunks.config();
-        let dir = config.disk_cache.as_ref()?.dirs.first()?;
-        Some(dir.join(&config.volume).join("files").join(ino.to_string()))
+        Some(
+            self.chunks
+                .disk
+                .as_ref()?
+                .copies_root()
+                .join(ino.to_string()),
+        )
     }
 
     /// The file's length and the name its copy has while it is unchanged.
@@ -74,6 +79,12 @@ impl Vfs {
         if path.is_file() {
             return Ok(length);
         }
+        // Copies count against the disk cache's quota: refuse one that
+        // cannot fit before writing a byte of it.
+        if let Some(disk) = &self.chunks.disk {
+            disk.copy_fits(length)
+                .map_err(|e| VfsError::new(libc::ENOSPC, e.to_string()))?;
+        }
         let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
         let written = (|| -> Result<()> {
             let io = |e: std::io::Error| VfsError::new(libc::EIO, e.to_string());
@@ -108,6 +119,9 @@ impl Vfs {
         }
         written?;
         self.drop_local_copies_except(ino, Some(&name));
+        if let Some(disk) = &self.chunks.disk {
+            disk.add_copy(length);
+        }
         Ok(length)
     }
 
@@ -120,11 +134,19 @@ impl Vfs {
         let Some(dir) = self.copies_dir(ino) else {
             return;
         };
+        let mut released = 0;
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if Some(name.as_str()) != keep {
-                let _ = std::fs::remove_file(e.path());
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                // Temporary files (dot names) were never counted.
+                if std::fs::remove_file(e.path()).is_ok() && !name.starts_with('.') {
+                    released += len;
+                }
             }
+        }
+        if let Some(disk) = &self.chunks.disk {
+            disk.release_copy(released);
         }
         if keep.is_none() {
             let _ = std::fs::remove_dir(&dir);

@@ -37,13 +37,18 @@ pub fn run(c: Command) -> Result<()> {
             let target = parse_size(&a.target_size, 1 << 20).context("--target-size")?;
             let r = gc(&a.dir, target)?;
             println!(
-                "cache gc {}: removed {} blocks ({}), {} left in {} (target {}) in {:.1}s",
+                "cache gc {}: removed {} blocks ({}), {} left in {} (target {}){} in {:.1}s",
                 a.dir.display(),
                 r.removed,
                 human(r.freed),
                 human(r.left),
                 r.files_left,
                 human(target),
+                if r.copies > 0 {
+                    format!(", {} of it local copies (kept)", human(r.copies))
+                } else {
+                    String::new()
+                },
                 r.secs
             );
             Ok(())
@@ -55,8 +60,12 @@ pub fn run(c: Command) -> Result<()> {
 pub struct GcReport {
     pub removed: u64,
     pub freed: u64,
+    /// Bytes left, local copies included.
     pub left: u64,
     pub files_left: usize,
+    /// Bytes of whole-file local copies (`warmup --local-copy`): they count
+    /// towards the size, but GC does not remove them.
+    pub copies: u64,
     pub secs: f64,
 }
 
@@ -85,6 +94,29 @@ struct Block {
     size: u64,
     used: u64,
     pinned: bool,
+}
+
+/// Bytes of the local copies under `DIR/{volume}/files/` (temporary
+/// files, with dot names, left out).
+fn copies(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|v| v.path().join("files"))
+        .collect();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() && !e.file_name().to_string_lossy().starts_with('.') {
+                total += m.len();
+            }
+        }
+    }
+    total
 }
 
 /// Every cached block file under `DIR/{volume}/raw/`, and the pinned keys.
@@ -147,7 +179,8 @@ pub fn gc(dir: &Path, target: u64) -> Result<GcReport> {
     let started = Instant::now();
     let _lock = lock(dir)?;
     let all = blocks(dir);
-    let mut total: u64 = all.iter().map(|b| b.size).sum();
+    let copies = copies(dir);
+    let mut total: u64 = all.iter().map(|b| b.size).sum::<u64>() + copies;
     let (mut removed, mut freed) = (0u64, 0u64);
     // Unpinned blocks go first, by 2-random; pinned ones only if that is
     // not enough.
@@ -185,6 +218,7 @@ pub fn gc(dir: &Path, target: u64) -> Result<GcReport> {
         freed,
         left: total,
         files_left,
+        copies,
         secs: started.elapsed().as_secs_f64(),
     })
 }
@@ -216,5 +250,27 @@ mod tests {
             "pins give way when nothing else is left"
         );
         assert!(gc(&d.path().join("missing"), 0).is_err());
+    }
+
+    #[test]
+    fn local_copies_count_towards_the_target_and_are_kept() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let raw = d.path().join("vol/raw/vol/chunks/0/0");
+        std::fs::create_dir_all(&raw).expect("mkdir");
+        for i in 0..10 {
+            std::fs::write(raw.join(format!("{i}_0_1000")), vec![0u8; 1000]).expect("block");
+        }
+        let files = d.path().join("vol/files/42");
+        std::fs::create_dir_all(&files).expect("mkdir");
+        std::fs::write(files.join("0badc0de-5000"), vec![0u8; 5000]).expect("copy");
+        std::fs::write(files.join(".0badc0de-5000.tmp.1"), vec![0u8; 777]).expect("tmp");
+        // 10,000 bytes of blocks + 5,000 of copy: down to 8,000 means the
+        // copy stays and only 3 blocks do.
+        let r = gc(d.path(), 8_000).expect("gc");
+        assert_eq!(
+            (r.removed, r.copies, r.left, r.files_left),
+            (7, 5_000, 8_000, 3)
+        );
+        assert!(files.join("0badc0de-5000").exists());
     }
 }

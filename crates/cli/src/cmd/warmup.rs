@@ -324,8 +324,19 @@ pub fn run(a: Args) -> Result<()> {
                                     copies.fetch_add(1, Ordering::Relaxed);
                                 }
                                 Err(e) => {
+                                    // Only the errno crosses the ioctl; say
+                                    // what ENOSPC means here.
+                                    let why = if e.raw_os_error() == Some(libc::ENOSPC) {
+                                        format!(
+                                            "{e}: the copy does not fit the mount's disk cache \
+                                             quota (--cache-size) beside the local copies it \
+                                             keeps, or the disk itself is full"
+                                        )
+                                    } else {
+                                        e.to_string()
+                                    };
                                     if let Ok(mut f) = failures.lock() {
-                                        f.push(format!("{}: local copy: {e}", t.path.display()));
+                                        f.push(format!("{}: local copy: {why}", t.path.display()));
                                     }
                                 }
                             }
