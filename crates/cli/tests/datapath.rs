@@ -548,4 +548,26 @@ fn local_copies_are_read_by_passthrough_until_the_file_changes() {
         "{said}"
     );
     assert!(files_under(&vol.cache_dir("small").join("copyvol/files")).is_empty());
+    drop(small);
+
+    // A quota with room for one copy: refreshing the copy of a changed
+    // file works, the stale copy giving way (dropped when an open finds it
+    // stale, or discounted by the quota check when no open has yet).
+    let tight = vol.mount_with("tight", &["--cache-size", "16M"]);
+    let file = tight.join("model.bin");
+    let copy = || tessera(&["warmup", "--local-copy", file.to_str().expect("utf-8")]);
+    let out = copy();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"AGAIN"))
+        .expect("change the file");
+    let out = copy();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        files_under(&vol.cache_dir("tight").join("copyvol/files")).len(),
+        1,
+        "the fresh copy replaced the stale one"
+    );
 }

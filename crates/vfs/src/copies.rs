@@ -80,9 +80,18 @@ impl Vfs {
             return Ok(length);
         }
         // Copies count against the disk cache's quota: refuse one that
-        // cannot fit before writing a byte of it.
+        // cannot fit before writing a byte of it. A stale copy of this file
+        // is about to give way to it, so its bytes are not in the way.
         if let Some(disk) = &self.chunks.disk {
-            disk.copy_fits(length)
+            let stale: u64 = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            disk.copy_fits(length.saturating_sub(stale))
                 .map_err(|e| VfsError::new(libc::ENOSPC, e.to_string()))?;
         }
         let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
