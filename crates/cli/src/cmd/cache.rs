@@ -227,14 +227,21 @@ pub fn gc(dir: &Path, target: u64) -> Result<GcReport> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn brings_a_directory_under_its_target_keeping_pins() {
+    /// A cache directory of volume `vol` holding `n` blocks of 1,000 bytes,
+    /// and the directory they are in.
+    fn cache_with_blocks(n: usize) -> (tempfile::TempDir, PathBuf) {
         let d = tempfile::tempdir().expect("tempdir");
         let raw = d.path().join("vol/raw/vol/chunks/0/0");
         std::fs::create_dir_all(&raw).expect("mkdir");
-        for i in 0..50 {
+        for i in 0..n {
             std::fs::write(raw.join(format!("{i}_0_1000")), vec![0u8; 1000]).expect("block");
         }
+        (d, raw)
+    }
+
+    #[test]
+    fn brings_a_directory_under_its_target_keeping_pins() {
+        let (d, raw) = cache_with_blocks(50);
         std::fs::write(
             d.path().join("vol/pins"),
             "9999999999 vol/chunks/0/0/7_0_1000\n",
@@ -254,12 +261,7 @@ mod tests {
 
     #[test]
     fn local_copies_count_towards_the_target_and_are_kept() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let raw = d.path().join("vol/raw/vol/chunks/0/0");
-        std::fs::create_dir_all(&raw).expect("mkdir");
-        for i in 0..10 {
-            std::fs::write(raw.join(format!("{i}_0_1000")), vec![0u8; 1000]).expect("block");
-        }
+        let (d, _) = cache_with_blocks(10);
         let files = d.path().join("vol/files/42");
         std::fs::create_dir_all(&files).expect("mkdir");
         std::fs::write(files.join("0badc0de-5000"), vec![0u8; 5000]).expect("copy");
