@@ -205,13 +205,7 @@ impl DiskCache {
                 }
             });
         }
-        let mut copies = 0;
-        walk(&self.copies_root(), &mut |path, meta| {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if !name.starts_with('.') {
-                copies += meta.len();
-            }
-        });
+        let copies = copies_bytes(&self.copies_root());
         found.sort();
         let Ok(mut index) = self.index.lock() else {
             return;
@@ -291,6 +285,9 @@ impl DiskCache {
 
     /// Local copies of `bytes` in all were removed (or never written).
     pub fn release_copy(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
         if let Ok(mut index) = self.index.lock() {
             index.copies = index.copies.saturating_sub(bytes);
             self.report(&index, 0);
@@ -838,6 +835,25 @@ impl DiskCache {
 }
 
 /// Visit every regular file under `dir`, recursively.
+/// Whether a file under a local-copies directory is a copy in progress
+/// (`.{name}.tmp.{pid}`), which no quota counts.
+pub fn is_temporary_copy(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+/// Bytes of the finished local copies under `dir` (a volume's `files/`, or
+/// one file's directory in it).
+pub fn copies_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    walk(dir, &mut |path, meta| {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+        if !is_temporary_copy(name) {
+            total += meta.len();
+        }
+    });
+    total
+}
+
 fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;

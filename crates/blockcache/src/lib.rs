@@ -12,6 +12,6 @@ mod disk;
 mod evict;
 mod mem;
 
-pub use disk::{DiskCache, DiskCacheConfig};
+pub use disk::{copies_bytes, is_temporary_copy, DiskCache, DiskCacheConfig};
 pub use evict::Eviction;
 pub use mem::MemCache;

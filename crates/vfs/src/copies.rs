@@ -83,14 +83,7 @@ impl Vfs {
         // cannot fit before writing a byte of it. A stale copy of this file
         // is about to give way to it, so its bytes are not in the way.
         if let Some(disk) = &self.chunks.disk {
-            let stale: u64 = std::fs::read_dir(&dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum();
+            let stale = tessera_blockcache::copies_bytes(&dir);
             disk.copy_fits(length.saturating_sub(stale))
                 .map_err(|e| VfsError::new(libc::ENOSPC, e.to_string()))?;
         }
@@ -148,8 +141,10 @@ impl Vfs {
             let name = e.file_name().to_string_lossy().into_owned();
             if Some(name.as_str()) != keep {
                 let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-                // Temporary files (dot names) were never counted.
-                if std::fs::remove_file(e.path()).is_ok() && !name.starts_with('.') {
+                // Copies in progress were never counted.
+                if std::fs::remove_file(e.path()).is_ok()
+                    && !tessera_blockcache::is_temporary_copy(&name)
+                {
                     released += len;
                 }
             }

@@ -96,27 +96,14 @@ struct Block {
     pinned: bool,
 }
 
-/// Bytes of the local copies under `DIR/{volume}/files/` (temporary
-/// files, with dot names, left out).
+/// Bytes of the local copies under `DIR/{volume}/files/`.
 fn copies(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack: Vec<PathBuf> = std::fs::read_dir(dir)
+    std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .map(|v| v.path().join("files"))
-        .collect();
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            if m.is_dir() {
-                stack.push(e.path());
-            } else if m.is_file() && !e.file_name().to_string_lossy().starts_with('.') {
-                total += m.len();
-            }
-        }
-    }
-    total
+        .map(|v| tessera_blockcache::copies_bytes(&v.path().join("files")))
+        .sum()
 }
 
 /// Every cached block file under `DIR/{volume}/raw/`, and the pinned keys.
