@@ -4,9 +4,16 @@
 //! Layout under each directory given to `--cache-dir`:
 //!
 //! ```text
-//! {dir}/{volume}/raw/{block key}       cached blocks (evictable)
-//! {dir}/{volume}/staging/{block key}   write-back blocks not yet uploaded
+//! {dir}/{volume uuid}/raw/{block key}       cached blocks (evictable)
+//! {dir}/{volume uuid}/staging/{block key}   write-back blocks not yet uploaded
 //! ```
+//!
+//! The volume's UUID, not its name, names the directory: a cache directory
+//! is shared by every mount on a host, and two volumes (or a volume
+//! formatted again under an old name) reuse slice ids and so block keys.
+//! The checksums of each file are bound to the UUID and the key as well
+//! ([`checksum::key_tag`]), so a file that lands under another name is
+//! refused, never served.
 //!
 //! A key lives in the directory its CRC32C hashes to. Files are written to a
 //! temporary name and renamed, and carry a CRC32C per 32 KiB
@@ -19,7 +26,7 @@
 //!
 //! Pinned blocks (`tessera warmup --pin`) stay in the index but leave the
 //! eviction policy until their pin ends (`--unpin`, or its deadline), so a
-//! scan cannot push a warmed model out. Pins are kept in `{first dir}/{volume}/pins`
+//! scan cannot push a warmed model out. Pins are kept in `{first dir}/{volume uuid}/pins`
 //! and survive restarts.
 
 use std::collections::HashMap;
@@ -96,6 +103,8 @@ impl Index {
 /// The disk cache of one volume.
 pub struct DiskCache {
     roots: Vec<PathBuf>,
+    /// The volume's UUID: what every file's checksums are bound to.
+    scope: String,
     config: DiskCacheConfig,
     index: Mutex<Index>,
     metrics: Arc<Metrics>,
@@ -126,12 +135,19 @@ fn free_ratio(path: &Path) -> Option<f64> {
 }
 
 impl DiskCache {
-    /// Open (creating) the cache directories of `volume` and rebuild the index.
+    /// Open (creating) the cache directories of the volume whose UUID is
+    /// `scope` and rebuild the index.
     pub fn open(
         config: DiskCacheConfig,
-        volume: &str,
+        scope: &str,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
+        if scope.is_empty() || scope.contains('/') || scope.starts_with('.') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{scope:?} cannot name a volume's cache directory"),
+            ));
+        }
         if config.dirs.is_empty() || config.dirs.len() > u16::MAX as usize {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -140,7 +156,7 @@ impl DiskCache {
         }
         let mut roots = Vec::new();
         for d in &config.dirs {
-            let root = d.join(volume);
+            let root = d.join(scope);
             for sub in ["raw", "staging"] {
                 std::fs::create_dir_all(root.join(sub)).map_err(|e| {
                     std::io::Error::new(
@@ -165,6 +181,7 @@ impl DiskCache {
                 next_unpin: u64::MAX,
             }),
             roots,
+            scope: scope.to_string(),
             config,
             metrics,
             tmp_seq: AtomicU64::new(0),
@@ -294,6 +311,11 @@ impl DiskCache {
         }
     }
 
+    /// The tag this volume's block `key` is sealed with.
+    pub fn tag(&self, key: &str) -> u32 {
+        checksum::key_tag(&self.scope, key)
+    }
+
     fn dir_of(&self, key: &str) -> usize {
         checksum::crc32c(key.as_bytes()) as usize % self.roots.len()
     }
@@ -327,7 +349,7 @@ impl DiskCache {
         };
         let path = self.raw_path(dir, key);
         match self.read_file(&path) {
-            Ok(stored) => match checksum::open_bytes(stored) {
+            Ok(stored) => match checksum::open_bytes(stored, self.tag(key)) {
                 Ok(b) => Some(b),
                 Err(damage) => {
                     warn!(path = %path.display(), %damage, "corrupt cached block dropped; fetching it again");
@@ -412,7 +434,7 @@ impl DiskCache {
             return Ok(());
         }
         let path = self.raw_path(dir, key);
-        self.write_file(&path, data, false)?;
+        self.write_file(&path, self.tag(key), data, false)?;
         self.add_to_index(key, dir, stored);
         Ok(())
     }
@@ -678,7 +700,7 @@ impl DiskCache {
     /// Write a block and its checksum trailer to a temporary name and
     /// rename, so a reader never sees half a file; with `durable`, the data
     /// and the rename reach the disk first.
-    fn write_file(&self, path: &Path, data: &[u8], durable: bool) -> std::io::Result<()> {
+    fn write_file(&self, path: &Path, tag: u32, data: &[u8], durable: bool) -> std::io::Result<()> {
         let dir = path.parent().ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "block path has no parent")
         })?;
@@ -690,7 +712,7 @@ impl DiskCache {
             self.tmp_seq.fetch_add(1, Ordering::Relaxed)
         ));
         let written = (|| {
-            let trailer = checksum::trailer(data);
+            let trailer = checksum::trailer(data, tag);
             let f = match self.write_direct(&tmp, data, &trailer) {
                 Some(f) => f,
                 None => {
@@ -744,14 +766,14 @@ impl DiskCache {
     /// Store a block durably in the staging area; it stays there until
     /// [`DiskCache::commit_staged`] after its upload.
     pub fn stage(&self, key: &str, data: &[u8]) -> std::io::Result<()> {
-        self.write_file(&self.staging_path(key), data, true)
+        self.write_file(&self.staging_path(key), self.tag(key), data, true)
     }
 
     /// A staged block, checked.
     pub fn read_staged(&self, key: &str) -> Option<Bytes> {
         let path = self.staging_path(key);
         let stored = std::fs::read(&path).ok()?;
-        match checksum::open(stored) {
+        match checksum::open(stored, self.tag(key)) {
             Ok(b) => Some(b),
             Err(damage) => {
                 warn!(path = %path.display(), %damage, "staged block is damaged");
@@ -1032,14 +1054,46 @@ mod tests {
         c.insert("k/1", &data).unwrap();
         let (file, len, sums) = c.open_sealed("k/1").expect("cached");
         assert_eq!(len, 100_000);
-        let want: Vec<u32> = data.chunks(checksum::PIECE).map(checksum::crc32c).collect();
-        assert_eq!(sums, want);
+        assert_eq!(
+            sums,
+            checksum::piece_sums(&data, checksum::key_tag("v", "k/1"))
+        );
         drop(file);
         let path = c.path_of("k/1").unwrap();
         std::fs::write(&path, b"short").unwrap();
         assert!(c.open_sealed("k/1").is_none(), "a bad trailer is refused");
         assert!(c.is_empty());
         assert!(c.open_sealed("never/cached").is_none());
+    }
+
+    #[test]
+    fn files_swapped_on_disk_are_refused_not_served() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Arc::new(Metrics::new());
+        let c = DiskCache::open(config(vec![d.path().into()], 1 << 30), "v", m.clone()).unwrap();
+        let (a, b) = (block(1, 70_000), block(2, 70_000));
+        c.insert("vol/chunks/0/0/1_0_70000", &a).unwrap();
+        c.insert("vol/chunks/0/0/2_0_70000", &b).unwrap();
+        let pa = c.path_of("vol/chunks/0/0/1_0_70000").unwrap();
+        let pb = c.path_of("vol/chunks/0/0/2_0_70000").unwrap();
+        let tmp = pa.with_extension("swap");
+        std::fs::rename(&pa, &tmp).unwrap();
+        std::fs::rename(&pb, &pa).unwrap();
+        std::fs::rename(&tmp, &pb).unwrap();
+        assert!(c.get("vol/chunks/0/0/1_0_70000").is_none());
+        assert!(c.get("vol/chunks/0/0/2_0_70000").is_none());
+        assert_eq!(m.corrupt_blocks.get(), 2);
+        // A cache directory of another volume holding the same keys is
+        // never read: the directory is the UUID's.
+        let other = DiskCache::open(config(vec![d.path().into()], 1 << 30), "w", m).unwrap();
+        other.insert("vol/chunks/0/0/1_0_70000", &b).unwrap();
+        assert!(c.get("vol/chunks/0/0/1_0_70000").is_none());
+        c.insert("vol/chunks/0/0/1_0_70000", &a).unwrap();
+        assert_eq!(c.get("vol/chunks/0/0/1_0_70000").as_deref(), Some(&a[..]));
+        assert_eq!(
+            other.get("vol/chunks/0/0/1_0_70000").as_deref(),
+            Some(&b[..])
+        );
     }
 
     #[test]

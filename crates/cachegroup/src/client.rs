@@ -161,7 +161,7 @@ impl Peers {
             },
         )?;
         std::io::Write::flush(writer)?;
-        let reply = proto::read_reply(&mut conn.io, len, || {
+        let reply = proto::read_reply(&mut conn.io, len, self.secret.tag(key), || {
             if started.elapsed() > limit {
                 Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,

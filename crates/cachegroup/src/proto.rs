@@ -21,7 +21,7 @@ use std::io::{self, Read, Write};
 use bytes::Bytes;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
-use tessera_blockcache::checksum::crc32c;
+use tessera_blockcache::checksum::{check_pieces, Damage};
 
 const MAGIC: &[u8; 4] = b"TCG1";
 const NONCE: usize = 16;
@@ -54,9 +54,10 @@ fn bad(what: impl Into<String>) -> ProtoError {
     ProtoError::Protocol(what.into())
 }
 
-/// The shared secret of one group of one volume.
+/// The shared secret of one group of one volume, and the volume's UUID
+/// that every block sum sent in the group is bound to.
 #[derive(Clone)]
-pub struct Secret(hmac::Key);
+pub struct Secret(hmac::Key, std::sync::Arc<str>);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,7 +72,17 @@ impl Secret {
         let mut msg = b"tessera cache group\0".to_vec();
         msg.extend_from_slice(group.as_bytes());
         let derived = hmac::sign(&base, &msg);
-        Secret(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
+        Secret(
+            hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+            volume_uuid.into(),
+        )
+    }
+
+    /// The tag the sums of block `key` carry in this volume (the same as on
+    /// the members' cache disks, so a member sends its trailer's sums as
+    /// they are).
+    pub fn tag(&self, key: &str) -> u32 {
+        tessera_blockcache::checksum::key_tag(&self.1, key)
     }
 
     fn sign(&self, role: &[u8], a: &[u8], b: &[u8]) -> hmac::Tag {
@@ -227,7 +238,7 @@ const MISSING: u8 = 1;
 const DONE: u8 = 2;
 const FAILED: u8 = 3;
 
-/// The CRC32C of each piece of `data`.
+/// The sum of each piece of `data`, bound to the block's tag.
 pub use tessera_blockcache::checksum::piece_sums as sums_of;
 
 /// The header of a data reply; the bytes follow (written by the caller,
@@ -275,12 +286,14 @@ pub enum Reply {
     Done,
 }
 
-/// Read a reply; data is checked piece by piece against its CRCs.
+/// Read a reply; data is checked piece by piece against its sums, which
+/// must be bound to `tag` (the block asked for, see [`Secret::tag`]).
 /// `deadline_check` is called between reads so a peer that trickles bytes
 /// is cut off.
 pub fn read_reply(
     r: &mut impl Read,
     expected_len: u64,
+    tag: u32,
     mut deadline_check: impl FnMut() -> io::Result<()>,
 ) -> Result<Reply> {
     let [status] = read_array::<1>(r)?;
@@ -339,11 +352,12 @@ pub fn read_reply(
         } else {
             filled - filled % PIECE
         };
-        for (k, piece) in dest[checked..ready].chunks(PIECE).enumerate() {
-            let i = checked / PIECE + k;
-            if crc32c(piece) != sums[i] {
-                return Err(ProtoError::Checksum(i));
-            }
+        let first = checked / PIECE;
+        if let Err(damage) = check_pieces(&dest[checked..ready], first, &sums[first..], tag) {
+            return Err(ProtoError::Checksum(match damage {
+                Damage::BadChecksum { piece } => piece,
+                Damage::BadTrailer => first,
+            }));
         }
         checked = ready;
     }
@@ -384,22 +398,37 @@ mod tests {
             key: "vol/chunks/0/0/1_0_100000".into(),
         };
         write_request(&mut buf, &req).expect("write");
-        assert_eq!(read_request(&mut &buf[..]).expect("read"), Some(req));
+        assert_eq!(
+            read_request(&mut &buf[..]).expect("read"),
+            Some(req.clone())
+        );
         assert_eq!(read_request(&mut &[][..]).expect("eof"), None);
 
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let mut reply = Vec::new();
-        write_data_header(&mut reply, data.len(), &sums_of(&data)).expect("header");
+        let secret = Secret::derive("uuid-1", "gpu");
+        let tag = secret.tag(&req.key);
+        write_data_header(&mut reply, data.len(), &sums_of(&data, tag)).expect("header");
         reply.extend_from_slice(&data);
         let ok = || Ok(());
         assert_eq!(
-            read_reply(&mut &reply[..], 100_000, ok).expect("reply"),
+            read_reply(&mut &reply[..], 100_000, tag, ok).expect("reply"),
             Reply::Data(Bytes::from(data.clone()))
         );
+        // The same bytes sent for another block, or by a member of another
+        // volume, are refused.
+        let other_key = secret.tag("vol/chunks/0/0/2_0_100000");
+        let other_volume = Secret::derive("uuid-2", "gpu").tag(&req.key);
+        for wrong in [other_key, other_volume] {
+            assert!(matches!(
+                read_reply(&mut &reply[..], 100_000, wrong, ok),
+                Err(ProtoError::Checksum(0))
+            ));
+        }
         let flip = reply.len() - 40_000;
         reply[flip] ^= 1;
         assert!(matches!(
-            read_reply(&mut &reply[..], 100_000, ok),
+            read_reply(&mut &reply[..], 100_000, tag, ok),
             Err(ProtoError::Checksum(1))
         ));
         // Delivered a few KiB at a time, pieces are checked as they complete,
@@ -415,19 +444,19 @@ mod tests {
         }
         reply[flip] ^= 1;
         assert_eq!(
-            read_reply(&mut Trickle(&reply), 100_000, ok).expect("reply"),
+            read_reply(&mut Trickle(&reply), 100_000, tag, ok).expect("reply"),
             Reply::Data(Bytes::from(data.clone()))
         );
         let last = reply.len() - 10;
         reply[last] ^= 1;
         assert!(matches!(
-            read_reply(&mut Trickle(&reply), 100_000, ok),
+            read_reply(&mut Trickle(&reply), 100_000, tag, ok),
             Err(ProtoError::Checksum(3))
         ));
         let mut failed = Vec::new();
         write_failed(&mut failed, "object storage said no").expect("failed");
         assert!(matches!(
-            read_reply(&mut &failed[..], 1, ok),
+            read_reply(&mut &failed[..], 1, tag, ok),
             Err(ProtoError::Remote(m)) if m == "object storage said no"
         ));
     }

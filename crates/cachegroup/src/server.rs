@@ -176,7 +176,7 @@ fn serve(
             let _ = conn.flush();
             return;
         }
-        let answered = answer(conn, &req, source, metrics).and_then(|_| Ok(conn.flush()?));
+        let answered = answer(conn, &req, secret, source, metrics).and_then(|_| Ok(conn.flush()?));
         if let Err(e) = answered {
             debug!(%peer, key = %req.key, error = %e, "cannot answer a peer");
             return;
@@ -187,6 +187,7 @@ fn serve(
 fn answer(
     conn: &mut Stream,
     req: &proto::Request,
+    secret: &Secret,
     source: &dyn BlockSource,
     metrics: &Metrics,
 ) -> Result<(), ProtoError> {
@@ -217,18 +218,26 @@ fn answer(
             if req.op == Op::Warm {
                 return proto::write_done(conn);
             }
-            send(conn, held, req.len, metrics)
+            send(conn, held, req.len, secret.tag(&req.key), metrics)
         }
     }
 }
 
-fn send(conn: &mut Stream, held: Held, want: u64, metrics: &Metrics) -> Result<(), ProtoError> {
+/// Send a block with its sums, bound to `tag` (those of a disk copy's
+/// trailer are already).
+fn send(
+    conn: &mut Stream,
+    held: Held,
+    want: u64,
+    tag: u32,
+    metrics: &Metrics,
+) -> Result<(), ProtoError> {
     match held {
         Held::Memory { data, sums } => {
             if data.len() as u64 != want {
                 return proto::write_failed(conn, "cached block has another length");
             }
-            let sums = sums.unwrap_or_else(|| proto::sums_of(&data));
+            let sums = sums.unwrap_or_else(|| proto::sums_of(&data, tag));
             proto::write_data_header(conn, data.len(), &sums)?;
             conn.write_all(&data)?;
             metrics.group_served_bytes.inc_by(data.len() as u64);

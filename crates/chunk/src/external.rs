@@ -103,7 +103,7 @@ impl ChunkStore {
             region: obj.region.clone(),
             access_key: obj.access_key.clone(),
             secret_key: obj.secret_key.clone(),
-            virtual_host_style: false,
+            ..Default::default()
         }
         .or(StorageOptions::from_env());
         // Imported reads count and are limited like the volume's own.

@@ -12,6 +12,13 @@
 //!   metadata only after their blocks are stored.
 //!
 //! Block keys: `{volume}/chunks/{id/1_000_000}/{id/1_000}/{id}_{index}_{len}`.
+//!
+//! On volumes of layout version 2 and later every block object is sealed
+//! ([`tessera_blockcache::checksum`]): its body (compressed or not) is
+//! followed by a CRC32C per 32 KiB piece, bound to the volume's UUID and the
+//! block key, and every fetch checks it, so a byte flipped in the bucket
+//! (or an object copied over another) is an error naming the object, never
+//! data.
 
 mod cache;
 mod codec;
@@ -51,6 +58,8 @@ pub enum ChunkError {
     Cache(#[source] std::io::Error),
     #[error("{0}")]
     Unsupported(String),
+    #[error("the object store is out of space storing {key}")]
+    NoSpace { key: String },
 }
 
 impl ChunkError {
@@ -62,6 +71,7 @@ impl ChunkError {
     pub fn errno(&self) -> i32 {
         match self {
             ChunkError::Meta(e) => e.errno(),
+            ChunkError::NoSpace { .. } => libc::ENOSPC,
             _ => libc::EIO,
         }
     }
@@ -74,6 +84,11 @@ pub type Result<T> = std::result::Result<T, ChunkError>;
 pub struct ChunkConfig {
     /// Volume name: the key prefix of every block.
     pub volume: String,
+    /// Volume UUID: what cache directories are named after and what every
+    /// block checksum is bound to.
+    pub uuid: String,
+    /// Block objects carry a checksum trailer (volume layout version 2).
+    pub sealed_objects: bool,
     pub block_size: usize,
     pub compression: Compression,
     /// Bytes of memory for cached blocks.
@@ -104,6 +119,8 @@ impl Default for ChunkConfig {
     fn default() -> Self {
         ChunkConfig {
             volume: "tessera".into(),
+            uuid: "unformatted".into(),
+            sealed_objects: true,
             block_size: 4 << 20,
             compression: Compression::None,
             mem_cache_size: 512 << 20,
@@ -162,7 +179,7 @@ impl ChunkStore {
     ) -> Result<Arc<Self>> {
         let disk = match &config.disk_cache {
             Some(dc) => Some(
-                DiskCache::open(dc.clone(), &config.volume, metrics.clone())
+                DiskCache::open(dc.clone(), &config.uuid, metrics.clone())
                     .map_err(ChunkError::Cache)?,
             ),
             None if config.writeback => {
@@ -191,8 +208,39 @@ impl ChunkStore {
             config,
             metrics,
         });
+        cs.warn_of_legacy_cache();
         cs.resume_staged();
         Ok(cs)
+    }
+
+    /// Caches written by versions that named a volume's cache directory
+    /// after its name are never read (another volume of that name may have
+    /// written them); blocks staged there and never uploaded are left for
+    /// the operator, named in the log.
+    fn warn_of_legacy_cache(&self) {
+        let Some(dc) = &self.config.disk_cache else {
+            return;
+        };
+        for dir in &dc.dirs {
+            let legacy = dir.join(&self.config.volume);
+            if self.config.volume == self.config.uuid || !legacy.join("raw").is_dir() {
+                continue;
+            }
+            let staged = std::fs::read_dir(legacy.join("staging"))
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false);
+            if staged {
+                warn!(dir = %legacy.display(), "a cache directory named after the volume (written by an older version) holds write-back blocks that were never uploaded; they are not uploaded now, since another volume of this name may have staged them");
+            } else {
+                warn!(dir = %legacy.display(), "a cache directory named after the volume (written by an older version) is no longer used and can be removed");
+            }
+        }
+    }
+
+    /// The tag block `key` of this volume is sealed with, in object storage
+    /// and in every cache.
+    pub fn tag(&self, key: &str) -> u32 {
+        tessera_blockcache::checksum::key_tag(&self.config.uuid, key)
     }
 
     pub fn config(&self) -> &ChunkConfig {
@@ -236,19 +284,32 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Compress and upload one block, within the upload concurrency limit.
+    /// Compress, seal and upload one block, within the upload concurrency
+    /// limit.
     pub(crate) async fn upload_block(&self, key: &str, data: &Bytes) -> Result<()> {
-        let body =
+        let encoded =
             codec::encode(self.config.compression, data).map_err(|reason| ChunkError::Corrupt {
                 key: key.to_string(),
                 reason,
             })?;
+        let mut body = tessera_object::Body(vec![encoded]);
+        if self.config.sealed_objects {
+            // The trailer goes out after the block as a second buffer: the
+            // block itself is not copied.
+            let trailer = tessera_blockcache::checksum::trailer(&body.0[0], self.tag(key));
+            body.0.push(Bytes::from(trailer));
+        }
         self.metrics.upload_queue.inc();
         let permit = self.uploads.acquire().await;
         let r = self.store.put(key, body).await;
         drop(permit);
         self.metrics.upload_queue.dec();
-        Ok(r?)
+        r.map_err(|e| match e {
+            e if e.is_no_space() => ChunkError::NoSpace {
+                key: key.to_string(),
+            },
+            e => ChunkError::Object(e),
+        })
     }
 
     /// Account `n` more buffered bytes; true when the mount is over budget.
@@ -279,6 +340,44 @@ impl ChunkStore {
                 }
             }
         }
+    }
+
+    /// Drop the blocks of slices a failed write uploaded (or staged) but
+    /// never committed: nothing refers to them, and nothing else would
+    /// remove them. Deleted in the background, 16 at a time; a block that
+    /// cannot be deleted is left for `tessera gc`.
+    pub(crate) fn abandon_slices(self: &Arc<Self>, slices: Vec<(u64, u64)>) {
+        use futures::StreamExt;
+        let bs = self.config.block_size as u64;
+        let keys: Vec<String> = slices
+            .iter()
+            .flat_map(|&(id, size)| {
+                (0..size.div_ceil(bs)).map(move |i| (id, i, (size - i * bs).min(bs)))
+            })
+            .map(|(id, index, len)| self.block_key(id, index, len))
+            .collect();
+        warn!(
+            blocks = keys.len(),
+            "a write failed before its commit; removing the blocks it had stored"
+        );
+        let me = self.clone();
+        self.rt.spawn(async move {
+            futures::stream::iter(keys)
+                .for_each_concurrent(16, |key| {
+                    let me = me.clone();
+                    async move {
+                        me.mem.remove(&key);
+                        if let Some(disk) = &me.disk {
+                            disk.discard_staged(&key);
+                            disk.remove(&key);
+                        }
+                        if let Err(e) = me.store.delete(&key).await {
+                            warn!(%key, error = %e, "could not delete the block of a failed write; `tessera gc` will find it");
+                        }
+                    }
+                })
+                .await;
+        });
     }
 
     /// Remove the data of deleted files. Returns how many files were cleaned.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
+use tessera_blockcache::checksum;
 use tessera_meta::{slice::visible_segments, Compression, SliceKind, SliceRecord, CHUNK_SIZE};
 use tessera_metrics::tier;
 use tessera_object::ObjectError;
@@ -261,20 +262,44 @@ impl ChunkStore {
         if key.starts_with(crate::external::PREFIX) {
             return self.load_external(key, len).await;
         }
-        let permit = self.downloads.acquire().await;
-        let raw = self.store.get(key, None).await;
-        drop(permit);
-        let raw = raw.map_err(|e| match e {
-            ObjectError::NotFound(k) => FetchError::Missing(k),
-            e => FetchError::Failed(e.to_string()),
-        })?;
-        let data = codec::decode(self.config.compression, raw, len as usize)
-            .map_err(|reason| FetchError::Failed(format!("corrupt block {key}: {reason}")))?;
+        // A block that fails its check is fetched once more (a flaky link
+        // or a torn read); a second failure is an error naming the object.
+        let mut retried = false;
+        loop {
+            let permit = self.downloads.acquire().await;
+            let raw = self.store.get(key, None).await;
+            drop(permit);
+            let raw = raw.map_err(|e| match e {
+                ObjectError::NotFound(k) => FetchError::Missing(k),
+                e => FetchError::Failed(e.to_string()),
+            })?;
+            match self.open_object(key, raw, len) {
+                Ok(data) => return Ok(data),
+                Err(reason) => {
+                    self.metrics.corrupt_objects.inc();
+                    warn!(object = %key, %reason, retried, "block from object storage failed its check");
+                    if retried {
+                        return Err(FetchError::Failed(format!(
+                            "corrupt block {key} in object storage: {reason}"
+                        )));
+                    }
+                    retried = true;
+                }
+            }
+        }
+    }
+
+    /// A block object's data: its seal checked (layout version 2 and
+    /// later), then decoded and its length checked.
+    fn open_object(&self, key: &str, raw: Bytes, len: u64) -> std::result::Result<Bytes, String> {
+        let body = if self.config.sealed_objects {
+            checksum::open_bytes(raw, self.tag(key)).map_err(|d| d.to_string())?
+        } else {
+            raw
+        };
+        let data = codec::decode(self.config.compression, body, len as usize)?;
         if data.len() as u64 != len {
-            return Err(FetchError::Failed(format!(
-                "corrupt block {key}: expected {len} bytes, got {}",
-                data.len()
-            )));
+            return Err(format!("expected {len} bytes, got {}", data.len()));
         }
         Ok(data)
     }
@@ -379,11 +404,16 @@ impl ChunkStore {
         in_block: usize,
         n: usize,
     ) -> Result<Bytes> {
-        let range = in_block as u64..(in_block + n) as u64;
-        let got = self.rt.block_on(async {
-            let _permit = self.downloads.acquire().await;
-            self.store.get(key, Some(range)).await
-        })?;
+        let got = if self.config.sealed_objects {
+            self.rt
+                .block_on(self.sealed_range(key, block_len, in_block, n))?
+        } else {
+            let range = in_block as u64..(in_block + n) as u64;
+            self.rt.block_on(async {
+                let _permit = self.downloads.acquire().await;
+                self.store.get(key, Some(range)).await
+            })?
+        };
         if got.len() != n {
             return Err(ChunkError::Corrupt {
                 key: key.to_string(),
@@ -395,6 +425,62 @@ impl ChunkStore {
             drop(self.fetch(key, block_len, true));
         }
         Ok(got)
+    }
+
+    /// Bytes `[in_block, in_block + n)` of a sealed, uncompressed block
+    /// object: the 32 KiB pieces that hold them and those pieces' sums are
+    /// read by two range GETs at once, and checked before any byte is
+    /// returned (a mismatch is read once more, then an error).
+    async fn sealed_range(
+        &self,
+        key: &str,
+        block_len: u64,
+        in_block: usize,
+        n: usize,
+    ) -> Result<Bytes> {
+        let piece = checksum::PIECE;
+        let (first, end) = (in_block / piece, (in_block + n).div_ceil(piece));
+        let data_range = (first * piece) as u64..((end * piece) as u64).min(block_len);
+        let sums_range = checksum::sums_range(block_len as usize, first, end - first);
+        let tag = self.tag(key);
+        let mut retried = false;
+        loop {
+            let (data, sums) = {
+                let _permit = self.downloads.acquire().await;
+                futures::future::join(
+                    self.store.get(key, Some(data_range.clone())),
+                    self.store.get(key, Some(sums_range.clone())),
+                )
+                .await
+            };
+            let (data, sums) = (data?, sums?);
+            let checked = if sums.len() as u64 != sums_range.end - sums_range.start {
+                Err(checksum::Damage::BadTrailer)
+            } else {
+                checksum::check_pieces(&data, first, &checksum::decode_sums(&sums), tag)
+            };
+            match checked {
+                Ok(()) if data.len() >= in_block - first * piece + n => {
+                    let at = in_block - first * piece;
+                    return Ok(data.slice(at..at + n));
+                }
+                other => {
+                    self.metrics.corrupt_objects.inc();
+                    let reason = match other {
+                        Err(d) => d.to_string(),
+                        Ok(()) => format!("range read returned {} bytes", data.len()),
+                    };
+                    warn!(object = %key, %reason, retried, "range of a block failed its check");
+                    if retried {
+                        return Err(ChunkError::Corrupt {
+                            key: key.to_string(),
+                            reason: format!("in object storage: {reason}"),
+                        });
+                    }
+                    retried = true;
+                }
+            }
+        }
     }
 
     /// Fill `buf` with bytes `[off, off + buf.len())` of a chunk.

@@ -119,6 +119,15 @@ pub struct FileWriter {
     flush_lock: Mutex<()>,
 }
 
+/// Whether a failed flush certainly left its slices uncommitted, so their
+/// blocks may go: an upload failed, or the engine refused the commit. An
+/// engine error may have come after the commit took effect (a connection
+/// lost on the way back), and then the blocks are kept for `tessera gc`
+/// to judge against the metadata.
+fn surely_not_committed(e: &ChunkError) -> bool {
+    !matches!(e, ChunkError::Meta(tessera_meta::MetaError::Engine(_)))
+}
+
 fn poisoned() -> ChunkError {
     ChunkError::Unsupported("writer lock poisoned".into())
 }
@@ -309,20 +318,22 @@ impl FileWriter {
         };
         let _span =
             tracing::debug_span!("flush_appends", ino = self.ino, len = data.len()).entered();
+        let id = self.chunks.meta.new_slice_id().map_err(ChunkError::Meta)?;
         let committed = self
             .chunks
-            .meta
-            .new_slice_id()
-            .map_err(ChunkError::Meta)
-            .and_then(|id| {
-                self.chunks
-                    .rt
-                    .block_on(self.chunks.upload_slice(id, &data))?;
+            .rt
+            .block_on(self.chunks.upload_slice(id, &data))
+            .and_then(|()| {
                 self.chunks
                     .meta
                     .append_slice(self.ino, id, data.len() as u64)
                     .map_err(ChunkError::Meta)
             });
+        if let Err(e) = &committed {
+            if surely_not_committed(e) {
+                self.chunks.abandon_slices(vec![(id, data.len() as u64)]);
+            }
+        }
         match committed {
             Ok(appended) => {
                 debug!(
@@ -401,6 +412,12 @@ impl FileWriter {
                 .write_slices(self.ino, &records, length)
                 .map_err(ChunkError::Meta)
         });
+        if let Err(e) = &committed {
+            if surely_not_committed(e) {
+                let slices = records.iter().map(|(_, r)| (r.id, r.size)).collect();
+                self.chunks.abandon_slices(slices);
+            }
+        }
         let mut st = self.state.lock().map_err(|_| poisoned())?;
         st.flushing.clear();
         // Only writes that arrived during the flush are still buffered.

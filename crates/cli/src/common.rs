@@ -25,7 +25,7 @@ pub fn init_logging(debug: bool) {
 }
 
 /// Storage connection flags; unset ones fall back to the AWS environment.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct StorageFlags {
     /// Object store endpoint, e.g. http://127.0.0.1:9000 [env: AWS_ENDPOINT_URL]
     #[arg(long)]
@@ -42,18 +42,25 @@ pub struct StorageFlags {
     /// Use virtual-host style bucket addressing instead of path style.
     #[arg(long)]
     pub virtual_host_style: bool,
+    /// Seconds one attempt of an object request may go without progress
+    /// before it is cut and retried; a whole request (retries included)
+    /// fails after six times this plus a second per MiB.
+    #[arg(long, default_value_t = 10.0)]
+    pub io_timeout: f64,
 }
 
 impl StorageFlags {
-    pub fn options(&self) -> StorageOptions {
-        StorageOptions {
+    /// The connection options, the flags' numbers checked.
+    pub fn options(&self) -> Result<StorageOptions> {
+        Ok(StorageOptions {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             access_key: self.access_key.clone(),
             secret_key: self.secret_key.clone(),
             virtual_host_style: self.virtual_host_style,
+            timeout: Some(seconds_in("--io-timeout", self.io_timeout, 0.1, 3600.0)?),
         }
-        .or(StorageOptions::from_env())
+        .or(StorageOptions::from_env()))
     }
 }
 
@@ -172,6 +179,21 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
     Ok(std::time::Duration::from_secs(n.saturating_mul(mult)))
 }
 
+/// The seconds a flag was given, checked: NaN, infinities and values
+/// outside `min..=max` are refused with the flag named (a huge value would
+/// overflow a `Duration`; a negative one is no time at all).
+pub fn seconds_in(flag: &str, v: f64, min: f64, max: f64) -> Result<std::time::Duration> {
+    if !v.is_finite() || v < min || v > max {
+        return Err(anyhow!(
+            "{flag} {v} is out of range: give a number of seconds from {min} to {max}"
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(v))
+}
+
+/// Longest time a cache or period flag takes: 30 days.
+pub const MAX_FLAG_SECONDS: f64 = 30.0 * 86_400.0;
+
 /// One line of /proc/self/mountinfo that matters here.
 #[derive(Debug, Clone)]
 pub struct MountEntry {
@@ -214,15 +236,18 @@ pub fn is_mounted(path: &Path) -> bool {
     mounts().iter().any(|m| m.mountpoint == canon)
 }
 
+/// Whether a mount-table line is a Tessera volume: a FUSE mount (typed
+/// `fuse.tessera`, or plain `fuse` when mounted without the helper) whose
+/// source is a metadata URL.
+pub fn is_tessera_mount(m: &MountEntry) -> bool {
+    (m.fstype == "fuse" || m.fstype == "fuse.tessera") && m.source.contains("://")
+}
+
 /// The Tessera mount that holds `path` (already canonical), if any.
 pub fn tessera_mount_of(path: &Path) -> Option<MountEntry> {
     mounts()
         .into_iter()
-        .filter(|m| {
-            m.fstype.starts_with("fuse")
-                && m.source.contains("://")
-                && path.starts_with(&m.mountpoint)
-        })
+        .filter(|m| is_tessera_mount(m) && path.starts_with(&m.mountpoint))
         .max_by_key(|m| m.mountpoint.as_os_str().len())
 }
 

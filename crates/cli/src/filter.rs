@@ -15,6 +15,11 @@ pub struct KeyFilter {
 }
 
 impl KeyFilter {
+    /// Whether the filter takes every key.
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
     pub fn wants(&self, key: &str) -> bool {
         (self.include.is_empty() || self.include.iter().any(|p| glob_match(p, key)))
             && !self.exclude.iter().any(|p| glob_match(p, key))

@@ -80,7 +80,8 @@ fn import_a_bucket_in_place() {
         .build()
         .expect("runtime");
     let put = |key: &str, data: Vec<u8>| {
-        rt.block_on(store.put(key, data.into())).expect("put");
+        rt.block_on(store.put(key, bytes::Bytes::from(data).into()))
+            .expect("put");
     };
     let ckpt = pseudo_random(70 << 20, 3); // over one 64 MiB chunk
     put("ckpt/model.safetensors", ckpt.clone());

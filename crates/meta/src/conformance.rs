@@ -22,6 +22,8 @@ pub fn run_all(factory: Factory<'_>) {
     hard_links_and_open_unlink(factory());
     data_records(factory());
     appends(factory());
+    fsck_finds_and_repairs(factory());
+    huge_offsets_and_sizes(factory());
     xattrs(factory());
     locks(factory());
     sessions(factory());
@@ -56,6 +58,139 @@ fn formatted(engine: Arc<dyn KvEngine>) -> Meta {
         .expect_err("different settings must be refused");
     assert!(err.to_string().contains("refusing to reformat"), "{err}");
     meta
+}
+
+/// fsck finds each kind of damage and repair leaves a volume it finds
+/// clean: a wrong link count, a lost shared-slice count, an entry to no
+/// inode, an inode in no directory, usage counters left short by a crash.
+fn fsck_finds_and_repairs(engine: Arc<dyn KvEngine>) {
+    let m = formatted(engine.clone());
+    let (d, _) = m
+        .mknod(&CTX, ROOT_INO, b"d", FileType::Dir, 0o755, 0, None)
+        .expect("dir");
+    let (f, _) = m
+        .mknod(&CTX, d, b"f", FileType::File, 0o644, 0, None)
+        .expect("f");
+    let (g, _) = m
+        .mknod(&CTX, d, b"g", FileType::File, 0o644, 0, None)
+        .expect("g");
+    let id = m.new_slice_id().expect("id");
+    let rec = SliceRecord {
+        kind: SliceKind::Internal,
+        pos: 0,
+        id,
+        size: 10_000,
+        off: 0,
+        len: 10_000,
+    };
+    m.write_slices(f, &[(0, rec)], 10_000).expect("write");
+    m.copy_range(f, 0, g, 0, 10_000).expect("share the slice");
+    m.flush_usage().expect("usage");
+    let clean = m.fsck(false).expect("fsck");
+    assert!(clean.problems.is_empty(), "{:?}", clean.problems);
+    assert_eq!(clean.slices.get(&(id, 10_000)), Some(&2));
+    assert_eq!((clean.files, clean.dirs), (2, 2));
+
+    run_txn(&*engine, false, |tx| {
+        let mut a = crate::fs::get_attr(tx, f)?;
+        a.nlink = 5;
+        crate::fs::put_attr(tx, f, &a)?;
+        tx.delete(&crate::keys::slice_refs(id, 10_000))?;
+        let mut ghost = 999_999u64.to_be_bytes().to_vec();
+        ghost.push(FileType::File as u8);
+        tx.set(&crate::keys::dentry(d, b"ghost"), &ghost)?;
+        tx.delete(&crate::keys::dentry(d, b"g"))?;
+        tx.set(&crate::keys::counter("usedSpace"), &0i64.to_le_bytes())
+    })
+    .expect("damage");
+    let bad = m.fsck(false).expect("fsck");
+    assert_eq!(bad.problems.len(), 5, "{:#?}", bad.problems);
+    assert_eq!(bad.repaired, 0);
+    let fixed = m.fsck(true).expect("repair");
+    assert_eq!(
+        fixed.repaired,
+        fixed.problems.len(),
+        "{:#?}",
+        fixed.problems
+    );
+    let again = m.fsck(false).expect("fsck after repair");
+    assert!(again.problems.is_empty(), "{:#?}", again.problems);
+    let (lost, _) = m.lookup(ROOT_INO, b"lost+found").expect("lost+found");
+    let (found, attr) = m
+        .lookup(lost, format!("#{g}").as_bytes())
+        .expect("orphan adopted");
+    assert_eq!((found, attr.nlink, attr.length), (g, 1, 10_000));
+    assert!(matches!(m.lookup(d, b"ghost"), Err(MetaError::NotFound)));
+    assert_eq!(m.getattr(f).expect("f").nlink, 1);
+}
+
+/// Offsets past the largest file are refused with EFBIG everywhere, and a
+/// truncate of a huge sparse file costs what is stored, not its length.
+fn huge_offsets_and_sizes(engine: Arc<dyn KvEngine>) {
+    let m = formatted(engine);
+    let (f, _) = m
+        .mknod(&CTX, ROOT_INO, b"huge", FileType::File, 0o644, 0, None)
+        .expect("file");
+    let max = crate::MAX_FILE_SIZE;
+    let efbig = |r: crate::Result<()>| match r {
+        Err(e) => assert_eq!(e.errno(), libc::EFBIG, "{e}"),
+        Ok(()) => panic!("accepted past the largest file"),
+    };
+    efbig(m.truncate(f, max + 1).map(drop));
+    efbig(m.fallocate(f, 0, max - 10, 11).map(drop));
+    efbig(m.fallocate(f, 0, u64::MAX - 5, 10).map(drop));
+    let id = m.new_slice_id().expect("id");
+    let rec = SliceRecord {
+        kind: SliceKind::Internal,
+        pos: 0,
+        id,
+        size: 100,
+        off: 0,
+        len: 100,
+    };
+    efbig(m.write_slices(f, &[(0, rec)], max + 1).map(drop));
+    // The largest size itself is fine, and so is coming back from it: one
+    // transaction each, whatever the logical size.
+    m.write_slices(f, &[(0, rec)], 100).expect("write");
+    m.truncate(f, max).expect("truncate to the largest size");
+    let started = std::time::Instant::now();
+    let t = m.truncate(f, 0).expect("truncate back to 0");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "truncate walked the logical size: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(t.attr.length, 0);
+    assert_eq!(t.freed, vec![(id, 100)]);
+    efbig(m.append_slice(f, id, 1).map(drop).and_then(|_| {
+        m.truncate(f, max)?;
+        m.append_slice(f, id, 1).map(drop)
+    }));
+    // A copy into the last bytes the format holds, past them refused.
+    let (g, _) = m
+        .mknod(&CTX, ROOT_INO, b"src", FileType::File, 0o644, 0, None)
+        .expect("src");
+    m.write_slices(g, &[(0, rec)], 100).expect("src data");
+    efbig(m.copy_range(g, 0, f, max - 50, 100).map(drop));
+    m.copy_range(g, 0, f, max - 100, 100)
+        .expect("copy at the end");
+
+    // More chunks than one transaction drops: the shrink goes in batches
+    // from the top and still frees every slice, the file whole throughout.
+    let (h, _) = m
+        .mknod(&CTX, ROOT_INO, b"many", FileType::File, 0o644, 0, None)
+        .expect("many");
+    let mut recs = Vec::new();
+    for i in 0..1100u32 {
+        let id = m.new_slice_id().expect("id");
+        recs.push((i * 3, SliceRecord { id, ..rec }));
+    }
+    let length = 3 * 1100 * crate::CHUNK_SIZE;
+    m.write_slices(h, &recs, length).expect("write 1100 chunks");
+    let t = m.truncate(h, 10).expect("shrink in batches");
+    assert_eq!(t.attr.length, 10);
+    assert_eq!(t.freed.len(), 1099, "every slice past the first chunk");
+    assert_eq!(m.chunks_of(h).expect("chunks").len(), 1);
 }
 
 /// O_APPEND commits land at the end as it stands in the commit, split over

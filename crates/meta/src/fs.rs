@@ -13,7 +13,9 @@ use crate::attr::{Attr, FileType};
 use crate::keys;
 use crate::kv::{run_txn, scan_prefix, KvEngine, KvTxn};
 use crate::slice::SliceRecord;
-use crate::{now, Ctx, Format, Ino, MetaError, Result, CHUNK_SIZE, MAX_NAME_LEN, ROOT_INO};
+use crate::{
+    now, Ctx, Format, Ino, MetaError, Result, CHUNK_SIZE, MAX_FILE_SIZE, MAX_NAME_LEN, ROOT_INO,
+};
 
 /// Runtime options of a mounted volume.
 #[derive(Debug, Clone, Default)]
@@ -123,6 +125,21 @@ fn account(space: i64, inodes: i64) {
         let (s, i) = u.get();
         u.set((s + space, i + inodes));
     });
+}
+
+/// Chunk lists one transaction drops at most when a file shrinks: a large
+/// file is truncated in several short transactions, not one long one.
+const CHUNKS_PER_TXN: usize = 1024;
+
+/// Most bytes one copy_file_range call copies; callers loop, as they must
+/// for short copies anyway, so one call's work stays bounded.
+pub const COPY_RANGE_MAX: u64 = 1 << 30;
+
+/// `off + len`, if it stays within the largest file.
+fn end_within_limit(off: u64, len: u64) -> Result<u64> {
+    off.checked_add(len)
+        .filter(|end| *end <= MAX_FILE_SIZE)
+        .ok_or(MetaError::FileTooBig)
 }
 
 fn align4k(n: u64) -> i64 {
@@ -284,6 +301,20 @@ impl Meta {
         out
     }
 
+    /// Usage changes this process has counted and not yet added.
+    pub(crate) fn pending_usage(&self) -> (i64, i64) {
+        (
+            self.pending_space.load(Ordering::Relaxed),
+            self.pending_inodes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Drop the unsaved usage changes (the counters were just recounted).
+    pub(crate) fn take_pending_usage(&self) {
+        self.pending_space.store(0, Ordering::Relaxed);
+        self.pending_inodes.store(0, Ordering::Relaxed);
+    }
+
     /// Add this process's usage changes to the volume's counters. Mounts
     /// call it every second and at unmount; a process killed in between
     /// loses at most that second's accounting (the data is not affected).
@@ -308,7 +339,7 @@ impl Meta {
         run_txn(&*self.engine, true, f)
     }
 
-    fn writable(&self) -> Result<()> {
+    pub(crate) fn writable(&self) -> Result<()> {
         if self.config.read_only {
             Err(MetaError::ReadOnly)
         } else {
@@ -972,6 +1003,7 @@ impl Meta {
         min_length: u64,
     ) -> Result<(Attr, usize)> {
         self.writable()?;
+        end_within_limit(min_length, 0)?;
         self.txn(|tx| {
             let mut a = get_attr(tx, ino)?;
             if a.typ != FileType::File {
@@ -1007,6 +1039,7 @@ impl Meta {
                 return Err(MetaError::Invalid("write to a non-regular file".into()));
             }
             let start = a.length;
+            end_within_limit(start, len)?;
             let mut touched = Vec::new();
             let mut done = 0u64;
             while done < len {
@@ -1078,28 +1111,125 @@ impl Meta {
     /// covers the tail of the last chunk with a hole.
     pub fn truncate(&self, ino: Ino, length: u64) -> Result<TruncateResult> {
         self.writable()?;
-        self.txn(|tx| {
-            let mut a = get_attr(tx, ino)?;
-            if a.typ == FileType::Dir {
-                return Err(MetaError::IsDir);
+        end_within_limit(length, 0)?;
+        let mut freed = Vec::new();
+        for round in 0.. {
+            let done = self.txn(|tx| {
+                let mut a = get_attr(tx, ino)?;
+                if a.typ == FileType::Dir {
+                    return Err(MetaError::IsDir);
+                }
+                if a.typ != FileType::File {
+                    return Err(MetaError::Invalid("truncate of a special file".into()));
+                }
+                let mut freed = Vec::new();
+                if length < a.length {
+                    // Too many whole chunks to drop in one transaction:
+                    // they go first, in batches (see shrink_from_the_top).
+                    if round < 3 {
+                        let from = u32::try_from(length.div_ceil(CHUNK_SIZE)).unwrap_or(u32::MAX);
+                        let end = crate::kv::prefix_end(&keys::chunk_prefix(ino));
+                        let beyond = tx.scan(&keys::chunk(ino, from), &end, CHUNKS_PER_TXN + 1)?;
+                        if beyond.len() > CHUNKS_PER_TXN {
+                            return Ok(None);
+                        }
+                    }
+                    Self::zero_range(tx, ino, length, a.length - length, &mut freed, true)?;
+                }
+                account(align4k(length) - align4k(a.length), 0);
+                a.length = length;
+                a.touch_mtime(now());
+                put_attr(tx, ino, &a)?;
+                Ok(Some(TruncateResult { attr: a, freed }))
+            })?;
+            match done {
+                Some(last) => {
+                    freed.extend(last.freed);
+                    return Ok(TruncateResult {
+                        attr: last.attr,
+                        freed,
+                    });
+                }
+                None => freed.extend(self.shrink_from_the_top(ino, length)?),
             }
-            if a.typ != FileType::File {
-                return Err(MetaError::Invalid("truncate of a special file".into()));
+        }
+        unreachable!("the fourth round of a truncate always finishes")
+    }
+
+    /// Keys of the chunk lists of `ino` from chunk `first` on (read in
+    /// pages, outside any writing transaction).
+    fn chunk_keys_from(&self, ino: Ino, first: u64) -> Result<Vec<Vec<u8>>> {
+        let Ok(first) = u32::try_from(first) else {
+            return Ok(Vec::new());
+        };
+        let end = crate::kv::prefix_end(&keys::chunk_prefix(ino));
+        let mut from = keys::chunk(ino, first);
+        let mut found = Vec::new();
+        loop {
+            let rows = self.read_txn(|tx| tx.scan(&from, &end, 4096))?;
+            let full = rows.len() == 4096;
+            found.extend(rows.into_iter().map(|(k, _)| k));
+            match found.last() {
+                Some(last) if full => {
+                    from = last.clone();
+                    from.push(0);
+                }
+                _ => return Ok(found),
             }
-            let mut freed = Vec::new();
-            if length < a.length {
-                Self::zero_range(tx, ino, length, a.length - length, &mut freed, true)?;
+        }
+    }
+
+    /// A file shrinking past more whole chunks than one transaction should
+    /// drop loses them from the top down, [`CHUNKS_PER_TXN`] per
+    /// transaction, each transaction leaving the file shorter and whole (a
+    /// crash midway leaves a file cut at a chunk boundary, never one with
+    /// holes punched in it). The last transaction of the truncate takes
+    /// what is left. Work is proportional to the chunks that exist, never
+    /// to the file's logical size.
+    fn shrink_from_the_top(&self, ino: Ino, length: u64) -> Result<FreedSlices> {
+        let mut freed = Vec::new();
+        let keys = self.chunk_keys_from(ino, length.div_ceil(CHUNK_SIZE))?;
+        let prefix_len = keys::chunk_prefix(ino).len();
+        for batch in keys.rchunks(CHUNKS_PER_TXN) {
+            let lowest = batch[0]
+                .get(prefix_len..)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| MetaError::Corrupt("chunk key".into()))?;
+            let cut = (u64::from(lowest) * CHUNK_SIZE).max(length);
+            let dropped = self.txn(|tx| {
+                let mut a = get_attr(tx, ino)?;
+                if a.typ != FileType::File || a.length <= cut {
+                    // Shrunk (or replaced) meanwhile: the last step decides.
+                    return Ok(None);
+                }
+                let mut f = Vec::new();
+                for k in batch {
+                    if let Some(v) = tx.get(k)? {
+                        for r in SliceRecord::decode_all(&v)? {
+                            unref_slice(tx, &r, &mut f)?;
+                        }
+                        tx.delete(k)?;
+                    }
+                }
+                account(align4k(cut) - align4k(a.length), 0);
+                a.length = cut;
+                a.touch_mtime(now());
+                put_attr(tx, ino, &a)?;
+                Ok(Some(f))
+            })?;
+            match dropped {
+                Some(f) => freed.extend(f),
+                None => break,
             }
-            account(align4k(length) - align4k(a.length), 0);
-            a.length = length;
-            a.touch_mtime(now());
-            put_attr(tx, ino, &a)?;
-            Ok(TruncateResult { attr: a, freed })
-        })
+        }
+        Ok(freed)
     }
 
     /// Make `[off, off + len)` read as zeros. With `drop_whole` (the range runs
     /// to the end of the file), chunks that start inside it are deleted.
+    /// Only chunks that have a list are visited (one range scan), so the
+    /// work follows the data stored, not the length of the range.
     fn zero_range(
         tx: &mut dyn KvTxn,
         ino: Ino,
@@ -1108,26 +1238,35 @@ impl Meta {
         freed: &mut FreedSlices,
         drop_whole: bool,
     ) -> Result<()> {
-        let end = off + len;
-        let mut pos = off;
-        while pos < end {
-            let index = (pos / CHUNK_SIZE) as u32;
+        let end = off.saturating_add(len).min(MAX_FILE_SIZE);
+        if end <= off {
+            return Ok(());
+        }
+        let first = (off / CHUNK_SIZE) as u32;
+        let last = ((end - 1) / CHUNK_SIZE) as u32;
+        let upper = match last.checked_add(1) {
+            Some(next) => keys::chunk(ino, next),
+            None => crate::kv::prefix_end(&keys::chunk_prefix(ino)),
+        };
+        let prefix_len = keys::chunk_prefix(ino).len();
+        for (key, mut v) in tx.scan(&keys::chunk(ino, first), &upper, usize::MAX)? {
+            let index = key
+                .get(prefix_len..)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| MetaError::Corrupt("chunk key".into()))?;
             let chunk_start = u64::from(index) * CHUNK_SIZE;
-            let in_chunk = pos - chunk_start;
+            let in_chunk = off.saturating_sub(chunk_start);
             let upto = (end - chunk_start).min(CHUNK_SIZE);
-            let key = keys::chunk(ino, index);
             if drop_whole && in_chunk == 0 {
-                if let Some(v) = tx.get(&key)? {
-                    for r in SliceRecord::decode_all(&v)? {
-                        unref_slice(tx, &r, freed)?;
-                    }
-                    tx.delete(&key)?;
+                for r in SliceRecord::decode_all(&v)? {
+                    unref_slice(tx, &r, freed)?;
                 }
-            } else if let Some(mut v) = tx.get(&key)? {
+                tx.delete(&key)?;
+            } else {
                 SliceRecord::hole(in_chunk as u32, (upto - in_chunk) as u32).encode_into(&mut v);
                 tx.set(&key, &v)?;
             }
-            pos = chunk_start + upto;
         }
         Ok(())
     }
@@ -1139,6 +1278,7 @@ impl Meta {
         if len == 0 {
             return Err(MetaError::Invalid("fallocate of zero bytes".into()));
         }
+        end_within_limit(off, len)?;
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
         let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
@@ -1197,7 +1337,8 @@ impl Meta {
             if off_in >= sa.length {
                 return Ok((da, 0));
             }
-            let len = len.min(sa.length - off_in);
+            let len = len.min(sa.length - off_in).min(COPY_RANGE_MAX);
+            end_within_limit(off_out, len)?;
             let mut done = 0u64;
             while done < len {
                 let s = off_in + done;
@@ -1305,19 +1446,33 @@ impl Meta {
             .collect())
     }
 
-    /// Drop the chunk lists of a deleted file; returns slices to delete.
+    /// Drop the chunk lists of a deleted file, [`CHUNKS_PER_TXN`] per
+    /// transaction; returns slices to delete.
     pub fn cleanup_deleted(&self, ino: Ino, length: u64) -> Result<FreedSlices> {
-        self.txn(|tx| {
-            let mut freed = Vec::new();
-            for (k, v) in scan_prefix(tx, &keys::chunk_prefix(ino))? {
-                for r in SliceRecord::decode_all(&v)? {
-                    unref_slice(tx, &r, &mut freed)?;
+        let prefix = keys::chunk_prefix(ino);
+        let end = crate::kv::prefix_end(&prefix);
+        let mut freed = Vec::new();
+        loop {
+            let (f, finished) = self.txn(|tx| {
+                let mut freed = Vec::new();
+                let rows = tx.scan(&prefix, &end, CHUNKS_PER_TXN)?;
+                let finished = rows.len() < CHUNKS_PER_TXN;
+                for (k, v) in rows {
+                    for r in SliceRecord::decode_all(&v)? {
+                        unref_slice(tx, &r, &mut freed)?;
+                    }
+                    tx.delete(&k)?;
                 }
-                tx.delete(&k)?;
+                if finished {
+                    tx.delete(&keys::deleted(ino, length))?;
+                }
+                Ok((freed, finished))
+            })?;
+            freed.extend(f);
+            if finished {
+                return Ok(freed);
             }
-            tx.delete(&keys::deleted(ino, length))?;
-            Ok(freed)
-        })
+        }
     }
 
     // ---- external objects (import) ------------------------------------

@@ -8,6 +8,7 @@
 //! * [`conformance`] is the suite every engine must pass.
 
 pub mod attr;
+mod check;
 pub mod conformance;
 pub mod dump;
 pub mod engines;
@@ -22,6 +23,7 @@ pub mod slice;
 use serde::{Deserialize, Serialize};
 
 pub use attr::{Attr, FileType};
+pub use check::FsckReport;
 pub use fs::{
     Appended, Entry, ExternalObject, Meta, MetaConfig, SetAttr, StatFs, TruncateResult,
     UnlinkResult,
@@ -37,6 +39,10 @@ pub type Ino = u64;
 pub const ROOT_INO: Ino = 1;
 /// Logical size of a chunk: a file is a sequence of 64 MiB chunks.
 pub const CHUNK_SIZE: u64 = 64 << 20;
+/// The largest file the format can hold: 2^32 chunks (a chunk index is a
+/// u32) of 64 MiB, 256 PiB. Every offset, length and end that reaches the
+/// metadata is checked against it (EFBIG beyond).
+pub const MAX_FILE_SIZE: u64 = CHUNK_SIZE << 32;
 /// Longest name of a directory entry, as on ext4.
 pub const MAX_NAME_LEN: usize = 255;
 
@@ -65,6 +71,8 @@ pub enum MetaError {
     NoData,
     #[error("attribute value too large")]
     TooBig,
+    #[error("file too large: the format holds files of up to 256 PiB")]
+    FileTooBig,
     #[error("result does not fit the buffer")]
     Range,
     #[error("resource temporarily unavailable")]
@@ -100,6 +108,7 @@ impl MetaError {
             MetaError::Invalid(_) => libc::EINVAL,
             MetaError::NoData => libc::ENODATA,
             MetaError::TooBig => libc::E2BIG,
+            MetaError::FileTooBig => libc::EFBIG,
             MetaError::Range => libc::ERANGE,
             MetaError::WouldBlock => libc::EAGAIN,
             MetaError::ReadOnly => libc::EROFS,
@@ -174,7 +183,15 @@ pub struct Format {
 }
 
 impl Format {
-    pub const VERSION: u32 = 1;
+    /// Layout versions: 1, block objects are the (compressed) bytes alone;
+    /// 2, every block object is sealed with a checksum trailer bound to
+    /// the volume's UUID and the block key.
+    pub const VERSION: u32 = 2;
+
+    /// Whether the volume's block objects carry a checksum trailer.
+    pub fn sealed_blocks(&self) -> bool {
+        self.version >= 2
+    }
 
     /// Settings that may not change once data is written.
     pub fn incompatible_with(&self, other: &Format) -> Option<String> {

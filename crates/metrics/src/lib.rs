@@ -61,6 +61,9 @@ pub struct Metrics {
     pub cache_evictions: Family<Label, Counter>,
     /// Cached blocks whose checksum did not match; each was dropped and fetched again.
     pub corrupt_blocks: Counter,
+    /// Blocks fetched from object storage whose checksum did not match (each
+    /// fetch is retried once before the read fails).
+    pub corrupt_objects: Counter,
     /// Object requests by method: latency, failures, bytes.
     pub object_latency: Family<Label, Histogram, LatencyBuckets>,
     pub object_errors: Family<Label, Counter>,
@@ -118,6 +121,7 @@ impl Metrics {
             cache_bytes: Family::default(),
             cache_evictions: Family::default(),
             corrupt_blocks: Counter::default(),
+            corrupt_objects: Counter::default(),
             object_latency: Family::new_with_constructor(LatencyBuckets),
             object_errors: Family::default(),
             object_bytes: Family::default(),
@@ -173,6 +177,11 @@ impl Metrics {
             "corrupt_blocks",
             "Cached blocks that failed their checksum and were fetched again",
             m.corrupt_blocks.clone(),
+        );
+        r.register(
+            "corrupt_objects",
+            "Blocks fetched from object storage that failed their checksum",
+            m.corrupt_objects.clone(),
         );
         r.register(
             "object_request_seconds",

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tessera_metrics::Metrics;
 
-use crate::{BoxFuture, DynStore, ObjectInfo, ObjectStore, PartStream, RequestCounters, Result};
+use crate::{
+    Body, BoxFuture, DynStore, ObjectInfo, ObjectStore, PartStream, RequestCounters, Result,
+};
 
 /// A bandwidth limit shared by every request of one direction.
 #[derive(Debug)]
@@ -180,7 +182,7 @@ impl ObjectStore for Instrumented {
         })
     }
 
-    fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<()>> {
+    fn put<'a>(&'a self, key: &'a str, data: Body) -> BoxFuture<'a, Result<()>> {
         let len = data.len() as u64;
         Box::pin(self.timed_put(len, self.inner.put(key, data)))
     }
@@ -265,7 +267,7 @@ mod tests {
                     for i in 0..5 {
                         let key = format!("k{t}_{i}");
                         store
-                            .put(&key, Bytes::from(vec![0u8; 1_000_000]))
+                            .put(&key, Bytes::from(vec![0u8; 1_000_000]).into())
                             .await
                             .expect("put");
                     }

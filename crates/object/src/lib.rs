@@ -5,7 +5,15 @@
 //! `s3://`, `oss://`, `gs://`, `azblob://`) into an OpenDAL operator with
 //! retries. Keeping the trait ours lets tests wrap a store (fault injection,
 //! request counting) without touching OpenDAL.
+//!
+//! Every request has a deadline: OpenDAL's timeouts cut a stalled attempt
+//! (10 s without progress) and its retry layer tries up to four times with
+//! backoff; around all of that, [`deadline_for`] bounds the request as a
+//! whole, so a store that accepts connections and never answers (a frozen
+//! server) ends in [`ObjectError::Timeout`] naming the object, never in a
+//! reader blocked for good.
 
+pub mod faults;
 mod instrument;
 mod url_parse;
 
@@ -15,6 +23,7 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use opendal::layers::{RetryLayer, TimeoutLayer};
@@ -50,6 +59,54 @@ pub enum ObjectError {
         #[source]
         source: Box<opendal::Error>,
     },
+    #[error("object storage {op} {key:?} gave no answer within {after:?}")]
+    Timeout {
+        op: &'static str,
+        key: String,
+        after: Duration,
+    },
+    #[error("object storage {op} {key:?} failed: {reason}")]
+    Injected {
+        op: &'static str,
+        key: String,
+        reason: String,
+    },
+}
+
+impl ObjectError {
+    /// The store is out of space (a full local disk, or a service that
+    /// says so), which applications should see as ENOSPC.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            ObjectError::Backend { source, .. } => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+                while let Some(e) = cause {
+                    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                        if io.raw_os_error() == Some(libc_enospc()) {
+                            return true;
+                        }
+                    }
+                    cause = e.source();
+                }
+                let text = source.to_string();
+                [
+                    "No space left",
+                    "InsufficientStorage",
+                    "StorageFull",
+                    "EntityTooLarge",
+                ]
+                .iter()
+                .any(|s| text.contains(s))
+            }
+            ObjectError::Source { source, .. } => source.raw_os_error() == Some(libc_enospc()),
+            _ => false,
+        }
+    }
+}
+
+/// ENOSPC, without a libc dependency for one constant (28 on every Linux).
+const fn libc_enospc() -> i32 {
+    28
 }
 
 pub type Result<T> = std::result::Result<T, ObjectError>;
@@ -76,6 +133,64 @@ pub struct RequestCounters {
     pub put_bytes: AtomicU64,
 }
 
+/// The body of an upload: one buffer or several sent back to back (a
+/// block and its checksum trailer go out without being joined in memory).
+#[derive(Debug, Clone, Default)]
+pub struct Body(pub Vec<Bytes>);
+
+impl Body {
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole body in one buffer (a copy unless it is one piece).
+    pub fn to_bytes(&self) -> Bytes {
+        match self.0.as_slice() {
+            [one] => one.clone(),
+            parts => Bytes::from(parts.concat()),
+        }
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Self {
+        Body(vec![b])
+    }
+}
+
+/// How long one attempt may go without progress, unless the options say.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The deadline of a whole request moving `len` bytes, retries included,
+/// when one attempt may stall for `attempt`: six attempts' worth, plus a
+/// second per MiB (a floor of 1 MiB/s for large bodies).
+pub fn deadline_for(attempt: Duration, len: u64) -> Duration {
+    attempt * 6 + Duration::from_secs(len >> 20)
+}
+
+/// Run a request under its deadline.
+async fn within<T>(
+    attempt: Duration,
+    op: &'static str,
+    key: &str,
+    len: u64,
+    request: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let after = deadline_for(attempt, len);
+    match tokio::time::timeout(after, request).await {
+        Ok(r) => r,
+        Err(_) => Err(ObjectError::Timeout {
+            op,
+            key: key.to_string(),
+            after,
+        }),
+    }
+}
+
 /// The operations Tessera needs from an object store.
 pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// A human readable description (scheme, bucket, prefix), never credentials.
@@ -95,7 +210,7 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         self.get(key, Some(range))
     }
     /// Store an object in one request.
-    fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<()>>;
+    fn put<'a>(&'a self, key: &'a str, data: Body) -> BoxFuture<'a, Result<()>>;
     /// Store a large object from parts read as they go, uploaded
     /// concurrently (multipart where the service has it).
     fn put_multipart<'a>(
@@ -127,6 +242,8 @@ pub struct OpendalStore {
     op: Operator,
     url: StorageUrl,
     counters: RequestCounters,
+    /// How long one attempt may stall (see [`deadline_for`]).
+    attempt: Duration,
 }
 
 impl fmt::Debug for OpendalStore {
@@ -173,6 +290,8 @@ impl OpendalStore {
         etag: Option<&str>,
     ) -> Result<Bytes> {
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        // A whole-object GET is taken to be a block's worth for its deadline.
+        let expected = range.as_ref().map(|r| r.end - r.start).unwrap_or(4 << 20);
         let mut req = self.op.read_with(key);
         if let Some(r) = range {
             req = req.range(r);
@@ -184,7 +303,10 @@ impl OpendalStore {
                 req = req.if_match(etag);
             }
         }
-        let body = req.await.map_err(|e| backend("GET", key, e))?;
+        let body = within(self.attempt, "GET", key, expected, async {
+            req.await.map_err(|e| backend("GET", key, e))
+        })
+        .await?;
         let data = contiguous(body);
         self.counters
             .get_bytes
@@ -198,17 +320,19 @@ impl OpendalStore {
         let op = parsed.operator(options)?;
         // Timeouts inside retries: a stalled request is cut and tried again,
         // with exponential backoff and jitter between attempts.
+        let attempt = options.timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
         let op = op
             .layer(
                 TimeoutLayer::new()
-                    .with_timeout(std::time::Duration::from_secs(60))
-                    .with_io_timeout(std::time::Duration::from_secs(20)),
+                    .with_timeout(attempt)
+                    .with_io_timeout(attempt),
             )
-            .layer(RetryLayer::new().with_max_times(4).with_jitter());
+            .layer(RetryLayer::new().with_max_times(3).with_jitter());
         Ok(Self {
             op,
             url: parsed,
             counters: RequestCounters::default(),
+            attempt,
         })
     }
 }
@@ -231,14 +355,17 @@ impl ObjectStore for OpendalStore {
         Box::pin(self.read(key, Some(range), etag))
     }
 
-    fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<()>> {
+    fn put<'a>(&'a self, key: &'a str, data: Body) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.counters.puts.fetch_add(1, Ordering::Relaxed);
             let len = data.len() as u64;
-            self.op
-                .write(key, data)
-                .await
-                .map_err(|e| backend("PUT", key, e))?;
+            within(self.attempt, "PUT", key, len, async {
+                self.op
+                    .write(key, opendal::Buffer::from(data.0))
+                    .await
+                    .map_err(|e| backend("PUT", key, e))
+            })
+            .await?;
             self.counters.put_bytes.fetch_add(len, Ordering::Relaxed);
             Ok(())
         })
@@ -287,11 +414,10 @@ impl ObjectStore for OpendalStore {
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectInfo>> {
         Box::pin(async move {
             self.counters.heads.fetch_add(1, Ordering::Relaxed);
-            let meta = self
-                .op
-                .stat(key)
-                .await
-                .map_err(|e| backend("HEAD", key, e))?;
+            let meta = within(self.attempt, "HEAD", key, 0, async {
+                self.op.stat(key).await.map_err(|e| backend("HEAD", key, e))
+            })
+            .await?;
             Ok(ObjectInfo {
                 key: key.to_string(),
                 size: meta.content_length(),
@@ -335,11 +461,14 @@ impl ObjectStore for OpendalStore {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.counters.deletes.fetch_add(1, Ordering::Relaxed);
-            match self.op.delete(key).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(backend("DELETE", key, e)),
-            }
+            within(self.attempt, "DELETE", key, 0, async {
+                match self.op.delete(key).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(backend("DELETE", key, e)),
+                }
+            })
+            .await
         })
     }
 
@@ -369,7 +498,7 @@ mod tests {
         let store = open_store("mem://", &StorageOptions::default()).expect("open");
         rt().block_on(async {
             store
-                .put("a/b", Bytes::from_static(b"hello world"))
+                .put("a/b", Bytes::from_static(b"hello world").into())
                 .await
                 .expect("put");
             let all = store.get("a/b", None).await.expect("get");
@@ -419,5 +548,42 @@ mod tests {
                 .expect_err("read error");
             assert!(e.to_string().contains("\"broken\"") && e.to_string().contains("disk on fire"));
         });
+    }
+
+    #[test]
+    fn a_frozen_server_ends_in_an_error_within_the_deadline() {
+        // A server that takes connections and never answers, as a stopped
+        // (SIGSTOP) or wedged S3 server does.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let held = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            for c in listener.incoming().take(16) {
+                conns.push(c);
+            }
+        });
+        let opts = StorageOptions {
+            endpoint: Some(format!("http://{addr}")),
+            access_key: Some("k".into()),
+            secret_key: Some("s".into()),
+            region: Some("us-east-1".into()),
+            timeout: Some(Duration::from_millis(500)),
+            ..Default::default()
+        };
+        let store = open_store("s3://bucket/prefix", &opts).expect("open");
+        let started = std::time::Instant::now();
+        let deadline = deadline_for(Duration::from_millis(500), 4 << 20);
+        let rt = rt();
+        let got = rt.block_on(store.get("vol/chunks/0/0/1_0_10", None));
+        let took = started.elapsed();
+        let err = got.expect_err("a frozen server gives no data").to_string();
+        assert!(
+            err.contains("vol/chunks/0/0/1_0_10"),
+            "names the object: {err}"
+        );
+        assert!(took <= deadline + Duration::from_secs(1), "took {took:?}");
+        let put = rt.block_on(store.put("k", Bytes::from_static(b"x").into()));
+        assert!(put.is_err());
+        drop(held);
     }
 }

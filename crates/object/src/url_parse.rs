@@ -18,6 +18,10 @@ pub struct StorageOptions {
     pub secret_key: Option<String>,
     /// Use virtual-host style addressing instead of path style.
     pub virtual_host_style: bool,
+    /// How long one attempt of a request may go without progress before it
+    /// is cut and tried again (default 10 s); a whole request, retries
+    /// included, gets six times that plus a second per MiB it moves.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl StorageOptions {
@@ -30,6 +34,7 @@ impl StorageOptions {
             access_key: var("AWS_ACCESS_KEY_ID"),
             secret_key: var("AWS_SECRET_ACCESS_KEY"),
             virtual_host_style: false,
+            timeout: None,
         }
     }
 
@@ -40,6 +45,7 @@ impl StorageOptions {
         self.access_key = self.access_key.or(other.access_key);
         self.secret_key = self.secret_key.or(other.secret_key);
         self.virtual_host_style |= other.virtual_host_style;
+        self.timeout = self.timeout.or(other.timeout);
         self
     }
 }

@@ -952,11 +952,11 @@ impl Vfs {
         }
         if off
             .checked_add(data.len() as u64)
-            .is_none_or(|end| end > (1u64 << 60))
+            .is_none_or(|end| end > tessera_meta::MAX_FILE_SIZE)
         {
             return Err(VfsError::new(
                 libc::EFBIG,
-                "write past the largest file size",
+                "write past the largest file size (256 PiB)",
             ));
         }
         if of.writer.write(off, data)? {
@@ -1065,7 +1065,7 @@ impl Vfs {
         len: u64,
     ) -> Result<u64> {
         self.writable()?;
-        if ino_in == ino_out && off_in.max(off_out) < off_in.min(off_out) + len {
+        if ino_in == ino_out && off_in.max(off_out) < off_in.min(off_out).saturating_add(len) {
             return Err(VfsError::new(
                 libc::EINVAL,
                 "overlapping copy within one file",
@@ -1167,5 +1167,7 @@ impl Vfs {
     }
 }
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;

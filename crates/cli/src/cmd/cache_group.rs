@@ -79,9 +79,11 @@ fn bench(a: BenchArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let metrics = Arc::new(tessera_metrics::Metrics::new());
-    let store = tessera_object::open_store(&format.storage, &a.storage_flags.options())?;
+    let store = tessera_object::open_store(&format.storage, &a.storage_flags.options()?)?;
     let config = tessera_chunk::ChunkConfig {
         volume: format.name.clone(),
+        uuid: format.uuid.clone(),
+        sealed_objects: format.sealed_blocks(),
         block_size: format.block_size as usize,
         compression: format.compression,
         mem_cache_size: 0,

@@ -3,8 +3,6 @@
 //! blocks it owns from its disk and memory caches, fetching each from
 //! object storage the first time a peer asks.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result};
 use tessera_meta::MetaConfig;
 use tracing::info;
@@ -52,7 +50,12 @@ pub fn run(a: Args) -> Result<()> {
         JoinSpec {
             name: &a.group,
             share: Some((&a.listen, a.weight)),
-            backup_period: Duration::from_secs_f64(a.backup_period.max(0.0)),
+            backup_period: crate::common::seconds_in(
+                "--backup-period",
+                a.backup_period,
+                0.0,
+                crate::common::MAX_FLAG_SECONDS,
+            )?,
             kind: "cache-server",
             tls,
         },

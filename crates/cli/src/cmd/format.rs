@@ -43,7 +43,7 @@ fn probe_storage(
     let key = format!("{name}/.tessera-probe");
     let body = bytes::Bytes::from_static(b"tessera storage probe");
     rt.block_on(async {
-        store.put(&key, body.clone()).await?;
+        store.put(&key, body.clone().into()).await?;
         let back = store.get(&key, None).await?;
         if back != body {
             return Err(anyhow!("object storage returned different bytes for {key}"));
@@ -52,6 +52,30 @@ fn probe_storage(
         Ok(())
     })
     .map_err(|e: anyhow::Error| anyhow!("object storage {} is not usable: {e:#}", store.describe()))
+}
+
+/// A new volume must not share its bucket prefix with a volume already
+/// there: block keys restart at slice 1 in every volume, so the new one
+/// would write over the old one's objects.
+fn refuse_another_volume_there(
+    rt: &tokio::runtime::Runtime,
+    store: &tessera_object::DynStore,
+    name: &str,
+) -> Result<()> {
+    let key = format!("{name}/tessera.json");
+    match rt.block_on(store.get(&key, None)) {
+        Err(tessera_object::ObjectError::NotFound(_)) => Ok(()),
+        Err(e) => Err(anyhow!("cannot check {key} in {}: {e}", store.describe())),
+        Ok(raw) => {
+            let uuid = serde_json::from_slice::<Format>(&raw)
+                .map(|f| f.uuid)
+                .unwrap_or_else(|_| "unknown".into());
+            Err(anyhow!(
+                "{} already holds a volume named {name:?} (uuid {uuid}, settings in {key}); a new volume there would overwrite its data: format under another name or in another storage, or remove that volume's objects first",
+                store.describe()
+            ))
+        }
+    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -80,12 +104,16 @@ pub fn run(a: Args) -> Result<()> {
         Some(s) => s,
         None => {
             let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-            let dir = format!("{home}/.tessera/local");
-            std::fs::create_dir_all(&dir).with_context(|| format!("create {dir}"))?;
-            format!("file://{dir}")
+            format!("file://{home}/.tessera/local")
         }
     };
-    let options = a.storage_flags.options();
+    let options = a.storage_flags.options()?;
+    let capacity = parse_size(&a.capacity, 1 << 30)?;
+    // The engine first: a refused format leaves no storage directory behind.
+    let engine = tessera_meta::open_engine(&a.meta_url)
+        .map_err(|e| anyhow!("cannot reach the metadata engine: {e}"))?;
+    let meta = Meta::new(engine, MetaConfig::default());
+    let existing = meta.load().ok();
     if let Some(dir) = storage.strip_prefix("file://") {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the storage directory {dir}"))?;
@@ -95,13 +123,12 @@ pub fn run(a: Args) -> Result<()> {
         .enable_all()
         .build()?;
     probe_storage(&rt, &store, &a.name)?;
-
-    let engine = tessera_meta::open_engine(&a.meta_url)
-        .map_err(|e| anyhow!("cannot reach the metadata engine: {e}"))?;
-    let meta = Meta::new(engine, MetaConfig::default());
-    let uuid = match meta.load() {
-        Ok(existing) => existing.uuid,
-        Err(_) => new_uuid()?,
+    let uuid = match &existing {
+        Some(f) => f.uuid.clone(),
+        None => {
+            refuse_another_volume_there(&rt, &store, &a.name)?;
+            new_uuid()?
+        }
     };
     let format = Format {
         name: a.name.clone(),
@@ -110,7 +137,7 @@ pub fn run(a: Args) -> Result<()> {
         block_size: block_size as u32,
         compression,
         trash_days: a.trash_days,
-        capacity: parse_size(&a.capacity, 1 << 30)?,
+        capacity,
         inodes: a.inodes,
         version: Format::VERSION,
     };
@@ -119,7 +146,7 @@ pub fn run(a: Args) -> Result<()> {
     let mirror = serde_json::to_vec_pretty(&settings)?;
     rt.block_on(store.put(
         &format!("{}/tessera.json", a.name),
-        bytes::Bytes::from(mirror),
+        bytes::Bytes::from(mirror).into(),
     ))
     .map_err(|e| anyhow!("volume created, but mirroring its settings to the bucket failed: {e}"))?;
     if created {

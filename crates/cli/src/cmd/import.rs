@@ -34,6 +34,11 @@ pub struct Args {
     /// Keep files whose object has gone from the source.
     #[arg(long)]
     pub keep_deleted: bool,
+    /// Accept a source that lists no objects at all, removing every file an
+    /// earlier import made from it (without this, an empty listing is taken
+    /// for a source that is missing or unreachable, and nothing is removed).
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Store the source's access and secret keys with the volume, so mounts
     /// need no credentials of their own for it (off: read them from the
     /// environment at read time).
@@ -123,8 +128,15 @@ fn mkdir_p(
 pub fn run(a: Args) -> Result<()> {
     let started = Instant::now();
     let (meta, _) = open_volume(&a.meta_url, MetaConfig::default())?;
-    let options = a.storage_flags.options();
+    let options = a.storage_flags.options()?;
     let source = a.source.trim_end_matches('/').to_string();
+    if let Some(dir) = source.strip_prefix("file://") {
+        if !std::path::Path::new(dir).is_dir() {
+            return Err(anyhow!(
+                "the source directory {dir} does not exist (nothing was imported or removed)"
+            ));
+        }
+    }
     let store = tessera_object::open_store(&source, &options)
         .with_context(|| format!("cannot open the source {}", redact(&source)))?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -157,6 +169,14 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let gone: Vec<(String, Existing)> = before.into_iter().collect();
+    if listed.is_empty() && !gone.is_empty() && !a.keep_deleted && !a.allow_empty {
+        return Err(anyhow!(
+            "{} lists no objects{}, yet {} files were imported from it: refusing to remove them all (check the source and its credentials, or pass --allow-empty if it really is empty)",
+            redact(&source),
+            if a.filter.is_empty() { "" } else { " that the filters take" },
+            gone.len()
+        ));
+    }
 
     let total_bytes: u64 = todo.iter().map(|(o, _)| o.size).sum();
     let bar = ProgressBar::new(todo.len() as u64);

@@ -15,7 +15,9 @@ use tessera_object::{Instrumented, RateLimiter};
 use tessera_vfs::{Vfs, VfsConfig};
 use tracing::info;
 
-use crate::common::{is_mounted, open_volume, parse_size, redact, StorageFlags};
+use crate::common::{
+    is_mounted, open_volume, parse_size, redact, seconds_in, StorageFlags, MAX_FLAG_SECONDS,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -162,9 +164,10 @@ impl DataPathArgs {
             ("upload-limit", self.upload_limit),
             ("download-limit", self.download_limit),
         ] {
-            if !(v >= 0.0 && v.is_finite()) {
+            // 0 is no limit; below 0.01 Mbit/s a block would wait for days.
+            if !(v == 0.0 || (0.01..=10_000_000.0).contains(&v)) {
                 return Err(anyhow!(
-                    "--{flag} {v} must be a number of Mbit/s, 0 or more"
+                    "--{flag} {v} is out of range: give Mbit/s from 0.01 to 10000000, or 0 for no limit"
                 ));
             }
         }
@@ -188,7 +191,16 @@ impl DataPathArgs {
                 dirs,
                 capacity,
                 free_space_ratio: self.free_space_ratio,
-                expire: (self.cache_expire > 0).then(|| Duration::from_secs(self.cache_expire)),
+                expire: (self.cache_expire > 0)
+                    .then(|| {
+                        seconds_in(
+                            "--cache-expire",
+                            self.cache_expire as f64,
+                            1.0,
+                            3650.0 * 86_400.0,
+                        )
+                    })
+                    .transpose()?,
                 eviction,
             })
         };
@@ -199,6 +211,8 @@ impl DataPathArgs {
         }
         Ok(ChunkConfig {
             volume: format.name.clone(),
+            uuid: format.uuid.clone(),
+            sealed_objects: format.sealed_blocks(),
             block_size: format.block_size as usize,
             compression: format.compression,
             mem_cache_size: size("mem-cache-size", &self.mem_cache_size)? as usize,
@@ -206,8 +220,8 @@ impl DataPathArgs {
             disk_cache,
             cache_partial_only: self.cache_partial_only,
             buffer_size: size("buffer-size", &self.buffer_size)?.max(1 << 20) as usize,
-            max_uploads: self.max_uploads.max(1),
-            max_downloads: self.max_downloads.max(1),
+            max_uploads: in_flight("--max-uploads", self.max_uploads)?,
+            max_downloads: in_flight("--max-downloads", self.max_downloads)?,
             max_readahead: size("max-readahead", &self.max_readahead)? as usize,
             prefetch: self.prefetch > 0,
             writeback: self.writeback,
@@ -233,7 +247,7 @@ pub(crate) fn open_data_path(
         .build()?;
     let metrics = Arc::new(Metrics::new());
     let store = Instrumented::wrap(
-        tessera_object::open_store(&format.storage, &storage.options())?,
+        tessera_object::open_store(&format.storage, &storage.options()?)?,
         metrics.clone(),
         RateLimiter::from_mbps(data.upload_limit),
         RateLimiter::from_mbps(data.download_limit),
@@ -299,6 +313,19 @@ fn check_mountpoint(p: &Path) -> Result<()> {
             p.display()
         ));
     }
+    let hidden = std::fs::read_dir(p)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if hidden {
+        tracing::warn!(
+            mountpoint = %p.display(),
+            "the mountpoint is not empty: its files are hidden while the volume is mounted"
+        );
+        eprintln!(
+            "warning: {} is not empty; its files are hidden while the volume is mounted there",
+            p.display()
+        );
+    }
     Ok(())
 }
 
@@ -309,6 +336,7 @@ pub fn run(a: Args) -> Result<()> {
     let (_, format) = open_volume(&a.meta_url, MetaConfig::default())?;
     let chunk_config = a.data.chunk_config(&format)?;
     session_times(&a)?;
+    warn_if_storage_is_down(&format, &a.storage_flags)?;
     if let Some(name) = &a.group.cache_group {
         crate::cmd::group::check_group_name(name)?;
         a.group.tls.load(!a.group.no_sharing)?;
@@ -325,24 +353,51 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     open_cache_time(a.open_cache)?;
+    cache_ttls(&a)?;
+    if !(1..=1024).contains(&a.threads) {
+        return Err(anyhow!(
+            "--threads {} is out of range: give 1 to 1024",
+            a.threads
+        ));
+    }
     if a.background {
         daemonize(&mountpoint, a.log.as_deref())?;
     }
     serve(&a, &mountpoint)
 }
 
+/// Ask the object store for the volume's settings object, for at most five
+/// seconds: a store that is down does not stop the mount (cached data stays
+/// readable), but the user hears of it now rather than at the first miss.
+fn warn_if_storage_is_down(format: &tessera_meta::Format, flags: &StorageFlags) -> Result<()> {
+    let store = tessera_object::open_store(&format.storage, &flags.options()?)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let key = format!("{}/tessera.json", format.name);
+    let answer =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), store.head(&key)).await });
+    let trouble = match answer {
+        Ok(Ok(_)) | Ok(Err(tessera_object::ObjectError::NotFound(_))) => return Ok(()),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer within 5 seconds".to_string(),
+    };
+    tracing::warn!(storage = %store.describe(), %trouble, "object storage is not reachable");
+    eprintln!(
+        "warning: object storage {} is not reachable ({trouble}); the volume mounts, but reads of uncached data and all writes fail until it is",
+        store.describe()
+    );
+    Ok(())
+}
+
 fn open_cache_time(v: f64) -> Result<Duration> {
-    if v == 0.0 {
-        Ok(Duration::ZERO)
-    } else {
-        seconds("--open-cache", v)
-    }
+    seconds_in("--open-cache", v, 0.0, MAX_FLAG_SECONDS)
 }
 
 /// The heartbeat period and the silence after which a session is dead.
 fn session_times(a: &Args) -> Result<(Duration, Duration)> {
-    let heartbeat = seconds("--heartbeat", a.heartbeat)?;
-    let session_timeout = seconds("--session-timeout", a.session_timeout)?;
+    let heartbeat = seconds_in("--heartbeat", a.heartbeat, 0.1, 3600.0)?;
+    let session_timeout = seconds_in("--session-timeout", a.session_timeout, 0.2, 7.0 * 86_400.0)?;
     if session_timeout < heartbeat * 2 {
         return Err(anyhow!(
             "--session-timeout ({}s) must be at least twice --heartbeat ({}s), or live mounts would be taken for dead",
@@ -373,7 +428,12 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
                 name,
                 share: (!a.group.no_sharing)
                     .then_some((a.group.group_listen.as_str(), a.group.group_weight)),
-                backup_period: Duration::from_secs_f64(a.group.backup_period.max(0.0)),
+                backup_period: seconds_in(
+                    "--backup-period",
+                    a.group.backup_period,
+                    0.0,
+                    MAX_FLAG_SECONDS,
+                )?,
                 kind: "mount",
                 tls: a.group.tls.load(!a.group.no_sharing)?,
             },
@@ -420,16 +480,11 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
             let _ = crate::cmd::umount::unmount(&target, true);
         }
     });
-    let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
     let config = MountConfig {
         fs_name: redact(&a.meta_url),
         read_only: a.read_only,
         threads: a.threads,
-        ttls: CacheTtls {
-            attr: secs(a.attr_cache),
-            entry: secs(a.entry_cache),
-            dir_entry: secs(a.dir_entry_cache),
-        },
+        ttls: cache_ttls(a)?,
         options: a.options.clone(),
         root,
     };
@@ -524,12 +579,20 @@ fn daemonize(mountpoint: &Path, log: Option<&Path>) -> Result<()> {
     ))
 }
 
-/// A positive, finite number of seconds from the flag `name`.
-fn seconds(name: &str, v: f64) -> Result<Duration> {
-    if !v.is_finite() || v <= 0.0 {
-        return Err(anyhow!(
-            "{name} must be a positive number of seconds, got {v}"
-        ));
+/// A number of requests in flight at once, 1 to 4096.
+fn in_flight(flag: &str, n: usize) -> Result<usize> {
+    if !(1..=4096).contains(&n) {
+        return Err(anyhow!("{flag} {n} is out of range: give 1 to 4096"));
     }
-    Ok(Duration::from_secs_f64(v))
+    Ok(n)
+}
+
+/// How long the kernel may cache attributes and names.
+fn cache_ttls(a: &Args) -> Result<CacheTtls> {
+    let ttl = |flag, v| seconds_in(flag, v, 0.0, MAX_FLAG_SECONDS);
+    Ok(CacheTtls {
+        attr: ttl("--attr-cache", a.attr_cache)?,
+        entry: ttl("--entry-cache", a.entry_cache)?,
+        dir_entry: ttl("--dir-entry-cache", a.dir_entry_cache)?,
+    })
 }

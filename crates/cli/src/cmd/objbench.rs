@@ -75,7 +75,7 @@ where
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let store: DynStore = open_store(&a.storage, &a.storage_flags.options())?;
+    let store: DynStore = open_store(&a.storage, &a.storage_flags.options()?)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(a.threads.clamp(1, 16))
         .enable_all()
@@ -101,7 +101,7 @@ pub fn run(a: Args) -> Result<()> {
                 let (store, body, key) = (store.clone(), body.clone(), key.clone());
                 move |i| {
                     let (store, body, k) = (store.clone(), body.clone(), key(i));
-                    async move { Ok(store.put(&k, body).await?) }
+                    async move { Ok(store.put(&k, body.into()).await?) }
                 }
             })
             .await?;

@@ -98,8 +98,11 @@ pub fn run(a: Args) -> Result<()> {
         .with_context(|| format!("cannot resolve {}", a.mountpoint.display()))?;
     let mount = tessera_mount_of(&path)
         .ok_or_else(|| anyhow!("{} is not inside a mounted Tessera volume", path.display()))?;
-    if a.interval.is_nan() || a.interval <= 0.0 {
-        return Err(anyhow!("--interval must be above 0 seconds"));
+    if !(0.01..=86_400.0).contains(&a.interval) {
+        return Err(anyhow!(
+            "--interval {} is out of range: give seconds from 0.01 to 86400",
+            a.interval
+        ));
     }
     let mut prev = read_stats(&mount.mountpoint)?;
     let mut at = Instant::now();

@@ -95,7 +95,7 @@ impl Side {
             return Ok(Side::Dir(dir));
         }
         let url = spec.trim_end_matches('/').to_string();
-        let store = tessera_object::open_store(&url, &flags.options())
+        let store = tessera_object::open_store(&url, &flags.options()?)
             .with_context(|| format!("cannot open {}", redact(&url)))?;
         Ok(Side::Store { store, url })
     }
@@ -242,7 +242,7 @@ async fn copy(src: &Side, dst: &Side, key: &str, entry: &Entry) -> Result<u64> {
                     .into_iter()
                     .collect::<std::io::Result<Vec<Bytes>>>()?
                     .concat();
-                store.put(key, Bytes::from(data)).await?;
+                store.put(key, Bytes::from(data).into()).await?;
             } else {
                 store.put_multipart(key, counted).await?;
             }

@@ -13,8 +13,24 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if !crate::common::is_mounted(&a.mountpoint) {
+    let canon = a.mountpoint.canonicalize().ok();
+    let here = canon.as_ref().and_then(|c| {
+        crate::common::mounts()
+            .into_iter()
+            .rev()
+            .find(|m| &m.mountpoint == c)
+    });
+    let Some(entry) = here else {
         return Err(anyhow!("{} is not a mount point", a.mountpoint.display()));
+    };
+    // Only our own mounts: `tessera umount` of a tmpfs or a disk by mistake
+    // must not take it away.
+    if !crate::common::is_tessera_mount(&entry) {
+        return Err(anyhow!(
+            "{} is a {} mount, not a Tessera volume: refusing to unmount it",
+            a.mountpoint.display(),
+            entry.fstype
+        ));
     }
     unmount(&a.mountpoint, a.force)?;
     // Wait for the mount process to let go, so the next mount can start.

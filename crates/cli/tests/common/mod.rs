@@ -78,6 +78,17 @@ impl Volume {
         Mount::start(&self.meta_url, &mountpoint, &args)
     }
 
+    /// The volume's UUID (what its cache directories are named after), as
+    /// `tessera status` shows it.
+    pub fn uuid(&self) -> String {
+        let out = tessera(&["status", &self.meta_url]);
+        assert!(out.status.success(), "status: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("uuid").map(|u| u.trim().to_string()))
+            .expect("status shows the uuid")
+    }
+
     /// The default disk cache directory of mount `name`.
     pub fn cache_dir(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("cache-{name}"))

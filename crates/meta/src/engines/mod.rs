@@ -100,8 +100,23 @@ pub fn open(url: &str) -> Result<Arc<dyn KvEngine>> {
                     "the database path is missing: sqlite:///path/to/meta.db",
                 ));
             }
-            let path = rest.split('?').next().unwrap_or(rest);
-            Ok(Arc::new(SqliteEngine::open(std::path::Path::new(path))?))
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let mut sync_full = false;
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.to_ascii_lowercase().as_str() {
+                    "synchronous=full" => sync_full = true,
+                    "synchronous=normal" => sync_full = false,
+                    other => {
+                        return Err(bad(&format!(
+                            "unknown SQLite option {other:?}: only synchronous=full or synchronous=normal"
+                        )))
+                    }
+                }
+            }
+            Ok(Arc::new(SqliteEngine::open_with(
+                std::path::Path::new(path),
+                sync_full,
+            )?))
         }
         "mem" | "memory" => Ok(Arc::new(MemoryEngine::default())),
         "redis" | "rediss" | "redis+sentinel" => Ok(Arc::new(RedisEngine::open(
