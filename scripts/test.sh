@@ -2,8 +2,10 @@
 # The whole test suite: unit tests, the metadata conformance suite on every
 # engine (SQLite, and Redis — direct, via Sentinel and over TLS —,
 # PostgreSQL, MariaDB and etcd servers started here), multi-mount tests on
-# each server engine, tests that mount real volumes, the S3 path against a real S3-compatible server (moto)
-# on loopback, and the external suites pjdfstest, fsx and fio.
+# each server engine, tests that mount real volumes (integrity: kill -9
+# rounds with fsck and gc, corruption rounds, damaged objects), the S3 path
+# against a real S3-compatible server (moto) on loopback, and the external
+# suites pjdfstest, fsx and fio.
 #
 # Installs what it needs when missing (Debian packages, cargo tools, a
 # Python venv) into a cache outside the clone, starts servers on private
@@ -106,9 +108,13 @@ echo "redis: $TESSERA_TEST_REDIS_URL; postgres: ${TESSERA_TEST_POSTGRES_URL/:tes
 log "cargo test (unit, conformance, mounted volumes, S3)"
 export TESSERA_TEST_S3_ENDPOINT="http://127.0.0.1:$port" TESSERA_TEST_S3_BUCKET=tessera-test
 set +e
-cargo test --workspace -- --include-ignored 2>&1 | tee "$work/cargo-test.log"
+# --no-fail-fast: every test binary runs even when an earlier one fails, so
+# one failure never hides the rest; the failed ones are listed below.
+cargo test --workspace --no-fail-fast -- --include-ignored 2>&1 | tee "$work/cargo-test.log"
 rc=${PIPESTATUS[0]}
 set -e
+echo "cargo test: $(grep -c '^test result: ok' "$work/cargo-test.log") test binaries passed, $(grep -c '^test result: FAILED' "$work/cargo-test.log") failed"
+grep -E '^---- .* stdout ----$' "$work/cargo-test.log" | sed 's/^---- \(.*\) stdout ----$/  failed test: \1/' || true
 record "cargo test" "$rc"
 
 mount_volume() { # dir -> prints mountpoint

@@ -56,6 +56,11 @@ enum Command {
     Dump(cmd::dump::DumpArgs),
     /// Load a dump into an empty metadata engine (FILE, or - for stdin).
     Load(cmd::dump::LoadArgs),
+    /// Check a volume's metadata (and with --check-objects its blocks);
+    /// --repair fixes what it finds.
+    Fsck(Box<cmd::fsck::Args>),
+    /// Find (and with --delete remove) block objects nothing refers to.
+    Gc(Box<cmd::gc::Args>),
 }
 
 fn main() {
@@ -78,6 +83,8 @@ fn main() {
         Command::Cache(c) => cmd::cache::run(c),
         Command::Dump(a) => cmd::dump::dump(a),
         Command::Load(a) => cmd::dump::load(a),
+        Command::Fsck(a) => cmd::fsck::run(*a),
+        Command::Gc(a) => cmd::gc::run(*a),
     };
     if let Err(e) = result {
         eprintln!("tessera: {e:#}");

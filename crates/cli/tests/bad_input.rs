@@ -55,9 +55,16 @@ fn unformatted_and_unreachable() {
     let mnt = mnt.to_string_lossy().into_owned();
     fails_with(&["mount", &meta, &mnt], "no volume is formatted");
     fails_with(&["status", &meta], "run `tessera format");
+    // A directory of this test's own that does not exist, whatever the
+    // machine has at /no/such/dir.
+    let missing = dir.path().join("no/such/dir");
     fails_with(
-        &["mount", "sqlite:///no/such/dir/m.db", &mnt],
-        "directory /no/such/dir does not exist",
+        &[
+            "mount",
+            &format!("sqlite://{}/m.db", missing.display()),
+            &mnt,
+        ],
+        &format!("directory {} does not exist", missing.display()),
     );
     fails_with(
         &["status", "redis://127.0.0.1:1/0"],

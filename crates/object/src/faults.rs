@@ -32,6 +32,8 @@ pub enum Method {
 pub enum Fault {
     /// The call fails with an error naming the object.
     Fail,
+    /// The call fails as a full disk does (ENOSPC).
+    NoSpace,
     /// A GET returns its body less its last byte.
     Short,
     /// A GET returns its body with one byte flipped (the same length).
@@ -137,16 +139,20 @@ fn injected(op: &'static str, key: &str) -> ObjectError {
     }
 }
 
-/// Wait or hang as a fault says; true when the call should then fail.
-async fn stall(fault: &Option<Fault>) -> bool {
+/// Wait or hang as a fault says; then the error the call ends in, if any.
+async fn stall(fault: &Option<Fault>, op: &'static str, key: &str) -> Result<()> {
     match fault {
         Some(Fault::Delay(d)) => {
             tokio::time::sleep(*d).await;
-            false
+            Ok(())
         }
         Some(Fault::Hang) => futures::future::pending().await,
-        Some(Fault::Fail) => true,
-        _ => false,
+        Some(Fault::Fail) => Err(injected(op, key)),
+        Some(Fault::NoSpace) => Err(ObjectError::Source {
+            key: key.to_string(),
+            source: std::io::Error::from_raw_os_error(28),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -158,9 +164,7 @@ impl ObjectStore for Faulty {
     fn get<'a>(&'a self, key: &'a str, range: Option<Range<u64>>) -> BoxFuture<'a, Result<Bytes>> {
         Box::pin(async move {
             let fault = self.fault_for(Method::Get, key);
-            if stall(&fault).await {
-                return Err(injected("GET", key));
-            }
+            stall(&fault, "GET", key).await?;
             let body = self.inner.get(key, range).await?;
             Ok(match fault {
                 Some(Fault::Short) if !body.is_empty() => body.slice(..body.len() - 1),
@@ -178,9 +182,7 @@ impl ObjectStore for Faulty {
     fn put<'a>(&'a self, key: &'a str, data: Body) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let fault = self.fault_for(Method::Put, key);
-            if stall(&fault).await {
-                return Err(injected("PUT", key));
-            }
+            stall(&fault, "PUT", key).await?;
             self.inner.put(key, data).await
         })
     }
@@ -192,9 +194,7 @@ impl ObjectStore for Faulty {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let fault = self.fault_for(Method::Put, key);
-            if stall(&fault).await {
-                return Err(injected("PUT", key));
-            }
+            stall(&fault, "PUT", key).await?;
             self.inner.put_multipart(key, parts).await
         })
     }
@@ -202,9 +202,7 @@ impl ObjectStore for Faulty {
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectInfo>> {
         Box::pin(async move {
             let fault = self.fault_for(Method::Head, key);
-            if stall(&fault).await {
-                return Err(injected("HEAD", key));
-            }
+            stall(&fault, "HEAD", key).await?;
             self.inner.head(key).await
         })
     }
@@ -216,9 +214,7 @@ impl ObjectStore for Faulty {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let fault = self.fault_for(Method::Delete, key);
-            if stall(&fault).await {
-                return Err(injected("DELETE", key));
-            }
+            stall(&fault, "DELETE", key).await?;
             self.inner.delete(key).await
         })
     }

@@ -271,3 +271,19 @@ fn a_failed_append_is_reported_and_leaves_nothing_behind() {
     }
     assert!(w.blocks().is_empty(), "{:?}", w.blocks());
 }
+
+#[test]
+fn a_full_store_is_enospc_to_the_writer() {
+    let w = World::new(Compression::None);
+    let v = w.mount();
+    let (ino, _, fh) = v
+        .create(&CTX, ROOT_INO, b"f", 0o644, libc::O_RDWR)
+        .expect("create");
+    w.faulty.always(Method::Put, None, Fault::NoSpace);
+    v.write(ino, fh, 0, &pattern(BLOCK / 2, 1)).expect("buffered");
+    let err = v.fsync(ino).expect_err("the store is full");
+    assert_eq!(err.errno, libc::ENOSPC, "{err:?}");
+    w.faulty.heal();
+    let _ = v.release(ino, fh, None);
+    assert_eq!(w.mount().getattr(ino).expect("attr").length, 0);
+}

@@ -6,6 +6,8 @@ pub mod cache_group;
 pub mod cache_server;
 pub mod dump;
 pub mod format;
+pub mod fsck;
+pub mod gc;
 pub mod group;
 pub mod import;
 pub mod info;
