@@ -177,3 +177,69 @@ fn mountpoint_problems_and_reformat() {
         "is not a mount point",
     );
 }
+
+/// Every number a flag takes is range-checked by name: no panic on 1e20,
+/// no -1 or NaN taken as 0.
+#[test]
+fn out_of_range_numbers_are_refused_by_name() {
+    let vol = Volume::new("numbers");
+    let mnt = vol.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mnt = mnt.to_string_lossy().into_owned();
+    for (flag, value) in [
+        ("--heartbeat", "1e20"),
+        ("--session-timeout", "1e300"),
+        ("--open-cache", "1e20"),
+        ("--attr-cache", "1e20"),
+        ("--attr-cache=-1", ""),
+        ("--entry-cache", "NaN"),
+        ("--dir-entry-cache", "inf"),
+        ("--upload-limit", "1e-300"),
+        ("--download-limit", "NaN"),
+        ("--upload-limit=-1", ""),
+        ("--io-timeout", "0"),
+        ("--io-timeout", "1e20"),
+        ("--max-downloads", "0"),
+        ("--threads", "100000"),
+        ("--cache-expire", "18446744073709551615"),
+    ] {
+        let mut args = vec!["mount", &vol.meta_url, &mnt, flag];
+        if !value.is_empty() {
+            args.push(value);
+        }
+        let out = tessera(&args);
+        let msg = stderr(&out);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let name = flag.split('=').next().unwrap_or(flag);
+        assert!(
+            msg.contains(name) && !msg.contains("panicked"),
+            "{args:?}: {msg}"
+        );
+    }
+}
+
+/// Mounting over files, or with the object store down, works but says so.
+#[test]
+fn mounting_over_files_or_with_the_store_down_warns() {
+    let vol = Volume::new("warnings");
+    let mnt = vol.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    std::fs::write(mnt.join("hidden.txt"), b"under the mount").expect("file");
+    let log = vol.dir.path().join("mount.log");
+    let m = common::Mount::start_logged(&vol.meta_url, &mnt, &["--metrics", "none"], &log);
+    m.unmount();
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("is not empty"), "{text}");
+
+    // The store becomes unusable (its directory replaced by a file): the
+    // mount comes up and says that reads of uncached data will fail.
+    let objects = vol.dir.path().join("objects");
+    std::fs::rename(&objects, vol.dir.path().join("objects.away")).expect("move the store");
+    std::fs::write(&objects, b"not a directory").expect("block the store");
+    let log = vol.dir.path().join("mount2.log");
+    std::fs::remove_file(mnt.join("hidden.txt")).expect("rm");
+    let m = common::Mount::start_logged(&vol.meta_url, &mnt, &["--metrics", "none"], &log);
+    m.unmount();
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("is not reachable"), "{text}");
+}

@@ -529,3 +529,36 @@ fn import_never_takes_a_missing_or_empty_source_for_deleted_objects() {
     );
     m.unmount();
 }
+
+#[test]
+fn volumes_of_layout_version_1_keep_bare_blocks_and_version_2_seals_them() {
+    let data = pseudo_random(5 << 20, 77);
+    for (version, sealed) in [("1", false), ("2", true)] {
+        let vol = Volume::with_storage("layouts", None, &["--layout-version", version]);
+        {
+            let m = vol.mount("w");
+            std::fs::write(m.join("f"), &data).expect("write");
+            m.unmount();
+        }
+        for object in block_objects(&vol) {
+            let len: u64 = object
+                .to_string_lossy()
+                .rsplit('_')
+                .next()
+                .and_then(|l| l.parse().ok())
+                .expect("length in the key");
+            let stored = std::fs::metadata(&object).expect("object").len();
+            assert_eq!(
+                stored > len,
+                sealed,
+                "version {version}: {object:?} {stored} bytes"
+            );
+        }
+        let m = vol.mount_with("r", &["--cache-dir", "memory"]);
+        assert_eq!(
+            digest(&std::fs::read(m.join("f")).expect("read")),
+            digest(&data)
+        );
+        m.unmount();
+    }
+}

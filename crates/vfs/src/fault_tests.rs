@@ -280,7 +280,8 @@ fn a_full_store_is_enospc_to_the_writer() {
         .create(&CTX, ROOT_INO, b"f", 0o644, libc::O_RDWR)
         .expect("create");
     w.faulty.always(Method::Put, None, Fault::NoSpace);
-    v.write(ino, fh, 0, &pattern(BLOCK / 2, 1)).expect("buffered");
+    v.write(ino, fh, 0, &pattern(BLOCK / 2, 1))
+        .expect("buffered");
     let err = v.fsync(ino).expect_err("the store is full");
     assert_eq!(err.errno, libc::ENOSPC, "{err:?}");
     w.faulty.heal();

@@ -29,6 +29,11 @@ pub struct Args {
     /// Inode limit reported to df (0 = unlimited).
     #[arg(long, default_value_t = 0)]
     pub inodes: u64,
+    /// Block layout version (2: sealed blocks with checksums). 1 only to
+    /// compare against, or to test volumes made by older versions.
+    #[arg(long, default_value_t = Format::VERSION, hide = true,
+          value_parser = clap::value_parser!(u32).range(1..=Format::VERSION as i64))]
+    pub layout_version: u32,
     #[command(flatten)]
     pub storage_flags: StorageFlags,
 }
@@ -139,7 +144,7 @@ pub fn run(a: Args) -> Result<()> {
         trash_days: a.trash_days,
         capacity,
         inodes: a.inodes,
-        version: Format::VERSION,
+        version: a.layout_version,
     };
     let created = meta.init(&format)?;
     let settings = meta.format()?;
