@@ -67,16 +67,22 @@ impl StorageFlags {
 /// Open the metadata engine of a URL and load the volume settings, with
 /// messages that say what to do.
 pub fn open_volume(meta_url: &str, config: MetaConfig) -> Result<(Arc<Meta>, Format)> {
-    let engine = tessera_meta::open_engine(meta_url)
-        .map_err(|e| anyhow!("cannot reach the metadata engine: {e}"))?;
-    let meta = Arc::new(Meta::new(engine, config));
-    match meta.load() {
-        Ok(f) => Ok((meta, f)),
-        Err(MetaError::NotFormatted) => Err(anyhow!(
+    let not_formatted = || {
+        anyhow!(
             "no volume is formatted at {}: run `tessera format {} NAME --storage URL` first",
             redact(meta_url),
             meta_url
-        )),
+        )
+    };
+    let engine = match tessera_meta::open_engine(meta_url) {
+        Ok(e) => e,
+        Err(MetaError::NotFormatted) => return Err(not_formatted()),
+        Err(e) => return Err(anyhow!("cannot reach the metadata engine: {e}")),
+    };
+    let meta = Arc::new(Meta::new(engine, config));
+    match meta.load() {
+        Ok(f) => Ok((meta, f)),
+        Err(MetaError::NotFormatted) => Err(not_formatted()),
         Err(e) => Err(anyhow!(
             "cannot load the volume settings from {}: {e}",
             redact(meta_url)

@@ -243,3 +243,49 @@ fn mounting_over_files_or_with_the_store_down_warns() {
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(text.contains("is not reachable"), "{text}");
 }
+
+/// A refused command changes nothing: no database file for a mistyped
+/// path, no storage directory for a format whose metadata cannot be made.
+#[test]
+fn refused_commands_leave_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let typo = dir.path().join("typo.db");
+    let url = format!("sqlite://{}", typo.display());
+    fails_with(&["status", &url], "no volume is formatted");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    fails_with(
+        &["mount", &url, &mnt.to_string_lossy()],
+        "no volume is formatted",
+    );
+    assert!(
+        !typo.exists(),
+        "status and mount created {}",
+        typo.display()
+    );
+    let storage = dir.path().join("objects");
+    fails_with(
+        &[
+            "format",
+            &format!("sqlite://{}/missing/meta.db", dir.path().display()),
+            "vol",
+            "--storage",
+            &format!("file://{}", storage.display()),
+        ],
+        "does not exist",
+    );
+    assert!(
+        !storage.exists(),
+        "a refused format made {}",
+        storage.display()
+    );
+    // No trash exists: neither format nor status pretends it does.
+    fails_with(
+        &["format", &url, "vol", "--trash-days", "1"],
+        "has no trash",
+    );
+    let vol = Volume::new("notrash");
+    let out = tessera(&["status", &vol.meta_url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("trash       none"), "{text}");
+}

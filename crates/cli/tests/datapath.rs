@@ -236,6 +236,19 @@ fn stats_file_is_read_only_and_unlisted() {
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
     let err = std::fs::create_dir(m.join(".stats")).expect_err("mkdir .stats");
     assert_eq!(err.raw_os_error(), Some(libc::EEXIST), "{err}");
+    // `ls -l` reads the file's security attributes after its stat; it
+    // said the file did not exist when those asked the engine.
+    let ls = std::process::Command::new("ls")
+        .arg("-l")
+        .arg(m.join(".stats"))
+        .output()
+        .expect("ls");
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ls.stdout).contains(".stats"));
     m.unmount();
 }
 

@@ -224,7 +224,13 @@ impl Format {
 
 /// Open an engine from a metadata URL.
 pub fn open_engine(url: &str) -> Result<std::sync::Arc<dyn KvEngine>> {
-    engines::open(url)
+    engines::open(url, false)
+}
+
+/// Open an engine from a metadata URL, creating an SQLite database file
+/// that does not exist yet (for `format` and `load`).
+pub fn create_engine(url: &str) -> Result<std::sync::Arc<dyn KvEngine>> {
+    engines::open(url, true)
 }
 
 /// Seconds and nanoseconds since the epoch.

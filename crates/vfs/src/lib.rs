@@ -507,6 +507,14 @@ impl Vfs {
         if let Some(size) = size {
             self.truncate(ino, size)?;
         }
+        if set.mtime.is_some() {
+            // Times set on a file with buffered writes (futimens after
+            // write, as tar and cp -p do) must outlive them: commit the
+            // writes first, so their commit does not stamp a later time.
+            if let Some(of) = self.open_file(ino) {
+                self.flush_file(ino, &of)?;
+            }
+        }
         if set.mode.is_some()
             || set.uid.is_some()
             || set.gid.is_some()
@@ -809,9 +817,32 @@ impl Vfs {
         self.metrics().op("create");
         self.check_name(parent, name)?;
         self.writable()?;
-        let (ino, attr) = self
+        let (ino, attr) = match self
             .meta
-            .mknod(ctx, parent, name, FileType::File, mode, 0, None)?;
+            .mknod(ctx, parent, name, FileType::File, mode, 0, None)
+        {
+            Ok(made) => made,
+            // Another mount created it since the kernel looked: without
+            // O_EXCL, POSIX opens the file that is there.
+            Err(MetaError::Exists) if flags & libc::O_EXCL == 0 => {
+                let (ino, attr) = self.meta.lookup(parent, name)?;
+                if attr.typ == FileType::Dir {
+                    return Err(VfsError::new(
+                        libc::EISDIR,
+                        "a directory of that name exists",
+                    ));
+                }
+                if !permits(&attr, ctx, flags) {
+                    return Err(VfsError::new(
+                        libc::EACCES,
+                        "the file another mount created is not open to this user",
+                    ));
+                }
+                let (fh, attr) = self.open_known(ino, flags & !libc::O_CREAT, None)?;
+                return Ok((ino, attr, fh));
+            }
+            Err(e) => return Err(e.into()),
+        };
         // The new inode's attributes are the ones mknod just wrote.
         let (fh, attr) = self.open_known(ino, flags, Some(attr))?;
         Ok((ino, attr, fh))
@@ -1148,20 +1179,36 @@ impl Vfs {
         Ok(self.meta.statfs()?)
     }
 
+    // `.stats` has no extended attributes and takes none (it has no inode in
+    // the engine: asking there would say ENOENT, and `ls -l`, which reads
+    // its security attributes, would report the file missing).
+
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        if internal::is_internal(ino) {
+            return Err(VfsError::new(libc::ENODATA, ".stats has no attributes"));
+        }
         Ok(self.meta.getxattr(ino, name)?)
     }
 
     pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        if internal::is_internal(ino) {
+            return Err(VfsError::new(libc::EPERM, ".stats is read-only"));
+        }
         self.writable()?;
         Ok(self.meta.setxattr(ino, name, value, flags)?)
     }
 
     pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        if internal::is_internal(ino) {
+            return Ok(Vec::new());
+        }
         Ok(self.meta.listxattr(ino)?)
     }
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        if internal::is_internal(ino) {
+            return Err(VfsError::new(libc::EPERM, ".stats is read-only"));
+        }
         self.writable()?;
         Ok(self.meta.removexattr(ino, name)?)
     }
@@ -1171,3 +1218,24 @@ impl Vfs {
 mod fault_tests;
 #[cfg(test)]
 mod tests;
+
+/// Whether `ctx` may open a file with `attr` as `flags` ask, by its mode
+/// bits (root may always; supplementary groups are not known here, so a
+/// user who has access only through one is refused). The kernel checks
+/// every other open itself (`default_permissions`); this is for the one
+/// it cannot: a create that found the file made meanwhile by another mount.
+fn permits(attr: &Attr, ctx: &Ctx, flags: i32) -> bool {
+    if ctx.uid == 0 {
+        return true;
+    }
+    let bits = if ctx.uid == attr.uid {
+        (attr.mode >> 6) & 7
+    } else if ctx.gid == attr.gid {
+        (attr.mode >> 3) & 7
+    } else {
+        attr.mode & 7
+    };
+    let want_read = flags & libc::O_ACCMODE != libc::O_WRONLY;
+    let want_write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+    (!want_read || bits & 4 != 0) && (!want_write || bits & 2 != 0)
+}

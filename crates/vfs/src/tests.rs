@@ -389,3 +389,77 @@ fn warm_check_evict_and_pin_a_file() {
         libc::EISDIR
     );
 }
+
+#[test]
+fn times_set_on_an_open_file_with_buffered_writes_survive_its_close() {
+    let f = fixture(64 << 10);
+    let v = &f.vfs;
+    for size in [10usize, 200_000] {
+        let name = format!("f{size}");
+        let (ino, _, fh) = v
+            .create(&CTX, ROOT_INO, name.as_bytes(), 0o644, libc::O_RDWR)
+            .expect("create");
+        v.write(ino, fh, 0, &pattern(size, 1)).expect("write");
+        let when = Some(Some((1_000_000_000, 5)));
+        let set = tessera_meta::SetAttr {
+            atime: when,
+            mtime: when,
+            ..Default::default()
+        };
+        v.setattr(ino, &set, None).expect("futimens");
+        v.flush(ino, fh, 0).expect("close");
+        v.release(ino, fh, None).expect("release");
+        let a = v.getattr(ino).expect("attr");
+        assert_eq!((a.mtime, a.mtime_ns), (1_000_000_000, 5), "size {size}");
+        assert_eq!(a.length, size as u64);
+    }
+}
+
+#[test]
+fn create_without_o_excl_opens_a_file_another_mount_just_made() {
+    let f = fixture(64 << 10);
+    let v = &f.vfs;
+    // "Another mount" made it through the metadata behind this one's back.
+    let (made, _) = v
+        .meta
+        .mknod(
+            &CTX,
+            ROOT_INO,
+            b"log",
+            tessera_meta::FileType::File,
+            0o644,
+            0,
+            None,
+        )
+        .expect("made elsewhere");
+    let (ino, _, fh) = v
+        .create(&CTX, ROOT_INO, b"log", 0o644, libc::O_RDWR | libc::O_CREAT)
+        .expect("O_CREAT opens the existing file");
+    assert_eq!(ino, made);
+    v.release(ino, fh, None).expect("release");
+    let err = v
+        .create(
+            &CTX,
+            ROOT_INO,
+            b"log",
+            0o644,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+        )
+        .expect_err("O_EXCL still refuses");
+    assert_eq!(err.errno, libc::EEXIST);
+    let user = Ctx {
+        uid: 1000,
+        gid: 1000,
+        pid: 2,
+    };
+    let err = v
+        .create(
+            &user,
+            ROOT_INO,
+            b"log",
+            0o644,
+            libc::O_WRONLY | libc::O_CREAT,
+        )
+        .expect_err("a user without write permission");
+    assert_eq!(err.errno, libc::EACCES);
+}

@@ -25,8 +25,20 @@ pub struct LoadArgs {
     pub file: PathBuf,
 }
 
-fn engine(url: &str) -> Result<std::sync::Arc<dyn tessera_meta::KvEngine>> {
-    tessera_meta::open_engine(url).map_err(|e| anyhow!("cannot reach the metadata engine: {e}"))
+/// The engine of a URL; `create` for `load`, which may start a new SQLite
+/// database.
+fn engine(url: &str, create: bool) -> Result<std::sync::Arc<dyn tessera_meta::KvEngine>> {
+    let opened = if create {
+        tessera_meta::create_engine(url)
+    } else {
+        tessera_meta::open_engine(url)
+    };
+    opened.map_err(|e| match e {
+        tessera_meta::MetaError::NotFormatted => {
+            anyhow!("no volume is formatted at {}", redact(url))
+        }
+        e => anyhow!("cannot reach the metadata engine: {e}"),
+    })
 }
 
 fn report(done: &str, stats: &tessera_meta::dump::DumpStats, start: Instant) {
@@ -41,7 +53,7 @@ fn report(done: &str, stats: &tessera_meta::dump::DumpStats, start: Instant) {
 }
 
 pub fn dump(a: DumpArgs) -> Result<()> {
-    let engine = engine(&a.meta_url)?;
+    let engine = engine(&a.meta_url, false)?;
     let start = Instant::now();
     let stats = if a.file.as_os_str() == "-" {
         let stdout = std::io::stdout();
@@ -62,7 +74,7 @@ pub fn dump(a: DumpArgs) -> Result<()> {
 }
 
 pub fn load(a: LoadArgs) -> Result<()> {
-    let engine = engine(&a.meta_url)?;
+    let engine = engine(&a.meta_url, true)?;
     let start = Instant::now();
     let stats = if a.file.as_os_str() == "-" {
         let stdin = std::io::stdin();

@@ -20,8 +20,9 @@ pub struct Args {
     /// Block compression: none, lz4 or zstd.
     #[arg(long, default_value = "none")]
     pub compress: String,
-    /// Days deleted files stay in the trash (0 disables it).
-    #[arg(long, default_value_t = 1)]
+    /// Days deleted files stay in a trash. There is no trash yet: only 0
+    /// (deleted files' data is removed at once) is accepted.
+    #[arg(long, default_value_t = 0)]
     pub trash_days: u32,
     /// Capacity reported to df; a bare number is GiB (0 = unlimited).
     #[arg(long, default_value = "0")]
@@ -98,6 +99,12 @@ pub fn run(a: Args) -> Result<()> {
         ));
     }
     let compression: Compression = a.compress.parse().map_err(|e: String| anyhow!(e))?;
+    if a.trash_days != 0 {
+        return Err(anyhow!(
+            "--trash-days {}: this version has no trash (deleted files' data is removed at once); use 0",
+            a.trash_days
+        ));
+    }
     let block_size = crate::common::parse_size(&a.block_size, 1 << 10)?;
     if !(64 << 10..=16 << 20).contains(&block_size) || !block_size.is_power_of_two() {
         return Err(anyhow!(
@@ -115,7 +122,7 @@ pub fn run(a: Args) -> Result<()> {
     let options = a.storage_flags.options()?;
     let capacity = parse_size(&a.capacity, 1 << 30)?;
     // The engine first: a refused format leaves no storage directory behind.
-    let engine = tessera_meta::open_engine(&a.meta_url)
+    let engine = tessera_meta::create_engine(&a.meta_url)
         .map_err(|e| anyhow!("cannot reach the metadata engine: {e}"))?;
     let meta = Meta::new(engine, MetaConfig::default());
     let existing = meta.load().ok();

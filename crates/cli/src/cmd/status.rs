@@ -17,8 +17,13 @@ pub fn run(a: Args) -> Result<()> {
     let usage = meta.statfs()?;
     let used = usage.total_space - usage.avail_space;
     if a.json {
+        // No trash exists yet, whatever an older format stored.
+        let shown = tessera_meta::Format {
+            trash_days: 0,
+            ..format.clone()
+        };
         let v = serde_json::json!({
-            "setting": format,
+            "setting": shown,
             "sessions": sessions,
             "usage": { "used_bytes": used, "inodes": usage.used_inodes },
         });
@@ -30,7 +35,9 @@ pub fn run(a: Args) -> Result<()> {
     println!("storage     {}", format.storage);
     println!("block size  {} KiB", format.block_size >> 10);
     println!("compression {:?}", format.compression);
-    println!("trash days  {}", format.trash_days);
+    // No trash exists yet, whatever an older format stored: deleted files'
+    // data goes at once, and status must not promise otherwise.
+    println!("trash       none (deleted files' data is removed at once)");
     println!("used        {} bytes in {} inodes", used, usage.used_inodes);
     println!("sessions    {}", sessions.len());
     let now = tessera_meta::now().0;

@@ -84,8 +84,10 @@ fn overlay_writes(
     found.into_iter().take(limit).collect()
 }
 
-/// Open the engine a metadata URL names.
-pub fn open(url: &str) -> Result<Arc<dyn KvEngine>> {
+/// Open the engine a metadata URL names. An SQLite database file must
+/// exist unless `create` (format, load): a mistyped path is an error, not a
+/// new empty database left behind.
+pub fn open(url: &str, create: bool) -> Result<Arc<dyn KvEngine>> {
     let bad = |reason: &str| MetaError::BadUrl {
         url: url.to_string(),
         reason: reason.to_string(),
@@ -113,10 +115,15 @@ pub fn open(url: &str) -> Result<Arc<dyn KvEngine>> {
                     }
                 }
             }
-            Ok(Arc::new(SqliteEngine::open_with(
-                std::path::Path::new(path),
-                sync_full,
-            )?))
+            let path = std::path::Path::new(path);
+            // (A missing directory gets the engine's own message below.)
+            let dir_there = path
+                .parent()
+                .is_none_or(|d| d.as_os_str().is_empty() || d.is_dir());
+            if !create && dir_there && !path.exists() {
+                return Err(MetaError::NotFormatted);
+            }
+            Ok(Arc::new(SqliteEngine::open_with(path, sync_full)?))
         }
         "mem" | "memory" => Ok(Arc::new(MemoryEngine::default())),
         "redis" | "rediss" | "redis+sentinel" => Ok(Arc::new(RedisEngine::open(
@@ -150,7 +157,7 @@ mod tests {
 
     #[test]
     fn bad_urls_say_what_is_wrong() {
-        let msg = |u: &str| open(u).err().map(|e| e.to_string()).unwrap_or_default();
+        let msg = |u: &str| open(u, true).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg("meta.db").contains("expected SCHEME://"));
         assert!(msg("foo://x").contains("unknown engine \"foo\""));
         assert!(msg("sqlite://").contains("path is missing"));
