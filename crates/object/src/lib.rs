@@ -442,10 +442,12 @@ impl ObjectStore for OpendalStore {
                 let meta = if e.metadata().last_modified().is_some() {
                     e.metadata().clone()
                 } else {
-                    self.op
-                        .stat(e.path())
-                        .await
-                        .map_err(|err| backend("HEAD", e.path(), err))?
+                    match self.op.stat(e.path()).await {
+                        Ok(m) => m,
+                        // Deleted since it was listed: no longer there.
+                        Err(err) if err.kind() == opendal::ErrorKind::NotFound => continue,
+                        Err(err) => return Err(backend("HEAD", e.path(), err)),
+                    }
                 };
                 out.push(ObjectInfo {
                     key: e.path().to_string(),
