@@ -3,7 +3,8 @@
 # engine (SQLite, and Redis — direct, via Sentinel and over TLS —,
 # PostgreSQL, MariaDB and etcd servers started here), multi-mount tests on
 # each server engine, tests that mount real volumes (integrity: kill -9
-# rounds with fsck and gc, corruption rounds, damaged objects), the S3 path
+# rounds with fsck and gc, corruption rounds, damaged objects; tar, cp -a,
+# rsync, git and sqlite3 on a mount), the S3 path
 # against a real S3-compatible server (moto) on loopback, and the external
 # suites pjdfstest, fsx and fio.
 #
@@ -52,6 +53,10 @@ log "dependencies"
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v fio >/dev/null || need+=(fio)
+# Real tools run on a mount by crates/cli/tests/tools.rs.
+command -v rsync >/dev/null || need+=(rsync)
+command -v sqlite3 >/dev/null || need+=(sqlite3)
+command -v git >/dev/null || need+=(git)
 command -v protoc >/dev/null || need+=(protobuf-compiler) # the etcd client's gRPC code
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

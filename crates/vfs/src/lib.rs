@@ -1184,6 +1184,7 @@ impl Vfs {
     // its security attributes, would report the file missing).
 
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        refuse_acl_names(name)?;
         if internal::is_internal(ino) {
             return Err(VfsError::new(libc::ENODATA, ".stats has no attributes"));
         }
@@ -1191,6 +1192,7 @@ impl Vfs {
     }
 
     pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        refuse_acl_names(name)?;
         if internal::is_internal(ino) {
             return Err(VfsError::new(libc::EPERM, ".stats is read-only"));
         }
@@ -1206,6 +1208,7 @@ impl Vfs {
     }
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        refuse_acl_names(name)?;
         if internal::is_internal(ino) {
             return Err(VfsError::new(libc::EPERM, ".stats is read-only"));
         }
@@ -1218,6 +1221,22 @@ impl Vfs {
 mod fault_tests;
 #[cfg(test)]
 mod tests;
+
+/// POSIX ACLs travel as the xattrs `system.posix_acl_access` and
+/// `system.posix_acl_default`; the kernel enforces them only for a file
+/// system that says it supports them, which this one does not yet. Stored
+/// as plain xattrs they did harm: `cp -a` sets a copy's permissions by
+/// writing an ACL equal to its mode, which then changed nothing (copies
+/// kept mode 0600). EOPNOTSUPP makes tools fall back to chmod.
+fn refuse_acl_names(name: &[u8]) -> Result<()> {
+    if name.starts_with(b"system.posix_acl_") {
+        return Err(VfsError::new(
+            libc::EOPNOTSUPP,
+            "POSIX ACLs are not supported on this volume",
+        ));
+    }
+    Ok(())
+}
 
 /// Whether `ctx` may open a file with `attr` as `flags` ask, by its mode
 /// bits (root may always; supplementary groups are not known here, so a

@@ -157,7 +157,12 @@ mod tests {
 
     #[test]
     fn bad_urls_say_what_is_wrong() {
-        let msg = |u: &str| open(u, true).err().map(|e| e.to_string()).unwrap_or_default();
+        let msg = |u: &str| {
+            open(u, true)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
         assert!(msg("meta.db").contains("expected SCHEME://"));
         assert!(msg("foo://x").contains("unknown engine \"foo\""));
         assert!(msg("sqlite://").contains("path is missing"));

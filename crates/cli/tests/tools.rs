@@ -1,0 +1,255 @@
+//! Real tools that no one here wrote, on a mounted volume, compared with the
+//! same tools on the local disk: `tar x`, `cp -a`, `rsync -a`, `git clone`
+//! with `git fsck`, and sqlite3's integrity check. They exercise what test
+//! suites of single calls miss: times set on open descriptors, hard links,
+//! symlinks, modes, many small files, fsync patterns of a database.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A tree with what archives carry: nested directories, files of awkward
+/// sizes, modes, a hard link, symlinks, and times in the past.
+fn make_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("a/b/c")).expect("dirs");
+    std::fs::create_dir_all(root.join("empty")).expect("empty dir");
+    for (i, size) in [0usize, 1, 4095, 4096, 65_537, (1 << 20) + 3, 5 << 20]
+        .iter()
+        .enumerate()
+    {
+        let dir = ["", "a", "a/b", "a/b/c"][i % 4];
+        std::fs::write(
+            root.join(dir).join(format!("f{i}")),
+            pseudo_random(*size, i as u64 + 1),
+        )
+        .expect("file");
+    }
+    for i in 0..200 {
+        std::fs::write(root.join("a/b").join(format!("small{i}")), format!("{i}\n"))
+            .expect("small");
+    }
+    run(Command::new("chmod").args(["0600"]).arg(root.join("f0")));
+    run(Command::new("chmod").args(["0755"]).arg(root.join("a/f1")));
+    std::fs::hard_link(root.join("a/f1"), root.join("a/b/c/hardlink")).expect("link");
+    std::os::unix::fs::symlink("../f0", root.join("a/rel-link")).expect("symlink");
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).expect("symlink");
+    // Times in the past, files first, then directories (as tar restores).
+    run(Command::new("find").arg(root).args([
+        "-exec",
+        "touch",
+        "-h",
+        "-d",
+        "2001-02-03 04:05:06.789",
+        "{}",
+        "+",
+    ]));
+}
+
+/// What `find` sees of a tree: path, size, mtime (ns), mode, type, link
+/// count, symlink target; sorted.
+fn listing(root: &Path, with_times_of_dirs: bool) -> String {
+    let fmt = if with_times_of_dirs {
+        "%P %s %T@ %m %y %n %l\n"
+    } else {
+        "%P %s %m %y %n %l\n"
+    };
+    let out = run(Command::new("find")
+        .arg(root)
+        .args(["-mindepth", "1", "-printf", fmt]));
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort_unstable();
+    lines.join("\n")
+}
+
+#[test]
+fn tar_x_cp_a_and_rsync_keep_every_name_byte_mode_and_time() {
+    let local = tempfile::tempdir().expect("tempdir");
+    let src = local.path().join("src");
+    make_tree(&src);
+    let tarball = local.path().join("tree.tar");
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&src)
+        .arg("."));
+    let vol = Volume::new("tools");
+    let m = vol.mount("mnt");
+
+    // tar x, on the local disk and on the volume: the same listing, times
+    // of files and directories included.
+    let on_disk = local.path().join("untar");
+    std::fs::create_dir(&on_disk).expect("mkdir");
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&on_disk));
+    let on_volume = m.join("untar");
+    std::fs::create_dir(&on_volume).expect("mkdir");
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&on_volume));
+    assert_eq!(listing(&on_volume, true), listing(&on_disk, true), "tar x");
+    run(Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&on_disk)
+        .arg(&on_volume));
+
+    // cp -a: nanosecond times, modes, the hard link and the symlinks.
+    let copied = m.join("cp");
+    run(Command::new("cp").arg("-a").arg(&src).arg(&copied));
+    assert_eq!(listing(&copied, true), listing(&src, true), "cp -a");
+    run(Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&src)
+        .arg(&copied));
+
+    // rsync -a, then a dry run that must find nothing to do.
+    if have("rsync") {
+        let synced = m.join("rsync");
+        let from = format!("{}/", src.display());
+        let to = format!("{}/", synced.display());
+        run(Command::new("rsync").args(["-aH", &from, &to]));
+        let again = run(Command::new("rsync").args(["-aHn", "--itemize-changes", &from, &to]));
+        assert_eq!(again.trim(), "", "rsync sees differences after rsync -a");
+        assert_eq!(listing(&synced, false), listing(&src, false), "rsync -a");
+    }
+    // The same, read back through a fresh mount (no kernel or mount cache).
+    m.unmount();
+    let m = vol.mount_with("again", &["--cache-dir", "memory"]);
+    assert_eq!(
+        listing(&m.join("untar"), true),
+        listing(&on_disk, true),
+        "after remount"
+    );
+    run(Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&src)
+        .arg(m.join("cp")));
+}
+
+#[test]
+fn git_clone_and_fsck_on_a_volume() {
+    if !have("git") {
+        eprintln!("git is not installed; skipped");
+        return;
+    }
+    let local = tempfile::tempdir().expect("tempdir");
+    let repo = local.path().join("repo");
+    std::fs::create_dir(&repo).expect("mkdir");
+    let git = |dir: &Path, args: &[&str]| {
+        run(Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args))
+    };
+    git(&repo, &["init", "-q"]);
+    for i in 0..30 {
+        std::fs::write(
+            repo.join(format!("file{}", i % 7)),
+            pseudo_random(3000 + i * 517, i as u64),
+        )
+        .expect("write");
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-q", "-m", &format!("commit {i}")]);
+    }
+    git(&repo, &["gc", "-q"]);
+    let vol = Volume::new("gitvol");
+    let m = vol.mount("mnt");
+    let clone = m.join("clone");
+    run(Command::new("git")
+        .args(["clone", "-q", "--no-hardlinks"])
+        .arg(&repo)
+        .arg(&clone));
+    git(&clone, &["fsck", "--full", "--strict"]);
+    std::fs::write(clone.join("new"), b"on the volume").expect("write");
+    git(&clone, &["add", "new"]);
+    git(&clone, &["commit", "-q", "-m", "made on the volume"]);
+    git(&clone, &["gc", "-q", "--aggressive"]);
+    git(&clone, &["fsck", "--full", "--strict"]);
+    assert_eq!(git(&clone, &["rev-list", "--count", "HEAD"]).trim(), "31");
+}
+
+#[test]
+fn sqlite_database_on_a_volume_passes_its_integrity_check() {
+    if !have("sqlite3") {
+        eprintln!("sqlite3 is not installed; skipped");
+        return;
+    }
+    let vol = Volume::new("sqlvol");
+    let m = vol.mount("mnt");
+    let db = m.join("app.db");
+    let mut script = String::from(
+        "PRAGMA journal_mode=DELETE;\nCREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB);\n",
+    );
+    for batch in 0..20 {
+        script.push_str("BEGIN;\n");
+        for i in 0..500 {
+            let k = batch * 500 + i;
+            script.push_str(&format!(
+                "INSERT INTO t VALUES({k}, randomblob({}));\n",
+                50 + k % 900
+            ));
+        }
+        script.push_str("COMMIT;\n");
+        if batch % 5 == 4 {
+            script.push_str(&format!("DELETE FROM t WHERE k % 7 = {};\n", batch % 7));
+        }
+    }
+    script.push_str("CREATE INDEX tv ON t(length(v));\nVACUUM;\n");
+    let mut child = Command::new("sqlite3")
+        .arg(&db)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sqlite3");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("feed sqlite3");
+    }
+    assert!(child.wait().expect("sqlite3").success());
+    m.unmount();
+    let m = vol.mount_with("again", &["--cache-dir", "memory"]);
+    let db = m.join("app.db");
+    let check = run(Command::new("sqlite3")
+        .arg(&db)
+        .arg("PRAGMA integrity_check;"));
+    assert_eq!(check.trim(), "ok");
+    let rows = run(Command::new("sqlite3")
+        .arg(&db)
+        .arg("SELECT count(*) FROM t;"));
+    let expected = (0..10_000)
+        .filter(|k| !(0..20).any(|b| b % 5 == 4 && k / 500 <= b && k % 7 == b % 7))
+        .count();
+    assert_eq!(rows.trim(), expected.to_string());
+}
