@@ -3,26 +3,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
 
 const DISK_BLOCKS: &str = "tessera_cache_blocks{tier=\"disk\"}";
 const OBJECT_BYTES: &str = "tessera_tier_read_bytes_total{tier=\"object\"}";
@@ -44,7 +28,7 @@ fn disk_cache_survives_restart_and_drops_corrupt_blocks() {
     let blocks: Vec<u64> = files_under(&vol.dir.path().join("objects"))
         .iter()
         .filter(|p| p.to_string_lossy().contains("/chunks/"))
-        .filter_map(|p| p.to_string_lossy().rsplit('_').next()?.parse().ok())
+        .map(|p| block_len_of(p))
         .collect();
     let full: u64 = blocks.iter().filter(|&&len| len == 4 << 20).sum();
     {
@@ -89,12 +73,7 @@ fn disk_cache_survives_restart_and_drops_corrupt_blocks() {
         .iter()
         .find(|p| p.to_string_lossy().contains("/raw/"))
         .unwrap_or_else(|| panic!("a cached block among {cached:?}"));
-    let victim_len: u64 = victim
-        .to_string_lossy()
-        .rsplit('_')
-        .next()
-        .and_then(|l| l.parse().ok())
-        .expect("block length in the key");
+    let victim_len = block_len_of(victim);
     let mut raw = std::fs::read(victim).expect("read cached block");
     raw[victim_len as usize / 2] ^= 0x40;
     std::fs::write(victim, raw).expect("corrupt cached block");

@@ -10,27 +10,13 @@ mod common;
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
 
 /// The block objects of a volume whose store is `{dir}/objects`.
 fn block_objects(vol: &Volume) -> Vec<PathBuf> {
@@ -541,12 +527,7 @@ fn volumes_of_layout_version_1_keep_bare_blocks_and_version_2_seals_them() {
             m.unmount();
         }
         for object in block_objects(&vol) {
-            let len: u64 = object
-                .to_string_lossy()
-                .rsplit('_')
-                .next()
-                .and_then(|l| l.parse().ok())
-                .expect("length in the key");
+            let len = block_len_of(&object);
             let stored = std::fs::metadata(&object).expect("object").len();
             assert_eq!(
                 stored > len,
