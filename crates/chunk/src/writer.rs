@@ -91,6 +91,10 @@ struct State {
     length: u64,
     buffered: usize,
     failed: Option<String>,
+    /// When the latest buffered write arrived: the file's modification
+    /// time as long as that write is not committed (the commit stamps its
+    /// own, later time).
+    written_at: (i64, u32),
 }
 
 impl Drop for FileWriter {
@@ -156,6 +160,7 @@ impl FileWriter {
                 "an earlier upload failed: {e}"
             )));
         }
+        st.written_at = tessera_meta::now();
         let mut done = 0usize;
         while done < data.len() {
             let pos_file = off + done as u64;
@@ -240,6 +245,7 @@ impl FileWriter {
         }
         st.appended.extend_from_slice(data);
         st.buffered += data.len();
+        st.written_at = tessera_meta::now();
         let over_budget = self.chunks.buffer_grow(data.len());
         Ok(over_budget || st.appended.len() >= self.chunks.config.block_size)
     }
@@ -282,6 +288,14 @@ impl FileWriter {
                 }
             })
             .unwrap_or(0)
+    }
+
+    /// The time of the latest write not yet committed, if any: what stat
+    /// shows as the file's modification time meanwhile.
+    pub fn uncommitted_mtime(&self) -> Option<(i64, u32)> {
+        let st = self.state.lock().ok()?;
+        let dirty = !st.dirty.is_empty() || !st.flushing.is_empty() || !st.appended.is_empty();
+        dirty.then_some(st.written_at)
     }
 
     pub fn has_dirty(&self) -> bool {

@@ -1306,9 +1306,9 @@ impl Meta {
                 account(align4k(off + len) - align4k(a.length), 0);
                 a.length = off + len;
             }
-            if punch || zero || !keep_size {
-                a.touch_mtime(t);
-            }
+            // Every mode changes the file's times, as Linux file systems
+            // do (ext4 and xfs stamp mtime and ctime even for KEEP_SIZE).
+            a.touch_mtime(t);
             put_attr(tx, ino, &a)?;
             Ok(TruncateResult { attr: a, freed })
         })

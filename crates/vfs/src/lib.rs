@@ -477,8 +477,17 @@ impl Vfs {
         // Sample the buffer before metadata: a flush that commits in between
         // then shows up in one or the other, never in neither.
         let buffered = self.buffered_length(ino);
+        let written = self
+            .open_file(ino)
+            .and_then(|of| of.writer.uncommitted_mtime());
         let mut attr = self.meta.getattr(ino)?;
         attr.length = attr.length.max(buffered);
+        // Writes not yet committed changed the file when they were made, as
+        // a local file system shows at once.
+        if let Some((secs, ns)) = written.filter(|w| *w > (attr.mtime, attr.mtime_ns)) {
+            (attr.mtime, attr.mtime_ns) = (secs, ns);
+            (attr.ctime, attr.ctime_ns) = (secs, ns);
+        }
         Ok(attr)
     }
 
@@ -1219,6 +1228,8 @@ impl Vfs {
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;
 

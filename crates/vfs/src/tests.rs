@@ -17,12 +17,12 @@ const CTX: Ctx = Ctx {
     pid: 1,
 };
 
-struct Fixture {
-    vfs: Arc<Vfs>,
+pub(crate) struct Fixture {
+    pub(crate) vfs: Arc<Vfs>,
     _rt: tokio::runtime::Runtime,
 }
 
-fn fixture(block_size: usize) -> Fixture {
+pub(crate) fn fixture(block_size: usize) -> Fixture {
     fixture_with(block_size, None)
 }
 
