@@ -1232,6 +1232,8 @@ mod fault_tests;
 mod model_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod two_clients_tests;
 
 /// POSIX ACLs travel as the xattrs `system.posix_acl_access` and
 /// `system.posix_acl_default`; the kernel enforces them only for a file
