@@ -165,6 +165,11 @@ pub struct ChunkStore {
     pub(crate) group: std::sync::OnceLock<Arc<tessera_cachegroup::Group>>,
     /// Blocks being fetched for peers, so that every asker shares one fetch.
     pub(crate) served: Mutex<HashMap<String, read::Fetch>>,
+    /// Blocks whose fetch failed lately (timed out, refused): the next
+    /// reader within `read::FAILURE_MEMORY` gets the same error at once
+    /// instead of waiting out the deadlines again (the kernel retries a
+    /// failed readahead with a read of its own).
+    pub(crate) failed: Mutex<HashMap<String, (std::time::Instant, String)>>,
 }
 
 impl ChunkStore {
@@ -202,6 +207,7 @@ impl ChunkStore {
             checked: Mutex::new(HashMap::new()),
             group: std::sync::OnceLock::new(),
             served: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
             downloads: Arc::new(Semaphore::new(config.max_downloads.max(1))),
             uploads: Arc::new(Semaphore::new(config.max_uploads.max(1))),
             buffered: AtomicUsize::new(0),

@@ -31,6 +31,10 @@ pub enum Access {
     Random,
 }
 
+/// How long a block fetch that failed (not a missing object) is answered
+/// from memory with the same error.
+pub(crate) const FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A fetch outcome every waiter can hold a copy of.
 #[derive(Debug, Clone)]
 pub(crate) enum FetchError {
@@ -169,6 +173,11 @@ impl ChunkStore {
 
     /// Join or start the shared fetch of a block.
     fn fetch(self: &Arc<Self>, key: &str, len: u64, readahead: bool) -> Fetch {
+        if let Some(why) = self.failed_lately(key) {
+            return futures::future::ready(Err(FetchError::Failed(why)))
+                .boxed()
+                .shared();
+        }
         let Ok(mut map) = self.inflight.lock() else {
             let me = self.clone();
             let key = key.to_string();
@@ -196,6 +205,19 @@ impl ChunkStore {
         fetch
     }
 
+    /// The error of a fetch of `key` that failed within [`FAILURE_MEMORY`].
+    fn failed_lately(&self, key: &str) -> Option<String> {
+        let mut failed = self.failed.lock().ok()?;
+        match failed.get(key) {
+            Some((at, why)) if at.elapsed() < FAILURE_MEMORY => Some(why.clone()),
+            Some(_) => {
+                failed.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
     /// Disk cache, staged copy, then object storage.
     async fn load(
         self: &Arc<Self>,
@@ -207,6 +229,14 @@ impl ChunkStore {
             self.metrics.readahead_inflight.inc();
         }
         let r = self.load_inner(key, len).await;
+        if let Err(FetchError::Failed(why)) = &r {
+            if let Ok(mut failed) = self.failed.lock() {
+                if failed.len() > 4096 {
+                    failed.clear();
+                }
+                failed.insert(key.to_string(), (std::time::Instant::now(), why.clone()));
+            }
+        }
         if readahead {
             self.metrics.readahead_inflight.dec();
             self.metrics.readahead_blocks.inc();
