@@ -253,3 +253,40 @@ fn sqlite_database_on_a_volume_passes_its_integrity_check() {
         .count();
     assert_eq!(rows.trim(), expected.to_string());
 }
+
+#[test]
+fn du_and_status_count_what_a_sparse_file_stores() {
+    let vol = Volume::new("sparse");
+    let m = vol.mount("mnt");
+    let f = m.join("sparse.img");
+    run(Command::new("truncate").args(["-s", "10G"]).arg(&f));
+    let du = |p: &Path| -> u64 {
+        run(Command::new("du").arg("-B1").arg(p))
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("du prints a number")
+    };
+    assert_eq!(du(&f), 0, "a 10 GiB hole stores nothing");
+    run(Command::new("dd")
+        .args([
+            "if=/dev/urandom",
+            "bs=1M",
+            "count=1",
+            "seek=5120",
+            "conv=notrunc,fsync",
+            "status=none",
+        ])
+        .arg(format!("of={}", f.display())));
+    assert_eq!(du(&f), 1 << 20, "1 MiB written in the middle");
+    assert_eq!(std::fs::metadata(&f).expect("stat").len(), 10 << 30);
+    m.unmount();
+    let status = run(Command::new(bin()).args(["status", &vol.meta_url]));
+    let used: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("used"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("status shows usage");
+    assert_eq!(used, 1 << 20, "status counts stored bytes:\n{status}");
+}

@@ -181,7 +181,13 @@ fn file_attr(ino: u64, a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
         size: a.length,
-        blocks: a.length.div_ceil(512),
+        // What is stored, not the length: a sparse file's holes take no
+        // blocks (`du`, `ls -s`, `stat`).
+        blocks: if a.typ == tessera_meta::FileType::File {
+            a.stored.div_ceil(512)
+        } else {
+            a.length.div_ceil(512)
+        },
         atime: to_time(a.atime, a.atime_ns),
         mtime: to_time(a.mtime, a.mtime_ns),
         ctime: to_time(a.ctime, a.ctime_ns),

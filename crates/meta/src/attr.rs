@@ -76,6 +76,10 @@ pub struct Attr {
     pub parent: Ino,
     /// Reserved flag bits (immutable, append-only, ACL present, ...).
     pub flags: u8,
+    /// Bytes of a regular file that slices hold (holes not counted): what
+    /// `st_blocks` and the volume's usage show, so a sparse file counts
+    /// what is stored, not its length. 0 for other types.
+    pub stored: u64,
 }
 
 /// `Attr::flags`: the inode has (or had) extended attributes, so removing
@@ -84,7 +88,9 @@ pub const FLAG_XATTRS: u8 = 1;
 /// `Attr::flags`: the inode has (or had) hard links, so `P` keys may exist.
 pub const FLAG_LINKED: u8 = 2;
 
-const ENCODED_LEN: usize = 76;
+/// Attributes written before `stored` existed are this long.
+const ENCODED_LEN_V1: usize = 76;
+const ENCODED_LEN: usize = 84;
 const VERSION: u8 = 1;
 
 impl Attr {
@@ -105,6 +111,7 @@ impl Attr {
             rdev: 0,
             parent: 0,
             flags: 0,
+            stored: 0,
         }
     }
 
@@ -141,12 +148,13 @@ impl Attr {
         b.extend_from_slice(&self.length.to_le_bytes());
         b.extend_from_slice(&self.rdev.to_le_bytes());
         b.extend_from_slice(&self.parent.to_le_bytes());
+        b.extend_from_slice(&self.stored.to_le_bytes());
         debug_assert_eq!(b.len(), ENCODED_LEN);
         b
     }
 
     pub fn decode(b: &[u8]) -> Result<Self> {
-        if b.len() < ENCODED_LEN || b[0] != VERSION {
+        if b.len() < ENCODED_LEN_V1 || b[0] != VERSION {
             return Err(MetaError::Corrupt(format!(
                 "inode attributes of {} bytes, version {:?}",
                 b.len(),
@@ -178,6 +186,12 @@ impl Attr {
             length: u64_at(56),
             rdev: u32_at(64),
             parent: u64_at(68),
+            // Older attributes did not say: take the whole length as stored.
+            stored: if b.len() >= ENCODED_LEN {
+                u64_at(76)
+            } else {
+                u64_at(56)
+            },
         })
     }
 }
@@ -194,6 +208,7 @@ mod tests {
         a.rdev = 77;
         a.parent = 42;
         a.atime = -5;
+        a.stored = 12345;
         assert_eq!(Attr::decode(&a.encode()).expect("decode"), a);
         assert!(Attr::decode(&[1, 2, 3]).is_err());
     }

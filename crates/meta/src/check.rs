@@ -14,6 +14,8 @@
 //!   the cleaner);
 //! * slice reference counts against the records that share each slice
 //!   (set to what was counted);
+//! * the bytes each file's chunks hold data for, against its `stored`
+//!   attribute (set to what was counted);
 //! * the volume's usage counters (space and inodes), which a crashed mount
 //!   may have left short by what it had not yet added (recounted).
 //!
@@ -25,7 +27,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::attr::Attr;
-use crate::fs::{get_attr, put_attr};
+use crate::fs::{get_attr, put_attr, stored_in, usage_of};
 use crate::kv::prefix_end;
 use crate::slice::{SliceKind, SliceRecord};
 use crate::{keys, Ctx, FileType, Ino, Meta, MetaError, Result, ROOT_INO};
@@ -64,6 +66,8 @@ struct Seen {
     named_by: Vec<(Ino, Vec<u8>)>,
     subdirs: u32,
     has_chunks: bool,
+    /// Bytes its chunk lists hold data for.
+    stored: u64,
 }
 
 const PAGE: usize = 10_000;
@@ -112,7 +116,9 @@ impl Meta {
                     .problems
                     .push(format!("entry {:?} of {ino}: malformed", &k[10..])),
                 Some(b'C') => {
-                    seen.entry(ino).or_default().has_chunks = true;
+                    let s = seen.entry(ino).or_default();
+                    s.has_chunks = true;
+                    s.stored += stored_in(v)?;
                     for rec in SliceRecord::decode_all(v)? {
                         if rec.kind == SliceKind::Internal && !rec.is_hole() {
                             *r.slices.entry((rec.id, rec.size)).or_insert(0) += 1;
@@ -221,6 +227,21 @@ impl Meta {
             if a.nlink != want {
                 self.fix_nlink(&mut r, repair, ino, a.nlink, want)?;
             }
+            if a.typ == FileType::File && a.stored != s.stored {
+                r.problems.push(format!(
+                    "file {ino} is recorded as storing {} bytes; its chunks hold {}",
+                    a.stored, s.stored
+                ));
+                if repair {
+                    let stored = s.stored;
+                    self.txn(|tx| {
+                        let mut a = get_attr(tx, ino)?;
+                        a.stored = stored;
+                        put_attr(tx, ino, &a)
+                    })?;
+                    r.repaired += 1;
+                }
+            }
         }
         self.check_slice_refs(&mut r, repair)?;
         // Usage last, after the repairs above (which count their own
@@ -312,14 +333,13 @@ impl Meta {
         })
     }
 
-    /// Space (each inode's length in 4 KiB units) and inodes, the root
+    /// Space (what each inode stores, in 4 KiB units) and inodes, the root
     /// left out, as the usage counters keep them.
     fn count_usage(&self) -> Result<(i64, i64)> {
         let (mut space, mut inodes) = (0i64, 0i64);
         self.scan_all(b"A", |k, v| {
             if k.get(9) == Some(&b'I') && keys::be_u64(k, 1) != Some(ROOT_INO) {
-                let a = Attr::decode(v)?;
-                space += (a.length.div_ceil(4096) * 4096) as i64;
+                space += usage_of(&Attr::decode(v)?);
                 inodes += 1;
             }
             Ok(())

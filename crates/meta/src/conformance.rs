@@ -24,6 +24,7 @@ pub fn run_all(factory: Factory<'_>) {
     appends(factory());
     fsck_finds_and_repairs(factory());
     huge_offsets_and_sizes(factory());
+    stored_bytes_follow_the_data(factory());
     xattrs(factory());
     locks(factory());
     sessions(factory());
@@ -191,6 +192,57 @@ fn huge_offsets_and_sizes(engine: Arc<dyn KvEngine>) {
     assert_eq!(t.attr.length, 10);
     assert_eq!(t.freed.len(), 1099, "every slice past the first chunk");
     assert_eq!(m.chunks_of(h).expect("chunks").len(), 1);
+}
+
+/// A file's `stored` bytes (st_blocks, usage) count data, not holes: a
+/// truncate up adds nothing, a punched hole and a shrink give back, a
+/// copy of records counts for the copy.
+fn stored_bytes_follow_the_data(engine: Arc<dyn KvEngine>) {
+    let m = formatted(engine);
+    let (f, _) = m
+        .mknod(&CTX, ROOT_INO, b"sparse", FileType::File, 0o644, 0, None)
+        .expect("file");
+    // Each write is a slice of its own, as the writer makes them.
+    let rec = |pos: u32, len: u32| SliceRecord {
+        kind: SliceKind::Internal,
+        pos,
+        id: m.new_slice_id().expect("id"),
+        size: u64::from(len),
+        off: 0,
+        len,
+    };
+    m.write_slices(f, &[(0, rec(0, 100_000))], 100_000)
+        .expect("write");
+    assert_eq!(m.getattr(f).expect("attr").stored, 100_000);
+    // Overwriting what is there stores nothing more.
+    m.write_slices(f, &[(0, rec(50_000, 50_000))], 100_000)
+        .expect("overwrite");
+    assert_eq!(m.getattr(f).expect("attr").stored, 100_000);
+    let grown = m.truncate(f, 10 << 30).expect("truncate up").attr;
+    assert_eq!((grown.length, grown.stored), (10 << 30, 100_000));
+    m.write_slices(f, &[(80, rec(1000, 4096))], 10 << 30)
+        .expect("far write");
+    assert_eq!(m.getattr(f).expect("attr").stored, 104_096);
+    m.fallocate(
+        f,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        10_000,
+        20_000,
+    )
+    .expect("punch");
+    assert_eq!(m.getattr(f).expect("attr").stored, 84_096);
+    let (g, _) = m
+        .mknod(&CTX, ROOT_INO, b"copy", FileType::File, 0o644, 0, None)
+        .expect("copy");
+    m.copy_range(f, 0, g, 0, 100_000).expect("copy");
+    assert_eq!(m.getattr(g).expect("attr").stored, 80_000);
+    // [0, 10,000) and [30,000, 40,000) are left.
+    m.truncate(f, 40_000).expect("shrink");
+    assert_eq!(m.getattr(f).expect("attr").stored, 20_000);
+    m.flush_usage().expect("usage");
+    let report = m.fsck(false).expect("fsck");
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert_eq!(report.space, 20_480 + 81_920, "usage is what is stored");
 }
 
 /// O_APPEND commits land at the end as it stands in the commit, split over
@@ -434,7 +486,16 @@ fn namespace(e: Arc<dyn KvEngine>) {
     let (u, _) = m
         .mknod(&CTX, ROOT_INO, b"usage", FileType::File, 0o644, 0, None)
         .expect("create");
-    m.write_slices(u, &[], 10_000).expect("grow");
+    let id = m.new_slice_id().expect("id");
+    let data = SliceRecord {
+        kind: SliceKind::Internal,
+        pos: 0,
+        id,
+        size: 10_000,
+        off: 0,
+        len: 10_000,
+    };
+    m.write_slices(u, &[(0, data)], 10_000).expect("write");
     assert_eq!(m.statfs().expect("own view").used_inodes, 1);
     assert_eq!(other.statfs().expect("other's view").used_inodes, 0);
     m.flush_usage().expect("flush usage");

@@ -133,6 +133,7 @@ fn line_for(key: &[u8], value: &[u8]) -> Result<Option<Value>> {
                     json!({
                         "inode": ino, "type": type_name(a.typ), "mode": a.mode,
                         "uid": a.uid, "gid": a.gid, "nlink": a.nlink, "length": a.length,
+                        "stored": a.stored,
                         "rdev": a.rdev, "parent": a.parent, "flags": a.flags,
                         "atime": [a.atime, a.atime_ns], "mtime": [a.mtime, a.mtime_ns],
                         "ctime": [a.ctime, a.ctime_ns],
@@ -255,6 +256,11 @@ fn key_value(line: &Value) -> Result<(Vec<u8>, Vec<u8>)> {
             ctime_ns,
             nlink: narrow(line, "nlink")?,
             length: field_u64(line, "length")?,
+            // Dumps made before `stored` existed: the whole length.
+            stored: match line.get("stored") {
+                Some(_) => field_u64(line, "stored")?,
+                None => field_u64(line, "length")?,
+            },
             rdev: narrow(line, "rdev")?,
             parent: field_u64(line, "parent")?,
             flags: narrow(line, "flags")?,

@@ -146,6 +146,32 @@ fn align4k(n: u64) -> i64 {
     (n.div_ceil(4096) * 4096) as i64
 }
 
+/// What an inode counts towards the volume's used space: a file what its
+/// slices store (holes are free), anything else its length, in 4 KiB units.
+pub(crate) fn usage_of(a: &Attr) -> i64 {
+    if a.typ == FileType::File {
+        align4k(a.stored)
+    } else {
+        align4k(a.length)
+    }
+}
+
+/// Bytes of a chunk that its records hold data for (holes not counted).
+pub(crate) fn stored_in(chunk: &[u8]) -> Result<u64> {
+    Ok(
+        crate::slice::visible_segments(&SliceRecord::decode_all(chunk)?)
+            .iter()
+            .filter(|s| !s.record.is_hole())
+            .map(|s| u64::from(s.len))
+            .sum(),
+    )
+}
+
+/// Change `stored` by how much a chunk's data went from `before` to `after`.
+fn restore(a: &mut Attr, before: u64, after: u64) {
+    a.stored = (a.stored + after).saturating_sub(before);
+}
+
 fn check_name(name: &[u8]) -> Result<()> {
     if name.len() > MAX_NAME_LEN {
         return Err(MetaError::NameTooLong);
@@ -558,7 +584,7 @@ impl Meta {
             put_attr(tx, parent, &p)?;
             put_attr(tx, ino, &a)?;
             put_dentry(tx, parent, name, ino, typ)?;
-            account(align4k(a.length), 1);
+            account(usage_of(&a), 1);
             Ok(a)
         })?;
         Ok((ino, attr))
@@ -658,7 +684,7 @@ impl Meta {
         if a.typ == FileType::File {
             tx.set(&keys::deleted(ino, a.length), b"")?;
         }
-        account(-align4k(a.length), -1);
+        account(-usage_of(a), -1);
         Ok(())
     }
 
@@ -1009,18 +1035,21 @@ impl Meta {
             if a.typ != FileType::File {
                 return Err(MetaError::Invalid("write to a non-regular file".into()));
             }
+            let usage = usage_of(&a);
             let mut most = 0usize;
             for (index, rec) in slices {
                 let key = keys::chunk(ino, *index);
                 let mut v = tx.get(&key)?.unwrap_or_default();
+                let before = stored_in(&v)?;
                 rec.encode_into(&mut v);
+                restore(&mut a, before, stored_in(&v)?);
                 most = most.max(v.len() / crate::slice::RECORD_LEN);
                 tx.set(&key, &v)?;
             }
             if min_length > a.length {
-                account(align4k(min_length) - align4k(a.length), 0);
                 a.length = min_length;
             }
+            account(usage_of(&a) - usage, 0);
             a.touch_mtime(now());
             put_attr(tx, ino, &a)?;
             Ok((a, most))
@@ -1040,6 +1069,7 @@ impl Meta {
             }
             let start = a.length;
             end_within_limit(start, len)?;
+            let usage = usage_of(&a);
             let mut touched = Vec::new();
             let mut done = 0u64;
             while done < len {
@@ -1062,13 +1092,15 @@ impl Meta {
                 }
                 let key = keys::chunk(ino, index);
                 let mut v = tx.get(&key)?.unwrap_or_default();
+                let before = stored_in(&v)?;
                 rec.encode_into(&mut v);
+                restore(&mut a, before, stored_in(&v)?);
                 touched.push((index, v.len() / crate::slice::RECORD_LEN));
                 tx.set(&key, &v)?;
                 done += n;
             }
-            account(align4k(start + len) - align4k(start), 0);
             a.length = start + len;
+            account(usage_of(&a) - usage, 0);
             a.touch_mtime(now());
             put_attr(tx, ino, &a)?;
             Ok(Appended {
@@ -1099,6 +1131,16 @@ impl Meta {
             let mut v = SliceRecord::encode_all(replacement);
             v.extend_from_slice(&cur[old.len()..]);
             tx.set(&key, &v)?;
+            // Compaction writes a chunk's holes between data as zeros.
+            let (before, after) = (stored_in(&cur)?, stored_in(&v)?);
+            if before != after {
+                if let Ok(mut a) = get_attr(tx, ino) {
+                    let usage = usage_of(&a);
+                    restore(&mut a, before, after);
+                    account(usage_of(&a) - usage, 0);
+                    put_attr(tx, ino, &a)?;
+                }
+            }
             let mut freed = Vec::new();
             for r in SliceRecord::decode_all(old)? {
                 unref_slice(tx, &r, &mut freed)?;
@@ -1123,6 +1165,7 @@ impl Meta {
                     return Err(MetaError::Invalid("truncate of a special file".into()));
                 }
                 let mut freed = Vec::new();
+                let usage = usage_of(&a);
                 if length < a.length {
                     // Too many whole chunks to drop in one transaction:
                     // they go first, in batches (see shrink_from_the_top).
@@ -1134,10 +1177,12 @@ impl Meta {
                             return Ok(None);
                         }
                     }
-                    Self::zero_range(tx, ino, length, a.length - length, &mut freed, true)?;
+                    let dropped =
+                        Self::zero_range(tx, ino, length, a.length - length, &mut freed, true)?;
+                    a.stored = a.stored.saturating_sub(dropped);
                 }
-                account(align4k(length) - align4k(a.length), 0);
                 a.length = length;
+                account(usage_of(&a) - usage, 0);
                 a.touch_mtime(now());
                 put_attr(tx, ino, &a)?;
                 Ok(Some(TruncateResult { attr: a, freed }))
@@ -1203,17 +1248,19 @@ impl Meta {
                     // Shrunk (or replaced) meanwhile: the last step decides.
                     return Ok(None);
                 }
+                let usage = usage_of(&a);
                 let mut f = Vec::new();
                 for k in batch {
                     if let Some(v) = tx.get(k)? {
+                        a.stored = a.stored.saturating_sub(stored_in(&v)?);
                         for r in SliceRecord::decode_all(&v)? {
                             unref_slice(tx, &r, &mut f)?;
                         }
                         tx.delete(k)?;
                     }
                 }
-                account(align4k(cut) - align4k(a.length), 0);
                 a.length = cut;
+                account(usage_of(&a) - usage, 0);
                 a.touch_mtime(now());
                 put_attr(tx, ino, &a)?;
                 Ok(Some(f))
@@ -1230,6 +1277,7 @@ impl Meta {
     /// to the end of the file), chunks that start inside it are deleted.
     /// Only chunks that have a list are visited (one range scan), so the
     /// work follows the data stored, not the length of the range.
+    /// Returns how many stored bytes the range held.
     fn zero_range(
         tx: &mut dyn KvTxn,
         ino: Ino,
@@ -1237,11 +1285,12 @@ impl Meta {
         len: u64,
         freed: &mut FreedSlices,
         drop_whole: bool,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let end = off.saturating_add(len).min(MAX_FILE_SIZE);
         if end <= off {
-            return Ok(());
+            return Ok(0);
         }
+        let mut dropped = 0u64;
         let first = (off / CHUNK_SIZE) as u32;
         let last = ((end - 1) / CHUNK_SIZE) as u32;
         let upper = match last.checked_add(1) {
@@ -1258,17 +1307,20 @@ impl Meta {
             let chunk_start = u64::from(index) * CHUNK_SIZE;
             let in_chunk = off.saturating_sub(chunk_start);
             let upto = (end - chunk_start).min(CHUNK_SIZE);
+            let before = stored_in(&v)?;
             if drop_whole && in_chunk == 0 {
                 for r in SliceRecord::decode_all(&v)? {
                     unref_slice(tx, &r, freed)?;
                 }
                 tx.delete(&key)?;
+                dropped += before;
             } else {
                 SliceRecord::hole(in_chunk as u32, (upto - in_chunk) as u32).encode_into(&mut v);
                 tx.set(&key, &v)?;
+                dropped += before.saturating_sub(stored_in(&v)?);
             }
         }
-        Ok(())
+        Ok(dropped)
     }
 
     /// fallocate: plain allocation grows the file; `FALLOC_FL_PUNCH_HOLE`
@@ -1295,17 +1347,19 @@ impl Meta {
                 return Err(MetaError::IsDir);
             }
             let mut freed = Vec::new();
+            let usage = usage_of(&a);
             if punch || zero {
                 let end = (off + len).min(a.length.max(if keep_size { 0 } else { off + len }));
                 if end > off {
-                    Self::zero_range(tx, ino, off, end - off, &mut freed, false)?;
+                    let dropped = Self::zero_range(tx, ino, off, end - off, &mut freed, false)?;
+                    a.stored = a.stored.saturating_sub(dropped);
                 }
             }
             let t = now();
             if !keep_size && off + len > a.length {
-                account(align4k(off + len) - align4k(a.length), 0);
                 a.length = off + len;
             }
+            account(usage_of(&a) - usage, 0);
             // Every mode changes the file's times, as Linux file systems
             // do (ext4 and xfs stamp mtime and ctime even for KEEP_SIZE).
             a.touch_mtime(t);
@@ -1339,6 +1393,7 @@ impl Meta {
             }
             let len = len.min(sa.length - off_in).min(COPY_RANGE_MAX);
             end_within_limit(off_out, len)?;
+            let usage = usage_of(&da);
             let mut done = 0u64;
             while done < len {
                 let s = off_in + done;
@@ -1355,6 +1410,7 @@ impl Meta {
                 };
                 let dkey = keys::chunk(dst, (d / CHUNK_SIZE) as u32);
                 let mut dv = tx.get(&dkey)?.unwrap_or_default();
+                let before = stored_in(&dv)?;
                 // Start with a hole so that holes of the source stay holes.
                 SliceRecord::hole(dst_pos, step as u32).encode_into(&mut dv);
                 for seg in crate::slice::visible_segments(&records) {
@@ -1369,14 +1425,15 @@ impl Meta {
                     add_slice_ref(tx, &r)?;
                     r.encode_into(&mut dv);
                 }
+                restore(&mut da, before, stored_in(&dv)?);
                 tx.set(&dkey, &dv)?;
                 done += step;
             }
             let end = off_out + len;
             if end > da.length {
-                account(align4k(end) - align4k(da.length), 0);
                 da.length = end;
             }
+            account(usage_of(&da) - usage, 0);
             da.touch_mtime(now());
             put_attr(tx, dst, &da)?;
             Ok((da, len))
