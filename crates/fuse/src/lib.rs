@@ -927,7 +927,7 @@ impl Filesystem for TesseraFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -935,7 +935,11 @@ impl Filesystem for TesseraFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.vfs.fallocate(self.i(ino), mode, offset, length));
+        empty(
+            reply,
+            self.vfs
+                .fallocate(&ctx(req), self.i(ino), mode, offset, length),
+        );
     }
 
     fn copy_file_range(

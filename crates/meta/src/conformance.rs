@@ -535,6 +535,30 @@ fn namespace(e: Arc<dyn KvEngine>) {
 
 fn rename_rules(e: Arc<dyn KvEngine>) {
     let m = formatted(e);
+    // RENAME_WHITEOUT (overlayfs) is not supported: EINVAL, nothing moved.
+    let (w, _) = m
+        .mknod(
+            &CTX,
+            ROOT_INO,
+            b"whiteout-src",
+            FileType::File,
+            0o644,
+            0,
+            None,
+        )
+        .expect("file");
+    let refused = m.rename(
+        ROOT_INO,
+        b"whiteout-src",
+        ROOT_INO,
+        b"whiteout-dst",
+        libc::RENAME_WHITEOUT,
+    );
+    assert!(matches!(refused, Err(MetaError::Invalid(_))), "{refused:?}");
+    assert_eq!(
+        m.lookup(ROOT_INO, b"whiteout-src").expect("still there").0,
+        w
+    );
     let (a, _) = m
         .mknod(&CTX, ROOT_INO, b"a", FileType::Dir, 0o755, 0, None)
         .expect("a");

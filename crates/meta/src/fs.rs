@@ -778,6 +778,15 @@ impl Meta {
         check_name(new_name)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        // Anything else (RENAME_WHITEOUT for overlayfs) is refused, not
+        // done as a plain rename that drops what the caller asked for.
+        let known = libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE;
+        if flags & !known != 0 {
+            return Err(MetaError::Invalid(format!(
+                "unsupported rename flags {:#x}",
+                flags & !known
+            )));
+        }
         if exchange && noreplace {
             return Err(MetaError::Invalid(
                 "RENAME_EXCHANGE with RENAME_NOREPLACE".into(),

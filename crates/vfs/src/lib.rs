@@ -1078,7 +1078,10 @@ impl Vfs {
         flushed
     }
 
-    pub fn fallocate(&self, ino: Ino, mode: i32, off: u64, len: u64) -> Result<()> {
+    /// fallocate(2) by `ctx`. Like a write, it takes setuid (and setgid
+    /// with group execute) off a file changed by anyone but root; the
+    /// kernel does that for writes, but leaves fallocate to the file system.
+    pub fn fallocate(&self, ctx: &Ctx, ino: Ino, mode: i32, off: u64, len: u64) -> Result<()> {
         self.writable()?;
         self.forget_open(ino);
         let of = self.open_file(ino);
@@ -1086,6 +1089,20 @@ impl Vfs {
             self.flush_file(ino, of)?;
         }
         let r = self.meta.fallocate(ino, mode, off, len)?;
+        let privileged = u32::from(r.attr.mode) & (libc::S_ISUID | libc::S_ISGID);
+        if ctx.uid != 0 && privileged != 0 {
+            let mut keep = u32::from(r.attr.mode) & !libc::S_ISUID;
+            if keep & libc::S_IXGRP != 0 {
+                keep &= !libc::S_ISGID;
+            }
+            if keep != u32::from(r.attr.mode) {
+                let set = SetAttr {
+                    mode: Some(keep),
+                    ..Default::default()
+                };
+                self.meta.setattr(ino, &set)?;
+            }
+        }
         if let Some(of) = &of {
             of.invalidate();
         }

@@ -476,7 +476,7 @@ impl World {
                 let r = unsafe { libc::fallocate(fd, mode, off as i64, len as i64) };
                 let local_err = if r < 0 { errno() } else { 0 };
                 let vfs_err = v
-                    .fallocate(ino, mode, off, len)
+                    .fallocate(&CTX, ino, mode, off, len)
                     .err()
                     .map(|e| e.errno)
                     .unwrap_or(0);

@@ -463,3 +463,50 @@ fn create_without_o_excl_opens_a_file_another_mount_just_made() {
         .expect_err("a user without write permission");
     assert_eq!(err.errno, libc::EACCES);
 }
+
+#[test]
+fn fallocate_by_a_user_takes_setuid_and_setgid_off() {
+    let f = fixture(64 << 10);
+    let v = &f.vfs;
+    let user = Ctx {
+        uid: 1000,
+        gid: 1000,
+        pid: 2,
+    };
+    for (mode, by, after) in [
+        (0o4755, &user, 0o755),
+        (0o2755, &user, 0o755),
+        (0o2745, &user, 0o2745),
+        (0o6755, &CTX, 0o6755),
+    ] {
+        let (ino, _, fh) = v
+            .create(
+                &CTX,
+                ROOT_INO,
+                format!("f{mode:o}-{}", by.uid).as_bytes(),
+                0o644,
+                libc::O_RDWR,
+            )
+            .expect("create");
+        let set = tessera_meta::SetAttr {
+            mode: Some(mode),
+            ..Default::default()
+        };
+        v.setattr(ino, &set, None).expect("chmod");
+        v.fallocate(
+            by,
+            ino,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            10,
+        )
+        .expect("fallocate");
+        assert_eq!(
+            v.getattr(ino).expect("attr").mode,
+            after,
+            "{mode:o} after fallocate by uid {}",
+            by.uid
+        );
+        v.release(ino, fh, None).expect("release");
+    }
+}
