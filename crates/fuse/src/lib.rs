@@ -666,11 +666,10 @@ impl Filesystem for TesseraFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let h = match self.vfs.readdir(fh.0) {
-            Ok(h) => h,
+        let entries = match self.vfs.readdir(fh.0, offset) {
+            Ok(entries) => entries,
             Err(e) => return reply.error(errno(e)),
         };
-        let entries = h.entries.as_deref().unwrap_or_default();
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(
                 INodeNo(self.o(e.ino)),

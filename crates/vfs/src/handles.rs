@@ -1,6 +1,6 @@
 //! Open file and directory handles, and the read pattern of each.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tessera_chunk::Access;
 use tessera_meta::{Entry, Ino};
@@ -10,8 +10,15 @@ pub struct Handle {
     pub ino: Ino,
     /// open(2) flags.
     pub flags: i32,
-    /// Directory listing taken at opendir, so offsets stay stable.
-    pub entries: Option<Vec<Entry>>,
+    /// Directory listing taken at opendir, so offsets stay stable; taken
+    /// again when a reader comes back to offset 0 (rewinddir).
+    pub entries: Mutex<Option<Arc<Vec<Entry>>>>,
+    /// Whether the listing has been read from, so a read at offset 0 is a
+    /// rewind rather than the first read.
+    pub listed: std::sync::atomic::AtomicBool,
+    /// A directory's attributes at opendir: what fstat of the handle shows
+    /// (with no links) once the directory is removed while open.
+    pub dir_attr: Option<tessera_meta::Attr>,
     /// Content of an internal file, snapshotted at open.
     pub content: Option<Vec<u8>>,
     reads: Mutex<ReadPattern>,
@@ -38,7 +45,9 @@ impl Handle {
         Handle {
             ino,
             flags,
-            entries: None,
+            entries: Mutex::new(None),
+            listed: std::sync::atomic::AtomicBool::new(false),
+            dir_attr: None,
             content: None,
             reads: Mutex::new(ReadPattern::default()),
         }
@@ -48,17 +57,21 @@ impl Handle {
         Handle {
             ino,
             flags: libc::O_RDONLY,
-            entries: None,
+            entries: Mutex::new(None),
+            listed: std::sync::atomic::AtomicBool::new(false),
+            dir_attr: None,
             content: Some(content),
             reads: Mutex::new(ReadPattern::default()),
         }
     }
 
-    pub fn dir(ino: Ino, entries: Vec<Entry>) -> Self {
+    pub fn dir(ino: Ino, entries: Vec<Entry>, attr: tessera_meta::Attr) -> Self {
         Handle {
             ino,
             flags: 0,
-            entries: Some(entries),
+            entries: Mutex::new(Some(Arc::new(entries))),
+            listed: std::sync::atomic::AtomicBool::new(false),
+            dir_attr: Some(attr),
             content: None,
             reads: Mutex::new(ReadPattern::default()),
         }

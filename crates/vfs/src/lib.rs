@@ -480,7 +480,14 @@ impl Vfs {
         let written = self
             .open_file(ino)
             .and_then(|of| of.writer.uncommitted_mtime());
-        let mut attr = self.meta.getattr(ino)?;
+        let mut attr = match self.meta.getattr(ino) {
+            Err(MetaError::NotFound) => {
+                return self
+                    .removed_open_dir(ino)
+                    .ok_or_else(|| VfsError::new(libc::ENOENT, "no such file or directory"))
+            }
+            other => other?,
+        };
         attr.length = attr.length.max(buffered);
         // Writes not yet committed changed the file when they were made, as
         // a local file system shows at once.
@@ -489,6 +496,17 @@ impl Vfs {
             (attr.ctime, attr.ctime_ns) = (secs, ns);
         }
         Ok(attr)
+    }
+
+    /// A directory removed (or renamed over) while open: fstat of its
+    /// handle still works and shows no links, as on a local file system.
+    fn removed_open_dir(&self, ino: Ino) -> Option<Attr> {
+        let handles = self.handles.lock().ok()?;
+        let attr = handles
+            .values()
+            .filter(|h| h.ino == ino)
+            .find_map(|h| h.dir_attr)?;
+        Some(Attr { nlink: 0, ..attr })
     }
 
     /// Commit pending O_APPEND writes, whose place in the file is unknown
@@ -658,6 +676,12 @@ impl Vfs {
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
         self.metrics().op("opendir");
         let attr = self.meta.getattr(ino)?;
+        let entries = self.listing(ino, &attr)?;
+        Ok(self.new_handle(Handle::dir(ino, entries, attr)))
+    }
+
+    /// A directory's entries, `.` and `..` first.
+    fn listing(&self, ino: Ino, attr: &Attr) -> Result<Vec<Entry>> {
         let mut entries = vec![
             Entry {
                 name: b".".to_vec(),
@@ -677,12 +701,33 @@ impl Vfs {
             },
         ];
         entries.extend(self.meta.readdir(ino, false)?);
-        Ok(self.new_handle(Handle::dir(ino, entries)))
+        Ok(entries)
     }
 
-    /// Entries of an open directory from `offset` on.
-    pub fn readdir(&self, fh: u64) -> Result<Arc<Handle>> {
-        self.handle(fh)
+    /// Entries of an open directory, to be read from `offset` on. A read
+    /// from offset 0 after the first is a rewinddir: the listing is taken
+    /// again, so names added since opendir show up, as POSIX asks.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<Entry>>> {
+        let h = self.handle(fh)?;
+        let rewound = offset == 0 && h.listed.swap(true, Ordering::Relaxed);
+        if rewound {
+            let fresh = match self.meta.getattr(h.ino) {
+                Ok(a) => self.listing(h.ino, &a),
+                Err(e) => Err(e.into()),
+            };
+            if let Ok(fresh) = fresh {
+                if let Ok(mut e) = h.entries.lock() {
+                    *e = Some(Arc::new(fresh));
+                }
+            }
+        }
+        h.listed.store(true, Ordering::Relaxed);
+        let entries = h
+            .entries
+            .lock()
+            .map_err(|_| VfsError::new(libc::EIO, "directory handle lock poisoned"))?
+            .clone();
+        entries.ok_or_else(|| VfsError::new(libc::ENOTDIR, "not an open directory"))
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -510,3 +510,36 @@ fn fallocate_by_a_user_takes_setuid_and_setgid_off() {
         v.release(ino, fh, None).expect("release");
     }
 }
+
+#[test]
+fn rewinddir_shows_new_names_and_a_replaced_open_directory_still_stats() {
+    let f = fixture(64 << 10);
+    let v = &f.vfs;
+    let (d, _) = v.mkdir(&CTX, ROOT_INO, b"d", 0o755).expect("mkdir");
+    let fh = v.opendir(d).expect("opendir");
+    let names = |entries: &[tessera_meta::Entry]| -> Vec<Vec<u8>> {
+        entries.iter().map(|e| e.name.clone()).collect()
+    };
+    assert_eq!(
+        names(&v.readdir(fh, 0).expect("first read")),
+        vec![b".".to_vec(), b"..".to_vec()]
+    );
+    v.mkdir(&CTX, d, b"new", 0o755).expect("add a name");
+    // Reading on from where it was keeps the listing taken at opendir...
+    assert_eq!(v.readdir(fh, 2).expect("read on").len(), 2);
+    // ...and a rewind takes it again.
+    assert!(names(&v.readdir(fh, 0).expect("rewound")).contains(&b"new".to_vec()));
+    v.releasedir(fh);
+
+    // An empty directory renamed over while open: its handle still stats.
+    let (a, _) = v.mkdir(&CTX, ROOT_INO, b"a", 0o755).expect("a");
+    let (b, _) = v.mkdir(&CTX, ROOT_INO, b"b", 0o755).expect("b");
+    let fh = v.opendir(b).expect("opendir b");
+    v.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0)
+        .expect("rename a over b");
+    let gone = v.getattr(b).expect("fstat of the open, replaced directory");
+    assert_eq!((gone.nlink, gone.typ), (0, tessera_meta::FileType::Dir));
+    assert_eq!(v.lookup(ROOT_INO, b"b").expect("b is a now").0, a);
+    v.releasedir(fh);
+    assert_eq!(v.getattr(b).expect_err("closed").errno, libc::ENOENT);
+}
