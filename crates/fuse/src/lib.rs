@@ -917,10 +917,16 @@ impl Filesystem for TesseraFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        empty(
-            reply,
-            self.vfs
-                .setlk(self.i(ino), lock_owner.0, pid, typ, start, end, sleep),
+        let ino = self.i(ino);
+        self.vfs.setlk(
+            ino,
+            lock_owner.0,
+            pid,
+            typ,
+            start,
+            end,
+            sleep,
+            Box::new(move |r| empty(reply, r)),
         );
     }
 

@@ -1201,9 +1201,17 @@ impl Vfs {
         Ok(self.meta.getlk(ino, owner, typ, start, end)?)
     }
 
+    /// Take, change or release a POSIX record lock (flocks arrive as
+    /// whole-file record locks). `done` gets the answer. A lock that must
+    /// wait (`block`, F_SETLKW) waits on a thread of its own, never on the
+    /// caller's: the caller is a FUSE worker, and a few waiters holding all
+    /// of them would leave the mount unable to serve anything, the unlock
+    /// that would free them included. The waiter gives up (EINTR) when the
+    /// process `pid` that asked is gone (killed while waiting), so a dead
+    /// process never ends up holding a lock.
     #[allow(clippy::too_many_arguments)]
     pub fn setlk(
-        &self,
+        self: &Arc<Self>,
         ino: Ino,
         owner: u64,
         pid: u32,
@@ -1211,36 +1219,46 @@ impl Vfs {
         start: u64,
         end: u64,
         block: bool,
-    ) -> Result<()> {
+        done: Box<dyn FnOnce(Result<()>) + Send>,
+    ) {
         if typ != libc::F_UNLCK {
             if let Ok(mut l) = self.locked.lock() {
                 l.insert(ino);
             }
         }
-        self.retry_lock(block, || self.meta.setlk(ino, owner, pid, typ, start, end))
+        match self.meta.setlk(ino, owner, pid, typ, start, end) {
+            Err(MetaError::WouldBlock) if block => {}
+            other => return done(other.map_err(VfsError::from)),
+        }
+        let me = self.clone();
+        let waiter = std::thread::Builder::new()
+            .name("tessera-lockwait".into())
+            .spawn(move || {
+                let mut wait = Duration::from_millis(5);
+                loop {
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_millis(200));
+                    if pid != 0 && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                        return done(Err(VfsError::new(
+                            libc::EINTR,
+                            "the process waiting for the lock is gone",
+                        )));
+                    }
+                    match me.meta.setlk(ino, owner, pid, typ, start, end) {
+                        Err(MetaError::WouldBlock) => continue,
+                        other => return done(other.map_err(VfsError::from)),
+                    }
+                }
+            });
+        if let Err(e) = waiter {
+            warn!(error = %e, "no thread to wait for a lock on");
+        }
     }
 
     /// Whether this mount may hold a lock on `ino`; closes of files never
     /// locked here skip the unlock transaction.
     fn may_hold_locks(&self, ino: Ino) -> bool {
         self.locked.lock().map(|l| l.contains(&ino)).unwrap_or(true)
-    }
-
-    fn retry_lock(
-        &self,
-        block: bool,
-        mut f: impl FnMut() -> tessera_meta::Result<()>,
-    ) -> Result<()> {
-        let mut wait = Duration::from_millis(5);
-        loop {
-            match f() {
-                Err(MetaError::WouldBlock) if block => {
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(Duration::from_millis(200));
-                }
-                other => return Ok(other?),
-            }
-        }
     }
 
     // ---- misc ----------------------------------------------------------------

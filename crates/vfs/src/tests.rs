@@ -543,3 +543,84 @@ fn rewinddir_shows_new_names_and_a_replaced_open_directory_still_stats() {
     v.releasedir(fh);
     assert_eq!(v.getattr(b).expect_err("closed").errno, libc::ENOENT);
 }
+
+#[test]
+fn a_blocking_lock_waits_off_the_callers_thread_and_gives_up_when_its_process_dies() {
+    let f = fixture(64 << 10);
+    let v = &f.vfs;
+    let (ino, _, fh) = v
+        .create(&CTX, ROOT_INO, b"locked", 0o644, libc::O_RDWR)
+        .expect("create");
+    let me = std::process::id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let answer = |tx: std::sync::mpsc::Sender<crate::Result<()>>| {
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }) as Box<dyn FnOnce(crate::Result<()>) + Send>
+    };
+    v.setlk(
+        ino,
+        1,
+        me,
+        libc::F_WRLCK,
+        0,
+        u64::MAX,
+        false,
+        answer(tx.clone()),
+    );
+    assert!(rx.recv().expect("answered").is_ok(), "owner 1 locks");
+    // Owner 2 waits, and the call returns at once: the wait is elsewhere.
+    let started = std::time::Instant::now();
+    v.setlk(
+        ino,
+        2,
+        me,
+        libc::F_WRLCK,
+        0,
+        u64::MAX,
+        true,
+        answer(tx.clone()),
+    );
+    assert!(started.elapsed() < std::time::Duration::from_millis(100));
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "still waiting"
+    );
+    // Meanwhile the mount answers other lock calls (the unlock included).
+    v.setlk(
+        ino,
+        1,
+        me,
+        libc::F_UNLCK,
+        0,
+        u64::MAX,
+        false,
+        answer(tx.clone()),
+    );
+    let first = rx.recv().expect("answered");
+    let second = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the waiter got the lock");
+    assert!(first.is_ok() && second.is_ok(), "{first:?} {second:?}");
+    // A waiter whose process is gone gives up instead of taking the lock.
+    let mut child = std::process::Command::new("true").spawn().expect("spawn");
+    let dead = child.id();
+    child.wait().expect("reap");
+    v.setlk(
+        ino,
+        3,
+        dead,
+        libc::F_WRLCK,
+        0,
+        u64::MAX,
+        true,
+        answer(tx.clone()),
+    );
+    let gave_up = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("answered");
+    assert_eq!(gave_up.expect_err("gave up").errno, libc::EINTR);
+    v.setlk(ino, 2, me, libc::F_UNLCK, 0, u64::MAX, false, answer(tx));
+    v.release(ino, fh, None).expect("release");
+}
