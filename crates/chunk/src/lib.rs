@@ -421,7 +421,15 @@ impl ChunkStore {
         let mut new_slice = None;
         if end > start {
             let mut data = vec![0u8; (end - start) as usize];
-            self.read_records(&records, start, &mut data, Access::Sequential)?;
+            if let Err(e) = self.read_records(&records, start, &mut data, Access::Sequential) {
+                // Another mount compacted this chunk first and deleted the
+                // slices read here: nothing is wrong, and nothing to do.
+                if e.is_missing_block() && self.meta.read_chunk_raw(ino, index)? != raw {
+                    debug!(ino, index, "chunk compacted elsewhere meanwhile");
+                    return Ok(None);
+                }
+                return Err(e);
+            }
             let id = self.meta.new_slice_id()?;
             let data = Bytes::from(data);
             self.rt.block_on(self.upload_slice(id, &data))?;

@@ -355,9 +355,16 @@ impl Vfs {
     }
 
     /// The text of `.stats`: every metric of this mount.
+    /// The `.stats` file: every metric, after a first comment line naming
+    /// the mount's process (`tessera umount` waits for it to exit, so the
+    /// last flushes and deletions are done when umount returns).
     pub fn stats_text(&self) -> String {
         self.refresh_gauges();
-        self.metrics().render()
+        format!(
+            "# tessera mount pid {}\n{}",
+            std::process::id(),
+            self.metrics().render()
+        )
     }
 
     /// Copy counters kept outside the metrics registry into it.

@@ -32,15 +32,52 @@ pub fn run(a: Args) -> Result<()> {
             entry.fstype
         ));
     }
+    // The mount's process, named in its .stats file (a dead mount has none).
+    let pid = std::fs::read_to_string(a.mountpoint.join(".stats"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()?
+                .strip_prefix("# tessera mount pid ")?
+                .trim()
+                .parse::<u32>()
+                .ok()
+        });
     unmount(&a.mountpoint, a.force)?;
     // Wait for the mount process to let go, so the next mount can start.
     for _ in 0..100 {
         if !crate::common::is_mounted(&a.mountpoint) {
-            return Ok(());
+            break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // And for it to finish: it commits what was buffered, ends running
+    // compactions and deletions and saves its usage counters after the
+    // kernel lets go, and a fsck or gc right after umount must see that.
+    if let Some(pid) = pid {
+        let started = std::time::Instant::now();
+        let mut told = false;
+        while running(pid) && started.elapsed() < std::time::Duration::from_secs(120) {
+            if !told && started.elapsed() > std::time::Duration::from_secs(2) {
+                eprintln!("waiting for the mount process {pid} to finish its last writes");
+                told = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     Ok(())
+}
+
+/// Whether process `pid` still runs (an exited one its parent has not
+/// reaped yet is a zombie, state Z, and counts as done).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 pub fn unmount(path: &std::path::Path, force: bool) -> Result<()> {
