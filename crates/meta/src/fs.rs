@@ -158,13 +158,26 @@ pub(crate) fn usage_of(a: &Attr) -> i64 {
 
 /// Bytes of a chunk that its records hold data for (holes not counted).
 pub(crate) fn stored_in(chunk: &[u8]) -> Result<u64> {
-    Ok(
-        crate::slice::visible_segments(&SliceRecord::decode_all(chunk)?)
-            .iter()
-            .filter(|s| !s.record.is_hole())
-            .map(|s| u64::from(s.len))
-            .sum(),
-    )
+    stored_between(chunk, 0, CHUNK_SIZE as u32)
+}
+
+/// Bytes of `[a, b)` of a chunk that its records hold data for.
+fn stored_between(chunk: &[u8], a: u32, b: u32) -> Result<u64> {
+    Ok(crate::slice::data_bytes(
+        &SliceRecord::decode_all(chunk)?,
+        a,
+        b,
+    ))
+}
+
+/// Account a record about to be added to a chunk list `v`: the bytes of
+/// its range that held data before, against what it holds after (all of
+/// it for data, none for a hole). Only the record's range is looked at.
+fn restore_for(a: &mut Attr, v: &[u8], rec: &SliceRecord) -> Result<()> {
+    let before = stored_between(v, rec.pos, rec.pos + rec.len)?;
+    let after = if rec.is_hole() { 0 } else { u64::from(rec.len) };
+    restore(a, before, after);
+    Ok(())
 }
 
 /// Change `stored` by how much a chunk's data went from `before` to `after`.
@@ -1049,9 +1062,8 @@ impl Meta {
             for (index, rec) in slices {
                 let key = keys::chunk(ino, *index);
                 let mut v = tx.get(&key)?.unwrap_or_default();
-                let before = stored_in(&v)?;
+                restore_for(&mut a, &v, rec)?;
                 rec.encode_into(&mut v);
-                restore(&mut a, before, stored_in(&v)?);
                 most = most.max(v.len() / crate::slice::RECORD_LEN);
                 tx.set(&key, &v)?;
             }
@@ -1101,9 +1113,8 @@ impl Meta {
                 }
                 let key = keys::chunk(ino, index);
                 let mut v = tx.get(&key)?.unwrap_or_default();
-                let before = stored_in(&v)?;
+                restore_for(&mut a, &v, &rec)?;
                 rec.encode_into(&mut v);
-                restore(&mut a, before, stored_in(&v)?);
                 touched.push((index, v.len() / crate::slice::RECORD_LEN));
                 tx.set(&key, &v)?;
                 done += n;
@@ -1316,17 +1327,16 @@ impl Meta {
             let chunk_start = u64::from(index) * CHUNK_SIZE;
             let in_chunk = off.saturating_sub(chunk_start);
             let upto = (end - chunk_start).min(CHUNK_SIZE);
-            let before = stored_in(&v)?;
             if drop_whole && in_chunk == 0 {
+                dropped += stored_in(&v)?;
                 for r in SliceRecord::decode_all(&v)? {
                     unref_slice(tx, &r, freed)?;
                 }
                 tx.delete(&key)?;
-                dropped += before;
             } else {
+                dropped += stored_between(&v, in_chunk as u32, upto as u32)?;
                 SliceRecord::hole(in_chunk as u32, (upto - in_chunk) as u32).encode_into(&mut v);
                 tx.set(&key, &v)?;
-                dropped += before.saturating_sub(stored_in(&v)?);
             }
         }
         Ok(dropped)
@@ -1419,7 +1429,8 @@ impl Meta {
                 };
                 let dkey = keys::chunk(dst, (d / CHUNK_SIZE) as u32);
                 let mut dv = tx.get(&dkey)?.unwrap_or_default();
-                let before = stored_in(&dv)?;
+                let before = stored_between(&dv, dst_pos, dst_pos + step as u32)?;
+                let after = crate::slice::data_bytes(&records, src_pos, src_pos + step as u32);
                 // Start with a hole so that holes of the source stay holes.
                 SliceRecord::hole(dst_pos, step as u32).encode_into(&mut dv);
                 for seg in crate::slice::visible_segments(&records) {
@@ -1434,7 +1445,7 @@ impl Meta {
                     add_slice_ref(tx, &r)?;
                     r.encode_into(&mut dv);
                 }
-                restore(&mut da, before, stored_in(&dv)?);
+                restore(&mut da, before, after);
                 tx.set(&dkey, &dv)?;
                 done += step;
             }
