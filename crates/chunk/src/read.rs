@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use tessera_blockcache::checksum;
-use tessera_meta::{slice::visible_segments, Compression, SliceKind, SliceRecord, CHUNK_SIZE};
+use tessera_meta::{slice::visible_segments_in, Compression, SliceKind, SliceRecord, CHUNK_SIZE};
 use tessera_metrics::tier;
 use tessera_object::ObjectError;
 use tracing::{debug, warn};
@@ -102,7 +102,7 @@ impl ChunkStore {
         let end = off + len as u32;
         let bs = self.config.block_size as u64;
         let mut pieces = Vec::new();
-        for seg in visible_segments(records) {
+        for seg in visible_segments_in(records, off, end) {
             let (a, b) = (seg.pos.max(off), seg.end().min(end));
             if a >= b || seg.record.is_hole() {
                 continue;
