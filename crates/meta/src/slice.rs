@@ -117,48 +117,13 @@ impl VisibleSegment {
 /// position. Gaps between segments are holes.
 /// Bytes of `[a, b)` of a chunk that its records (oldest first) hold data
 /// for: the newest record covering a byte decides, holes and bytes no
-/// record covers hold none. Records are walked newest first, keeping the
-/// part of the range not yet decided as disjoint intervals, so the cost is
-/// about O(n log n) however the records overlap (visible_segments is
-/// quadratic, which a chunk of thousands of small writes cannot afford
-/// inside a commit).
+/// record covers hold none (see [`visible_segments_in`]).
 pub fn data_bytes(records: &[SliceRecord], a: u32, b: u32) -> u64 {
-    let mut undecided = std::collections::BTreeMap::new();
-    if a < b {
-        undecided.insert(a, b);
-    }
-    let mut data = 0u64;
-    for r in records.iter().rev() {
-        if undecided.is_empty() {
-            break;
-        }
-        if r.len == 0 {
-            continue;
-        }
-        let (rs, re) = (r.pos, r.pos + r.len);
-        // Disjoint, sorted intervals: from the last one starting before
-        // `re` back, as long as they end after `rs`.
-        let hit: Vec<(u32, u32)> = undecided
-            .range(..re)
-            .rev()
-            .take_while(|(_, &e)| e > rs)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (s, e) in hit {
-            undecided.remove(&s);
-            let (x, y) = (s.max(rs), e.min(re));
-            if !r.is_hole() {
-                data += u64::from(y - x);
-            }
-            if s < x {
-                undecided.insert(s, x);
-            }
-            if y < e {
-                undecided.insert(y, e);
-            }
-        }
-    }
-    data
+    visible_segments_in(records, a, b)
+        .iter()
+        .filter(|s| !s.record.is_hole())
+        .map(|s| u64::from(s.len))
+        .sum()
 }
 
 /// The visible segments of a chunk within `[a, b)`, clipped to it and in
@@ -166,8 +131,9 @@ pub fn data_bytes(records: &[SliceRecord], a: u32, b: u32) -> u64 {
 /// the records newest first over the part of the range not yet decided
 /// (about O(n log n), and it stops as soon as the range is decided). Bytes
 /// no record covers have no segment. The read path plans every read with
-/// it: a chunk fragmented into thousands of records (random writes racing
-/// mmap writes) made planning each read quadratic.
+/// it, and every commit counts the stored bytes of its range with it: a
+/// chunk fragmented into thousands of records (random writes racing mmap
+/// writes) made both quadratic with `visible_segments`.
 pub fn visible_segments_in(records: &[SliceRecord], a: u32, b: u32) -> Vec<VisibleSegment> {
     let mut undecided = std::collections::BTreeMap::new();
     if a < b {
