@@ -1136,6 +1136,16 @@ impl Vfs {
     pub fn fallocate(&self, ctx: &Ctx, ino: Ino, mode: i32, off: u64, len: u64) -> Result<()> {
         self.writable()?;
         self.forget_open(ino);
+        // An allocation larger than the space df shows cannot be promised
+        // (ENOSPC, as a local file system says); punching and zeroing free
+        // space are always allowed.
+        let allocates = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) == 0;
+        if allocates && len > self.meta.statfs()?.avail_space {
+            return Err(VfsError::new(
+                libc::ENOSPC,
+                "fallocate asks for more than the volume has free",
+            ));
+        }
         let of = self.open_file(ino);
         if let Some(of) = &of {
             self.flush_file(ino, of)?;

@@ -624,3 +624,29 @@ fn a_blocking_lock_waits_off_the_callers_thread_and_gives_up_when_its_process_di
     v.setlk(ino, 2, me, libc::F_UNLCK, 0, u64::MAX, false, answer(tx));
     v.release(ino, fh, None).expect("release");
 }
+
+#[test]
+fn fallocate_beyond_the_free_space_is_enospc() {
+    let f = fixture(64 << 10);
+    let v = &f.vfs;
+    let (ino, _, fh) = v
+        .create(&CTX, ROOT_INO, b"big", 0o644, libc::O_RDWR)
+        .expect("create");
+    let free = v.statfs().expect("statfs").avail_space;
+    let err = v
+        .fallocate(&CTX, ino, 0, 0, free + 1)
+        .expect_err("more than is free");
+    assert_eq!(err.errno, libc::ENOSPC);
+    assert_eq!(v.getattr(ino).expect("attr").length, 0, "nothing allocated");
+    v.fallocate(&CTX, ino, 0, 0, 1 << 20)
+        .expect("a reasonable allocation");
+    v.fallocate(
+        &CTX,
+        ino,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        0,
+        free + 1,
+    )
+    .expect("punching frees, whatever its length");
+    v.release(ino, fh, None).expect("release");
+}
