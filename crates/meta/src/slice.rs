@@ -259,35 +259,44 @@ mod tests {
         assert!(SliceRecord::decode_all(&[0u8; 5]).is_err());
     }
 
-    #[test]
-    fn data_bytes_agree_with_the_visible_segments() {
-        let mut x = 12345u64;
+    /// Random record lists (data and holes, overlapping) and a range in
+    /// the chunk, from a seeded xorshift: `cases` of them.
+    fn random_chunks(seed: u64, cases: usize) -> Vec<(Vec<SliceRecord>, u32, u32)> {
+        let mut x = seed;
         let mut next = move |n: u32| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             (x % u64::from(n)) as u32
         };
-        for _ in 0..300 {
-            let mut records = Vec::new();
-            for _ in 0..(1 + next(40)) {
-                let pos = next(10_000);
-                let len = 1 + next(3_000);
-                records.push(if next(4) == 0 {
-                    SliceRecord::hole(pos, len)
-                } else {
-                    SliceRecord {
-                        kind: SliceKind::Internal,
-                        pos,
-                        id: 1 + u64::from(next(1000)),
-                        size: u64::from(len),
-                        off: 0,
-                        len,
-                    }
-                });
-            }
-            let (a, b) = (next(13_000), next(13_000));
-            let (a, b) = (a.min(b), a.max(b));
+        (0..cases)
+            .map(|_| {
+                let mut records = Vec::new();
+                for _ in 0..(1 + next(40)) {
+                    let pos = next(10_000);
+                    let len = 1 + next(3_000);
+                    records.push(if next(4) == 0 {
+                        SliceRecord::hole(pos, len)
+                    } else {
+                        SliceRecord {
+                            kind: SliceKind::Internal,
+                            pos,
+                            id: 1 + u64::from(next(1000)),
+                            size: 20_000,
+                            off: u64::from(next(5_000)),
+                            len,
+                        }
+                    });
+                }
+                let (a, b) = (next(13_000), next(13_000));
+                (records, a.min(b), a.max(b))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn data_bytes_agree_with_the_visible_segments() {
+        for (records, a, b) in random_chunks(12345, 300) {
             let want: u64 = visible_segments(&records)
                 .iter()
                 .filter(|s| !s.record.is_hole())
@@ -299,33 +308,7 @@ mod tests {
 
     #[test]
     fn segments_in_a_range_agree_with_the_whole_chunk_clipped() {
-        let mut x = 777u64;
-        let mut next = move |n: u32| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % u64::from(n)) as u32
-        };
-        for _ in 0..300 {
-            let mut records = Vec::new();
-            for _ in 0..(1 + next(40)) {
-                let pos = next(10_000);
-                let len = 1 + next(3_000);
-                records.push(if next(4) == 0 {
-                    SliceRecord::hole(pos, len)
-                } else {
-                    SliceRecord {
-                        kind: SliceKind::Internal,
-                        pos,
-                        id: 1 + u64::from(next(1000)),
-                        size: 20_000,
-                        off: u64::from(next(5_000)),
-                        len,
-                    }
-                });
-            }
-            let (a, b) = (next(13_000), next(13_000));
-            let (a, b) = (a.min(b), a.max(b));
+        for (records, a, b) in random_chunks(777, 300) {
             // The whole chunk's segments, clipped to [a, b), merged where
             // one record's pieces meet (the range walk may cut a record's
             // visible run where an older record's interval ended).
