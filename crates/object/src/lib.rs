@@ -583,7 +583,7 @@ mod tests {
             err.contains("vol/chunks/0/0/1_0_10"),
             "names the object: {err}"
         );
-        assert!(took <= deadline + Duration::from_secs(1), "took {took:?}");
+        assert!(took <= deadline + Duration::from_secs(5), "took {took:?}");
         let put = rt.block_on(store.put("k", Bytes::from_static(b"x").into()));
         assert!(put.is_err());
         drop(held);

@@ -232,7 +232,7 @@ fn a_failed_upload_is_reported_never_committed_and_its_blocks_removed() {
     assert_eq!(read_at(&r, ino, 0, 10 * BLOCK).expect("read"), old);
     // The blocks it did store are removed (in the background).
     let mut left = w.blocks();
-    for _ in 0..100 {
+    for _ in 0..500 {
         if left == before {
             break;
         }
@@ -263,7 +263,7 @@ fn a_failed_append_is_reported_and_leaves_nothing_behind() {
     w.faulty.heal();
     let _ = v.release(ino, fh, None);
     assert_eq!(w.mount().getattr(ino).expect("attr").length, 0);
-    for _ in 0..100 {
+    for _ in 0..500 {
         if w.blocks().is_empty() {
             break;
         }
