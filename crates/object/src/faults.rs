@@ -61,7 +61,7 @@ pub struct Faulty {
     inner: DynStore,
     rules: Mutex<Vec<Rule>>,
     calls: [AtomicU64; 4],
-    /// Calls a rule took, per method.
+    /// Calls a rule took, all methods together.
     pub injected: AtomicU64,
 }
 

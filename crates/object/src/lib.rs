@@ -146,14 +146,6 @@ impl Body {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// The whole body in one buffer (a copy unless it is one piece).
-    pub fn to_bytes(&self) -> Bytes {
-        match self.0.as_slice() {
-            [one] => one.clone(),
-            parts => Bytes::from(parts.concat()),
-        }
-    }
 }
 
 impl From<Bytes> for Body {

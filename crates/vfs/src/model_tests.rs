@@ -230,6 +230,16 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// Access and modification times both set to `secs`.
+fn times(secs: i64) -> SetAttr {
+    let when = Some(Some((secs, 0)));
+    SetAttr {
+        atime: when,
+        mtime: when,
+        ..Default::default()
+    }
+}
+
 /// The errno of the last libc call that failed.
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
@@ -546,15 +556,7 @@ impl World {
                     mode: Some(mode),
                     ..Default::default()
                 };
-                let vfs_err = match self.vfs_lookup(name) {
-                    Ok((ino, _)) => v
-                        .setattr(ino, &set, None)
-                        .err()
-                        .map(|e| e.errno)
-                        .unwrap_or(0),
-                    Err(e) => e,
-                };
-                same("chmod", local_err, vfs_err)
+                same("chmod", local_err, self.setattr_by_name(name, &set))
             }
             Op::Utimens { name, secs } => {
                 let p = cpath(&self.local_path(name));
@@ -565,21 +567,11 @@ impl World {
                 // SAFETY: a valid path and two timespecs.
                 let r = unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), 0) };
                 let local_err = if r < 0 { errno() } else { 0 };
-                let when = Some(Some((secs, 0)));
-                let set = SetAttr {
-                    atime: when,
-                    mtime: when,
-                    ..Default::default()
-                };
-                let vfs_err = match self.vfs_lookup(name) {
-                    Ok((ino, _)) => v
-                        .setattr(ino, &set, None)
-                        .err()
-                        .map(|e| e.errno)
-                        .unwrap_or(0),
-                    Err(e) => e,
-                };
-                same("utimensat", local_err, vfs_err)
+                same(
+                    "utimensat",
+                    local_err,
+                    self.setattr_by_name(name, &times(secs)),
+                )
             }
             Op::Futimens { slot, secs } => {
                 let Some((fd, ino, _, _)) = self.slots[slot] else {
@@ -592,12 +584,7 @@ impl World {
                 // SAFETY: our descriptor and two timespecs.
                 let r = unsafe { libc::futimens(fd, ts.as_ptr()) };
                 let local_err = if r < 0 { errno() } else { 0 };
-                let when = Some(Some((secs, 0)));
-                let set = SetAttr {
-                    atime: when,
-                    mtime: when,
-                    ..Default::default()
-                };
+                let set = times(secs);
                 let vfs_err = v
                     .setattr(ino, &set, None)
                     .err()
@@ -606,6 +593,21 @@ impl World {
                 same("futimens", local_err, vfs_err)
             }
             Op::Stat { name } => self.compare_stat(name),
+        }
+    }
+
+    /// A setattr of the inode `name` names, as the kernel sends it for a
+    /// call by path; the errno (0 for success).
+    fn setattr_by_name(&self, name: usize, set: &SetAttr) -> i32 {
+        match self.vfs_lookup(name) {
+            Ok((ino, _)) => self
+                .fx
+                .vfs
+                .setattr(ino, set, None)
+                .err()
+                .map(|e| e.errno)
+                .unwrap_or(0),
+            Err(e) => e,
         }
     }
 
