@@ -135,6 +135,19 @@ pub fn data_bytes(records: &[SliceRecord], a: u32, b: u32) -> u64 {
 /// chunk fragmented into thousands of records (random writes racing mmap
 /// writes) made both quadratic with `visible_segments`.
 pub fn visible_segments_in(records: &[SliceRecord], a: u32, b: u32) -> Vec<VisibleSegment> {
+    // The common chunk, one record: no interval map on the read path.
+    if let [r] = records {
+        let (x, y) = (r.pos.max(a), (r.pos + r.len).min(b));
+        if x >= y {
+            return Vec::new();
+        }
+        return vec![VisibleSegment {
+            pos: x,
+            len: y - x,
+            off: r.off + u64::from(x - r.pos),
+            record: *r,
+        }];
+    }
     let mut undecided = std::collections::BTreeMap::new();
     if a < b {
         undecided.insert(a, b);
