@@ -58,7 +58,16 @@ pub struct TesseraFs {
     /// local copy go straight to it).
     passthrough: std::sync::atomic::AtomicBool,
     modes: std::sync::Mutex<OpenModes>,
+    /// Signalled whenever a handle is released, for a writer waiting out
+    /// the releases of readers that have already closed.
+    modes_released: std::sync::Condvar,
 }
+
+/// How long a writer waits for passthrough readers to be released before
+/// it is refused. The kernel sends FUSE_RELEASE after close() has already
+/// returned, so `cat f; echo x >> f` must not fail on the reader's release
+/// still being in flight; a reader that is really still open is refused.
+const RELEASE_GRACE: Duration = Duration::from_secs(2);
 
 /// Threads that work through background warm-ups, one range at a time each.
 const BACKGROUND_WORKERS: usize = 4;
@@ -220,6 +229,7 @@ impl TesseraFs {
             background: std::sync::Mutex::new(None),
             passthrough: std::sync::atomic::AtomicBool::new(false),
             modes: std::sync::Mutex::new(OpenModes::default()),
+            modes_released: std::sync::Condvar::new(),
         }
     }
 
@@ -504,7 +514,17 @@ impl Filesystem for TesseraFs {
             Some(IoMode::Cached { .. }) => Some(None),
             None => None,
         };
-        let Ok(existing) = self.modes.lock().map(|m| open_as(&m)) else {
+        let existing = self.modes.lock().ok().and_then(|m| {
+            if read_only || !matches!(open_as(&m), Some(Some(_))) {
+                return Some(open_as(&m));
+            }
+            let (m, _) = self
+                .modes_released
+                .wait_timeout_while(m, RELEASE_GRACE, |m| matches!(open_as(m), Some(Some(_))))
+                .ok()?;
+            Some(open_as(&m))
+        });
+        let Some(existing) = existing else {
             reply.error(Errno::EIO);
             return;
         };
@@ -634,6 +654,7 @@ impl Filesystem for TesseraFs {
         if let Ok(mut modes) = self.modes.lock() {
             modes.released(fh.0);
         }
+        self.modes_released.notify_all();
         empty(
             reply,
             self.vfs.release(self.i(ino), fh.0, lock_owner.map(|o| o.0)),
