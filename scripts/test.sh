@@ -57,6 +57,7 @@ command -v fio >/dev/null || need+=(fio)
 command -v rsync >/dev/null || need+=(rsync)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
 command -v git >/dev/null || need+=(git)
+command -v setfacl >/dev/null || need+=(acl)
 command -v protoc >/dev/null || need+=(protobuf-compiler) # the etcd client's gRPC code
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

@@ -290,3 +290,137 @@ fn du_and_status_count_what_a_sparse_file_stores() {
         .expect("status shows usage");
     assert_eq!(used, 1 << 20, "status counts stored bytes:\n{status}");
 }
+
+/// Run `sh -c script` as the unprivileged user nobody (uid/gid 65534).
+fn as_nobody(script: &str, dir: &Path) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("setpriv")
+}
+
+/// POSIX ACLs on a volume formatted with `--enable-acl`, through the
+/// kernel's own checks: a named entry grants a user what the mode does
+/// not, chmod moves the mask, default ACLs are inherited (the umask gives
+/// way), `cp -a` keeps an ACL, and a second mount sees them. A volume
+/// without ACLs refuses them, so tools fall back to chmod.
+#[test]
+fn posix_acls_are_kept_inherited_and_enforced_by_the_kernel() {
+    if !have("setfacl") || !have("setpriv") {
+        eprintln!("skipped: setfacl or setpriv missing");
+        return;
+    }
+    let vol = Volume::with_storage("aclvol", None, &["--enable-acl"]);
+    let m = vol.mount("a");
+    let root = m.join("");
+    std::fs::write(m.join("secret"), b"for nobody\n").expect("write");
+    run(Command::new("chmod")
+        .args(["600", "secret"])
+        .current_dir(&root));
+    assert!(
+        !as_nobody("cat secret", &root).status.success(),
+        "mode 600 keeps nobody out"
+    );
+    run(Command::new("setfacl")
+        .args(["-m", "u:nobody:r", "secret"])
+        .current_dir(&root));
+    let read = as_nobody("cat secret", &root);
+    assert_eq!(
+        read.stdout,
+        b"for nobody\n",
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    assert!(
+        !as_nobody("echo x >> secret", &root).status.success(),
+        "read only"
+    );
+    let listed = run(Command::new("ls").args(["-l", "secret"]).current_dir(&root));
+    assert!(listed.starts_with("-rw-r-----+"), "{listed}");
+
+    // chmod narrows the mask: the named entry loses what the mask drops.
+    run(Command::new("chmod")
+        .args(["600", "secret"])
+        .current_dir(&root));
+    let acl = run(Command::new("getfacl")
+        .args(["-c", "secret"])
+        .current_dir(&root));
+    assert!(acl.contains("mask::---"), "{acl}");
+    assert!(
+        !as_nobody("cat secret", &root).status.success(),
+        "masked out"
+    );
+    run(Command::new("setfacl")
+        .args(["-b", "secret"])
+        .current_dir(&root));
+    let listed = run(Command::new("ls").args(["-l", "secret"]).current_dir(&root));
+    assert!(listed.starts_with("-rw------- "), "{listed}");
+
+    // Default ACLs: inherited by files and directories, umask ignored.
+    std::fs::create_dir(m.join("shared")).expect("mkdir");
+    run(Command::new("setfacl")
+        .args(["-d", "-m", "u:nobody:rwx", "-m", "o::---", "shared"])
+        .current_dir(&root));
+    run(Command::new("sh")
+        .args([
+            "-c",
+            "umask 077 && echo data > shared/f && mkdir shared/sub",
+        ])
+        .current_dir(&root));
+    let f_acl = run(Command::new("getfacl")
+        .args(["-c", "shared/f"])
+        .current_dir(&root));
+    assert!(
+        f_acl.contains("user:nobody:rwx") && f_acl.contains("mask::rw-"),
+        "{f_acl}"
+    );
+    let sub_acl = run(Command::new("getfacl")
+        .args(["-c", "shared/sub"])
+        .current_dir(&root));
+    assert!(sub_acl.contains("default:user:nobody:rwx"), "{sub_acl}");
+    let wrote = as_nobody("echo more >> shared/f && touch shared/sub/mine", &root);
+    assert!(
+        wrote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wrote.stderr)
+    );
+
+    // cp -a carries the ACL; another mount sees what this one set.
+    run(Command::new("cp")
+        .args(["-a", "shared/f", "copy"])
+        .current_dir(&root));
+    let copy_acl = run(Command::new("getfacl")
+        .args(["-c", "copy"])
+        .current_dir(&root));
+    assert_eq!(copy_acl, f_acl);
+    let other = vol.mount("b");
+    let seen = run(Command::new("getfacl")
+        .args(["-c", "shared/f"])
+        .current_dir(other.join("")));
+    assert_eq!(seen, f_acl);
+    drop(other);
+    drop(m);
+
+    let plain = Volume::new("plainvol");
+    let m = plain.mount("a");
+    std::fs::write(m.join("f"), b"x").expect("write");
+    let refused = Command::new("setfacl")
+        .args(["-m", "u:nobody:r", "f"])
+        .current_dir(m.join(""))
+        .output()
+        .expect("setfacl");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Operation not supported"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

@@ -212,11 +212,20 @@ fn file_attr(ino: u64, a: &Attr) -> FileAttr {
     }
 }
 
+/// The caller of a create. The kernel masks the mode itself unless the
+/// mount took FUSE_DONT_MASK (ACL volumes, where a default ACL replaces
+/// the umask); the engine applies the umask again either way, which
+/// changes nothing when the kernel already did.
+fn with_umask(req: &Request, umask: u32) -> Ctx {
+    Ctx { umask, ..ctx(req) }
+}
+
 fn ctx(req: &Request) -> Ctx {
     Ctx {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        umask: 0,
     }
 }
 
@@ -335,6 +344,16 @@ impl Filesystem for TesseraFs {
             | InitFlags::FUSE_MAX_PAGES;
         let available = wanted & config.capabilities();
         let _ = config.add_capabilities(available);
+        if self.vfs.acl_enabled() {
+            // Without the kernel's enforcement an ACL that narrows access
+            // would silently not apply: refuse to mount rather than that.
+            let acl = InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
+            if !config.capabilities().contains(acl) || config.add_capabilities(acl).is_err() {
+                return Err(std::io::Error::other(
+                    "the volume keeps POSIX ACLs, but this kernel's FUSE cannot enforce them",
+                ));
+            }
+        }
         // Passthrough needs CAP_SYS_ADMIN and a kernel that offers it.
         if nix_is_root()
             && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
@@ -403,14 +422,19 @@ impl Filesystem for TesseraFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         self.reply_entry(
             reply,
-            self.vfs
-                .mknod(&ctx(req), self.i(parent), name.as_bytes(), mode, rdev),
+            self.vfs.mknod(
+                &with_umask(req, umask),
+                self.i(parent),
+                name.as_bytes(),
+                mode,
+                rdev,
+            ),
         );
     }
 
@@ -420,13 +444,17 @@ impl Filesystem for TesseraFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         self.reply_entry(
             reply,
-            self.vfs
-                .mkdir(&ctx(req), self.i(parent), name.as_bytes(), mode),
+            self.vfs.mkdir(
+                &with_umask(req, umask),
+                self.i(parent),
+                name.as_bytes(),
+                mode,
+            ),
         );
     }
 
@@ -748,7 +776,7 @@ impl Filesystem for TesseraFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -759,7 +787,7 @@ impl Filesystem for TesseraFs {
         empty(
             reply,
             self.vfs
-                .setxattr(self.i(ino), name.as_bytes(), value, flags),
+                .setxattr(&ctx(req), self.i(ino), name.as_bytes(), value, flags),
         );
     }
 
@@ -882,14 +910,17 @@ impl Filesystem for TesseraFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .vfs
-            .create(&ctx(req), self.i(parent), name.as_bytes(), mode, flags)
-        {
+        match self.vfs.create(
+            &with_umask(req, umask),
+            self.i(parent),
+            name.as_bytes(),
+            mode,
+            flags,
+        ) {
             Ok((ino, a, fh)) => {
                 if let Ok(mut modes) = self.modes.lock() {
                     modes.opened(ino, fh, HandleMode::Cached, None);

@@ -87,6 +87,12 @@ pub struct Attr {
 pub const FLAG_XATTRS: u8 = 1;
 /// `Attr::flags`: the inode has (or had) hard links, so `P` keys may exist.
 pub const FLAG_LINKED: u8 = 2;
+/// `Attr::flags`: the node has an access ACL beyond its mode bits
+/// (`acl::ACCESS`), so chmod must rewrite it.
+pub const FLAG_ACL_ACCESS: u8 = 4;
+/// `Attr::flags`: the directory has a default ACL (`acl::DEFAULT`) that
+/// new nodes in it inherit.
+pub const FLAG_ACL_DEFAULT: u8 = 8;
 
 /// Attributes written before `stored` existed are this long.
 const ENCODED_LEN_V1: usize = 76;

@@ -26,6 +26,7 @@ pub fn run_all(factory: Factory<'_>) {
     huge_offsets_and_sizes(factory());
     stored_bytes_follow_the_data(factory());
     xattrs(factory());
+    posix_acls(factory());
     locks(factory());
     sessions(factory());
     cache_groups(factory());
@@ -39,6 +40,7 @@ pub fn test_format() -> Format {
         block_size: 4 << 20,
         compression: Compression::None,
         trash_days: 0,
+        acl: false,
         capacity: 0,
         inodes: 0,
         version: Format::VERSION,
@@ -303,6 +305,7 @@ const CTX: Ctx = Ctx {
     uid: 1000,
     gid: 1000,
     pid: 1,
+    umask: 0,
 };
 
 fn kv_basics(e: Arc<dyn KvEngine>) {
@@ -765,6 +768,163 @@ fn xattrs(e: Arc<dyn KvEngine>) {
         m.removexattr(f, b"user.a"),
         Err(MetaError::NoData)
     ));
+}
+
+/// An ACL's xattr form as `setfacl` sends it.
+fn acl_value(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+fn posix_acls(e: Arc<dyn KvEngine>) {
+    use crate::acl::{Kind, ACCESS, DEFAULT, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ};
+    use crate::attr::{FLAG_ACL_ACCESS, FLAG_ACL_DEFAULT};
+    const NONE: u32 = u32::MAX;
+    let m = formatted(e.clone());
+    let umask = Ctx {
+        umask: 0o022,
+        ..CTX
+    };
+    let (f, a) = m
+        .mknod(&umask, ROOT_INO, b"f", FileType::File, 0o666, 0, None)
+        .expect("f");
+    assert_eq!(a.mode, 0o644, "the umask applies without a default ACL");
+
+    // A named entry: stored, and the mode's group bits become the mask.
+    let named = acl_value(&[
+        (USER_OBJ, 6, NONE),
+        (USER, 4, 2000),
+        (GROUP_OBJ, 4, NONE),
+        (MASK, 4, NONE),
+        (OTHER, 0, NONE),
+    ]);
+    let a = m.set_acl(&CTX, f, Kind::Access, Some(&named)).expect("set");
+    assert_eq!(a.mode, 0o640);
+    assert_ne!(a.flags & FLAG_ACL_ACCESS, 0);
+    assert_eq!(m.getxattr(f, ACCESS).expect("stored"), named);
+    assert!(m.listxattr(f).expect("list").contains(&ACCESS.to_vec()));
+
+    // chmod rewrites owner, mask and other in the same transaction.
+    let set = crate::SetAttr {
+        mode: Some(0o750),
+        ..Default::default()
+    };
+    m.setattr(f, &set).expect("chmod");
+    let back = crate::acl::Acl::decode(&m.getxattr(f, ACCESS).expect("acl")).expect("valid");
+    assert_eq!(back.mode_bits(), 0o750);
+    assert!(back.entries().iter().any(|e| e.tag == USER && e.perm == 4));
+
+    // An ACL that says no more than the mode is not stored; the mode
+    // takes its bits.
+    let minimal = acl_value(&[(USER_OBJ, 7, NONE), (GROUP_OBJ, 0, NONE), (OTHER, 5, NONE)]);
+    let a = m
+        .set_acl(&CTX, f, Kind::Access, Some(&minimal))
+        .expect("minimal");
+    assert_eq!(a.mode, 0o705);
+    assert_eq!(a.flags & FLAG_ACL_ACCESS, 0);
+    assert!(matches!(m.getxattr(f, ACCESS), Err(MetaError::NoData)));
+
+    // Setting one as a user outside the file's group drops setgid.
+    m.setattr(
+        f,
+        &crate::SetAttr {
+            mode: Some(0o2755),
+            ..Default::default()
+        },
+    )
+    .expect("setgid");
+    let outsider = Ctx { gid: 4242, ..CTX };
+    let a = m
+        .set_acl(&outsider, f, Kind::Access, Some(&named))
+        .expect("set");
+    assert_eq!(a.mode, 0o640);
+
+    // Invalid lists and default ACLs on files are refused, nothing changed.
+    let no_mask = acl_value(&[
+        (USER_OBJ, 6, NONE),
+        (USER, 4, 1),
+        (GROUP_OBJ, 4, NONE),
+        (OTHER, 0, NONE),
+    ]);
+    assert!(matches!(
+        m.set_acl(&CTX, f, Kind::Access, Some(&no_mask)),
+        Err(MetaError::Invalid(_))
+    ));
+    assert!(matches!(
+        m.set_acl(&CTX, f, Kind::Default, Some(&named)),
+        Err(MetaError::Access)
+    ));
+    assert_eq!(m.getxattr(f, ACCESS).expect("kept"), named);
+
+    // A default ACL is inherited: the umask gives way to it, files get
+    // it narrowed by their mode, directories also as their default.
+    let (d, _) = m
+        .mknod(&umask, ROOT_INO, b"d", FileType::Dir, 0o777, 0, None)
+        .expect("d");
+    let default = acl_value(&[
+        (USER_OBJ, 7, NONE),
+        (USER, 7, 2000),
+        (GROUP_OBJ, 5, NONE),
+        (MASK, 7, NONE),
+        (OTHER, 5, NONE),
+    ]);
+    let a = m
+        .set_acl(&CTX, d, Kind::Default, Some(&default))
+        .expect("default");
+    assert_ne!(a.flags & FLAG_ACL_DEFAULT, 0);
+    let (child, a) = m
+        .mknod(&umask, d, b"child", FileType::File, 0o666, 0, None)
+        .expect("child");
+    assert_eq!(a.mode, 0o664, "mask rw from the mode, not the umask");
+    let inherited =
+        crate::acl::Acl::decode(&m.getxattr(child, ACCESS).expect("inherited")).expect("valid");
+    assert!(inherited
+        .entries()
+        .iter()
+        .any(|e| e.tag == USER && e.id == 2000));
+    assert!(matches!(m.getxattr(child, DEFAULT), Err(MetaError::NoData)));
+    let (sub, a) = m
+        .mknod(&umask, d, b"sub", FileType::Dir, 0o777, 0, None)
+        .expect("sub");
+    assert_eq!(a.mode, 0o775);
+    assert_eq!(
+        m.getxattr(sub, DEFAULT).expect("default inherited"),
+        default
+    );
+    let (_, a) = m
+        .mknod(
+            &umask,
+            d,
+            b"link",
+            FileType::Symlink,
+            0o777,
+            0,
+            Some(b"child"),
+        )
+        .expect("symlink");
+    assert_eq!(a.flags & (FLAG_ACL_ACCESS | FLAG_ACL_DEFAULT), 0);
+
+    // Removing: the flag goes, new nodes get the umask again; removing
+    // what is not there succeeds.
+    m.set_acl(&CTX, d, Kind::Default, None).expect("remove");
+    m.set_acl(&CTX, d, Kind::Default, None).expect("again");
+    let (_, a) = m
+        .mknod(&umask, d, b"plain", FileType::File, 0o666, 0, None)
+        .expect("plain");
+    assert_eq!(a.mode, 0o644);
+
+    // A removed node takes its ACLs with it.
+    m.unlink(d, b"child").expect("unlink");
+    let left = run_txn(&*e, true, |tx| {
+        scan_prefix(tx, &crate::keys::xattr_prefix(child))
+    })
+    .expect("scan");
+    assert!(left.is_empty(), "{left:?}");
 }
 
 fn locks(e: Arc<dyn KvEngine>) {

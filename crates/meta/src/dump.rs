@@ -508,6 +508,7 @@ mod tests {
         uid: 1000,
         gid: 1000,
         pid: 1,
+        umask: 0,
     };
 
     #[test]

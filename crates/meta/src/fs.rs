@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::acl;
 use crate::attr::{Attr, FileType};
 use crate::keys;
 use crate::kv::{run_txn, scan_prefix, KvEngine, KvTxn};
@@ -194,6 +195,18 @@ fn check_name(name: &[u8]) -> Result<()> {
             "bad file name {:?}",
             String::from_utf8_lossy(name)
         )));
+    }
+    Ok(())
+}
+
+/// chmod of a node with an access ACL: the ACL's owner, mask (or owning
+/// group) and other entries take the new bits in the same transaction.
+fn rewrite_access_acl(tx: &mut dyn KvTxn, ino: Ino, mode: u16) -> Result<()> {
+    let key = keys::xattr(ino, acl::ACCESS);
+    if let Some(raw) = tx.get(&key)? {
+        let mut access = acl::Acl::decode(&raw)?;
+        access.chmod(mode);
+        tx.set(&key, &access.encode())?;
     }
     Ok(())
 }
@@ -404,6 +417,7 @@ impl Meta {
                 merged.trash_days = format.trash_days;
                 merged.capacity = format.capacity;
                 merged.inodes = format.inodes;
+                merged.acl = old.acl || format.acl;
                 let raw =
                     serde_json::to_vec(&merged).map_err(|e| MetaError::Corrupt(e.to_string()))?;
                 tx.set(keys::SETTING, &raw)?;
@@ -521,6 +535,9 @@ impl Meta {
             let t = now();
             if let Some(mode) = set.mode {
                 a.mode = (mode & 0o7777) as u16;
+                if a.flags & crate::attr::FLAG_ACL_ACCESS != 0 {
+                    rewrite_access_acl(tx, ino, a.mode)?;
+                }
             }
             if let Some(uid) = set.uid {
                 a.uid = uid;
@@ -569,6 +586,24 @@ impl Meta {
             }
             let t = now();
             let mut mode = (mode & 0o7777) as u16;
+            // A directory's default ACL replaces the umask: the new node
+            // gets it, narrowed by the mode asked for.
+            let inherited =
+                if p.flags & crate::attr::FLAG_ACL_DEFAULT != 0 && typ != FileType::Symlink {
+                    tx.get(&keys::xattr(parent, acl::DEFAULT))?
+                        .map(|raw| acl::Acl::decode(&raw))
+                        .transpose()?
+                } else {
+                    None
+                };
+            let access = inherited.as_ref().map(|default| {
+                let (access, bits) = default.inherit(mode);
+                mode = (mode & !0o777) | bits;
+                access
+            });
+            if inherited.is_none() {
+                mode &= !(ctx.umask as u16 & 0o777);
+            }
             let mut gid = ctx.gid;
             if p.mode & 0o2000 != 0 {
                 gid = p.gid;
@@ -579,6 +614,14 @@ impl Meta {
             let mut a = Attr::new(typ, mode, ctx.uid, gid, t);
             a.parent = parent;
             a.rdev = rdev;
+            if let Some(access) = access.filter(|acl| !acl.is_minimal()) {
+                tx.set(&keys::xattr(ino, acl::ACCESS), &access.encode())?;
+                a.flags |= crate::attr::FLAG_XATTRS | crate::attr::FLAG_ACL_ACCESS;
+            }
+            if let Some(default) = inherited.filter(|_| typ == FileType::Dir) {
+                tx.set(&keys::xattr(ino, acl::DEFAULT), &default.encode())?;
+                a.flags |= crate::attr::FLAG_XATTRS | crate::attr::FLAG_ACL_DEFAULT;
+            }
             match typ {
                 FileType::Dir => {
                     a.nlink = 2;
@@ -1662,6 +1705,61 @@ impl Meta {
             a.flags |= crate::attr::FLAG_XATTRS;
             a.touch_ctime(now());
             put_attr(tx, ino, &a)
+        })
+    }
+
+    /// Set (`Some`) or remove (`None`) a POSIX ACL, keeping the mode in
+    /// step: an access ACL sets the permission bits (and is not stored
+    /// when it says no more than they do); a caller outside the file's
+    /// group who is not root loses the setgid bit, as on a local file
+    /// system. Removing an ACL that is not there succeeds.
+    pub fn set_acl(
+        &self,
+        ctx: &Ctx,
+        ino: Ino,
+        kind: acl::Kind,
+        value: Option<&[u8]>,
+    ) -> Result<Attr> {
+        self.writable()?;
+        let parsed = value.map(acl::Acl::decode).transpose()?;
+        if kind == acl::Kind::Access && parsed.as_ref().is_some_and(|a| a.is_empty()) {
+            return Err(MetaError::Invalid("an access ACL with no entries".into()));
+        }
+        // An empty default ACL is how setfacl -k may say "remove".
+        let parsed = parsed.filter(|a| !a.is_empty());
+        self.txn(|tx| {
+            let mut a = get_attr(tx, ino)?;
+            let keep = match (&parsed, kind) {
+                (Some(_), acl::Kind::Default) if a.typ != FileType::Dir => {
+                    return Err(MetaError::Access);
+                }
+                (Some(acl), acl::Kind::Access) => {
+                    a.mode = (a.mode & !0o777) | acl.mode_bits();
+                    if ctx.uid != 0 && ctx.gid != a.gid {
+                        a.mode &= !0o2000;
+                    }
+                    (!acl.is_minimal()).then_some(acl)
+                }
+                (keep, _) => keep.as_ref(),
+            };
+            let key = keys::xattr(ino, kind.name());
+            let flag = match kind {
+                acl::Kind::Access => crate::attr::FLAG_ACL_ACCESS,
+                acl::Kind::Default => crate::attr::FLAG_ACL_DEFAULT,
+            };
+            match keep {
+                Some(acl) => {
+                    tx.set(&key, &acl.encode())?;
+                    a.flags |= crate::attr::FLAG_XATTRS | flag;
+                }
+                None => {
+                    tx.delete(&key)?;
+                    a.flags &= !flag;
+                }
+            }
+            a.touch_ctime(now());
+            put_attr(tx, ino, &a)?;
+            Ok(a)
         })
     }
 

@@ -7,6 +7,7 @@
 //! * [`Meta`] (in `fs.rs`) implements every file-system operation on top.
 //! * [`conformance`] is the suite every engine must pass.
 
+pub mod acl;
 pub mod attr;
 mod check;
 pub mod conformance;
@@ -130,6 +131,9 @@ pub struct Ctx {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// The caller's umask, applied to a node it creates unless the
+    /// directory has a default ACL (which replaces it).
+    pub umask: u32,
 }
 
 impl Ctx {
@@ -137,6 +141,7 @@ impl Ctx {
         uid: 0,
         gid: 0,
         pid: 0,
+        umask: 0,
     };
 }
 
@@ -180,6 +185,11 @@ pub struct Format {
     pub inodes: u64,
     /// Layout version, bumped on incompatible changes.
     pub version: u32,
+    /// POSIX ACLs are kept and enforced (mounts take FUSE_POSIX_ACL).
+    /// Once on, never off: turning it off would silently widen access to
+    /// every file an ACL narrows.
+    #[serde(default)]
+    pub acl: bool,
 }
 
 impl Format {

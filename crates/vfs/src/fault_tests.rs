@@ -24,6 +24,7 @@ const CTX: Ctx = Ctx {
     uid: 0,
     gid: 0,
     pid: 1,
+    umask: 0,
 };
 const BLOCK: usize = 64 << 10;
 

@@ -76,6 +76,9 @@ pub struct VfsConfig {
     /// How long attributes and slice records of a file opened read-only
     /// are trusted without asking metadata again (0: close-to-open only).
     pub open_cache: Duration,
+    /// The volume keeps POSIX ACLs (`Format::acl`): their xattrs go to
+    /// the engine's ACL rules instead of being refused.
+    pub acl: bool,
 }
 
 impl Default for VfsConfig {
@@ -85,6 +88,7 @@ impl Default for VfsConfig {
             heartbeat: Duration::from_secs(5),
             session_timeout: Duration::from_secs(60),
             open_cache: Duration::ZERO,
+            acl: false,
         }
     }
 }
@@ -893,7 +897,11 @@ impl Vfs {
                         "a directory of that name exists",
                     ));
                 }
-                if !permits(&attr, ctx, flags) {
+                let access_acl = (attr.flags & tessera_meta::attr::FLAG_ACL_ACCESS != 0)
+                    .then(|| self.meta.getxattr(ino, tessera_meta::acl::ACCESS).ok())
+                    .flatten()
+                    .and_then(|raw| tessera_meta::acl::Acl::decode(&raw).ok());
+                if !permits(&attr, access_acl.as_ref(), ctx, flags) {
                     return Err(VfsError::new(
                         libc::EACCES,
                         "the file another mount created is not open to this user",
@@ -1289,21 +1297,40 @@ impl Vfs {
     // the engine: asking there would say ENOENT, and `ls -l`, which reads
     // its security attributes, would report the file missing).
 
+    /// Whether the volume keeps POSIX ACLs (the mount then asks the kernel
+    /// to enforce them).
+    pub fn acl_enabled(&self) -> bool {
+        self.config.acl
+    }
+
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        refuse_acl_names(name)?;
+        self.acl_kind(name)?;
         if internal::is_internal(ino) {
             return Err(VfsError::new(libc::ENODATA, ".stats has no attributes"));
         }
         Ok(self.meta.getxattr(ino, name)?)
     }
 
-    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
-        refuse_acl_names(name)?;
+    /// `ctx` matters to ACLs only: setting one as a user outside the
+    /// file's group clears its setgid bit.
+    pub fn setxattr(
+        &self,
+        ctx: &Ctx,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> Result<()> {
+        let acl = self.acl_kind(name)?;
         if internal::is_internal(ino) {
             return Err(VfsError::new(libc::EPERM, ".stats is read-only"));
         }
         self.writable()?;
-        Ok(self.meta.setxattr(ino, name, value, flags)?)
+        match acl {
+            Some(kind) => self.meta.set_acl(ctx, ino, kind, Some(value)).map(drop),
+            None => self.meta.setxattr(ino, name, value, flags),
+        }
+        .map_err(VfsError::from)
     }
 
     pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
@@ -1314,12 +1341,35 @@ impl Vfs {
     }
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
-        refuse_acl_names(name)?;
+        let acl = self.acl_kind(name)?;
         if internal::is_internal(ino) {
             return Err(VfsError::new(libc::EPERM, ".stats is read-only"));
         }
         self.writable()?;
-        Ok(self.meta.removexattr(ino, name)?)
+        match acl {
+            Some(kind) => self.meta.set_acl(&Ctx::ROOT, ino, kind, None).map(drop),
+            None => self.meta.removexattr(ino, name),
+        }
+        .map_err(VfsError::from)
+    }
+
+    /// Which POSIX ACL an xattr name is, if any; refused on a volume
+    /// without ACLs. Stored as plain xattrs they did harm: `cp -a` sets a
+    /// copy's permissions by writing an ACL equal to its mode, which then
+    /// changed nothing (copies kept mode 0600). EOPNOTSUPP makes tools
+    /// fall back to chmod.
+    fn acl_kind(&self, name: &[u8]) -> Result<Option<tessera_meta::acl::Kind>> {
+        if !name.starts_with(b"system.posix_acl_") {
+            return Ok(None);
+        }
+        match tessera_meta::acl::Kind::of_name(name) {
+            Some(kind) if self.config.acl => Ok(Some(kind)),
+            Some(_) => Err(VfsError::new(
+                libc::EOPNOTSUPP,
+                "POSIX ACLs are not enabled on this volume (format --enable-acl)",
+            )),
+            None => Err(VfsError::new(libc::EOPNOTSUPP, "not a POSIX ACL name")),
+        }
     }
 }
 
@@ -1332,30 +1382,25 @@ mod tests;
 #[cfg(test)]
 mod two_clients_tests;
 
-/// POSIX ACLs travel as the xattrs `system.posix_acl_access` and
-/// `system.posix_acl_default`; the kernel enforces them only for a file
-/// system that says it supports them, which this one does not yet. Stored
-/// as plain xattrs they did harm: `cp -a` sets a copy's permissions by
-/// writing an ACL equal to its mode, which then changed nothing (copies
-/// kept mode 0600). EOPNOTSUPP makes tools fall back to chmod.
-fn refuse_acl_names(name: &[u8]) -> Result<()> {
-    if name.starts_with(b"system.posix_acl_") {
-        return Err(VfsError::new(
-            libc::EOPNOTSUPP,
-            "POSIX ACLs are not supported on this volume",
-        ));
-    }
-    Ok(())
-}
-
 /// Whether `ctx` may open a file with `attr` as `flags` ask, by its mode
 /// bits (root may always; supplementary groups are not known here, so a
 /// user who has access only through one is refused). The kernel checks
 /// every other open itself (`default_permissions`); this is for the one
 /// it cannot: a create that found the file made meanwhile by another mount.
-fn permits(attr: &Attr, ctx: &Ctx, flags: i32) -> bool {
+fn permits(
+    attr: &Attr,
+    access_acl: Option<&tessera_meta::acl::Acl>,
+    ctx: &Ctx,
+    flags: i32,
+) -> bool {
     if ctx.uid == 0 {
         return true;
+    }
+    let want_read = flags & libc::O_ACCMODE != libc::O_WRONLY;
+    let want_write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+    if let Some(acl) = access_acl {
+        let want = if want_read { 4 } else { 0 } | if want_write { 2 } else { 0 };
+        return acl.permits(attr.uid, attr.gid, ctx.uid, ctx.gid, want);
     }
     let bits = if ctx.uid == attr.uid {
         (attr.mode >> 6) & 7
@@ -1364,7 +1409,5 @@ fn permits(attr: &Attr, ctx: &Ctx, flags: i32) -> bool {
     } else {
         attr.mode & 7
     };
-    let want_read = flags & libc::O_ACCMODE != libc::O_WRONLY;
-    let want_write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
     (!want_read || bits & 4 != 0) && (!want_write || bits & 2 != 0)
 }

@@ -27,6 +27,7 @@ const CTX: Ctx = Ctx {
     uid: 0,
     gid: 0,
     pid: 1,
+    umask: 0,
 };
 /// Names the operations use: three in the root, two in a subdirectory.
 const NAMES: [&str; 5] = ["a", "b", "c", "s/a", "s/b"];

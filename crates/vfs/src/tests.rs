@@ -15,6 +15,7 @@ const CTX: Ctx = Ctx {
     uid: 0,
     gid: 0,
     pid: 1,
+    umask: 0,
 };
 
 pub(crate) struct Fixture {
@@ -451,6 +452,7 @@ fn create_without_o_excl_opens_a_file_another_mount_just_made() {
         uid: 1000,
         gid: 1000,
         pid: 2,
+        umask: 0,
     };
     let err = v
         .create(
@@ -472,6 +474,7 @@ fn fallocate_by_a_user_takes_setuid_and_setgid_off() {
         uid: 1000,
         gid: 1000,
         pid: 2,
+        umask: 0,
     };
     for (mode, by, after) in [
         (0o4755, &user, 0o755),

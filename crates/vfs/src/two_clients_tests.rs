@@ -64,6 +64,7 @@ fn ctx(pid: u32) -> Ctx {
         uid: 0,
         gid: 0,
         pid,
+        umask: 0,
     }
 }
 

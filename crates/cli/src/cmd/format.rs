@@ -35,6 +35,11 @@ pub struct Args {
     #[arg(long, default_value_t = Format::VERSION, hide = true,
           value_parser = clap::value_parser!(u32).range(1..=Format::VERSION as i64))]
     pub layout_version: u32,
+    /// Keep and enforce POSIX ACLs (setfacl/getfacl, default ACLs
+    /// inherited by new files). Also turns them on for an existing volume
+    /// (mounts take it when next mounted); it cannot be turned off.
+    #[arg(long)]
+    pub enable_acl: bool,
     #[command(flatten)]
     pub storage_flags: StorageFlags,
 }
@@ -152,6 +157,7 @@ pub fn run(a: Args) -> Result<()> {
         capacity,
         inodes: a.inodes,
         version: a.layout_version,
+        acl: a.enable_acl,
     };
     let created = meta.init(&format)?;
     let settings = meta.format()?;

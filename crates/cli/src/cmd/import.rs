@@ -152,6 +152,7 @@ pub fn run(a: Args) -> Result<()> {
         uid: 0,
         gid: 0,
         pid: std::process::id(),
+        umask: 0,
     };
     let made = Mutex::new(HashMap::new());
     let dest = mkdir_p(&meta, &ctx, ROOT_INO, a.dest.trim_matches('/'), &made)?;

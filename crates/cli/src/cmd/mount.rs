@@ -448,6 +448,7 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
             heartbeat,
             session_timeout,
             open_cache: open_cache_time(a.open_cache)?,
+            acl: format.acl,
         },
     );
     let root = match &a.subdir {

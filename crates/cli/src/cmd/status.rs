@@ -35,6 +35,10 @@ pub fn run(a: Args) -> Result<()> {
     println!("storage     {}", format.storage);
     println!("block size  {} KiB", format.block_size >> 10);
     println!("compression {:?}", format.compression);
+    println!(
+        "acl         {}",
+        if format.acl { "enabled" } else { "disabled" }
+    );
     // No trash exists yet, whatever an older format stored: deleted files'
     // data goes at once, and status must not promise otherwise.
     println!("trash       none (deleted files' data is removed at once)");
