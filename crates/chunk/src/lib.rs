@@ -139,7 +139,12 @@ impl Default for ChunkConfig {
 }
 
 /// Object storage, caches and metadata, put together for file data.
+/// Object deletes one deletion of freed blocks keeps in flight.
+const DELETE_CONCURRENCY: usize = 16;
+
 pub struct ChunkStore {
+    /// Background deletions (`delete_slices_later`) not yet finished.
+    deleting: AtomicUsize,
     pub(crate) store: DynStore,
     pub(crate) meta: Arc<Meta>,
     pub(crate) rt: tokio::runtime::Handle,
@@ -195,6 +200,7 @@ impl ChunkStore {
             None => None,
         };
         let cs = Arc::new(ChunkStore {
+            deleting: AtomicUsize::new(0),
             mem: MemCache::new(config.mem_cache_size, config.eviction, metrics.clone()),
             disk,
             store,
@@ -330,60 +336,80 @@ impl ChunkStore {
         self.metrics.buffer_bytes.set(now as i64);
     }
 
-    /// Delete the blocks of slices nothing refers to any more.
+    /// Delete the blocks of slices nothing refers to any more, and wait
+    /// for it: for the cleaner thread, whose pace this sets.
     pub fn delete_slices(&self, freed: &[(u64, u64)]) {
-        let bs = self.config.block_size as u64;
-        for &(id, size) in freed {
-            for index in 0..size.div_ceil(bs) {
-                let key = self.block_key(id, index, self.block_len(size, index));
-                self.mem.remove(&key);
-                if let Some(disk) = &self.disk {
-                    disk.remove(&key);
-                    disk.discard_staged(&key);
-                }
-                if let Err(e) = self.rt.block_on(self.store.delete(&key)) {
-                    warn!(%key, error = %e, "could not delete block; it stays as garbage");
-                }
-            }
+        self.rt.block_on(self.delete_blocks(self.keys_of(freed)));
+    }
+
+    /// Delete the blocks of slices nothing refers to any more in the
+    /// background, so that a truncate or fallocate of a large file returns
+    /// at once instead of after thousands of DELETEs one after another.
+    pub fn delete_slices_later(self: &Arc<Self>, freed: &[(u64, u64)]) {
+        let keys = self.keys_of(freed);
+        if keys.is_empty() {
+            return;
         }
+        let me = self.clone();
+        self.deleting.fetch_add(1, Ordering::AcqRel);
+        self.rt.spawn(async move {
+            me.delete_blocks(keys).await;
+            me.deleting.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 
     /// Drop the blocks of slices a failed write uploaded (or staged) but
     /// never committed: nothing refers to them, and nothing else would
-    /// remove them. Deleted in the background, 16 at a time; a block that
-    /// cannot be deleted is left for `tessera gc`.
+    /// remove them.
     pub(crate) fn abandon_slices(self: &Arc<Self>, slices: Vec<(u64, u64)>) {
-        use futures::StreamExt;
-        let bs = self.config.block_size as u64;
-        let keys: Vec<String> = slices
-            .iter()
-            .flat_map(|&(id, size)| {
-                (0..size.div_ceil(bs)).map(move |i| (id, i, (size - i * bs).min(bs)))
-            })
-            .map(|(id, index, len)| self.block_key(id, index, len))
-            .collect();
         warn!(
-            blocks = keys.len(),
+            slices = slices.len(),
             "a write failed before its commit; removing the blocks it had stored"
         );
-        let me = self.clone();
-        self.rt.spawn(async move {
-            futures::stream::iter(keys)
-                .for_each_concurrent(16, |key| {
-                    let me = me.clone();
-                    async move {
-                        me.mem.remove(&key);
-                        if let Some(disk) = &me.disk {
-                            disk.discard_staged(&key);
-                            disk.remove(&key);
-                        }
-                        if let Err(e) = me.store.delete(&key).await {
-                            warn!(%key, error = %e, "could not delete the block of a failed write; `tessera gc` will find it");
-                        }
-                    }
-                })
-                .await;
-        });
+        self.delete_slices_later(&slices);
+    }
+
+    /// Wait up to `limit` for background deletions to finish (at unmount:
+    /// what is left over is garbage for `tessera gc`). True when none is
+    /// left.
+    pub fn wait_for_deletions(&self, limit: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        while self.deleting.load(Ordering::Acquire) > 0 {
+            if std::time::Instant::now() >= until {
+                warn!("unmounting with block deletions unfinished; `tessera gc` will find them");
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        true
+    }
+
+    fn keys_of(&self, slices: &[(u64, u64)]) -> Vec<String> {
+        let bs = self.config.block_size as u64;
+        slices
+            .iter()
+            .flat_map(|&(id, size)| (0..size.div_ceil(bs)).map(move |i| (id, i, size)))
+            .map(|(id, index, size)| self.block_key(id, index, self.block_len(size, index)))
+            .collect()
+    }
+
+    /// Remove blocks from every tier, `DELETE_CONCURRENCY` object deletes
+    /// at a time. A block that cannot be deleted stays as garbage that
+    /// `tessera gc` finds.
+    async fn delete_blocks(&self, keys: Vec<String>) {
+        use futures::StreamExt;
+        futures::stream::iter(keys)
+            .for_each_concurrent(DELETE_CONCURRENCY, |key| async move {
+                self.mem.remove(&key);
+                if let Some(disk) = &self.disk {
+                    disk.discard_staged(&key);
+                    disk.remove(&key);
+                }
+                if let Err(e) = self.store.delete(&key).await {
+                    warn!(%key, error = %e, "could not delete block; `tessera gc` will find it");
+                }
+            })
+            .await;
     }
 
     /// Remove the data of deleted files. Returns how many files were cleaned.

@@ -289,3 +289,37 @@ fn a_full_store_is_enospc_to_the_writer() {
     let _ = v.release(ino, fh, None);
     assert_eq!(w.mount().getattr(ino).expect("attr").length, 0);
 }
+
+/// Truncating a large file hands its freed blocks to background deletion:
+/// the call returns while every DELETE hangs, and with slow DELETEs the
+/// blocks still go many at a time (one after another, 64 blocks at 300 ms
+/// would take 19 s).
+#[test]
+fn truncate_returns_before_its_deletes_and_they_run_side_by_side() {
+    let w = World::new(Compression::None);
+    let v = w.mount();
+    let ino = write_file(&v, b"hung", &pattern(8 * BLOCK, 3));
+    w.faulty.always(Method::Delete, None, Fault::Hang);
+    v.truncate(ino, 0)
+        .expect("truncate returns though DELETEs hang");
+    assert_eq!(v.getattr(ino).expect("attr").length, 0);
+    w.faulty.heal();
+
+    let before = w.blocks();
+    let ino = write_file(&v, b"slow", &pattern(64 * BLOCK, 4));
+    w.faulty.always(
+        Method::Delete,
+        None,
+        Fault::Delay(Duration::from_millis(300)),
+    );
+    v.truncate(ino, 0).expect("truncate");
+    let mut left = w.blocks();
+    for _ in 0..500 {
+        if left == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        left = w.blocks();
+    }
+    assert_eq!(left, before, "the freed blocks are deleted within 10 s");
+}

@@ -333,6 +333,7 @@ impl Vfs {
         if let Err(e) = self.chunks.clean_deleted_files() {
             warn!(error = %e, "cleaning deleted files at unmount failed");
         }
+        self.chunks.wait_for_deletions(Duration::from_secs(30));
         self.stop.store(true, Ordering::Relaxed);
         if let Ok(mut w) = self.work.lock() {
             w.take();
@@ -575,9 +576,7 @@ impl Vfs {
         if let Some(of) = &of {
             of.invalidate();
         }
-        if !t.freed.is_empty() {
-            self.chunks.delete_slices(&t.freed);
-        }
+        self.chunks.delete_slices_later(&t.freed);
         Ok(t.attr)
     }
 
@@ -1176,9 +1175,7 @@ impl Vfs {
         if let Some(of) = &of {
             of.invalidate();
         }
-        if !r.freed.is_empty() {
-            self.chunks.delete_slices(&r.freed);
-        }
+        self.chunks.delete_slices_later(&r.freed);
         Ok(())
     }
 
