@@ -35,6 +35,21 @@ impl ChunkStore {
         Ok(obj)
     }
 
+    /// [`ChunkStore::external_object`] from async code: a record not yet
+    /// cached is read on a blocking thread, because the metadata engines
+    /// are synchronous and some (etcd, PostgreSQL) run their own runtime,
+    /// which panics inside another. A peer asking this member for a block
+    /// of an object it never read itself takes this path.
+    async fn external_object_off_async(self: &Arc<Self>, id: u64) -> Result<Arc<ExternalObject>> {
+        if let Some(o) = self.externals.lock().ok().and_then(|m| m.get(&id).cloned()) {
+            return Ok(o);
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.external_object(id))
+            .await
+            .map_err(|e| crate::ChunkError::Unsupported(format!("metadata lookup: {e}")))?
+    }
+
     /// Cache key of block `index` of external object `id`: the version is
     /// part of it. The object is checked against its bucket first (see
     /// [`ChunkStore::check_external`]).
@@ -118,7 +133,7 @@ impl ChunkStore {
 
     /// Fetch one block of an external object (the key says which).
     pub(crate) async fn load_external(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         len: u64,
     ) -> std::result::Result<Bytes, FetchError> {
@@ -129,7 +144,8 @@ impl ChunkStore {
         let (id, index) =
             parse_key(key).ok_or_else(|| failed(format!("bad external key {key}")))?;
         let obj = self
-            .external_object(id)
+            .external_object_off_async(id)
+            .await
             .map_err(|e| failed(format!("imported object #{id}: {e}")))?;
         let name = format!("{}/{}", obj.source.trim_end_matches('/'), obj.key);
         let store = self
@@ -176,5 +192,86 @@ mod tests {
     fn keys_round_trip() {
         assert_eq!(parse_key("ext/42-0badf00d/7"), Some((42, 7)));
         assert_eq!(parse_key("vol/chunks/1"), None);
+    }
+
+    /// A metadata engine that blocks on a runtime of its own, as the etcd
+    /// and PostgreSQL engines do: called on an async thread it panics as
+    /// they do ("Cannot start a runtime from within a runtime").
+    struct SyncOnly(tessera_meta::engines::MemoryEngine);
+
+    impl tessera_meta::kv::KvEngine for SyncOnly {
+        fn name(&self) -> &'static str {
+            "sync-only"
+        }
+
+        fn run_once(
+            &self,
+            read_only: bool,
+            f: &mut dyn FnMut(&mut dyn tessera_meta::kv::KvTxn) -> tessera_meta::Result<()>,
+        ) -> tessera_meta::Result<()> {
+            let own = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("the engine's runtime");
+            own.block_on(async { self.0.run_once(read_only, f) })
+        }
+
+        fn reset(&self) -> tessera_meta::Result<()> {
+            self.0.reset()
+        }
+    }
+
+    /// A peer asks this member for a block of an imported object it has
+    /// never read itself: the object's record is looked up in the metadata
+    /// off the async threads.
+    #[test]
+    fn a_block_of_an_imported_object_served_to_a_peer_looks_metadata_up_off_the_async_threads() {
+        const BLOCK: usize = 64 << 10;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data: Vec<u8> = (0..3 * BLOCK).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(dir.path().join("obj"), &data).expect("source object");
+        let meta = Arc::new(tessera_meta::Meta::new(
+            Arc::new(SyncOnly(Default::default())),
+            tessera_meta::MetaConfig::default(),
+        ));
+        let mut format = tessera_meta::conformance::test_format();
+        format.block_size = BLOCK as u32;
+        meta.init(&format).expect("format");
+        let id = meta
+            .put_external(&ExternalObject {
+                source: format!("file://{}", dir.path().display()),
+                key: "obj".into(),
+                size: data.len() as u64,
+                etag: None,
+                endpoint: None,
+                region: None,
+                access_key: None,
+                secret_key: None,
+            })
+            .expect("external record");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let store = tessera_object::open_store("mem://", &Default::default()).expect("store");
+        let config = crate::ChunkConfig {
+            volume: "t".into(),
+            uuid: "uuid-ext".into(),
+            block_size: BLOCK,
+            ..Default::default()
+        };
+        let chunks = crate::ChunkStore::new(
+            store,
+            meta,
+            rt.handle().clone(),
+            config,
+            Arc::new(tessera_metrics::Metrics::new()),
+        )
+        .expect("chunk store");
+        let serving = crate::group::Serving(chunks);
+        let key = format!("{PREFIX}{id}-00000000/1");
+        let got =
+            tessera_cachegroup::BlockSource::fetch(&serving, &key, BLOCK as u64).expect("served");
+        assert_eq!(&got[..], &data[BLOCK..2 * BLOCK]);
     }
 }
