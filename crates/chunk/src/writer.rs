@@ -162,6 +162,9 @@ impl FileWriter {
         }
         st.written_at = tessera_meta::now();
         let mut done = 0usize;
+        // A slice id fetched with the state unlocked (the engine is asked
+        // once per batch of ids; no round trip is made under the lock).
+        let mut fetched_id: Option<u64> = None;
         while done < data.len() {
             let pos_file = off + done as u64;
             let chunk = (pos_file / CHUNK_SIZE) as u32;
@@ -176,7 +179,15 @@ impl FileWriter {
             let idx = match extend {
                 Some(i) => i,
                 None => {
-                    let id = self.chunks.meta.new_slice_id()?;
+                    let spare = fetched_id
+                        .take()
+                        .or_else(|| self.chunks.meta.spare_slice_id());
+                    let Some(id) = spare else {
+                        drop(st);
+                        fetched_id = Some(self.chunks.meta.new_slice_id()?);
+                        st = self.state.lock().map_err(|_| poisoned())?;
+                        continue;
+                    };
                     st.dirty.push(Slice {
                         chunk,
                         pos,
@@ -457,5 +468,111 @@ impl FileWriter {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+    use tessera_meta::kv::{KvEngine, KvTxn};
+
+    /// A metadata engine whose transactions wait while its gate is closed.
+    #[derive(Default)]
+    struct Gated {
+        inner: tessera_meta::engines::MemoryEngine,
+        closed: Mutex<bool>,
+        opened: Condvar,
+        waiting: std::sync::atomic::AtomicBool,
+    }
+
+    impl Gated {
+        fn set(&self, closed: bool) {
+            if let Ok(mut c) = self.closed.lock() {
+                *c = closed;
+            }
+            self.opened.notify_all();
+        }
+    }
+
+    impl KvEngine for Gated {
+        fn name(&self) -> &'static str {
+            "gated"
+        }
+
+        fn run_once(
+            &self,
+            read_only: bool,
+            f: &mut dyn FnMut(&mut dyn KvTxn) -> tessera_meta::Result<()>,
+        ) -> tessera_meta::Result<()> {
+            let closed = self.closed.lock().expect("gate");
+            if *closed {
+                self.waiting.store(true, Ordering::SeqCst);
+            }
+            drop(self.opened.wait_while(closed, |c| *c).expect("gate"));
+            self.inner.run_once(read_only, f)
+        }
+
+        fn reset(&self) -> tessera_meta::Result<()> {
+            self.inner.reset()
+        }
+    }
+
+    /// Taking a new batch of slice ids is a metadata round trip: the
+    /// writer's state stays unlocked meanwhile, so reads of the file (which
+    /// overlay its buffered bytes) do not wait on the engine.
+    #[test]
+    fn a_write_fetching_slice_ids_leaves_the_writer_unlocked() {
+        let engine = Arc::new(Gated::default());
+        let meta = Arc::new(tessera_meta::Meta::new(
+            engine.clone(),
+            tessera_meta::MetaConfig::default(),
+        ));
+        meta.init(&tessera_meta::conformance::test_format())
+            .expect("format");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let chunks = ChunkStore::new(
+            tessera_object::open_store("mem://", &Default::default()).expect("store"),
+            meta,
+            rt.handle().clone(),
+            crate::ChunkConfig {
+                volume: "t".into(),
+                uuid: "uuid-writer".into(),
+                ..Default::default()
+            },
+            Arc::new(tessera_metrics::Metrics::new()),
+        )
+        .expect("chunk store");
+        let writer = Arc::new(FileWriter::new(2, chunks));
+        engine.set(true);
+        let w = writer.clone();
+        let writing = std::thread::spawn(move || w.write(0, b"buffered bytes"));
+        for _ in 0..500 {
+            if engine.waiting.load(Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            engine.waiting.load(Ordering::SeqCst),
+            "the write asks for slice ids"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = writer.clone();
+        std::thread::spawn(move || tx.send(w.buffered_length()));
+        let seen = rx.recv_timeout(Duration::from_secs(5));
+        engine.set(false);
+        assert!(
+            seen.is_ok(),
+            "the writer's state was locked across the round trip"
+        );
+        writing.join().expect("writer thread").expect("write");
+        assert_eq!(writer.buffered_length(), 14);
     }
 }

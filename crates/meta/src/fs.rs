@@ -484,6 +484,17 @@ impl Meta {
         self.next_id(&self.slice_ids, "nextSlice")
     }
 
+    /// A slice id from the batch this process already holds, with no
+    /// round trip; None when the batch is used up (`new_slice_id` then
+    /// fetches the next one). For callers that hold a lock of their own.
+    pub fn spare_slice_id(&self) -> Option<u64> {
+        let mut ids = self.slice_ids.lock().ok()?;
+        (ids.0 < ids.1).then(|| {
+            ids.0 += 1;
+            ids.0 - 1
+        })
+    }
+
     fn new_inode(&self) -> Result<Ino> {
         self.next_id(&self.inode_ids, "nextInode")
     }
