@@ -78,6 +78,15 @@ impl Slice {
     }
 }
 
+/// A filled (or final) block, ready to upload and cache, in a buffer of
+/// its own length: the memory cache counts a block by its length, so it
+/// must not keep a larger allocation alive behind it.
+fn sealed_block(buf: &mut Vec<u8>) -> Bytes {
+    let mut block = std::mem::take(buf);
+    block.shrink_to_fit();
+    Bytes::from(block)
+}
+
 #[derive(Default)]
 struct State {
     /// Slices being committed by a flush; older than every dirty slice.
@@ -165,6 +174,9 @@ impl FileWriter {
         // A slice id fetched with the state unlocked (the engine is asked
         // once per batch of ids; no round trip is made under the lock).
         let mut fetched_id: Option<u64> = None;
+        // Bytes of buffer memory this write allocates: what the mount's
+        // budget counts (a buffer's capacity, not only the bytes in it).
+        let mut allocated = 0usize;
         while done < data.len() {
             let pos_file = off + done as u64;
             let chunk = (pos_file / CHUNK_SIZE) as u32;
@@ -203,28 +215,33 @@ impl FileWriter {
             let mut left = piece;
             while !left.is_empty() {
                 if !matches!(slice.blocks.last(), Some(Block::Filling(v)) if v.len() < bs) {
-                    // Large writes are streams: take the whole block at once
-                    // rather than growing (and copying) it; small ones (small
-                    // files) take what they need.
-                    let capacity = if left.len() >= 128 << 10 {
-                        bs
+                    // A slice that has filled a block is a stream: it takes
+                    // the next whole block at once rather than growing (and
+                    // copying) it. A slice's first block takes what the
+                    // write needs: random small writes (pages of an mmap)
+                    // must not each hold a large buffer.
+                    let capacity = if slice.blocks.is_empty() {
+                        left.len().min(bs)
                     } else {
-                        bs.min(left.len().max(64 << 10))
+                        bs
                     };
                     slice
                         .blocks
                         .push(Block::Filling(Vec::with_capacity(capacity)));
+                    allocated += capacity;
                 }
                 let index = slice.blocks.len() - 1;
                 let Some(Block::Filling(buf)) = slice.blocks.last_mut() else {
                     unreachable!("a filling block was pushed above");
                 };
                 let take = left.len().min(bs - buf.len());
+                let before = buf.capacity();
                 buf.extend_from_slice(&left[..take]);
+                allocated += buf.capacity() - before;
                 left = &left[take..];
                 slice.len += take as u32;
                 if buf.len() == bs {
-                    let sealed = Bytes::from(std::mem::take(buf));
+                    let sealed = sealed_block(buf);
                     let handle = self.spawn_upload(slice.id, index as u64, sealed.clone());
                     slice.blocks[index] = Block::Sealed(sealed);
                     slice.uploads.push(handle);
@@ -233,10 +250,10 @@ impl FileWriter {
             done += n;
         }
         st.length = st.length.max(off + data.len() as u64);
-        st.buffered += data.len();
+        st.buffered += allocated;
         // Over the mount's budget, the writer flushes its own buffer: it
         // waits for its uploads, which is what slows it to the store's pace.
-        Ok(self.chunks.buffer_grow(data.len()))
+        Ok(self.chunks.buffer_grow(allocated))
     }
 
     /// Buffer an O_APPEND write. Positional writes buffered before it are
@@ -402,7 +419,7 @@ impl FileWriter {
             for s in &mut dirty {
                 let index = s.blocks.len().saturating_sub(1);
                 if let Some(Block::Filling(buf)) = s.blocks.last_mut() {
-                    let sealed = Bytes::from(std::mem::take(buf));
+                    let sealed = sealed_block(buf);
                     s.uploads
                         .push(self.spawn_upload(s.id, index as u64, sealed.clone()));
                     s.blocks[index] = Block::Sealed(sealed);
