@@ -1035,10 +1035,16 @@ pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, config: &MountConfig) -> std::io:
     for o in &config.options {
         options.push(match o.as_str() {
             "ro" => MountOption::RO,
+            "rw" => MountOption::RW,
             "noatime" => MountOption::NoAtime,
+            "atime" => MountOption::Atime,
             "nodev" => MountOption::NoDev,
+            "dev" => MountOption::Dev,
             "nosuid" => MountOption::NoSuid,
+            "suid" => MountOption::Suid,
             "noexec" => MountOption::NoExec,
+            "exec" => MountOption::Exec,
+            "async" => MountOption::Async,
             "dirsync" => MountOption::DirSync,
             "sync" => MountOption::Sync,
             other => MountOption::CUSTOM(other.to_string()),
