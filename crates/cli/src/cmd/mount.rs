@@ -496,7 +496,10 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
         m.leave();
     }
     vfs.shutdown();
-    info!("unmounted");
+    match &served {
+        Ok(()) => info!("unmounted"),
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "the mount failed"),
+    }
     served
 }
 
