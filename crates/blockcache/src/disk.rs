@@ -75,6 +75,9 @@ struct Index {
     pins: HashMap<Key, u64>,
     /// The earliest pin deadline, so expiry costs nothing until then.
     next_unpin: u64,
+    /// Bumped at every change of `pins`; the pins file is rewritten (with
+    /// the index unlocked) when it is ahead of what was saved.
+    pins_changed: u64,
 }
 
 impl Index {
@@ -107,6 +110,9 @@ pub struct DiskCache {
     scope: String,
     config: DiskCacheConfig,
     index: Mutex<Index>,
+    /// The `pins_changed` the pins file holds; its lock orders writers of
+    /// the file (taken before the index lock, never inside it).
+    pins_saved: Mutex<u64>,
     metrics: Arc<Metrics>,
     tmp_seq: AtomicU64,
     /// Whether the cache file system takes O_DIRECT reads and writes.
@@ -179,7 +185,9 @@ impl DiskCache {
                 last_sweep: Instant::now(),
                 pins: HashMap::new(),
                 next_unpin: u64::MAX,
+                pins_changed: 0,
             }),
+            pins_saved: Mutex::new(0),
             roots,
             scope: scope.to_string(),
             config,
@@ -494,7 +502,7 @@ impl DiskCache {
     /// Pick victims until the blocks take at most `limit` bytes.
     fn evict_down_to(&self, index: &mut Index, limit: u64) -> Vec<PathBuf> {
         if index.used > limit && index.release_expired_pins(now_secs()) {
-            self.save_pins(index);
+            index.pins_changed += 1;
         }
         let mut victims = Vec::new();
         while index.used > limit {
@@ -535,7 +543,10 @@ impl DiskCache {
         victims
     }
 
+    /// Remove evicted files (with the index unlocked), and save the pins if
+    /// the eviction ended some.
     fn unlink(&self, paths: Vec<PathBuf>) {
+        self.save_pins();
         for p in paths {
             if let Err(e) = std::fs::remove_file(&p) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -552,7 +563,7 @@ impl DiskCache {
                     index.used -= e.stored;
                     index.policy.remove(key);
                     if index.pins.remove(key).is_some() {
-                        self.save_pins(&index);
+                        index.pins_changed += 1;
                     }
                     self.report(&index, 0);
                     Some(self.raw_path(e.dir as usize, key))
@@ -630,8 +641,10 @@ impl DiskCache {
             pinned += 1;
         }
         if pinned > 0 {
-            self.save_pins(&index);
+            index.pins_changed += 1;
         }
+        drop(index);
+        self.save_pins();
         pinned
     }
 
@@ -651,8 +664,10 @@ impl DiskCache {
         }
         if unpinned > 0 {
             index.next_unpin = index.pins.values().copied().min().unwrap_or(u64::MAX);
-            self.save_pins(&index);
+            index.pins_changed += 1;
         }
+        drop(index);
+        self.save_pins();
         unpinned
     }
 
@@ -683,17 +698,32 @@ impl DiskCache {
             .collect()
     }
 
-    /// Rewrite the pin table (small: one line per pinned block).
-    fn save_pins(&self, index: &Index) {
-        let mut text = String::with_capacity(index.pins.len() * 64);
-        for (key, until) in &index.pins {
-            text.push_str(&format!("{until} {key}\n"));
-        }
+    /// Rewrite the pin table (one line per pinned block) if it changed
+    /// since it was last saved: the table is copied under the index lock,
+    /// the file written without it. Call with the index unlocked.
+    fn save_pins(&self) {
+        let Ok(mut saved) = self.pins_saved.lock() else {
+            return;
+        };
+        let (text, changed) = {
+            let Ok(index) = self.index.lock() else {
+                return;
+            };
+            if index.pins_changed == *saved {
+                return;
+            }
+            let mut text = String::with_capacity(index.pins.len() * 64);
+            for (key, until) in &index.pins {
+                text.push_str(&format!("{until} {key}\n"));
+            }
+            (text, index.pins_changed)
+        };
         let path = self.pins_path();
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let saved = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = saved {
-            warn!(path = %path.display(), error = %e, "cannot save the pinned blocks");
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+        match written {
+            Ok(()) => *saved = changed,
+            Err(e) => warn!(path = %path.display(), error = %e, "cannot save the pinned blocks"),
         }
     }
 

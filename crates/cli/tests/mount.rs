@@ -140,6 +140,43 @@ fn posix_basics_through_the_kernel() {
     }
     drop((f1, f2));
 
+    // Open file description locks end when the description is closed: the
+    // kernel sends no unlock for them, the release of the handle is it.
+    let ofd_lock = |f: &fs::File| {
+        // SAFETY: an all-zero flock is a valid value; fcntl gets a valid
+        // descriptor and a pointer to it.
+        unsafe {
+            let mut fl: libc::flock = std::mem::zeroed();
+            fl.l_type = libc::F_WRLCK as i16;
+            fl.l_whence = libc::SEEK_SET as i16;
+            libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl)
+        }
+    };
+    let holder = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.join("link"))
+        .expect("open holder");
+    let other = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.join("link"))
+        .expect("open other");
+    assert_eq!(ofd_lock(&holder), 0);
+    assert_eq!(ofd_lock(&other), -1, "held by the other description");
+    drop(holder);
+    // The release reaches the mount just after close() returns.
+    let mut taken = false;
+    for _ in 0..100 {
+        if ofd_lock(&other) == 0 {
+            taken = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(taken, "the closed description's lock is gone");
+    drop(other);
+
     // unlink while open keeps the data readable
     let mut f = fs::File::open(m.join("link")).expect("open");
     fs::remove_file(m.join("link")).expect("unlink");

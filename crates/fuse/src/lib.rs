@@ -960,7 +960,7 @@ impl Filesystem for TesseraFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -969,17 +969,17 @@ impl Filesystem for TesseraFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let ino = self.i(ino);
-        self.vfs.setlk(
-            ino,
-            lock_owner.0,
+        let lock = tessera_vfs::LockRequest {
+            ino: self.i(ino),
+            fh: Some(fh.0),
+            owner: lock_owner.0,
             pid,
             typ,
             start,
             end,
-            sleep,
-            Box::new(move |r| empty(reply, r)),
-        );
+            block: sleep,
+        };
+        self.vfs.setlk(lock, Box::new(move |r| empty(reply, r)));
     }
 
     fn fallocate(

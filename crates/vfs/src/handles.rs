@@ -21,6 +21,11 @@ pub struct Handle {
     pub dir_attr: Option<tessera_meta::Attr>,
     /// Content of an internal file, snapshotted at open.
     pub content: Option<Vec<u8>>,
+    /// Owners that took locks through this handle. An open file
+    /// description lock (F_OFD_SETLK) is owned by the description itself,
+    /// and the kernel sends nothing to end it when the description closes:
+    /// the release of the handle ends the locks of these owners.
+    pub lock_owners: Mutex<Vec<u64>>,
     reads: Mutex<ReadPattern>,
 }
 
@@ -49,6 +54,7 @@ impl Handle {
             listed: std::sync::atomic::AtomicBool::new(false),
             dir_attr: None,
             content: None,
+            lock_owners: Mutex::new(Vec::new()),
             reads: Mutex::new(ReadPattern::default()),
         }
     }
@@ -61,6 +67,7 @@ impl Handle {
             listed: std::sync::atomic::AtomicBool::new(false),
             dir_attr: None,
             content: Some(content),
+            lock_owners: Mutex::new(Vec::new()),
             reads: Mutex::new(ReadPattern::default()),
         }
     }
@@ -73,6 +80,7 @@ impl Handle {
             listed: std::sync::atomic::AtomicBool::new(false),
             dir_attr: Some(attr),
             content: None,
+            lock_owners: Mutex::new(Vec::new()),
             reads: Mutex::new(ReadPattern::default()),
         }
     }

@@ -1104,16 +1104,25 @@ impl Vfs {
     }
 
     /// The last descriptor of an open file description is closed. A flock
-    /// taken through it (`flock_owner`, as the kernel reports it) goes too;
-    /// flocks arrive as whole-file record locks, see the FUSE adapter.
+    /// taken through it (`flock_owner`, as the kernel reports it) goes too
+    /// (flocks arrive as whole-file record locks, see the FUSE adapter), and
+    /// so do the locks of every owner that locked through it: open file
+    /// description locks end with the description, and a process's POSIX
+    /// locks were already dropped by the flush of its close.
     pub fn release(&self, ino: Ino, fh: u64, flock_owner: Option<u64>) -> Result<()> {
-        self.drop_handle(fh);
+        let handle = self.drop_handle(fh);
         if internal::is_internal(ino) {
             return Ok(());
         }
-        if let Some(owner) = flock_owner.filter(|_| self.may_hold_locks(ino)) {
-            if let Err(e) = self.meta.setlk(ino, owner, 0, libc::F_UNLCK, 0, u64::MAX) {
-                debug!(error = %e, "releasing flock");
+        let mut owners: Vec<u64> = handle
+            .and_then(|h| h.lock_owners.lock().ok().map(|o| o.clone()))
+            .unwrap_or_default();
+        owners.extend(flock_owner);
+        if self.may_hold_locks(ino) {
+            for owner in owners {
+                if let Err(e) = self.meta.setlk(ino, owner, 0, libc::F_UNLCK, 0, u64::MAX) {
+                    debug!(error = %e, "releasing the locks of a closed file");
+                }
             }
         }
         let Some(of) = self.open_file(ino) else {
@@ -1229,23 +1238,31 @@ impl Vfs {
     /// caller's: the caller is a FUSE worker, and a few waiters holding all
     /// of them would leave the mount unable to serve anything, the unlock
     /// that would free them included. The waiter gives up (EINTR) when the
-    /// process `pid` that asked is gone (killed while waiting), so a dead
-    /// process never ends up holding a lock.
-    #[allow(clippy::too_many_arguments)]
-    pub fn setlk(
-        self: &Arc<Self>,
-        ino: Ino,
-        owner: u64,
-        pid: u32,
-        typ: i32,
-        start: u64,
-        end: u64,
-        block: bool,
-        done: Box<dyn FnOnce(Result<()>) + Send>,
-    ) {
+    /// process that asked is gone or has a signal to take (killed, or
+    /// interrupted: the kernel's FUSE_INTERRUPT does not reach this layer,
+    /// and a killed process waits for the answer in uninterruptible
+    /// sleep), so a dead process never ends up holding a lock.
+    pub fn setlk(self: &Arc<Self>, lock: LockRequest, done: Box<dyn FnOnce(Result<()>) + Send>) {
+        let LockRequest {
+            ino,
+            fh,
+            owner,
+            pid,
+            typ,
+            start,
+            end,
+            block,
+        } = lock;
         if typ != libc::F_UNLCK {
             if let Ok(mut l) = self.locked.lock() {
                 l.insert(ino);
+            }
+            if let Some(h) = fh.and_then(|fh| self.handle(fh).ok()) {
+                if let Ok(mut owners) = h.lock_owners.lock() {
+                    if !owners.contains(&owner) {
+                        owners.push(owner);
+                    }
+                }
             }
         }
         match self.meta.setlk(ino, owner, pid, typ, start, end) {
@@ -1260,10 +1277,10 @@ impl Vfs {
                 loop {
                     std::thread::sleep(wait);
                     wait = (wait * 2).min(Duration::from_millis(200));
-                    if pid != 0 && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    if pid != 0 && gone_or_signalled(pid) {
                         return done(Err(VfsError::new(
                             libc::EINTR,
-                            "the process waiting for the lock is gone",
+                            "the process waiting for the lock is gone or was interrupted",
                         )));
                     }
                     match me.meta.setlk(ino, owner, pid, typ, start, end) {
@@ -1378,6 +1395,43 @@ mod model_tests;
 mod tests;
 #[cfg(test)]
 mod two_clients_tests;
+
+/// A lock call as the kernel makes it.
+#[derive(Debug, Clone, Copy)]
+pub struct LockRequest {
+    pub ino: Ino,
+    /// The handle the call came through (None when unknown).
+    pub fh: Option<u64>,
+    /// Who holds the lock: a process's files, an open file description
+    /// (OFD locks) or a flock's file, as an opaque id.
+    pub owner: u64,
+    /// The process that asked (0: none to watch while waiting).
+    pub pid: u32,
+    /// F_RDLCK, F_WRLCK or F_UNLCK.
+    pub typ: i32,
+    pub start: u64,
+    /// Inclusive end (u64::MAX: to the end of the file).
+    pub end: u64,
+    /// Wait for a conflicting lock to go (F_SETLKW).
+    pub block: bool,
+}
+
+/// Whether process (or thread) `pid` has exited or has a signal pending
+/// that it neither blocks nor ignores, from `/proc/{pid}/status`.
+fn gone_or_signalled(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let pending = mask("SigPnd:") | mask("ShdPnd:");
+    status.contains("State:\tZ") || pending & !mask("SigBlk:") & !mask("SigIgn:") != 0
+}
 
 /// Whether `ctx` may open a file with `attr` as `flags` ask, by its mode
 /// bits (root may always; supplementary groups are not known here, so a

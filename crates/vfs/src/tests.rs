@@ -547,6 +547,19 @@ fn rewinddir_shows_new_names_and_a_replaced_open_directory_still_stats() {
     assert_eq!(v.getattr(b).expect_err("closed").errno, libc::ENOENT);
 }
 
+fn lock(ino: u64, owner: u64, pid: u32, typ: i32, block: bool) -> crate::LockRequest {
+    crate::LockRequest {
+        ino,
+        fh: None,
+        owner,
+        pid,
+        typ,
+        start: 0,
+        end: u64::MAX,
+        block,
+    }
+}
+
 #[test]
 fn a_blocking_lock_waits_off_the_callers_thread_and_gives_up_when_its_process_dies() {
     let f = fixture(64 << 10);
@@ -561,29 +574,11 @@ fn a_blocking_lock_waits_off_the_callers_thread_and_gives_up_when_its_process_di
             let _ = tx.send(r);
         }) as Box<dyn FnOnce(crate::Result<()>) + Send>
     };
-    v.setlk(
-        ino,
-        1,
-        me,
-        libc::F_WRLCK,
-        0,
-        u64::MAX,
-        false,
-        answer(tx.clone()),
-    );
+    v.setlk(lock(ino, 1, me, libc::F_WRLCK, false), answer(tx.clone()));
     assert!(rx.recv().expect("answered").is_ok(), "owner 1 locks");
     // Owner 2 waits, and the call returns at once: the wait is elsewhere.
     let started = std::time::Instant::now();
-    v.setlk(
-        ino,
-        2,
-        me,
-        libc::F_WRLCK,
-        0,
-        u64::MAX,
-        true,
-        answer(tx.clone()),
-    );
+    v.setlk(lock(ino, 2, me, libc::F_WRLCK, true), answer(tx.clone()));
     assert!(
         started.elapsed() < std::time::Duration::from_secs(2),
         "the call waited"
@@ -594,16 +589,7 @@ fn a_blocking_lock_waits_off_the_callers_thread_and_gives_up_when_its_process_di
         "still waiting"
     );
     // Meanwhile the mount answers other lock calls (the unlock included).
-    v.setlk(
-        ino,
-        1,
-        me,
-        libc::F_UNLCK,
-        0,
-        u64::MAX,
-        false,
-        answer(tx.clone()),
-    );
+    v.setlk(lock(ino, 1, me, libc::F_UNLCK, false), answer(tx.clone()));
     let first = rx.recv().expect("answered");
     let second = rx
         .recv_timeout(std::time::Duration::from_secs(5))
@@ -613,22 +599,66 @@ fn a_blocking_lock_waits_off_the_callers_thread_and_gives_up_when_its_process_di
     let mut child = std::process::Command::new("true").spawn().expect("spawn");
     let dead = child.id();
     child.wait().expect("reap");
-    v.setlk(
-        ino,
-        3,
-        dead,
-        libc::F_WRLCK,
-        0,
-        u64::MAX,
-        true,
-        answer(tx.clone()),
-    );
+    v.setlk(lock(ino, 3, dead, libc::F_WRLCK, true), answer(tx.clone()));
     let gave_up = rx
         .recv_timeout(std::time::Duration::from_secs(5))
         .expect("answered");
     assert_eq!(gave_up.expect_err("gave up").errno, libc::EINTR);
-    v.setlk(ino, 2, me, libc::F_UNLCK, 0, u64::MAX, false, answer(tx));
+    // So does one whose process has a signal to take (a stopped process
+    // sent SIGTERM keeps it pending).
+    let mut stopped = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn");
+    let pid = stopped.id();
+    // SAFETY: signals to a child this test spawned and still owns.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGSTOP);
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    v.setlk(lock(ino, 4, pid, libc::F_WRLCK, true), answer(tx.clone()));
+    let interrupted = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("answered");
+    assert_eq!(interrupted.expect_err("interrupted").errno, libc::EINTR);
+    let _ = stopped.kill();
+    let _ = stopped.wait();
+    v.setlk(lock(ino, 2, me, libc::F_UNLCK, false), answer(tx));
     v.release(ino, fh, None).expect("release");
+}
+
+/// Locks taken through a handle end when it is released: an open file
+/// description lock belongs to the description, and the kernel sends no
+/// unlock for it at close.
+#[test]
+fn releasing_a_handle_ends_the_locks_taken_through_it() {
+    let f = fixture(64 << 10);
+    let v = &f.vfs;
+    let (ino, _, fh) = v
+        .create(&CTX, ROOT_INO, b"ofd", 0o644, libc::O_RDWR)
+        .expect("create");
+    let (other, _) = v.open(ino, libc::O_RDWR).expect("open");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ask = |fh: u64, owner: u64| {
+        let tx = tx.clone();
+        let mut l = lock(ino, owner, 0, libc::F_WRLCK, false);
+        l.fh = Some(fh);
+        v.setlk(
+            l,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().expect("answered")
+    };
+    assert!(ask(fh, 0xd1).is_ok());
+    assert_eq!(ask(other, 0xd2).expect_err("held").errno, libc::EAGAIN);
+    v.release(ino, fh, None).expect("release");
+    assert!(
+        ask(other, 0xd2).is_ok(),
+        "the released handle's lock is gone"
+    );
+    v.release(ino, other, None).expect("release");
 }
 
 #[test]
