@@ -150,6 +150,11 @@ impl OpenFile {
 /// A file opened read-only, remembered for `--open-cache`: later opens and
 /// getattrs within the time are served from here, and reads reuse the slice
 /// records the open file already loaded.
+/// Files `--open-cache` remembers at most; past it, expired entries go,
+/// and if that is not enough, all of them (each holds the file's slice
+/// records, so the map must not grow with every file ever opened).
+const MAX_CACHED_OPENS: usize = 4096;
+
 struct CachedOpen {
     attr: Attr,
     at: std::time::Instant,
@@ -855,6 +860,13 @@ impl Vfs {
             && !of.writer.has_dirty()
         {
             if let Ok(mut c) = self.open_cache.lock() {
+                if c.len() >= MAX_CACHED_OPENS {
+                    let ttl = self.config.open_cache;
+                    c.retain(|_, open| open.at.elapsed() < ttl);
+                    if c.len() >= MAX_CACHED_OPENS {
+                        c.clear();
+                    }
+                }
                 c.insert(
                     ino,
                     CachedOpen {

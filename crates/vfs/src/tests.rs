@@ -686,3 +686,37 @@ fn fallocate_beyond_the_free_space_is_enospc() {
     .expect("punching frees, whatever its length");
     v.release(ino, fh, None).expect("release");
 }
+
+/// `--open-cache` remembers read-only opens, each with the file's slice
+/// records: the map stays bounded however many files are opened.
+#[test]
+fn the_open_cache_stays_bounded() {
+    let f = fixture(64 << 10);
+    let v = Vfs::new(
+        f.vfs.meta.clone(),
+        f.vfs.chunks.clone(),
+        VfsConfig {
+            open_cache: std::time::Duration::from_secs(600),
+            ..VfsConfig::default()
+        },
+    );
+    for i in 0..crate::MAX_CACHED_OPENS + 10 {
+        let (ino, _, fh) = v
+            .create(
+                &CTX,
+                ROOT_INO,
+                format!("f{i}").as_bytes(),
+                0o644,
+                libc::O_RDWR,
+            )
+            .expect("create");
+        v.release(ino, fh, None).expect("release");
+        let (fh, _) = v.open(ino, libc::O_RDONLY).expect("open");
+        v.release(ino, fh, None).expect("release");
+        let cached = v.open_cache.lock().map(|c| c.len()).unwrap_or(0);
+        assert!(
+            cached <= crate::MAX_CACHED_OPENS,
+            "{cached} remembered opens"
+        );
+    }
+}
