@@ -175,11 +175,16 @@ impl Acl {
         (perm(USER_OBJ) << 6) | (group << 3) | perm(OTHER)
     }
 
-    /// Whether the ACL says no more than the permission bits do (no named
-    /// user or group): such an ACL is not stored, the mode is the whole
-    /// truth.
+    /// Whether the ACL says no more than the permission bits do (owner,
+    /// owning group and other only): such an ACL is not stored, the mode
+    /// is the whole truth. A mask alone is kept, as the kernel keeps it:
+    /// the owning group's own entry may differ from the mask the mode
+    /// shows.
     pub fn is_minimal(&self) -> bool {
-        !self.entries.iter().any(|e| matches!(e.tag, USER | GROUP))
+        !self
+            .entries
+            .iter()
+            .any(|e| matches!(e.tag, USER | GROUP | MASK))
     }
 
     /// chmod: the owner, mask (or owning group) and other entries take the
@@ -342,6 +347,17 @@ mod tests {
         ]);
         assert_eq!(masked.mode_bits(), 0o620);
         assert!(!masked.is_minimal());
+        let mask_only = acl(&[
+            (USER_OBJ, 6, 0),
+            (GROUP_OBJ, 0, 0),
+            (MASK, 4, 0),
+            (OTHER, 0, 0),
+        ]);
+        assert_eq!(mask_only.mode_bits(), 0o640);
+        assert!(
+            !mask_only.is_minimal(),
+            "the group's own entry is not in the mode"
+        );
     }
 
     #[test]

@@ -10,12 +10,9 @@ pub struct Handle {
     pub ino: Ino,
     /// open(2) flags.
     pub flags: i32,
-    /// Directory listing taken at opendir, so offsets stay stable; taken
-    /// again when a reader comes back to offset 0 (rewinddir).
+    /// Directory listing taken by the read from offset 0 (the first, or
+    /// one after rewinddir), so later offsets stay stable.
     pub entries: Mutex<Option<Arc<Vec<Entry>>>>,
-    /// Whether the listing has been read from, so a read at offset 0 is a
-    /// rewind rather than the first read.
-    pub listed: std::sync::atomic::AtomicBool,
     /// A directory's attributes at opendir: what fstat of the handle shows
     /// (with no links) once the directory is removed while open.
     pub dir_attr: Option<tessera_meta::Attr>,
@@ -51,7 +48,6 @@ impl Handle {
             ino,
             flags,
             entries: Mutex::new(None),
-            listed: std::sync::atomic::AtomicBool::new(false),
             dir_attr: None,
             content: None,
             lock_owners: Mutex::new(Vec::new()),
@@ -64,7 +60,6 @@ impl Handle {
             ino,
             flags: libc::O_RDONLY,
             entries: Mutex::new(None),
-            listed: std::sync::atomic::AtomicBool::new(false),
             dir_attr: None,
             content: Some(content),
             lock_owners: Mutex::new(Vec::new()),
@@ -72,12 +67,11 @@ impl Handle {
         }
     }
 
-    pub fn dir(ino: Ino, entries: Vec<Entry>, attr: tessera_meta::Attr) -> Self {
+    pub fn dir(ino: Ino, attr: tessera_meta::Attr) -> Self {
         Handle {
             ino,
             flags: 0,
-            entries: Mutex::new(Some(Arc::new(entries))),
-            listed: std::sync::atomic::AtomicBool::new(false),
+            entries: Mutex::new(None),
             dir_attr: Some(attr),
             content: None,
             lock_owners: Mutex::new(Vec::new()),

@@ -691,12 +691,15 @@ impl Vfs {
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
         self.metrics().op("opendir");
         let attr = self.meta.getattr(ino)?;
-        let entries = self.listing(ino, &attr)?;
-        Ok(self.new_handle(Handle::dir(ino, entries, attr)))
+        Ok(self.new_handle(Handle::dir(ino, attr)))
     }
 
     /// A directory's entries, `.` and `..` first.
     fn listing(&self, ino: Ino, attr: &Attr) -> Result<Vec<Entry>> {
+        Ok(self.listing_of(ino, attr, self.meta.readdir(ino, false)?))
+    }
+
+    fn listing_of(&self, ino: Ino, attr: &Attr, names: Vec<Entry>) -> Vec<Entry> {
         let mut entries = vec![
             Entry {
                 name: b".".to_vec(),
@@ -715,34 +718,37 @@ impl Vfs {
                 attr: None,
             },
         ];
-        entries.extend(self.meta.readdir(ino, false)?);
-        Ok(entries)
+        entries.extend(names);
+        entries
     }
 
-    /// Entries of an open directory, to be read from `offset` on. A read
-    /// from offset 0 after the first is a rewinddir: the listing is taken
-    /// again, so names added since opendir show up, as POSIX asks.
+    /// Entries of an open directory, to be read from `offset` on. The
+    /// listing is taken by the read from offset 0, the first or one after
+    /// a rewinddir, so names added since opendir show up, as POSIX asks of
+    /// a rewind; later offsets read the same listing, so they stay stable.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<Entry>>> {
         let h = self.handle(fh)?;
-        let rewound = offset == 0 && h.listed.swap(true, Ordering::Relaxed);
-        if rewound {
-            let fresh = match self.meta.getattr(h.ino) {
-                Ok(a) => self.listing(h.ino, &a),
-                Err(e) => Err(e.into()),
-            };
-            if let Ok(fresh) = fresh {
-                if let Ok(mut e) = h.entries.lock() {
-                    *e = Some(Arc::new(fresh));
-                }
-            }
+        let Some(opened) = h.dir_attr else {
+            return Err(VfsError::new(libc::ENOTDIR, "not an open directory"));
+        };
+        let poisoned = || VfsError::new(libc::EIO, "directory handle lock poisoned");
+        let held = h.entries.lock().map_err(|_| poisoned())?.clone();
+        if let Some(entries) = held.filter(|_| offset != 0) {
+            return Ok(entries);
         }
-        h.listed.store(true, Ordering::Relaxed);
-        let entries = h
-            .entries
-            .lock()
-            .map_err(|_| VfsError::new(libc::EIO, "directory handle lock poisoned"))?
-            .clone();
-        entries.ok_or_else(|| VfsError::new(libc::ENOTDIR, "not an open directory"))
+        // A directory removed while open lists as empty: `.` and `..` only.
+        let fresh = match self.meta.getattr(h.ino) {
+            Ok(attr) => self.listing(h.ino, &attr)?,
+            Err(MetaError::NotFound) => {
+                let mut only_dots = self.listing_of(h.ino, &opened, Vec::new());
+                only_dots.truncate(2);
+                only_dots
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let fresh = Arc::new(fresh);
+        *h.entries.lock().map_err(|_| poisoned())? = Some(fresh.clone());
+        Ok(fresh)
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -534,6 +534,23 @@ fn rewinddir_shows_new_names_and_a_replaced_open_directory_still_stats() {
     assert!(names(&v.readdir(fh, 0).expect("rewound")).contains(&b"new".to_vec()));
     v.releasedir(fh);
 
+    // Names made between opendir and the first read (which a rewinddir
+    // right after opendir does not distinguish) are listed too.
+    let fh = v.opendir(d).expect("opendir");
+    v.mkdir(&CTX, d, b"newer", 0o755).expect("add a name");
+    assert!(names(&v.readdir(fh, 0).expect("first read")).contains(&b"newer".to_vec()));
+    v.releasedir(fh);
+
+    // A directory removed while open lists as `.` and `..`.
+    let (gone, _) = v.mkdir(&CTX, d, b"gone", 0o755).expect("mkdir");
+    let fh = v.opendir(gone).expect("opendir");
+    v.rmdir(d, b"gone").expect("rmdir");
+    assert_eq!(
+        v.readdir(fh, 0).expect("read the removed directory").len(),
+        2
+    );
+    v.releasedir(fh);
+
     // An empty directory renamed over while open: its handle still stats.
     let (a, _) = v.mkdir(&CTX, ROOT_INO, b"a", 0o755).expect("a");
     let (b, _) = v.mkdir(&CTX, ROOT_INO, b"b", 0o755).expect("b");
