@@ -1188,7 +1188,11 @@ impl Vfs {
         let privileged = u32::from(r.attr.mode) & (libc::S_ISUID | libc::S_ISGID);
         if ctx.uid != 0 && privileged != 0 {
             let mut keep = u32::from(r.attr.mode) & !libc::S_ISUID;
-            if keep & libc::S_IXGRP != 0 {
+            // As the kernel decides (setattr_should_drop_sgid): setgid
+            // with group execute is always dropped; without it, unless
+            // the caller is in the file's group (supplementary groups are
+            // not known here: the caller's own group is what counts).
+            if keep & libc::S_IXGRP != 0 || ctx.gid != r.attr.gid {
                 keep &= !libc::S_ISGID;
             }
             if keep != u32::from(r.attr.mode) {

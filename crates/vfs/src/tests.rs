@@ -476,17 +476,23 @@ fn fallocate_by_a_user_takes_setuid_and_setgid_off() {
         pid: 2,
         umask: 0,
     };
+    // A user in the file's group (the files are root's, group 0).
+    let member = Ctx { gid: 0, ..user };
     for (mode, by, after) in [
         (0o4755, &user, 0o755),
         (0o2755, &user, 0o755),
-        (0o2745, &user, 0o2745),
+        // setgid without group execute: dropped for a caller outside the
+        // file's group only (xfstests generic/683).
+        (0o2745, &user, 0o745),
+        (0o2745, &member, 0o2745),
+        (0o6666, &user, 0o666),
         (0o6755, &CTX, 0o6755),
     ] {
         let (ino, _, fh) = v
             .create(
                 &CTX,
                 ROOT_INO,
-                format!("f{mode:o}-{}", by.uid).as_bytes(),
+                format!("f{mode:o}-{}-{}", by.uid, by.gid).as_bytes(),
                 0o644,
                 libc::O_RDWR,
             )
