@@ -277,3 +277,68 @@ fn subdir_and_read_only_mounts() {
     let err = fs::write(ro.join("new"), b"x").expect_err("read-only");
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
 }
+
+/// A file handle (name_to_handle_at, what NFS export and some backup
+/// tools keep) opens its file after the kernel has forgotten the inode:
+/// here across a remount, so nothing of it is cached. A handle of a
+/// removed file is stale.
+#[test]
+fn file_handles_outlive_the_kernels_inode_cache() {
+    const MAX_HANDLE: usize = 128;
+    #[repr(C)]
+    struct Handle {
+        head: libc::file_handle,
+        bytes: [u8; MAX_HANDLE],
+    }
+    let handle_of = |path: &std::path::Path| {
+        let mut h = Handle {
+            head: libc::file_handle {
+                handle_bytes: MAX_HANDLE as u32,
+                handle_type: 0,
+                f_handle: [],
+            },
+            bytes: [0; MAX_HANDLE],
+        };
+        let mut mount_id = 0;
+        let p = cpath(path);
+        // SAFETY: `h` has room for MAX_HANDLE bytes after its header, as
+        // handle_bytes says; the path is a valid C string.
+        let r = unsafe {
+            libc::name_to_handle_at(libc::AT_FDCWD, p.as_ptr(), &mut h.head, &mut mount_id, 0)
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        h
+    };
+    let open_by = |mount: &std::path::Path, h: &mut Handle| -> std::io::Result<fs::File> {
+        let dir = fs::File::open(mount)?;
+        // SAFETY: a valid directory descriptor and a handle filled in by
+        // name_to_handle_at.
+        let fd = unsafe { libc::open_by_handle_at(dir.as_raw_fd(), &mut h.head, libc::O_RDONLY) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor just opened and owned by nothing else.
+        Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+    };
+    let vol = Volume::new("handles");
+    let (mut kept, mut removed) = {
+        let m = vol.mount("mnt");
+        fs::create_dir(m.join("d")).expect("mkdir");
+        fs::write(m.join("d/kept"), b"still here").expect("write");
+        fs::write(m.join("d/removed"), b"gone").expect("write");
+        let handles = (
+            handle_of(&m.join("d/kept")),
+            handle_of(&m.join("d/removed")),
+        );
+        fs::remove_file(m.join("d/removed")).expect("unlink");
+        m.unmount();
+        handles
+    };
+    let m = vol.mount("mnt");
+    let mut f = open_by(&m.path, &mut kept).expect("open by handle after remount");
+    let mut text = String::new();
+    f.read_to_string(&mut text).expect("read");
+    assert_eq!(text, "still here");
+    let stale = open_by(&m.path, &mut removed).expect_err("a removed file's handle");
+    assert_eq!(stale.raw_os_error(), Some(libc::ESTALE));
+}

@@ -341,7 +341,12 @@ impl Filesystem for TesseraFs {
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_MAX_PAGES;
+            | InitFlags::FUSE_MAX_PAGES
+            // File handles (name_to_handle_at, NFS export) outlive the
+            // kernel's inode cache: the kernel finds an evicted inode by
+            // looking up "." in it, which the engine answers. Inode numbers
+            // are never reused, so a handle never names another file.
+            | InitFlags::FUSE_EXPORT_SUPPORT;
         let available = wanted & config.capabilities();
         let _ = config.add_capabilities(available);
         if self.vfs.acl_enabled() {
