@@ -1037,8 +1037,20 @@ pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, config: &MountConfig) -> std::io:
     if config.read_only {
         options.push(MountOption::RO);
     }
-    for o in &config.options {
-        options.push(match o.as_str() {
+    // Access times are the file system's to keep (see the VFS's atime
+    // rule); the kernel takes no relatime or strictatime from FUSE.
+    let kernel_options = config
+        .options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .filter(|o| {
+            !matches!(
+                *o,
+                "relatime" | "strictatime" | "nodiratime" | "diratime" | ""
+            )
+        });
+    for o in kernel_options {
+        options.push(match o {
             "ro" => MountOption::RO,
             "rw" => MountOption::RW,
             "noatime" => MountOption::NoAtime,

@@ -539,6 +539,16 @@ impl Meta {
         })
     }
 
+    /// Set the access time to now, as a read does: the change time stays.
+    pub fn touch_atime(&self, ino: Ino) -> Result<()> {
+        self.writable()?;
+        self.txn(|tx| {
+            let mut a = get_attr(tx, ino)?;
+            (a.atime, a.atime_ns) = now();
+            put_attr(tx, ino, &a)
+        })
+    }
+
     pub fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
         self.writable()?;
         self.txn(|tx| {

@@ -23,6 +23,9 @@ pub struct Handle {
     /// and the kernel sends nothing to end it when the description closes:
     /// the release of the handle ends the locks of these owners.
     pub lock_owners: Mutex<Vec<u64>>,
+    /// A file's times when it was opened, for the access-time rule of the
+    /// first read (taken once per handle).
+    pub opened_times: Mutex<Option<tessera_meta::Attr>>,
     reads: Mutex<ReadPattern>,
 }
 
@@ -51,6 +54,7 @@ impl Handle {
             dir_attr: None,
             content: None,
             lock_owners: Mutex::new(Vec::new()),
+            opened_times: Mutex::new(None),
             reads: Mutex::new(ReadPattern::default()),
         }
     }
@@ -63,6 +67,7 @@ impl Handle {
             dir_attr: None,
             content: Some(content),
             lock_owners: Mutex::new(Vec::new()),
+            opened_times: Mutex::new(None),
             reads: Mutex::new(ReadPattern::default()),
         }
     }
@@ -75,6 +80,7 @@ impl Handle {
             dir_attr: Some(attr),
             content: None,
             lock_owners: Mutex::new(Vec::new()),
+            opened_times: Mutex::new(None),
             reads: Mutex::new(ReadPattern::default()),
         }
     }

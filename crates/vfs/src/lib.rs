@@ -79,6 +79,21 @@ pub struct VfsConfig {
     /// The volume keeps POSIX ACLs (`Format::acl`): their xattrs go to
     /// the engine's ACL rules instead of being refused.
     pub acl: bool,
+    /// When reads update a file's access time.
+    pub atime: AtimeMode,
+}
+
+/// When reads update a file's access time (the mount's `-o` option).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AtimeMode {
+    /// Never.
+    NoAtime,
+    /// When the access time is not after the last modification or change,
+    /// or is a day old (Linux's default).
+    #[default]
+    RelAtime,
+    /// At every open that reads.
+    StrictAtime,
 }
 
 impl Default for VfsConfig {
@@ -89,6 +104,7 @@ impl Default for VfsConfig {
             session_timeout: Duration::from_secs(60),
             open_cache: Duration::ZERO,
             acl: false,
+            atime: AtimeMode::RelAtime,
         }
     }
 }
@@ -184,6 +200,10 @@ pub struct Vfs {
     work: Mutex<Option<mpsc::Sender<Work>>>,
     stop: Arc<AtomicBool>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+fn is_write_only(flags: i32) -> bool {
+    flags & libc::O_ACCMODE == libc::O_WRONLY
 }
 
 fn is_write_open(flags: i32) -> bool {
@@ -396,6 +416,35 @@ impl Vfs {
             ));
         }
         Ok(())
+    }
+
+    /// The first read through a handle sets the file's access time when
+    /// the mount's rule asks for it: `relatime` (the default) when the
+    /// access time is not after the last change or is a day old, so a file
+    /// read again and again costs one metadata write a day;
+    /// `strictatime` at every open that reads; `noatime` never.
+    fn touch_atime(&self, ino: Ino, h: &Handle) {
+        let Some(opened) = h.opened_times.lock().ok().and_then(|mut t| t.take()) else {
+            return;
+        };
+        let (now, _) = tessera_meta::now();
+        let atime = (opened.atime, opened.atime_ns);
+        let due = match self.config.atime {
+            AtimeMode::NoAtime => false,
+            AtimeMode::StrictAtime => true,
+            AtimeMode::RelAtime => {
+                atime <= (opened.mtime, opened.mtime_ns)
+                    || atime <= (opened.ctime, opened.ctime_ns)
+                    || now - opened.atime >= 24 * 3600
+            }
+        };
+        if !due || self.config.read_only {
+            return;
+        }
+        if let Err(e) = self.meta.touch_atime(ino) {
+            debug!(ino, error = %e, "could not update the access time");
+        }
+        self.forget_open(ino);
     }
 
     /// The remembered open of `ino`, while `--open-cache` still trusts it.
@@ -883,7 +932,13 @@ impl Vfs {
                 );
             }
         }
-        let fh = self.new_handle(Handle::file(ino, flags));
+        let handle = Handle::file(ino, flags);
+        if self.config.atime != AtimeMode::NoAtime && !is_write_only(flags) {
+            if let Ok(mut t) = handle.opened_times.lock() {
+                *t = Some(attr);
+            }
+        }
+        let fh = self.new_handle(handle);
         let length = attr.length.max(of.writer.buffered_length());
         Ok((fh, Attr { length, ..attr }))
     }
@@ -952,6 +1007,7 @@ impl Vfs {
         if of.writer.has_appends() {
             self.flush_file(ino, &of)?;
         }
+        self.touch_atime(ino, &h);
         let length = self.read_length(ino, &of, off + size as u64)?;
         if off >= length {
             return Ok(Bytes::new());

@@ -743,3 +743,54 @@ fn the_open_cache_stays_bounded() {
         );
     }
 }
+
+/// Reads set the access time by the mount's rule: relatime updates it when
+/// it is not after the last change (once, not at every read), noatime
+/// never, strictatime at every open that reads.
+#[test]
+fn reads_keep_the_access_time_by_the_mounts_rule() {
+    let f = fixture(64 << 10);
+    let mount = |atime| {
+        Vfs::new(
+            f.vfs.meta.clone(),
+            f.vfs.chunks.clone(),
+            VfsConfig {
+                atime,
+                ..VfsConfig::default()
+            },
+        )
+    };
+    let read_once = |v: &Vfs, ino| {
+        let (fh, _) = v.open(ino, libc::O_RDONLY).expect("open");
+        v.read(ino, fh, 0, 10).expect("read");
+        v.release(ino, fh, None).expect("release");
+        let a = v.getattr(ino).expect("attr");
+        ((a.atime, a.atime_ns), (a.ctime, a.ctime_ns))
+    };
+    for (mode, first, again) in [
+        (crate::AtimeMode::NoAtime, false, false),
+        (crate::AtimeMode::RelAtime, true, false),
+        (crate::AtimeMode::StrictAtime, true, true),
+    ] {
+        let v = mount(mode);
+        let name = format!("{mode:?}");
+        let (ino, _, fh) = v
+            .create(&CTX, ROOT_INO, name.as_bytes(), 0o644, libc::O_RDWR)
+            .expect("create");
+        v.write(ino, fh, 0, b"some bytes").expect("write");
+        v.release(ino, fh, None).expect("release");
+        let a = v.getattr(ino).expect("attr");
+        let before = ((a.atime, a.atime_ns), (a.ctime, a.ctime_ns));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let after_first = read_once(&v, ino);
+        assert_eq!(after_first.0 > before.0, first, "{mode:?}: first read");
+        assert_eq!(after_first.1, before.1, "{mode:?}: a read changes no ctime");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let after_second = read_once(&v, ino);
+        assert_eq!(
+            after_second.0 > after_first.0,
+            again,
+            "{mode:?}: second read"
+        );
+    }
+}

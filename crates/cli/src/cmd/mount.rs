@@ -449,6 +449,7 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
             session_timeout,
             open_cache: open_cache_time(a.open_cache)?,
             acl: format.acl,
+            atime: atime_mode(&a.options),
         },
     );
     let root = match &a.subdir {
@@ -501,6 +502,23 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
         Err(e) => tracing::error!(error = %format!("{e:#}"), "the mount failed"),
     }
     served
+}
+
+/// The access-time rule the `-o` options ask for (the last one wins;
+/// relatime, Linux's default, when none does).
+fn atime_mode(options: &[String]) -> tessera_vfs::AtimeMode {
+    use tessera_vfs::AtimeMode;
+    options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .filter_map(|o| match o {
+            "noatime" => Some(AtimeMode::NoAtime),
+            "relatime" => Some(AtimeMode::RelAtime),
+            "strictatime" => Some(AtimeMode::StrictAtime),
+            _ => None,
+        })
+        .last()
+        .unwrap_or_default()
 }
 
 /// Blocks are 4 MiB buffers allocated and freed all the time; by default
