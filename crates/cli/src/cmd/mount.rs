@@ -511,13 +511,13 @@ fn atime_mode(options: &[String]) -> tessera_vfs::AtimeMode {
     options
         .iter()
         .flat_map(|o| o.split(','))
-        .filter_map(|o| match o {
+        .rev()
+        .find_map(|o| match o {
             "noatime" => Some(AtimeMode::NoAtime),
             "relatime" => Some(AtimeMode::RelAtime),
             "strictatime" => Some(AtimeMode::StrictAtime),
             _ => None,
         })
-        .last()
         .unwrap_or_default()
 }
 
