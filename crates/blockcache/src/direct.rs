@@ -65,6 +65,7 @@ pub fn write(path: &Path, data: &[u8], trailer: &[u8]) -> std::io::Result<std::f
     // SAFETY: plain fcntl calls on a descriptor we own.
     let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
     if flags < 0
+        // SAFETY: as above.
         || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_DIRECT) } < 0
     {
         return Err(std::io::Error::last_os_error());

@@ -59,6 +59,7 @@ pub struct AlignedBuf {
 
 // SAFETY: the buffer is uniquely owned memory; once frozen it is only read.
 unsafe impl Send for AlignedBuf {}
+// SAFETY: shared references only read it (writing takes `&mut self`).
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {

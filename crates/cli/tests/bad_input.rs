@@ -1,4 +1,5 @@
 //! Bad input fails at once with a message that says what is wrong.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: it asserts
 
 mod common;
 

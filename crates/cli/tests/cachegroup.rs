@@ -1,6 +1,7 @@
 //! The cache group with real processes: `tessera cache-server` members on
 //! 127.0.0.x addresses, mounts that read through them, a member killed
 //! mid-read, a member joining, a stranger refused, and `cache gc`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: it asserts
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The data path through real mounts: the disk cache (checksums, restart,
 //! quota), write-back across a crash, rate limits and the `.stats` file.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: it asserts
 
 mod common;
 

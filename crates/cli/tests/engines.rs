@@ -4,6 +4,7 @@
 //! with -9 is cleaned up by a live one. The servers come from
 //! scripts/test.sh, which exports their URLs; without them these tests fail
 //! (they are #[ignore]d for plain `cargo test`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: it asserts
 
 mod common;
 
@@ -196,6 +197,7 @@ fn record_lock(fd: &std::fs::File, typ: libc::c_int, start: i64, len: i64) -> Re
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     fl.l_start = start;
     fl.l_len = len;
+    // SAFETY: fcntl on an open descriptor with a filled-in flock.
     match unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLK, &fl) } {
         0 => Ok(()),
         _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),

@@ -4,6 +4,7 @@
 //! `gc`), corruption of objects and cache files at random, and the
 //! foot-guns around them (a metadata database removed under a mount,
 //! `umount` of a mount that is not ours, `import` of a source that is gone).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: it asserts
 
 mod common;
 
@@ -93,6 +94,7 @@ fn offsets_past_the_largest_file_fail_with_efbig_and_huge_truncates_are_quick() 
         .expect("read");
     assert_eq!(all, vec![0u8; 10]);
     // fallocate and copy_file_range are bounded the same way.
+    // SAFETY: fallocate on a descriptor this test owns.
     let r = unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), 0, (1 << 58) - 1, 2) };
     assert_eq!(r, -1);
     assert_eq!(errno_of(&std::io::Error::last_os_error()), libc::EFBIG);

@@ -1,4 +1,5 @@
 //! Integration tests that mount real volumes through the kernel.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: it asserts
 
 mod common;
 

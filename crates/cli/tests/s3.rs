@@ -2,6 +2,7 @@
 //! TESSERA_TEST_S3_ENDPOINT and TESSERA_TEST_S3_BUCKET (scripts/test.sh
 //! starts moto on loopback and sets them); ignored by a plain `cargo test`
 //! and failing loudly when run without them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: it asserts
 
 mod common;
 

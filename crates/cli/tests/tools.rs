@@ -3,6 +3,7 @@
 //! with `git fsck`, and sqlite3's integrity check. They exercise what test
 //! suites of single calls miss: times set on open descriptors, hard links,
 //! symlinks, modes, many small files, fsync patterns of a database.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: it asserts
 
 mod common;
 

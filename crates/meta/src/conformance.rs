@@ -1,5 +1,9 @@
 //! The conformance suite every metadata engine must pass. Engine tests call
 //! [`run_all`] with a factory that returns a fresh, empty engine.
+//!
+//! Test code, compiled into the library so that the engine tests of other
+//! crates can run it: it asserts, so it unwraps.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 

@@ -616,6 +616,7 @@ impl World {
         let p = cpath(&self.local_path(name));
         // SAFETY: a zeroed stat filled by lstat.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; p is NUL-terminated.
         let r = unsafe { libc::lstat(p.as_ptr(), &mut st) };
         let local = if r < 0 {
             Err(errno())

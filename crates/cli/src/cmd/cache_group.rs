@@ -61,6 +61,7 @@ pub fn run(c: Command) -> Result<()> {
 fn cpu_seconds() -> f64 {
     // SAFETY: getrusage fills the zeroed struct.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
     t(u.ru_utime) + t(u.ru_stime)

@@ -136,6 +136,7 @@ pub struct DataPathArgs {
 
 impl DataPathArgs {
     fn default_cache_dir() -> String {
+        // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             "/var/cache/tessera".into()
         } else {
@@ -539,6 +540,7 @@ fn keep_freed_memory() {
 /// with the child's failure).
 fn daemonize(mountpoint: &Path, log: Option<&Path>) -> Result<()> {
     let log = log.map(Path::to_path_buf).unwrap_or_else(|| {
+        // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             PathBuf::from("/var/log/tessera.log")
         } else {

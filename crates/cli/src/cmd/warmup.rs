@@ -90,6 +90,7 @@ fn check_on_mount(path: &Path) -> Result<()> {
         .with_context(|| format!("{}: bad path", path.display()))?;
     // SAFETY: statfs writes into the zeroed struct; c is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("{}", path.display()));
     }
