@@ -24,6 +24,8 @@ pub struct PosixLock {
     /// Inclusive end; u64::MAX means to the end of the file.
     pub end: u64,
     pub pid: u32,
+    /// The holder is a process of this mount.
+    pub local: bool,
 }
 
 /// Decoded flock table: (sid, owner, is_write).
@@ -149,6 +151,7 @@ impl Meta {
                     start: r.start,
                     end: r.end,
                     pid: r.pid,
+                    local: r.sid == sid,
                 }))
         })
     }

@@ -1307,7 +1307,15 @@ impl Vfs {
         start: u64,
         end: u64,
     ) -> Result<Option<PosixLock>> {
-        Ok(self.meta.getlk(ino, owner, typ, start, end)?)
+        let deadline = std::time::Instant::now() + LOCAL_RELEASE_GRACE;
+        loop {
+            match self.meta.getlk(ino, owner, typ, start, end)? {
+                Some(held) if held.local && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                other => return Ok(other),
+            }
+        }
     }
 
     /// Take, change or release a POSIX record lock (flocks arrive as
@@ -1343,7 +1351,25 @@ impl Vfs {
                 }
             }
         }
-        match self.meta.setlk(ino, owner, pid, typ, start, end) {
+        let deadline = std::time::Instant::now() + LOCAL_RELEASE_GRACE;
+        let first = loop {
+            match self.meta.setlk(ino, owner, pid, typ, start, end) {
+                Err(MetaError::WouldBlock)
+                    if !block
+                        && std::time::Instant::now() < deadline
+                        && self
+                            .meta
+                            .getlk(ino, owner, typ, start, end)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|held| held.local) =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                other => break other,
+            }
+        };
+        match first {
             Err(MetaError::WouldBlock) if block => {}
             other => return done(other.map_err(VfsError::from)),
         }
@@ -1473,6 +1499,12 @@ mod model_tests;
 mod tests;
 #[cfg(test)]
 mod two_clients_tests;
+
+/// How long a lock held by a process of this mount is looked at again
+/// before a conflict with it is reported: the kernel sends the release that
+/// ends a flock or an open file description lock after close() has
+/// returned, so a lock freed by a close just now may still be on record.
+const LOCAL_RELEASE_GRACE: Duration = Duration::from_millis(50);
 
 /// A lock call as the kernel makes it.
 #[derive(Debug, Clone, Copy)]

@@ -682,6 +682,24 @@ fn releasing_a_handle_ends_the_locks_taken_through_it() {
         "the released handle's lock is gone"
     );
     v.release(ino, other, None).expect("release");
+
+    // The kernel sends the release after close() has returned: a trylock
+    // right behind it sees the lock gone, not a conflict with a release
+    // still in flight.
+    let (first, _) = v.open(ino, libc::O_RDWR).expect("open");
+    let (second, _) = v.open(ino, libc::O_RDWR).expect("open");
+    assert!(ask(first, 0xe1).is_ok());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            v.release(ino, first, None).expect("release");
+        });
+        assert!(
+            ask(second, 0xe2).is_ok(),
+            "the lock of a handle released just now"
+        );
+    });
+    v.release(ino, second, None).expect("release");
 }
 
 #[test]
