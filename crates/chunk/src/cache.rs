@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tessera_meta::SliceRecord;
 
-use crate::read::{for_each_chunk, FetchError};
+use crate::read::for_each_chunk;
 use crate::{ChunkStore, Result};
 
 /// What to do with the blocks of a range.
@@ -67,13 +67,6 @@ struct Block {
     key: String,
     len: u64,
     visible: u64,
-}
-
-fn describe(e: FetchError) -> String {
-    match e {
-        FetchError::Missing(key) => format!("object not found: {key}"),
-        FetchError::Failed(reason) => reason,
-    }
 }
 
 impl ChunkStore {
@@ -194,7 +187,10 @@ impl ChunkStore {
             let me = self.clone();
             let (key, len) = (b.key.clone(), b.len);
             async move {
-                let data = me.fetch_object(&key, len).await.map_err(describe)?;
+                let data = me
+                    .fetch_object(&key, len)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 me.keep_warmed(key, data.clone()).await?;
                 Ok::<u64, String>(data.len() as u64)
             }
@@ -301,7 +297,7 @@ impl ChunkStore {
                 let me = self.clone();
                 let k = key.to_string();
                 let fetched = self.rt.block_on(async move {
-                    let data = me.fetch_owned(&k, len).await.map_err(describe)?;
+                    let data = me.fetch_owned(&k, len).await.map_err(|e| e.to_string())?;
                     me.keep_warmed(k, data).await
                 });
                 fetched.is_ok()

@@ -47,7 +47,10 @@ impl ChunkStore {
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.external_object(id))
             .await
-            .map_err(|e| crate::ChunkError::Unsupported(format!("metadata lookup: {e}")))?
+            .map_err(|source| crate::ChunkError::Task {
+                what: "reading an imported object's record",
+                source,
+            })?
     }
 
     /// Cache key of block `index` of external object `id`: the version is
@@ -81,7 +84,7 @@ impl ChunkStore {
         let now = self.rt.block_on(store.head(&obj.key));
         let fail = |why: String| {
             warn!(object = %name, "{why}");
-            Err(crate::ChunkError::Unsupported(why))
+            Err(crate::ChunkError::Stale { reason: why })
         };
         match now {
             Ok(info)
@@ -157,9 +160,17 @@ impl ChunkStore {
             .get_version(&obj.key, start..start + len, obj.etag.as_deref())
             .await;
         drop(permit);
+        let stale = |what: String| {
+            warn!(block = key, "{what}");
+            FetchError::Stale(what)
+        };
         let data = got.map_err(|e| match e {
-            ObjectError::NotFound(_) => failed(format!(
+            ObjectError::NotFound(_) => stale(format!(
                 "imported object {name} is gone from its bucket; the file cannot be read"
+            )),
+            e if e.is_condition_not_match() => stale(format!(
+                "imported object {name} changed in its bucket (ETag {:?} imported); run `tessera import` again",
+                obj.etag
             )),
             e => failed(format!(
                 "imported object {name} cannot be read as the version imported (ETag {:?}): {e}",
@@ -167,7 +178,7 @@ impl ChunkStore {
             )),
         })?;
         if data.len() as u64 != len {
-            return Err(failed(format!(
+            return Err(stale(format!(
                 "imported object {name} changed: {} bytes where {len} were expected at offset {start}",
                 data.len()
             )));

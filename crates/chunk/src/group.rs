@@ -86,10 +86,7 @@ impl ChunkStore {
         key: &str,
         len: u64,
     ) -> std::result::Result<Bytes, String> {
-        self.fetch_object(key, len).await.map_err(|e| match e {
-            FetchError::Missing(k) => format!("object not found: {k}"),
-            FetchError::Failed(why) => why,
-        })
+        self.fetch_object(key, len).await.map_err(|e| e.to_string())
     }
 
     /// A block this process owns (or one read without a group): from the
@@ -148,10 +145,7 @@ impl ChunkStore {
                 }
             }
         };
-        self.rt.block_on(fetch).map_err(|e| match e {
-            FetchError::Missing(k) => format!("object not found: {k}"),
-            FetchError::Failed(why) => why,
-        })
+        self.rt.block_on(fetch).map_err(|e| e.to_string())
     }
 }
 

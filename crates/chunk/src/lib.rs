@@ -56,10 +56,29 @@ pub enum ChunkError {
     Corrupt { key: String, reason: String },
     #[error("cache directory: {0}")]
     Cache(#[source] std::io::Error),
-    #[error("{0}")]
-    Unsupported(String),
     #[error("the object store is out of space storing {key}")]
     NoSpace { key: String },
+    /// A block could not be fetched (every source failed or timed out).
+    #[error("{reason}")]
+    Fetch { reason: String },
+    /// An imported object changed in, or vanished from, its bucket since
+    /// the import: its file's bytes are no longer there to read.
+    #[error("{reason}")]
+    Stale { reason: String },
+    /// An earlier upload of the file failed: later writes are refused
+    /// until it is closed, so nothing is committed on top of a gap.
+    #[error("an earlier upload of this file failed: {reason}")]
+    EarlierWriteFailed { reason: String },
+    #[error("{what} failed: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("a lock of the data path was poisoned by a panic")]
+    Poisoned,
+    #[error("write-back needs a disk cache (--cache-dir) to stage blocks in")]
+    NeedsDiskCache,
 }
 
 impl ChunkError {
@@ -72,7 +91,15 @@ impl ChunkError {
         match self {
             ChunkError::Meta(e) => e.errno(),
             ChunkError::NoSpace { .. } => libc::ENOSPC,
-            _ => libc::EIO,
+            ChunkError::Stale { .. } => libc::ESTALE,
+            ChunkError::NeedsDiskCache => libc::EINVAL,
+            ChunkError::Object(_)
+            | ChunkError::Corrupt { .. }
+            | ChunkError::Cache(_)
+            | ChunkError::Fetch { .. }
+            | ChunkError::EarlierWriteFailed { .. }
+            | ChunkError::Task { .. }
+            | ChunkError::Poisoned => libc::EIO,
         }
     }
 }
@@ -192,11 +219,7 @@ impl ChunkStore {
                 DiskCache::open(dc.clone(), &config.uuid, metrics.clone())
                     .map_err(ChunkError::Cache)?,
             ),
-            None if config.writeback => {
-                return Err(ChunkError::Unsupported(
-                    "write-back needs a disk cache (--cache-dir) to stage blocks in".into(),
-                ))
-            }
+            None if config.writeback => return Err(ChunkError::NeedsDiskCache),
             None => None,
         };
         let cs = Arc::new(ChunkStore {

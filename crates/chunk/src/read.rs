@@ -40,13 +40,25 @@ pub(crate) const FAILURE_MEMORY: std::time::Duration = std::time::Duration::from
 pub(crate) enum FetchError {
     Missing(String),
     Failed(String),
+    /// An imported object is no longer the version imported.
+    Stale(String),
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::Missing(key) => write!(f, "object not found: {key}"),
+            FetchError::Failed(why) | FetchError::Stale(why) => f.write_str(why),
+        }
+    }
 }
 
 impl From<FetchError> for ChunkError {
     fn from(e: FetchError) -> Self {
         match e {
             FetchError::Missing(key) => ChunkError::Object(ObjectError::NotFound(key)),
-            FetchError::Failed(reason) => ChunkError::Unsupported(reason),
+            FetchError::Failed(reason) => ChunkError::Fetch { reason },
+            FetchError::Stale(reason) => ChunkError::Stale { reason },
         }
     }
 }

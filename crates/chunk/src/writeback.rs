@@ -25,7 +25,10 @@ impl ChunkStore {
             None => Err(std::io::Error::other("write-back without a disk cache")),
         })
         .await
-        .map_err(|e| ChunkError::Unsupported(format!("staging task failed: {e}")))?
+        .map_err(|source| ChunkError::Task {
+            what: "staging a block",
+            source,
+        })?
         .map_err(ChunkError::Cache)?;
         self.metrics.staging_blocks.inc();
         self.metrics.staging_bytes.inc_by(data.len() as i64);

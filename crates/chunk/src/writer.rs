@@ -142,7 +142,7 @@ fn surely_not_committed(e: &ChunkError) -> bool {
 }
 
 fn poisoned() -> ChunkError {
-    ChunkError::Unsupported("writer lock poisoned".into())
+    ChunkError::Poisoned
 }
 
 impl FileWriter {
@@ -165,9 +165,7 @@ impl FileWriter {
         }
         let mut st = self.state.lock().map_err(|_| poisoned())?;
         if let Some(e) = &st.failed {
-            return Err(ChunkError::Unsupported(format!(
-                "an earlier upload failed: {e}"
-            )));
+            return Err(ChunkError::EarlierWriteFailed { reason: e.clone() });
         }
         st.written_at = tessera_meta::now();
         let mut done = 0usize;
@@ -267,9 +265,7 @@ impl FileWriter {
         }
         let mut st = self.state.lock().map_err(|_| poisoned())?;
         if let Some(e) = &st.failed {
-            return Err(ChunkError::Unsupported(format!(
-                "an earlier upload failed: {e}"
-            )));
+            return Err(ChunkError::EarlierWriteFailed { reason: e.clone() });
         }
         st.appended.extend_from_slice(data);
         st.buffered += data.len();
@@ -406,9 +402,7 @@ impl FileWriter {
         let (uploads, records, length) = {
             let mut st = self.state.lock().map_err(|_| poisoned())?;
             if let Some(e) = &st.failed {
-                return Err(ChunkError::Unsupported(format!(
-                    "an earlier upload failed: {e}"
-                )));
+                return Err(ChunkError::EarlierWriteFailed { reason: e.clone() });
             }
             if st.dirty.is_empty() {
                 return Ok(None);
@@ -445,7 +439,12 @@ impl FileWriter {
             match r {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => result = Err(e),
-                Err(e) => result = Err(ChunkError::Unsupported(format!("upload task failed: {e}"))),
+                Err(source) => {
+                    result = Err(ChunkError::Task {
+                        what: "uploading a block",
+                        source,
+                    })
+                }
             }
         }
         let committed = result.and_then(|()| {

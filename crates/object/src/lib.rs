@@ -76,6 +76,13 @@ pub enum ObjectError {
 impl ObjectError {
     /// The store is out of space (a full local disk, or a service that
     /// says so), which applications should see as ENOSPC.
+    /// The store refused a conditional read: the object is no longer the
+    /// version asked for (If-Match failed).
+    pub fn is_condition_not_match(&self) -> bool {
+        matches!(self, ObjectError::Backend { source, .. }
+            if source.kind() == opendal::ErrorKind::ConditionNotMatch)
+    }
+
     pub fn is_no_space(&self) -> bool {
         match self {
             ObjectError::Backend { source, .. } => {

@@ -32,6 +32,18 @@ pub use handles::Handle;
 pub struct VfsError {
     pub errno: i32,
     pub reason: String,
+    /// The typed error of the layer below, when one caused this.
+    #[source]
+    pub cause: Option<Cause>,
+}
+
+/// What a [`VfsError`] came from.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
 }
 
 impl VfsError {
@@ -39,6 +51,7 @@ impl VfsError {
         VfsError {
             errno,
             reason: reason.into(),
+            cause: None,
         }
     }
 }
@@ -49,7 +62,11 @@ impl From<MetaError> for VfsError {
         if errno == libc::EIO {
             warn!(error = %e, "metadata operation failed");
         }
-        VfsError::new(errno, e.to_string())
+        VfsError {
+            errno,
+            reason: e.to_string(),
+            cause: Some(e.into()),
+        }
     }
 }
 
@@ -59,7 +76,11 @@ impl From<ChunkError> for VfsError {
         if errno == libc::EIO {
             warn!(error = %e, "data operation failed");
         }
-        VfsError::new(errno, e.to_string())
+        VfsError {
+            errno,
+            reason: e.to_string(),
+            cause: Some(e.into()),
+        }
     }
 }
 
