@@ -149,6 +149,11 @@ impl ChunkStore {
         match p.kind {
             SliceKind::External => self.external_key(p.id, p.index),
             SliceKind::Internal => Ok(self.block_key(p.id, p.index, block_len)),
+            // `plan` leaves holes out; an allocated range is one.
+            SliceKind::Allocated => Err(crate::ChunkError::Corrupt {
+                key: format!("slice {}", p.id),
+                reason: "an allocated range has no blocks to read".into(),
+            }),
         }
     }
 

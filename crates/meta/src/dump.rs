@@ -295,6 +295,7 @@ fn key_value(line: &Value) -> Result<(Vec<u8>, Vec<u8>)> {
             let kind = match kind {
                 0 => SliceKind::Internal,
                 1 => SliceKind::External,
+                2 => SliceKind::Allocated,
                 k => return Err(corrupt("slice kind", k)),
             };
             let small = |x: u64| u32::try_from(x).map_err(|_| corrupt("slice record", line));

@@ -176,7 +176,11 @@ fn stored_between(chunk: &[u8], a: u32, b: u32) -> Result<u64> {
 /// it for data, none for a hole). Only the record's range is looked at.
 fn restore_for(a: &mut Attr, v: &[u8], rec: &SliceRecord) -> Result<()> {
     let before = stored_between(v, rec.pos, rec.pos + rec.len)?;
-    let after = if rec.is_hole() { 0 } else { u64::from(rec.len) };
+    let after = if rec.holds_space() {
+        u64::from(rec.len)
+    } else {
+        0
+    };
     restore(a, before, after);
     Ok(())
 }
@@ -1406,6 +1410,53 @@ impl Meta {
         Ok(dropped)
     }
 
+    /// Cover the holes of `[off, end)` with allocated-zero records, so the
+    /// range counts as stored and a later write into it adds nothing to
+    /// the file's allocation. Returns the bytes newly reserved. At most
+    /// `RESERVE_CHUNKS` chunks are reserved in one call (one transaction);
+    /// past them the range still reads as zeros, uncounted.
+    fn reserve_range(tx: &mut dyn KvTxn, ino: Ino, off: u64, end: u64) -> Result<u64> {
+        const RESERVE_CHUNKS: u64 = 1024;
+        let end = end.min(MAX_FILE_SIZE);
+        if end <= off {
+            return Ok(0);
+        }
+        let first = off / CHUNK_SIZE;
+        let last = ((end - 1) / CHUNK_SIZE).min(first + RESERVE_CHUNKS - 1);
+        let mut reserved = 0u64;
+        for index in first..=last {
+            let chunk_start = index * CHUNK_SIZE;
+            let a = off.saturating_sub(chunk_start) as u32;
+            let b = (end - chunk_start).min(CHUNK_SIZE) as u32;
+            let key = keys::chunk(ino, index as u32);
+            let mut v = tx.get(&key)?.unwrap_or_default();
+            let records = SliceRecord::decode_all(&v)?;
+            let mut at = a;
+            let mut gaps = Vec::new();
+            for seg in crate::slice::visible_segments_in(&records, a, b) {
+                if !seg.record.holds_space() {
+                    continue;
+                }
+                if seg.pos > at {
+                    gaps.push((at, seg.pos));
+                }
+                at = at.max(seg.end());
+            }
+            if b > at {
+                gaps.push((at, b));
+            }
+            if gaps.is_empty() {
+                continue;
+            }
+            for (x, y) in gaps {
+                SliceRecord::allocated(x, y - x).encode_into(&mut v);
+                reserved += u64::from(y - x);
+            }
+            tx.set(&key, &v)?;
+        }
+        Ok(reserved)
+    }
+
     /// fallocate: plain allocation grows the file; `FALLOC_FL_PUNCH_HOLE`
     /// and `FALLOC_FL_ZERO_RANGE` make the range read as zeros.
     pub fn fallocate(&self, ino: Ino, mode: i32, off: u64, len: u64) -> Result<TruncateResult> {
@@ -1437,6 +1488,11 @@ impl Meta {
                     let dropped = Self::zero_range(tx, ino, off, end - off, &mut freed, false)?;
                     a.stored = a.stored.saturating_sub(dropped);
                 }
+            }
+            // Allocation (and zeroing, which keeps the space allocated, as
+            // Linux file systems do) reserves the range's holes.
+            if !punch {
+                a.stored += Self::reserve_range(tx, ino, off, off + len)?;
             }
             let t = now();
             if !keep_size && off + len > a.length {

@@ -14,6 +14,10 @@ pub enum SliceKind {
     Internal = 0,
     /// A range of an object that already existed in a bucket (import).
     External = 1,
+    /// Zeros that fallocate reserved: read as a hole (no object behind
+    /// them), but counted as stored, so writing into the range does not
+    /// grow the file's allocation.
+    Allocated = 2,
 }
 
 /// One record: bytes `[off, off + len)` of slice `id` (of total `size`)
@@ -42,8 +46,24 @@ impl SliceRecord {
         }
     }
 
+    /// Zeros fallocate reserved over `[pos, pos + len)`.
+    pub fn allocated(pos: u32, len: u32) -> Self {
+        SliceRecord {
+            kind: SliceKind::Allocated,
+            ..Self::hole(pos, len)
+        }
+    }
+
+    /// Reads as zeros, with no object behind it (an explicit hole or an
+    /// allocated range).
     pub fn is_hole(&self) -> bool {
-        self.kind == SliceKind::Internal && self.id == 0
+        (self.kind == SliceKind::Internal && self.id == 0) || self.kind == SliceKind::Allocated
+    }
+
+    /// Counts towards the file's stored bytes (`st_blocks`): data, and
+    /// the zeros fallocate reserved.
+    pub fn holds_space(&self) -> bool {
+        !self.is_hole() || self.kind == SliceKind::Allocated
     }
 
     pub fn encode_into(&self, out: &mut Vec<u8>) {
@@ -67,6 +87,7 @@ impl SliceRecord {
                 let kind = match r[0] {
                     0 => SliceKind::Internal,
                     1 => SliceKind::External,
+                    2 => SliceKind::Allocated,
                     k => return Err(MetaError::Corrupt(format!("unknown slice kind {k}"))),
                 };
                 let u32_at = |i: usize| u32::from_be_bytes([r[i], r[i + 1], r[i + 2], r[i + 3]]);
@@ -121,7 +142,7 @@ impl VisibleSegment {
 pub fn data_bytes(records: &[SliceRecord], a: u32, b: u32) -> u64 {
     visible_segments_in(records, a, b)
         .iter()
-        .filter(|s| !s.record.is_hole())
+        .filter(|s| s.record.holds_space())
         .map(|s| u64::from(s.len))
         .sum()
 }

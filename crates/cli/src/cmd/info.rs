@@ -36,7 +36,8 @@ pub fn run(a: Args) -> Result<()> {
         );
         for r in records {
             if r.is_hole() {
-                println!("    hole   pos {} len {}", r.pos, r.len);
+                let what = if r.holds_space() { "alloc " } else { "hole  " };
+                println!("    {what} pos {} len {}", r.pos, r.len);
                 continue;
             }
             let kind = if r.kind == SliceKind::External {
