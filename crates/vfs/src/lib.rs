@@ -140,6 +140,11 @@ pub struct OpenFile {
     /// within it need no metadata round trip; it is refreshed at open and
     /// whenever a read reaches past it.
     length: AtomicU64,
+    /// The inode had no extended attributes at its latest open here (and
+    /// this mount set none since). The kernel asks for
+    /// `security.capability` before every write(2), to drop file
+    /// capabilities; this answers it without a metadata round trip.
+    no_xattrs: std::sync::atomic::AtomicBool,
 }
 
 /// Cached slice records. The generation moves on every invalidation, so a
@@ -914,6 +919,7 @@ impl Vfs {
                         handles: AtomicU64::new(0),
                         records: Mutex::new(RecordCache::default()),
                         length: AtomicU64::new(0),
+                        no_xattrs: std::sync::atomic::AtomicBool::new(false),
                     }),
                 })
                 .clone();
@@ -923,6 +929,10 @@ impl Vfs {
         if first {
             self.meta.open_inode(ino);
         }
+        of.no_xattrs.store(
+            attr.flags & tessera_meta::attr::FLAG_XATTRS == 0,
+            Ordering::Relaxed,
+        );
         // Close-to-open: a new open sees what other mounts committed,
         // unless --open-cache says to trust what this mount saw last.
         if !of.writer.has_dirty() && cached.is_none() {
@@ -1447,6 +1457,13 @@ impl Vfs {
         if internal::is_internal(ino) {
             return Err(VfsError::new(libc::ENODATA, ".stats has no attributes"));
         }
+        if name == b"security.capability"
+            && self
+                .open_file(ino)
+                .is_some_and(|of| of.no_xattrs.load(Ordering::Relaxed))
+        {
+            return Err(VfsError::new(libc::ENODATA, "no such attribute"));
+        }
         Ok(self.meta.getxattr(ino, name)?)
     }
 
@@ -1465,6 +1482,9 @@ impl Vfs {
             return Err(VfsError::new(libc::EPERM, ".stats is read-only"));
         }
         self.writable()?;
+        if let Some(of) = self.open_file(ino) {
+            of.no_xattrs.store(false, Ordering::Relaxed);
+        }
         match acl {
             Some(kind) => self.meta.set_acl(ctx, ino, kind, Some(value)).map(drop),
             None => self.meta.setxattr(ino, name, value, flags),

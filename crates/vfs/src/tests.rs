@@ -813,3 +813,44 @@ fn reads_keep_the_access_time_by_the_mounts_rule() {
         );
     }
 }
+
+/// The kernel asks for `security.capability` before every write(2): for a
+/// file open here that had no xattrs at its open, it is answered without
+/// asking the engine (shown by a value set behind the mount's back, as
+/// another mount would, which this open does not see); a set through this
+/// mount, or the next open, asks the engine again.
+#[test]
+fn the_capability_check_of_each_write_costs_no_round_trip() {
+    let f = fixture(64 << 10);
+    let v = &f.vfs;
+    let (ino, _, fh) = v
+        .create(&CTX, ROOT_INO, b"plain", 0o644, libc::O_RDWR)
+        .expect("create");
+    v.meta
+        .setxattr(ino, b"security.capability", b"elsewhere", 0)
+        .expect("set by another mount");
+    let e = v
+        .getxattr(ino, b"security.capability")
+        .expect_err("from the open");
+    assert_eq!(e.errno, libc::ENODATA);
+    v.release(ino, fh, None).expect("release");
+    let (fh, _) = v.open(ino, libc::O_RDWR).expect("open again");
+    assert_eq!(
+        v.getxattr(ino, b"security.capability")
+            .expect("seen at the next open"),
+        b"elsewhere"
+    );
+    v.release(ino, fh, None).expect("release");
+
+    let (ino, _, fh) = v
+        .create(&CTX, ROOT_INO, b"capable", 0o644, libc::O_RDWR)
+        .expect("create");
+    v.setxattr(&CTX, ino, b"security.capability", b"caps", 0)
+        .expect("set here");
+    assert_eq!(
+        v.getxattr(ino, b"security.capability")
+            .expect("set here is seen"),
+        b"caps"
+    );
+    v.release(ino, fh, None).expect("release");
+}
