@@ -215,7 +215,6 @@ impl ChunkStore {
         action: CacheAction,
         report: &mut CacheReport,
     ) {
-        use std::sync::atomic::{AtomicUsize, Ordering};
         use tessera_cachegroup::{Answer, Op};
         report.bytes = blocks.iter().map(|b| b.visible).sum();
         let Some(group) = self.group.get() else {
@@ -229,52 +228,36 @@ impl ChunkStore {
             _ => Op::Check,
         };
         // Per block: the owner's address and whether it holds the block now.
-        type Outcome = (String, std::result::Result<bool, String>);
-        let outcomes: Vec<std::sync::Mutex<Option<Outcome>>> =
-            blocks.iter().map(|_| std::sync::Mutex::new(None)).collect();
-        let next = AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..8 {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(b) = blocks.get(i) else { break };
-                    let outcome = match group.owner(&b.key) {
-                        None => (
-                            String::new(),
-                            Err("no member of the group has weight".to_string()),
-                        ),
-                        Some(owner) if group.is_me(&owner) => (
-                            owner.addr.clone(),
-                            Ok(self.local_group_op(op, &b.key, b.len)),
-                        ),
-                        Some(owner) => {
-                            let r = match group.peers.request(&owner.addr, op, &b.key, b.len) {
-                                Ok(Answer::Done) => Ok(op != Op::Evict),
-                                Ok(_) => Ok(false),
-                                Err(e) => Err(e.to_string()),
-                            };
-                            (owner.addr.clone(), r)
-                        }
-                    };
-                    if let Ok(mut slot) = outcomes[i].lock() {
-                        *slot = Some(outcome);
-                    }
-                });
+        let outcomes = crate::par::par_map(blocks, 8, |b| match group.owner(&b.key) {
+            None => (
+                String::new(),
+                Err("no member of the group has weight".to_string()),
+            ),
+            Some(owner) if group.is_me(&owner) => (
+                owner.addr.clone(),
+                Ok(self.local_group_op(op, &b.key, b.len)),
+            ),
+            Some(owner) => {
+                let r = match group.peers.request(&owner.addr, op, &b.key, b.len) {
+                    Ok(Answer::Done) => Ok(op != Op::Evict),
+                    Ok(_) => Ok(false),
+                    Err(e) => Err(e.to_string()),
+                };
+                (owner.addr.clone(), r)
             }
         });
         let mut per_member: std::collections::BTreeMap<String, u64> = Default::default();
-        for (b, slot) in blocks.iter().zip(outcomes) {
-            match slot.into_inner().ok().flatten() {
-                Some((addr, Ok(held))) => {
+        for (b, outcome) in blocks.iter().zip(outcomes) {
+            match outcome {
+                (addr, Ok(held)) => {
                     let bytes = if held { b.visible } else { 0 };
                     *per_member.entry(addr).or_insert(0) += bytes;
                     report.cached += bytes;
                 }
-                Some((_, Err(e))) => {
+                (_, Err(e)) => {
                     report.failed_blocks += 1;
                     report.error.get_or_insert(e);
                 }
-                None => report.failed_blocks += 1,
             }
         }
         report.members = per_member.into_iter().collect();

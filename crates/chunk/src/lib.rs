@@ -24,6 +24,7 @@ mod cache;
 mod codec;
 mod external;
 mod group;
+pub mod par;
 mod read;
 mod writeback;
 pub mod writer;

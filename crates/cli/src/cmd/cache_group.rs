@@ -68,7 +68,7 @@ fn cpu_seconds() -> f64 {
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     crate::cmd::group::check_group_name(&a.name)?;
     let (meta, format) = open_volume(&a.meta_url, MetaConfig { read_only: true })?;
@@ -115,38 +115,29 @@ fn bench(a: BenchArgs) -> Result<()> {
     let blocks = chunks.file_blocks(ino, attr.length)?;
     let total: u64 = blocks.iter().map(|b| b.1).sum();
     let pass = |from_group: bool| -> Result<(f64, f64)> {
-        let next = AtomicUsize::new(0);
         let done = AtomicU64::new(0);
         let failed = AtomicU64::new(0);
         let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
-        std::thread::scope(|s| {
-            for _ in 0..a.threads.max(1) {
-                s.spawn(|| {
-                    while let Some((key, len)) = blocks.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        let got = if from_group {
-                            group.owner(key).and_then(|o| {
-                                match group.peers.request(
-                                    &o.addr,
-                                    tessera_cachegroup::Op::Get,
-                                    key,
-                                    *len,
-                                ) {
-                                    Ok(tessera_cachegroup::Answer::Data(b)) => Some(b.len() as u64),
-                                    _ => None,
-                                }
-                            })
-                        } else {
-                            rt.block_on(chunks.fetch_uncached(key, *len))
-                                .ok()
-                                .map(|b| b.len() as u64)
-                        };
-                        match got {
-                            Some(n) => done.fetch_add(n, Ordering::Relaxed),
-                            None => failed.fetch_add(1, Ordering::Relaxed),
-                        };
+        tessera_chunk::par::par_for_each(&blocks, a.threads, |(key, len)| {
+            let got = if from_group {
+                group.owner(key).and_then(|o| {
+                    match group
+                        .peers
+                        .request(&o.addr, tessera_cachegroup::Op::Get, key, *len)
+                    {
+                        Ok(tessera_cachegroup::Answer::Data(b)) => Some(b.len() as u64),
+                        _ => None,
                     }
-                });
-            }
+                })
+            } else {
+                rt.block_on(chunks.fetch_uncached(key, *len))
+                    .ok()
+                    .map(|b| b.len() as u64)
+            };
+            match got {
+                Some(n) => done.fetch_add(n, Ordering::Relaxed),
+                None => failed.fetch_add(1, Ordering::Relaxed),
+            };
         });
         let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
         let failed = failed.load(Ordering::Relaxed);

@@ -189,55 +189,45 @@ pub fn run(a: Args) -> Result<()> {
     );
     let bytes_done = AtomicU64::new(0);
     let (added, changed) = (AtomicU64::new(0), AtomicU64::new(0));
-    let next = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let store_keys = a.store_credentials;
-    std::thread::scope(|s| {
-        for _ in 0..a.threads.max(1) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some((o, old)) = todo.get(i) else {
-                    break;
-                };
-                let result = (|| -> Result<()> {
-                    let (dir, name) = o.key.rsplit_once('/').unwrap_or(("", o.key.as_str()));
-                    if let Some(e) = old {
-                        meta.unlink(e.parent, &e.name)?;
-                    }
-                    let parent = mkdir_p(&meta, &ctx, dest, dir, &made)?;
-                    let obj = ExternalObject {
-                        source: source.clone(),
-                        key: o.key.clone(),
-                        size: o.size,
-                        etag: o.etag.clone(),
-                        endpoint: options.endpoint.clone(),
-                        region: options.region.clone(),
-                        access_key: options.access_key.clone().filter(|_| store_keys),
-                        secret_key: options.secret_key.clone().filter(|_| store_keys),
-                    };
-                    meta.import_file(&ctx, parent, name.as_bytes(), &obj, 0o644, o.mtime)?;
-                    Ok(())
-                })();
-                match result {
-                    Ok(()) => {
-                        if old.is_some() { &changed } else { &added }
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        if let Ok(mut f) = failures.lock() {
-                            f.push(format!("{}: {e:#}", o.key));
-                        }
-                    }
+    tessera_chunk::par::par_for_each(&todo, a.threads, |(o, old)| {
+        let result = (|| -> Result<()> {
+            let (dir, name) = o.key.rsplit_once('/').unwrap_or(("", o.key.as_str()));
+            if let Some(e) = old {
+                meta.unlink(e.parent, &e.name)?;
+            }
+            let parent = mkdir_p(&meta, &ctx, dest, dir, &made)?;
+            let obj = ExternalObject {
+                source: source.clone(),
+                key: o.key.clone(),
+                size: o.size,
+                etag: o.etag.clone(),
+                endpoint: options.endpoint.clone(),
+                region: options.region.clone(),
+                access_key: options.access_key.clone().filter(|_| store_keys),
+                secret_key: options.secret_key.clone().filter(|_| store_keys),
+            };
+            meta.import_file(&ctx, parent, name.as_bytes(), &obj, 0o644, o.mtime)?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                if old.is_some() { &changed } else { &added }.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if let Ok(mut f) = failures.lock() {
+                    f.push(format!("{}: {e:#}", o.key));
                 }
-                let b = bytes_done.fetch_add(o.size, Ordering::Relaxed) + o.size;
-                bar.set_message(format!(
-                    "{:.1}/{:.1} GiB",
-                    b as f64 / 1073741824.0,
-                    total_bytes as f64 / 1073741824.0
-                ));
-                bar.inc(1);
-            });
+            }
         }
+        let b = bytes_done.fetch_add(o.size, Ordering::Relaxed) + o.size;
+        bar.set_message(format!(
+            "{:.1}/{:.1} GiB",
+            b as f64 / 1073741824.0,
+            total_bytes as f64 / 1073741824.0
+        ));
+        bar.inc(1);
     });
     bar.finish_and_clear();
 

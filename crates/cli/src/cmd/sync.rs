@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -359,30 +359,23 @@ pub fn run(a: Args) -> Result<()> {
         )
         .map_err(|e| anyhow!("progress bar: {e}"))?,
     );
-    let next = AtomicUsize::new(0);
     let (files_done, bytes_done) = (AtomicU64::new(0), AtomicU64::new(0));
     let failures = Mutex::new(Vec::<String>::new());
     let files_total = todo.len();
-    std::thread::scope(|s| {
-        for _ in 0..a.threads.max(1) {
-            s.spawn(|| {
-                while let Some((key, entry)) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    match rt.block_on(copy(&src, &dst, key, entry)) {
-                        Ok(n) => {
-                            bytes_done.fetch_add(n, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            if let Ok(mut f) = failures.lock() {
-                                f.push(format!("{key}: {e:#}"));
-                            }
-                        }
-                    }
-                    bar.inc(entry.size);
-                    let done = files_done.fetch_add(1, Ordering::Relaxed) + 1;
-                    bar.set_message(format!("{done}/{files_total} files"));
+    tessera_chunk::par::par_for_each(&todo, a.threads, |(key, entry)| {
+        match rt.block_on(copy(&src, &dst, key, entry)) {
+            Ok(n) => {
+                bytes_done.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if let Ok(mut f) = failures.lock() {
+                    f.push(format!("{key}: {e:#}"));
                 }
-            });
+            }
         }
+        bar.inc(entry.size);
+        let done = files_done.fetch_add(1, Ordering::Relaxed) + 1;
+        bar.set_message(format!("{done}/{files_total} files"));
     });
     bar.finish_and_clear();
     let mut deleted = 0u64;

@@ -270,83 +270,76 @@ pub fn run(a: Args) -> Result<()> {
     let copies = AtomicU64::new(0);
     let per_root = Mutex::new(vec![CacheReport::default(); roots.len()]);
     let failures = Mutex::new(Vec::<String>::new());
-    let next = AtomicUsize::new(0);
     let files_total = targets.len();
-    std::thread::scope(|s| {
-        for _ in 0..a.threads.max(1) {
-            s.spawn(|| {
-                while let Some(task) = tasks.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let t = &targets[task.target];
-                    let req = Request {
-                        op,
-                        offset: task.offset,
-                        length: task.length,
-                        pin_secs,
-                        flags,
-                        group: group.clone(),
-                    };
-                    let result = File::open(&t.path).and_then(|f| control(&f, &req));
-                    match result {
-                        Ok(r) => {
-                            if r.failed_blocks > 0 {
-                                if let Ok(mut f) = failures.lock() {
-                                    f.push(format!(
-                                        "{}: {} blocks failed at offset {}: {}",
-                                        t.path.display(),
-                                        r.failed_blocks,
-                                        task.offset,
-                                        r.error.as_deref().unwrap_or("see the mount's log")
-                                    ));
-                                }
-                            }
-                            if let Ok(mut p) = per_root.lock() {
-                                add(&mut p[t.root], &r);
-                            }
-                        }
-                        Err(e) => {
-                            if let Ok(mut f) = failures.lock() {
-                                f.push(format!("{}: {e}", t.path.display()));
-                            }
-                        }
-                    }
-                    bar.inc(task.length.min(t.size.saturating_sub(task.offset)));
-                    if left_per_file[task.target].fetch_sub(1, Ordering::Relaxed) == 1 {
-                        if a.local_copy {
-                            let copy = Request {
-                                op: Op::LocalCopy,
-                                offset: 0,
-                                length: t.size,
-                                pin_secs: 0,
-                                flags: 0,
-                                group: String::new(),
-                            };
-                            match File::open(&t.path).and_then(|f| control(&f, &copy)) {
-                                Ok(_) => {
-                                    copies.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Err(e) => {
-                                    // Only the errno crosses the ioctl; say
-                                    // what ENOSPC means here.
-                                    let why = if e.raw_os_error() == Some(libc::ENOSPC) {
-                                        format!(
-                                            "{e}: the copy does not fit the mount's disk cache \
-                                             quota (--cache-size) beside the local copies it \
-                                             keeps, or the disk itself is full"
-                                        )
-                                    } else {
-                                        e.to_string()
-                                    };
-                                    if let Ok(mut f) = failures.lock() {
-                                        f.push(format!("{}: local copy: {why}", t.path.display()));
-                                    }
-                                }
-                            }
-                        }
-                        let done = files_done.fetch_add(1, Ordering::Relaxed) + 1;
-                        bar.set_message(format!("{done}/{files_total} files"));
+    tessera_chunk::par::par_for_each(&tasks, a.threads, |task| {
+        let t = &targets[task.target];
+        let req = Request {
+            op,
+            offset: task.offset,
+            length: task.length,
+            pin_secs,
+            flags,
+            group: group.clone(),
+        };
+        let result = File::open(&t.path).and_then(|f| control(&f, &req));
+        match result {
+            Ok(r) => {
+                if r.failed_blocks > 0 {
+                    if let Ok(mut f) = failures.lock() {
+                        f.push(format!(
+                            "{}: {} blocks failed at offset {}: {}",
+                            t.path.display(),
+                            r.failed_blocks,
+                            task.offset,
+                            r.error.as_deref().unwrap_or("see the mount's log")
+                        ));
                     }
                 }
-            });
+                if let Ok(mut p) = per_root.lock() {
+                    add(&mut p[t.root], &r);
+                }
+            }
+            Err(e) => {
+                if let Ok(mut f) = failures.lock() {
+                    f.push(format!("{}: {e}", t.path.display()));
+                }
+            }
+        }
+        bar.inc(task.length.min(t.size.saturating_sub(task.offset)));
+        if left_per_file[task.target].fetch_sub(1, Ordering::Relaxed) == 1 {
+            if a.local_copy {
+                let copy = Request {
+                    op: Op::LocalCopy,
+                    offset: 0,
+                    length: t.size,
+                    pin_secs: 0,
+                    flags: 0,
+                    group: String::new(),
+                };
+                match File::open(&t.path).and_then(|f| control(&f, &copy)) {
+                    Ok(_) => {
+                        copies.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        // Only the errno crosses the ioctl; say
+                        // what ENOSPC means here.
+                        let why = if e.raw_os_error() == Some(libc::ENOSPC) {
+                            format!(
+                                "{e}: the copy does not fit the mount's disk cache \
+                                             quota (--cache-size) beside the local copies it \
+                                             keeps, or the disk itself is full"
+                            )
+                        } else {
+                            e.to_string()
+                        };
+                        if let Ok(mut f) = failures.lock() {
+                            f.push(format!("{}: local copy: {why}", t.path.display()));
+                        }
+                    }
+                }
+            }
+            let done = files_done.fetch_add(1, Ordering::Relaxed) + 1;
+            bar.set_message(format!("{done}/{files_total} files"));
         }
     });
     bar.finish_and_clear();
