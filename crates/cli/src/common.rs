@@ -45,7 +45,7 @@ pub struct StorageFlags {
     /// Seconds one attempt of an object request may go without progress
     /// before it is cut and retried; a whole request (retries included)
     /// fails after six times this plus a second per MiB.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, value_parser = crate::common::parse_seconds, default_value_t = 10.0)]
     pub io_timeout: f64,
 }
 
@@ -168,21 +168,31 @@ pub fn human(bytes: u64) -> String {
     format!("{v:.digits$} {}", UNITS[unit])
 }
 
-/// Parse a duration: a number of seconds, or with a unit s, m, h or d
-/// (`90`, `30m`, `24h`, `7d`).
-pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
+/// Parse a duration flag, the one parser every duration flag uses: a
+/// number of seconds, fractions allowed, optionally with a unit s, m, h or
+/// d (`1.5`, `90s`, `30m`, `24h`, `7d`). Range checks are the flag's
+/// ([`seconds_in`]).
+pub fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().last() {
-        Some((i, 's')) => (&t[..i], 1),
-        Some((i, 'm')) => (&t[..i], 60),
-        Some((i, 'h')) => (&t[..i], 3600),
-        Some((i, 'd')) => (&t[..i], 86_400),
-        _ => (t, 1),
+        Some((i, 's')) => (&t[..i], 1.0),
+        Some((i, 'm')) => (&t[..i], 60.0),
+        Some((i, 'h')) => (&t[..i], 3600.0),
+        Some((i, 'd')) => (&t[..i], 86_400.0),
+        _ => (t, 1.0),
     };
-    let n: u64 = num.trim().parse().map_err(|_| {
-        anyhow!("invalid duration {s:?}: expected whole seconds or a number with s, m, h or d, like 30m or 24h")
-    })?;
-    Ok(std::time::Duration::from_secs(n.saturating_mul(mult)))
+    match num.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(n * mult),
+        _ => Err(format!(
+            "invalid duration {s:?}: give seconds, or a number with s, m, h or d (like 1.5, 90s, 30m, 24h)"
+        )),
+    }
+}
+
+/// A duration flag given as text (see [`parse_seconds`]).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let secs = parse_seconds(s).map_err(|e| anyhow!(e))?;
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| anyhow!("duration {s:?}: {e}"))
 }
 
 /// The seconds a flag was given, checked: NaN, infinities and values
@@ -308,6 +318,14 @@ mod tests {
             .expect_err("word")
             .to_string()
             .contains("invalid duration \"soon\""));
+        // Every duration flag takes the same forms.
+        assert_eq!(parse_seconds("1.5"), Ok(1.5));
+        assert_eq!(parse_seconds("0.5s"), Ok(0.5));
+        assert_eq!(parse_seconds("2m"), Ok(120.0));
+        assert_eq!(parse_duration("1.5h").expect("fraction").as_secs(), 5400);
+        for bad in ["-1", "NaN", "inf", "1e400", "", "m"] {
+            assert!(parse_seconds(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

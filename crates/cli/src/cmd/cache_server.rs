@@ -27,7 +27,7 @@ pub struct Args {
     pub weight: u32,
     /// Seconds after a membership change during which a new owner asks a
     /// block's previous owner before object storage.
-    #[arg(long, default_value_t = 600.0)]
+    #[arg(long, value_parser = crate::common::parse_seconds, default_value_t = 600.0)]
     pub backup_period: f64,
     #[command(flatten)]
     pub tls: crate::cmd::group::GroupTlsArgs,

@@ -39,7 +39,7 @@ pub struct GroupArgs {
     pub group_weight: u32,
     /// Seconds after a membership change during which a block's new owner
     /// asks its previous owner before object storage.
-    #[arg(long, default_value_t = 600.0, help_heading = "Cache group")]
+    #[arg(long, value_parser = crate::common::parse_seconds, default_value_t = 600.0, help_heading = "Cache group")]
     pub backup_period: f64,
     #[command(flatten)]
     pub tls: GroupTlsArgs,

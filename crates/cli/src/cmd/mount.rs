@@ -32,13 +32,13 @@ pub struct Args {
     #[arg(long)]
     pub log: Option<PathBuf>,
     /// Seconds the kernel caches attributes.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = crate::common::parse_seconds, default_value_t = 1.0)]
     pub attr_cache: f64,
     /// Seconds the kernel caches file name lookups.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = crate::common::parse_seconds, default_value_t = 1.0)]
     pub entry_cache: f64,
     /// Seconds the kernel caches directory name lookups.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = crate::common::parse_seconds, default_value_t = 1.0)]
     pub dir_entry_cache: f64,
     /// Mount read-only.
     #[arg(long)]
@@ -56,14 +56,14 @@ pub struct Args {
     /// read-only: later opens, stats and reads of it within that time need
     /// no metadata round trip (changes from other mounts show up after it).
     /// 0 keeps strict close-to-open.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, value_parser = crate::common::parse_seconds, default_value_t = 0.0)]
     pub open_cache: f64,
     /// Seconds between this mount's heartbeats to the metadata engine.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, value_parser = crate::common::parse_seconds, default_value_t = 5.0)]
     pub heartbeat: f64,
     /// A mount silent for this many seconds is taken for dead; live mounts
     /// release its locks and reclaim the files it held open after unlink.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, value_parser = crate::common::parse_seconds, default_value_t = 60.0)]
     pub session_timeout: f64,
     /// Before mounting, evict from each cache directory down to its share
     /// of --cache-size (`tessera cache gc`; waits for another GC of it).
@@ -93,9 +93,10 @@ pub struct DataPathArgs {
     /// Keep at least this fraction of each cache disk free.
     #[arg(long, default_value_t = 0.1, help_heading = "Cache")]
     pub free_space_ratio: f64,
-    /// Drop cached blocks unused for this many seconds (0: never).
-    #[arg(long, default_value_t = 0, help_heading = "Cache")]
-    pub cache_expire: u64,
+    /// Drop cached blocks unused for this long (seconds, or 30m, 12h, 7d;
+    /// 0: never).
+    #[arg(long, value_parser = crate::common::parse_seconds, default_value = "0", help_heading = "Cache")]
+    pub cache_expire: f64,
     /// Eviction policy of the caches: 2-random, lru or s3fifo.
     #[arg(long, default_value = "2-random", help_heading = "Cache")]
     pub cache_eviction: String,
@@ -192,14 +193,9 @@ impl DataPathArgs {
                 dirs,
                 capacity,
                 free_space_ratio: self.free_space_ratio,
-                expire: (self.cache_expire > 0)
+                expire: (self.cache_expire > 0.0)
                     .then(|| {
-                        seconds_in(
-                            "--cache-expire",
-                            self.cache_expire as f64,
-                            1.0,
-                            3650.0 * 86_400.0,
-                        )
+                        seconds_in("--cache-expire", self.cache_expire, 1.0, 3650.0 * 86_400.0)
                     })
                     .transpose()?,
                 eviction,

@@ -14,7 +14,7 @@ pub struct Args {
     /// The mountpoint (or any path inside the mount).
     pub mountpoint: PathBuf,
     /// Seconds between lines.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = crate::common::parse_seconds, default_value_t = 1.0)]
     pub interval: f64,
     /// Stop after this many lines (0: run until interrupted).
     #[arg(long, default_value_t = 0)]
