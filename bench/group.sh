@@ -75,7 +75,7 @@ start_members() {
     members=()
     for k in 0 1 2; do
         local i=$((k + 2))
-        "$tessera" cache-server "$meta" --group bench --listen "127.0.0.$i:${member_ports[$k]}" \
+        "$tessera" cache-server "$meta" --cache-group bench --group-listen "127.0.0.$i:${member_ports[$k]}" \
             --cache-dir "$work/member$i" --cache-size 64G --free-space-ratio 0.02 --metrics none \
             --mem-cache-size "$1" >>"$work/member$i.log" 2>&1 &
         pids+=($!)

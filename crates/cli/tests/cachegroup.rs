@@ -51,9 +51,9 @@ impl Member {
             .args([
                 "cache-server",
                 &vol.meta_url,
-                "--group",
+                "--cache-group",
                 group,
-                "--listen",
+                "--group-listen",
                 &addr,
             ])
             .args(["--cache-dir", cache.to_str().expect("utf-8")])
@@ -571,9 +571,9 @@ fn members_can_talk_tls() {
     let out = tessera(&[
         "cache-server",
         &vol.meta_url,
-        "--group",
+        "--cache-group",
         "secure",
-        "--listen",
+        "--group-listen",
         "127.0.0.11:0",
         "--group-tls-ca",
         &ca,

@@ -1,4 +1,4 @@
-//! `tessera cache-server META_URL --group NAME --listen ADDR:PORT`: a
+//! `tessera cache-server META_URL --cache-group NAME --group-listen ADDR:PORT`: a
 //! dedicated member of a cache group. It mounts nothing; it serves the
 //! blocks it owns from its disk and memory caches, fetching each from
 //! object storage the first time a peer asks.
@@ -15,15 +15,18 @@ use crate::common::{open_volume, StorageFlags};
 pub struct Args {
     /// Metadata engine URL of the volume whose blocks are served.
     pub meta_url: String,
-    /// The cache group to serve.
-    #[arg(long)]
+    /// The cache group to serve (spelled as on `mount`; `--group` also
+    /// works).
+    #[arg(long = "cache-group", alias = "group")]
     pub group: String,
-    /// Address to listen on and to be reached at, IP:PORT.
-    #[arg(long)]
+    /// Address to listen on and to be reached at, IP:PORT (`--listen` also
+    /// works).
+    #[arg(long = "group-listen", alias = "listen")]
     pub listen: String,
     /// Share of the blocks relative to the other members (0 drains this
-    /// member: it hands its blocks to their new owners).
-    #[arg(long, default_value_t = 1)]
+    /// member: it hands its blocks to their new owners; `--weight` also
+    /// works).
+    #[arg(long = "group-weight", alias = "weight", default_value_t = 1)]
     pub weight: u32,
     /// Seconds after a membership change during which a new owner asks a
     /// block's previous owner before object storage.
