@@ -39,7 +39,7 @@ fn malformed_urls() {
     );
     fails_with(
         &["format", &meta, "vol1", "--compress", "gzip"],
-        "unknown compression",
+        "possible values: none, lz4, zstd",
     );
     fails_with(
         &["format", &meta, "vol1", "--block-size", "3M"],

@@ -17,9 +17,12 @@ pub struct Args {
     /// Block size; a bare number is KiB (default 4M).
     #[arg(long, default_value = "4M")]
     pub block_size: String,
-    /// Block compression: none, lz4 or zstd.
-    #[arg(long, default_value = "none")]
-    pub compress: String,
+    /// Block compression.
+    #[arg(long, default_value = "none",
+          value_parser = clap::builder::TypedValueParser::try_map(
+              clap::builder::PossibleValuesParser::new(["none", "lz4", "zstd"]),
+              |s| s.parse::<Compression>()))]
+    pub compress: Compression,
     /// Days deleted files stay in a trash. There is no trash yet: only 0
     /// (deleted files' data is removed at once) is accepted.
     #[arg(long, default_value_t = 0)]
@@ -103,7 +106,7 @@ pub fn run(a: Args) -> Result<()> {
             a.name
         ));
     }
-    let compression: Compression = a.compress.parse().map_err(|e: String| anyhow!(e))?;
+    let compression = a.compress;
     if a.trash_days != 0 {
         return Err(anyhow!(
             "--trash-days {}: this version has no trash (deleted files' data is removed at once); use 0",

@@ -97,9 +97,12 @@ pub struct DataPathArgs {
     /// 0: never).
     #[arg(long, value_parser = crate::common::parse_seconds, default_value = "0", help_heading = "Cache")]
     pub cache_expire: f64,
-    /// Eviction policy of the caches: 2-random, lru or s3fifo.
-    #[arg(long, default_value = "2-random", help_heading = "Cache")]
-    pub cache_eviction: String,
+    /// Eviction policy of the caches.
+    #[arg(long, default_value = "2-random", help_heading = "Cache",
+          value_parser = clap::builder::TypedValueParser::try_map(
+              clap::builder::PossibleValuesParser::new(["2-random", "lru", "s3fifo"]),
+              |s| s.parse::<Eviction>()))]
+    pub cache_eviction: Eviction,
     /// Cache on disk only small or random reads, not large sequential ones.
     #[arg(long, help_heading = "Cache")]
     pub cache_partial_only: bool,
@@ -152,10 +155,7 @@ impl DataPathArgs {
     pub fn chunk_config(&self, format: &tessera_meta::Format) -> Result<ChunkConfig> {
         let size =
             |flag: &str, v: &str| parse_size(v, 1 << 20).map_err(|e| anyhow!("--{flag}: {e}"));
-        let eviction: Eviction = self
-            .cache_eviction
-            .parse()
-            .map_err(|e| anyhow!("--cache-eviction: {e}"))?;
+        let eviction = self.cache_eviction;
         if !(0.0..1.0).contains(&self.free_space_ratio) {
             return Err(anyhow!(
                 "--free-space-ratio {} must be at least 0 and below 1",
