@@ -343,3 +343,18 @@ fn file_handles_outlive_the_kernels_inode_cache() {
     let stale = open_by(&m.path, &mut removed).expect_err("a removed file's handle");
     assert_eq!(stale.raw_os_error(), Some(libc::ESTALE));
 }
+
+/// Opposite options do not conflict: as with mount(8), the later one wins.
+#[test]
+fn the_later_of_two_opposite_options_wins() {
+    let vol = Volume::new("options");
+    let m = vol.mount_with("mnt", &["-o", "suid,dev", "-o", "nosuid"]);
+    let mounts = fs::read_to_string("/proc/self/mounts").expect("mounts");
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(m.path.to_str().expect("utf-8")))
+        .expect("mounted");
+    let flags = line.split(' ').nth(3).expect("options");
+    assert!(flags.split(',').any(|f| f == "nosuid"), "{line}");
+    assert!(!flags.split(',').any(|f| f == "nodev"), "{line}");
+}

@@ -1027,6 +1027,25 @@ impl Filesystem for TesseraFs {
     }
 }
 
+/// The option that `-o name` overrides, if it has an opposite.
+fn opposite_option(name: &str) -> Option<MountOption> {
+    Some(match name {
+        "ro" => MountOption::RW,
+        "rw" => MountOption::RO,
+        "noatime" => MountOption::Atime,
+        "atime" => MountOption::NoAtime,
+        "nodev" => MountOption::Dev,
+        "dev" => MountOption::NoDev,
+        "nosuid" => MountOption::Suid,
+        "suid" => MountOption::NoSuid,
+        "noexec" => MountOption::Exec,
+        "exec" => MountOption::NoExec,
+        "async" => MountOption::Sync,
+        "sync" => MountOption::Async,
+        _ => return None,
+    })
+}
+
 /// Mount and serve until unmounted. Blocks the calling thread.
 pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, config: &MountConfig) -> std::io::Result<()> {
     let mut options = vec![
@@ -1050,6 +1069,11 @@ pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, config: &MountConfig) -> std::io:
             )
         });
     for o in kernel_options {
+        // As mount(8) does, the later of two opposite options wins
+        // (`-o suid -o nosuid` is nosuid), rather than refusing the pair.
+        if let Some(opposite) = opposite_option(o) {
+            options.retain(|kept| *kept != opposite);
+        }
         options.push(match o {
             "ro" => MountOption::RO,
             "rw" => MountOption::RW,
