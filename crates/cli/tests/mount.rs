@@ -358,3 +358,65 @@ fn the_later_of_two_opposite_options_wins() {
     assert!(flags.split(',').any(|f| f == "nosuid"), "{line}");
     assert!(!flags.split(',').any(|f| f == "nodev"), "{line}");
 }
+
+/// A plain or lazy umount(2) (what umount(8), systemd and scripts do) and a
+/// new mount of the same path right after it: the old process's exit must
+/// not take the new mount down (fuser's clean-up unmounted the path again;
+/// the lazy rounds, where the old mount ends after the new one is up,
+/// failed before the fix).
+#[test]
+fn a_mount_right_after_a_plain_umount_stays_mounted() {
+    let vol = Volume::new("remount");
+    let dir = vol.dir.path().join("mnt");
+    fs::create_dir(&dir).expect("mkdir");
+    let start = |extra: &[&str]| {
+        std::process::Command::new(common::bin())
+            .args(["mount", &vol.meta_url, dir.to_str().expect("utf-8")])
+            .args(["--cache-dir", "memory", "--metrics", "none"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn mount")
+    };
+    let wait_mounted = || {
+        for _ in 0..500 {
+            if common::is_mounted(&dir) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("mount did not come up");
+    };
+    let mut old = start(&[]);
+    wait_mounted();
+    fs::write(dir.join("f"), b"kept").expect("write");
+    for round in 0..4 {
+        let c = cpath(&dir);
+        // The old mount ends after the new one is up: detached while a
+        // file of it is open (lazy), it lives until that file is closed.
+        let open = (round % 2 == 1).then(|| fs::File::open(dir.join("f")).expect("open"));
+        let flags = if open.is_some() { libc::MNT_DETACH } else { 0 };
+        // SAFETY: umount2(2) of a valid C path.
+        assert_eq!(
+            unsafe { libc::umount2(c.as_ptr(), flags) },
+            0,
+            "round {round}"
+        );
+        let new = start(&[]);
+        wait_mounted();
+        drop(open);
+        let status = old.wait().expect("the old mount process ends");
+        assert!(status.success(), "round {round}: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(
+            common::is_mounted(&dir),
+            "round {round}: the new mount was taken down"
+        );
+        assert_eq!(fs::read(dir.join("f")).expect("read"), b"kept");
+        old = new;
+    }
+    let out = common::tessera(&["umount", dir.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let _ = old.wait();
+}

@@ -1105,7 +1105,25 @@ pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, config: &MountConfig) -> std::io:
     std::thread::Builder::new()
         .name("tessera-bdi".into())
         .spawn(move || raise_kernel_readahead(&target, KERNEL_READAHEAD_KB))?;
-    match fuser::mount(fs, mountpoint, &cfg) {
+    // The session ends when the kernel ends the connection: at unmount
+    // (`umount`, `tessera umount`, or the signal handler of the mount
+    // command, which unmounts first). fuser's own clean-up would then
+    // unmount the mountpoint *path* again, taking down whatever is mounted
+    // there by then: a new mount of the same path made right after a plain
+    // `umount` was unmounted by the old process's exit (xfstests
+    // generic/128). So the session runs on fuser's background thread, its
+    // result is joined here, and the mount handle is left to the end of
+    // the process, never dropped.
+    let background =
+        std::mem::ManuallyDrop::new(fuser::Session::new(fs, mountpoint, &cfg)?.spawn()?);
+    // SAFETY: `background` is wrapped in ManuallyDrop and never used again
+    // after its join handle is read out of it, so that handle is owned and
+    // dropped exactly once (by `join`).
+    let guard = unsafe { std::ptr::read(&background.guard) };
+    let served = guard
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the FUSE session thread panicked")));
+    match served {
         // A worker that takes a request off /dev/fuse while the kernel tears
         // the connection down at unmount gets ECONNABORTED instead of the
         // usual ENODEV (seen once in a test run: the mount then exited 1
