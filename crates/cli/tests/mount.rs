@@ -398,11 +398,8 @@ fn a_mount_right_after_a_plain_umount_stays_mounted() {
         let open = (round % 2 == 1).then(|| fs::File::open(dir.join("f")).expect("open"));
         let flags = if open.is_some() { libc::MNT_DETACH } else { 0 };
         // SAFETY: umount2(2) of a valid C path.
-        assert_eq!(
-            unsafe { libc::umount2(c.as_ptr(), flags) },
-            0,
-            "round {round}"
-        );
+        let unmounted = unsafe { libc::umount2(c.as_ptr(), flags) };
+        assert_eq!(unmounted, 0, "round {round}");
         let new = start(&[]);
         wait_mounted();
         drop(open);
