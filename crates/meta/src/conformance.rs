@@ -1019,6 +1019,17 @@ fn locks(e: Arc<dyn KvEngine>) {
         .getlk(f, 1, libc::F_WRLCK, 40, 69)
         .expect("getlk")
         .is_none());
+    // Of several conflicting locks, the one that starts first is reported
+    // (a's [0, 39] was taken before its [70, 99], but record order must
+    // not decide: set them the other way round).
+    a.setlk(f, 1, 10, libc::F_UNLCK, 0, 99).expect("unlock");
+    a.setlk(f, 1, 10, libc::F_WRLCK, 70, 99).expect("upper");
+    a.setlk(f, 1, 10, libc::F_RDLCK, 10, 19).expect("lower");
+    let first = b
+        .getlk(f, 1, libc::F_WRLCK, 0, 99)
+        .expect("getlk")
+        .expect("conflict");
+    assert_eq!((first.typ, first.start, first.end), (libc::F_RDLCK, 10, 19));
     // closing a session releases what it held.
     b.close_session(b.session_id()).expect("close");
     a.flock(f, 3, FlockType::Write).expect("b's flock is gone");

@@ -134,14 +134,17 @@ impl Meta {
                 .get(&keys::plock(ino))?
                 .map(|v| decode_ranges(&v))
                 .unwrap_or_default();
+            // The conflicting lock that starts first, as local file systems
+            // report it.
             Ok(ranges
                 .iter()
-                .find(|r| {
+                .filter(|r| {
                     !(r.sid == sid && r.owner == owner)
                         && r.start <= end
                         && start <= r.end
                         && (r.write || typ == libc::F_WRLCK)
                 })
+                .min_by_key(|r| r.start)
                 .map(|r| PosixLock {
                     typ: if r.write {
                         libc::F_WRLCK

@@ -964,7 +964,10 @@ impl Vfs {
             }
         }
         let handle = Handle::file(ino, flags);
-        if self.config.atime != AtimeMode::NoAtime && !is_write_only(flags) {
+        if self.config.atime != AtimeMode::NoAtime
+            && !is_write_only(flags)
+            && flags & libc::O_NOATIME == 0
+        {
             if let Ok(mut t) = handle.opened_times.lock() {
                 *t = Some(attr);
             }
@@ -1222,6 +1225,20 @@ impl Vfs {
         let mut owners: Vec<u64> = handle
             .and_then(|h| h.lock_owners.lock().ok().map(|o| o.clone()))
             .unwrap_or_default();
+        // An owner that also locked through another open handle of the file
+        // is a process (POSIX locks, dropped by the flush of its close),
+        // not this description: the locks it holds now may have been taken
+        // through the other handle after this one was closed (the kernel
+        // sends this release late), and they stay.
+        if !owners.is_empty() {
+            if let Ok(handles) = self.handles.lock() {
+                owners.retain(|owner| {
+                    !handles.values().any(|h| {
+                        h.ino == ino && h.lock_owners.lock().is_ok_and(|o| o.contains(owner))
+                    })
+                });
+            }
+        }
         owners.extend(flock_owner);
         if self.may_hold_locks(ino) {
             for owner in owners {

@@ -701,6 +701,29 @@ fn releasing_a_handle_ends_the_locks_taken_through_it() {
         );
     });
     v.release(ino, second, None).expect("release");
+
+    // A process's POSIX lock taken again through a new handle survives
+    // the late release of the handle it first locked through.
+    let (old, _) = v.open(ino, libc::O_RDWR).expect("open");
+    assert!(ask(old, 0xf1).is_ok());
+    v.flush(ino, old, 0xf1)
+        .expect("close: the flush drops its locks");
+    let (new, _) = v.open(ino, libc::O_RDWR).expect("open again");
+    assert!(
+        ask(new, 0xf1).is_ok(),
+        "locked again through the new handle"
+    );
+    v.release(ino, old, None)
+        .expect("the old handle's release arrives late");
+    let (other, _) = v.open(ino, libc::O_RDWR).expect("open");
+    assert_eq!(
+        ask(other, 0xf2)
+            .expect_err("the process still holds it")
+            .errno,
+        libc::EAGAIN
+    );
+    v.release(ino, other, None).expect("release");
+    v.release(ino, new, None).expect("release");
 }
 
 #[test]
