@@ -502,7 +502,7 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
 }
 
 /// The access-time rule the `-o` options ask for (the last one wins;
-/// relatime, Linux's default, when none does).
+/// noatime when none does).
 fn atime_mode(options: &[String]) -> tessera_vfs::AtimeMode {
     use tessera_vfs::AtimeMode;
     options
