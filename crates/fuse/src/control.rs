@@ -15,7 +15,7 @@
 //! (NUL padded, 1 KiB), and at byte 1088 the number of members followed by
 //! one entry per member (address, 48 bytes NUL padded; cached bytes, u64).
 
-use tessera_vfs::{CacheAction, CacheReport};
+use tessera_vfs::{CacheControl, CacheReport, ControlOp};
 
 /// Bytes of a request and of a reply.
 pub const SIZE: usize = 4096;
@@ -120,22 +120,22 @@ impl Request {
         })
     }
 
-    pub fn action(&self) -> CacheAction {
-        if self.flags & FLAG_GROUP != 0 {
-            match self.op {
-                Op::Warm => return CacheAction::GroupWarm,
-                Op::Check => return CacheAction::GroupCheck,
-                Op::Evict => return CacheAction::GroupEvict,
-                Op::Unpin | Op::LocalCopy => {}
-            }
-        }
-        match self.op {
-            Op::Check | Op::LocalCopy => CacheAction::Check,
-            Op::Evict => CacheAction::Evict,
-            Op::Unpin => CacheAction::Unpin,
-            Op::Warm => CacheAction::Warm {
-                pin: (self.pin_secs > 0).then(|| std::time::Duration::from_secs(self.pin_secs)),
+    /// The request as the mount acts on it.
+    pub fn to_control(&self) -> CacheControl {
+        CacheControl {
+            op: match self.op {
+                Op::Check => ControlOp::Check,
+                Op::Warm => ControlOp::Warm {
+                    pin: (self.pin_secs > 0).then(|| std::time::Duration::from_secs(self.pin_secs)),
+                },
+                Op::Evict => ControlOp::Evict,
+                Op::Unpin => ControlOp::Unpin,
+                Op::LocalCopy => ControlOp::LocalCopy,
             },
+            offset: self.offset,
+            length: self.length,
+            group: (self.flags & FLAG_GROUP != 0).then(|| self.group.clone()),
+            background: self.flags & FLAG_BACKGROUND != 0,
         }
     }
 }
@@ -231,7 +231,18 @@ mod tests {
             "TCGETS is not ours"
         );
         assert_eq!(Op::Check.command(), 0xD000_B701);
-        assert_eq!(req.action(), CacheAction::GroupWarm);
+        assert_eq!(
+            req.to_control(),
+            CacheControl {
+                op: ControlOp::Warm {
+                    pin: Some(std::time::Duration::from_secs(3600))
+                },
+                offset: 64 << 20,
+                length: 64 << 20,
+                group: Some("gpu-a".into()),
+                background: true,
+            }
+        );
         let report = CacheReport {
             bytes: 10,
             memory: 1,

@@ -5,7 +5,6 @@
 //! requests arrive as whole-file record locks (FUSE_FLOCK_LOCKS) and share the
 //! POSIX lock table.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -20,7 +19,7 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 use tessera_meta::{Attr, Ctx, SetAttr};
-use tessera_vfs::{Vfs, VfsError};
+use tessera_vfs::{OpenMode, OpenModes, Vfs, VfsError};
 use tracing::{debug, warn};
 
 pub mod control;
@@ -51,99 +50,65 @@ pub struct TesseraFs {
     ttls: CacheTtls,
     /// The volume inode that the kernel sees as inode 1.
     root: u64,
-    /// Cache work queued by `tessera warmup --background`, started on
-    /// first use.
-    background: std::sync::Mutex<Option<std::sync::mpsc::Sender<(u64, control::Request)>>>,
     /// Whether the kernel took FUSE_PASSTHROUGH (reads of files with a
     /// local copy go straight to it).
     passthrough: std::sync::atomic::AtomicBool,
-    modes: std::sync::Mutex<OpenModes>,
-    /// Signalled whenever a handle is released, for a writer waiting out
-    /// the releases of readers that have already closed.
-    modes_released: std::sync::Condvar,
+    /// How each open inode is open in the kernel (passthrough or cached).
+    modes: OpenModes<Arc<fuser::BackingId>>,
 }
 
-/// How long a writer waits for passthrough readers to be released before
-/// it is refused. The kernel sends FUSE_RELEASE after close() has already
-/// returned, so `cat f; echo x >> f` must not fail on the reader's release
-/// still being in flight; a reader that is really still open is refused.
-const RELEASE_GRACE: Duration = Duration::from_secs(2);
-
-/// Threads that work through background warm-ups, one range at a time each.
-const BACKGROUND_WORKERS: usize = 4;
-
-/// How an inode is open in the kernel. FUSE fails an open with EIO if it
-/// would mix passthrough and cached opens of one inode, or give one inode
-/// two backing files, so every open is decided against this.
-enum IoMode {
-    Passthrough {
-        backing: Arc<fuser::BackingId>,
-        opens: usize,
-    },
-    Cached {
-        opens: usize,
-    },
-}
-
-/// How a new handle opens its inode.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum HandleMode {
-    Passthrough,
-    Cached,
-}
-
-#[derive(Default)]
-struct OpenModes {
-    inodes: HashMap<u64, IoMode>,
-    /// The inode of every file handle; each counts for its inode's mode
-    /// (a handle is never opened against the inode's current mode).
-    handles: HashMap<u64, u64>,
-}
-
-impl OpenModes {
-    fn opened(
-        &mut self,
-        ino: u64,
-        fh: u64,
-        mode: HandleMode,
-        backing: Option<Arc<fuser::BackingId>>,
+/// The errno of a failed request, after logging it at its level (failures
+/// of the system at warn, the answers applications expect at debug) and
+/// counting it per operation and errno.
+fn fail(vfs: &Vfs, op: &'static str, e: VfsError) -> Errno {
+    let name = errno_name(e.errno);
+    if matches!(
+        e.errno,
+        libc::EIO | libc::ENOSPC | libc::EDQUOT | libc::ESTALE | libc::ENOMEM | libc::ETIMEDOUT
     ) {
-        self.handles.insert(fh, ino);
-        match (self.inodes.get_mut(&ino), mode, backing) {
-            (Some(IoMode::Passthrough { opens, .. }), HandleMode::Passthrough, _)
-            | (Some(IoMode::Cached { opens }), HandleMode::Cached, _) => *opens += 1,
-            (None, HandleMode::Passthrough, Some(backing)) => {
-                self.inodes
-                    .insert(ino, IoMode::Passthrough { backing, opens: 1 });
-            }
-            (None, _, _) => {
-                self.inodes.insert(ino, IoMode::Cached { opens: 1 });
-            }
-            _ => {}
-        }
+        warn!(op, errno = name, reason = %e.reason, "request failed");
+    } else {
+        debug!(op, errno = name, reason = %e.reason, "request failed");
     }
-
-    fn released(&mut self, fh: u64) {
-        let Some(ino) = self.handles.remove(&fh) else {
-            return;
-        };
-        let last = match self.inodes.get_mut(&ino) {
-            Some(IoMode::Passthrough { opens, .. }) | Some(IoMode::Cached { opens }) => {
-                *opens = opens.saturating_sub(1);
-                *opens == 0
-            }
-            None => false,
-        };
-        if last {
-            // Dropping the last reference closes the backing file id.
-            self.inodes.remove(&ino);
-        }
-    }
+    vfs.metrics().op_error(op, name);
+    Errno::from_i32(e.errno)
 }
 
-fn errno(e: VfsError) -> Errno {
-    debug!(errno = e.errno, reason = %e.reason, "request failed");
-    Errno::from_i32(e.errno)
+/// The symbolic name of an errno, for logs and metric labels.
+fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::EIO => "EIO",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EEXIST => "EEXIST",
+        libc::EXDEV => "EXDEV",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::ENOTTY => "ENOTTY",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::EROFS => "EROFS",
+        libc::EMLINK => "EMLINK",
+        libc::ERANGE => "ERANGE",
+        libc::EDEADLK => "EDEADLK",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ELOOP => "ELOOP",
+        libc::ENODATA => "ENODATA",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ESTALE => "ESTALE",
+        libc::EDQUOT => "EDQUOT",
+        _ => "other",
+    }
 }
 
 fn to_time(secs: i64, nsec: u32) -> SystemTime {
@@ -235,52 +200,9 @@ impl TesseraFs {
             vfs,
             ttls,
             root,
-            background: std::sync::Mutex::new(None),
             passthrough: std::sync::atomic::AtomicBool::new(false),
-            modes: std::sync::Mutex::new(OpenModes::default()),
-            modes_released: std::sync::Condvar::new(),
+            modes: OpenModes::default(),
         }
-    }
-
-    /// Queue a range for the background workers (started on first use).
-    fn queue_background(&self, ino: u64, req: control::Request) -> Result<(), Errno> {
-        let mut slot = self.background.lock().map_err(|_| Errno::EIO)?;
-        let sender = match slot.as_ref() {
-            Some(s) => s.clone(),
-            None => {
-                let (tx, rx) = std::sync::mpsc::channel::<(u64, control::Request)>();
-                let rx = Arc::new(std::sync::Mutex::new(rx));
-                for i in 0..BACKGROUND_WORKERS {
-                    let (rx, vfs) = (rx.clone(), self.vfs.clone());
-                    std::thread::Builder::new()
-                        .name(format!("warmup-{i}"))
-                        .spawn(move || loop {
-                            let next = match rx.lock() {
-                                Ok(rx) => rx.recv(),
-                                Err(_) => return,
-                            };
-                            let Ok((ino, req)) = next else { return };
-                            let r = vfs.cache_range(ino, req.offset, req.length, req.action());
-                            match r {
-                                Ok(rep) if rep.failed_blocks > 0 => warn!(
-                                    ino,
-                                    failed = rep.failed_blocks,
-                                    error = rep.error.as_deref().unwrap_or(""),
-                                    "background warm-up could not fetch every block"
-                                ),
-                                Ok(_) => {}
-                                Err(e) => {
-                                    warn!(ino, error = %e.reason, "background warm-up failed")
-                                }
-                            }
-                        })
-                        .map_err(|_| Errno::EAGAIN)?;
-                }
-                *slot = Some(tx.clone());
-                tx
-            }
-        };
-        sender.send((ino, req)).map_err(|_| Errno::EIO)
     }
 
     /// Kernel inode to volume inode.
@@ -309,7 +231,20 @@ impl TesseraFs {
         }
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, r: tessera_vfs::Result<(u64, Attr)>) {
+    fn fail(&self, op: &'static str, e: VfsError) -> Errno {
+        fail(&self.vfs, op, e)
+    }
+
+    fn empty(&self, op: &'static str, reply: ReplyEmpty, r: tessera_vfs::Result<()>) {
+        empty(&self.vfs, op, reply, r)
+    }
+
+    fn reply_entry(
+        &self,
+        op: &'static str,
+        reply: ReplyEntry,
+        r: tessera_vfs::Result<(u64, Attr)>,
+    ) {
         match r {
             Ok((ino, a)) => reply.entry_with_ttls(
                 &self.ttls.attr,
@@ -317,15 +252,15 @@ impl TesseraFs {
                 &file_attr(self.o(ino), &a),
                 Generation(0),
             ),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.fail(op, e)),
         }
     }
 }
 
-fn empty(reply: ReplyEmpty, r: tessera_vfs::Result<()>) {
+fn empty(vfs: &Vfs, op: &'static str, reply: ReplyEmpty, r: tessera_vfs::Result<()>) {
     match r {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(e)),
+        Err(e) => reply.error(fail(vfs, op, e)),
     }
 }
 
@@ -373,13 +308,17 @@ impl Filesystem for TesseraFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(reply, self.vfs.lookup(self.i(parent), name.as_bytes()));
+        self.reply_entry(
+            "lookup",
+            reply,
+            self.vfs.lookup(self.i(parent), name.as_bytes()),
+        );
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.vfs.getattr(self.i(ino)) {
             Ok(a) => reply.attr(&self.ttls.attr, &file_attr(self.o(self.i(ino)), &a)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.fail("getattr", e)),
         }
     }
 
@@ -410,14 +349,14 @@ impl Filesystem for TesseraFs {
         };
         match self.vfs.setattr(self.i(ino), &set, size) {
             Ok(a) => reply.attr(&self.ttls.attr, &file_attr(self.o(self.i(ino)), &a)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.fail("setattr", e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.vfs.readlink(self.i(ino)) {
             Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.fail("readlink", e)),
         }
     }
 
@@ -432,6 +371,7 @@ impl Filesystem for TesseraFs {
         reply: ReplyEntry,
     ) {
         self.reply_entry(
+            "mknod",
             reply,
             self.vfs.mknod(
                 &with_umask(req, umask),
@@ -453,6 +393,7 @@ impl Filesystem for TesseraFs {
         reply: ReplyEntry,
     ) {
         self.reply_entry(
+            "mkdir",
             reply,
             self.vfs.mkdir(
                 &with_umask(req, umask),
@@ -464,11 +405,19 @@ impl Filesystem for TesseraFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.vfs.unlink(self.i(parent), name.as_bytes()));
+        self.empty(
+            "unlink",
+            reply,
+            self.vfs.unlink(self.i(parent), name.as_bytes()),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.vfs.rmdir(self.i(parent), name.as_bytes()));
+        self.empty(
+            "rmdir",
+            reply,
+            self.vfs.rmdir(self.i(parent), name.as_bytes()),
+        );
     }
 
     fn symlink(
@@ -480,6 +429,7 @@ impl Filesystem for TesseraFs {
         reply: ReplyEntry,
     ) {
         self.reply_entry(
+            "symlink",
             reply,
             self.vfs.symlink(
                 &ctx(req),
@@ -500,7 +450,8 @@ impl Filesystem for TesseraFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        empty(
+        self.empty(
+            "rename",
             reply,
             self.vfs.rename(
                 self.i(parent),
@@ -521,6 +472,7 @@ impl Filesystem for TesseraFs {
         reply: ReplyEntry,
     ) {
         self.reply_entry(
+            "link",
             reply,
             self.vfs
                 .link(self.i(ino), self.i(newparent), newname.as_bytes())
@@ -535,48 +487,19 @@ impl Filesystem for TesseraFs {
         if tessera_vfs::internal::is_internal(ino) {
             match self.vfs.open(ino, flags.0) {
                 Ok((fh, _)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(self.fail("open", e)),
             }
             return;
         }
         let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
-        // No lock is held across the metadata and file work below: the
-        // inode's mode is looked at first, and again when registering.
-        let open_as = |modes: &OpenModes| match modes.inodes.get(&ino) {
-            Some(IoMode::Passthrough { backing, .. }) => Some(Some(backing.clone())),
-            Some(IoMode::Cached { .. }) => Some(None),
-            None => None,
+        // The inode's mode is looked at first and settled when the handle
+        // is registered; no lock is held across the work between.
+        let current = match self.modes.before_open(ino, read_only) {
+            Ok(current) => current,
+            Err(e) => return reply.error(self.fail("open", e)),
         };
-        let existing = self.modes.lock().ok().and_then(|m| {
-            if read_only || !matches!(open_as(&m), Some(Some(_))) {
-                return Some(open_as(&m));
-            }
-            let (m, _) = self
-                .modes_released
-                .wait_timeout_while(m, RELEASE_GRACE, |m| matches!(open_as(m), Some(Some(_))))
-                .ok()?;
-            Some(open_as(&m))
-        });
-        let Some(existing) = existing else {
-            reply.error(Errno::EIO);
-            return;
-        };
-        // The kernel wants every open of an inode read by passthrough to
-        // be passthrough too, which would send writes to the local copy:
-        // a writer waits until the readers have closed.
-        let refuse_writer = || {
-            debug!(
-                ino,
-                "file is open for reading from its local copy; refusing a writer"
-            );
-            Errno::ETXTBSY
-        };
-        if !read_only && matches!(existing, Some(Some(_))) {
-            reply.error(refuse_writer());
-            return;
-        }
         let passthrough = self.passthrough.load(std::sync::atomic::Ordering::Relaxed);
-        let candidate = if read_only && passthrough && existing.is_none() {
+        let offered = if read_only && passthrough && matches!(current, OpenMode::Closed) {
             self.vfs
                 .local_copy(ino)
                 .and_then(|path| std::fs::File::open(path).ok())
@@ -592,39 +515,17 @@ impl Filesystem for TesseraFs {
         };
         let fh = match self.vfs.open(ino, flags.0) {
             Ok((fh, _)) => fh,
+            Err(e) => return reply.error(self.fail("open", e)),
+        };
+        match self.modes.register(ino, fh, read_only, offered) {
+            Ok(Some(backing)) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing)
+            }
+            Ok(None) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => {
-                reply.error(errno(e));
-                return;
-            }
-        };
-        let Ok(mut modes) = self.modes.lock() else {
-            reply.error(Errno::EIO);
-            return;
-        };
-        // Another open may have settled the inode's mode meanwhile: a
-        // reader joins it (one backing file per inode), a writer of an
-        // inode now read by passthrough is refused.
-        let (mode, backing) = match open_as(&modes) {
-            Some(Some(b)) if read_only => (HandleMode::Passthrough, Some(b)),
-            Some(Some(_)) => {
-                drop(modes);
                 let _ = self.vfs.release(ino, fh, None);
-                reply.error(refuse_writer());
-                return;
+                reply.error(self.fail("open", e))
             }
-            Some(None) => (HandleMode::Cached, None),
-            None => match candidate {
-                Some(b) => (HandleMode::Passthrough, Some(b)),
-                None => (HandleMode::Cached, None),
-            },
-        };
-        modes.opened(ino, fh, mode, backing.clone());
-        drop(modes);
-        match (mode, backing) {
-            (HandleMode::Passthrough, Some(b)) => {
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
-            }
-            _ => reply.opened(FileHandle(fh), FopenFlags::empty()),
         }
     }
 
@@ -641,7 +542,7 @@ impl Filesystem for TesseraFs {
     ) {
         match self.vfs.read(self.i(ino), fh.0, offset, size as usize) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.fail("read", e)),
         }
     }
 
@@ -659,7 +560,7 @@ impl Filesystem for TesseraFs {
     ) {
         match self.vfs.write(self.i(ino), fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.fail("write", e)),
         }
     }
 
@@ -671,7 +572,11 @@ impl Filesystem for TesseraFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.vfs.flush(self.i(ino), fh.0, lock_owner.0));
+        self.empty(
+            "flush",
+            reply,
+            self.vfs.flush(self.i(ino), fh.0, lock_owner.0),
+        );
     }
 
     fn release(
@@ -684,11 +589,9 @@ impl Filesystem for TesseraFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Ok(mut modes) = self.modes.lock() {
-            modes.released(fh.0);
-        }
-        self.modes_released.notify_all();
-        empty(
+        self.modes.released(fh.0);
+        self.empty(
+            "release",
             reply,
             self.vfs.release(self.i(ino), fh.0, lock_owner.map(|o| o.0)),
         );
@@ -702,13 +605,13 @@ impl Filesystem for TesseraFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.vfs.fsync(self.i(ino)));
+        self.empty("fsync", reply, self.vfs.fsync(self.i(ino)));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.vfs.opendir(self.i(ino)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.fail("opendir", e)),
         }
     }
 
@@ -722,7 +625,7 @@ impl Filesystem for TesseraFs {
     ) {
         let entries = match self.vfs.readdir(fh.0, offset) {
             Ok(entries) => entries,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return reply.error(self.fail("readdir", e)),
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(
@@ -775,7 +678,7 @@ impl Filesystem for TesseraFs {
                     bsize as u32,
                 )
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.fail("statfs", e)),
         }
     }
 
@@ -789,7 +692,8 @@ impl Filesystem for TesseraFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        empty(
+        self.empty(
+            "setxattr",
             reply,
             self.vfs
                 .setxattr(&ctx(req), self.i(ino), name.as_bytes(), value, flags),
@@ -817,63 +721,12 @@ impl Filesystem for TesseraFs {
             reply.error(Errno::EINVAL);
             return;
         }
-        let ino = self.i(ino);
-        if req.flags & control::FLAG_GROUP != 0 {
-            let mine = self.vfs.chunks.group().map(|g| g.name().to_string());
-            if mine.as_deref() != Some(req.group.as_str()) {
-                let report = tessera_vfs::CacheReport {
-                    failed_blocks: 1,
-                    error: Some(match mine {
-                        Some(g) => {
-                            format!("this mount is in cache group {g:?}, not {:?}", req.group)
-                        }
-                        None => format!(
-                            "this mount is not in cache group {:?} (mount it with --cache-group)",
-                            req.group
-                        ),
-                    }),
-                    ..Default::default()
-                };
-                reply.ioctl(0, &control::encode_report(&report));
-                return;
-            }
-        }
-        if req.flags & control::FLAG_BACKGROUND != 0 {
-            match self.queue_background(ino, req) {
-                Ok(()) => reply.ioctl(0, &control::encode_report(&Default::default())),
-                Err(e) => reply.error(e),
-            }
-            return;
-        }
         let vfs = self.vfs.clone();
-        let work = move || {
-            if req.op == control::Op::LocalCopy {
-                return match vfs.make_local_copy(ino) {
-                    Ok(n) => {
-                        let report = tessera_vfs::CacheReport {
-                            bytes: n,
-                            cached: n,
-                            ..Default::default()
-                        };
-                        reply.ioctl(0, &control::encode_report(&report))
-                    }
-                    Err(e) => reply.error(errno(e)),
-                };
-            }
-            if req.op == control::Op::Evict && req.flags & control::FLAG_GROUP == 0 {
-                vfs.drop_local_copy(ino);
-            }
-            match vfs.cache_range(ino, req.offset, req.length, req.action()) {
+        self.vfs
+            .submit_cache_control(self.i(ino), req.to_control(), move |r| match r {
                 Ok(report) => reply.ioctl(0, &control::encode_report(&report)),
-                Err(e) => reply.error(errno(e)),
-            }
-        };
-        if let Err(e) = std::thread::Builder::new()
-            .name("cache-control".into())
-            .spawn(work)
-        {
-            warn!(error = %e, "cannot start a cache-control thread");
-        }
+                Err(e) => reply.error(fail(&vfs, "ioctl", e)),
+            });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -881,7 +734,7 @@ impl Filesystem for TesseraFs {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
             Ok(v) => reply.data(&v),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.fail("getxattr", e)),
         }
     }
 
@@ -901,12 +754,16 @@ impl Filesystem for TesseraFs {
                     reply.data(&buf)
                 }
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.fail("listxattr", e)),
         }
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.vfs.removexattr(self.i(ino), name.as_bytes()));
+        self.empty(
+            "removexattr",
+            reply,
+            self.vfs.removexattr(self.i(ino), name.as_bytes()),
+        );
     }
 
     fn create(
@@ -927,8 +784,10 @@ impl Filesystem for TesseraFs {
             flags,
         ) {
             Ok((ino, a, fh)) => {
-                if let Ok(mut modes) = self.modes.lock() {
-                    modes.opened(ino, fh, HandleMode::Cached, None);
+                // A new file has no local copy: its handle is a cached open.
+                if let Err(e) = self.modes.register(ino, fh, false, None) {
+                    let _ = self.vfs.release(ino, fh, None);
+                    return reply.error(self.fail("create", e));
                 }
                 reply.created(
                     &self.entry_ttl(&a),
@@ -938,7 +797,7 @@ impl Filesystem for TesseraFs {
                     FopenFlags::empty(),
                 )
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.fail("create", e)),
         }
     }
 
@@ -957,7 +816,7 @@ impl Filesystem for TesseraFs {
         match self.vfs.getlk(self.i(ino), lock_owner.0, typ, start, end) {
             Ok(Some(l)) => reply.locked(l.start, l.end, l.typ, l.pid),
             Ok(None) => reply.locked(start, end, libc::F_UNLCK, pid),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.fail("getlk", e)),
         }
     }
 
@@ -984,7 +843,9 @@ impl Filesystem for TesseraFs {
             end,
             block: sleep,
         };
-        self.vfs.setlk(lock, Box::new(move |r| empty(reply, r)));
+        let vfs = self.vfs.clone();
+        self.vfs
+            .setlk(lock, Box::new(move |r| empty(&vfs, "setlk", reply, r)));
     }
 
     fn fallocate(
@@ -997,7 +858,8 @@ impl Filesystem for TesseraFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(
+        self.empty(
+            "fallocate",
             reply,
             self.vfs
                 .fallocate(&ctx(req), self.i(ino), mode, offset, length),
@@ -1022,7 +884,7 @@ impl Filesystem for TesseraFs {
             .copy_file_range(self.i(ino_in), offset_in, self.i(ino_out), offset_out, len)
         {
             Ok(n) => reply.written(n.min(u64::from(u32::MAX)) as u32),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(self.fail("copy_file_range", e)),
         }
     }
 }
@@ -1101,10 +963,6 @@ pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, config: &MountConfig) -> std::io:
     cfg.n_threads = Some(config.threads.max(1));
     cfg.clone_fd = true;
     let fs = TesseraFs::new(vfs, config.ttls, config.root);
-    let target = mountpoint.to_path_buf();
-    std::thread::Builder::new()
-        .name("tessera-bdi".into())
-        .spawn(move || raise_kernel_readahead(&target, KERNEL_READAHEAD_KB))?;
     // The session ends when the kernel ends the connection: at unmount
     // (`umount`, `tessera umount`, or the signal handler of the mount
     // command, which unmounts first). fuser's own clean-up would then
@@ -1114,8 +972,10 @@ pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, config: &MountConfig) -> std::io:
     // generic/128). So the session runs on fuser's background thread, its
     // result is joined here, and the mount handle is left to the end of
     // the process, never dropped.
-    let background =
-        std::mem::ManuallyDrop::new(fuser::Session::new(fs, mountpoint, &cfg)?.spawn()?);
+    let session = fuser::Session::new(fs, mountpoint, &cfg)?;
+    // The mount exists once the session does.
+    raise_kernel_readahead(mountpoint, KERNEL_READAHEAD_KB);
+    let background = std::mem::ManuallyDrop::new(session.spawn()?);
     // SAFETY: `background` is wrapped in ManuallyDrop and never used again
     // after its join handle is read out of it, so that handle is owned and
     // dropped exactly once (by `join`).
@@ -1148,23 +1008,22 @@ const KERNEL_READAHEAD_KB: u32 = 16384;
 /// for this very file system. Needs root; without it reads stay at 128 KiB.
 fn raise_kernel_readahead(mountpoint: &Path, kb: u32) {
     let want = mountpoint.to_string_lossy().into_owned();
-    for _ in 0..200 {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let dev = info.lines().find_map(|l| {
-            let mut f = l.split(' ');
-            let dev = f.nth(2)?;
-            let point = f.nth(1)?;
-            (point.replace("\\040", " ") == want).then(|| dev.to_string())
-        });
-        if let Some(dev) = dev {
-            let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
-            match std::fs::write(&path, kb.to_string()) {
-                Ok(()) => debug!(%path, kb, "raised kernel readahead"),
-                Err(e) => debug!(%path, error = %e, "cannot raise kernel readahead"),
-            }
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // The last entry of the path is the one just mounted over any others.
+    let dev = info.lines().rev().find_map(|l| {
+        let mut f = l.split(' ');
+        let dev = f.nth(2)?;
+        let point = f.nth(1)?;
+        (point.replace("\\040", " ") == want).then(|| dev.to_string())
+    });
+    let Some(dev) = dev else {
+        debug!(mountpoint = %want, "mount not in mountinfo; kernel readahead left as it is");
+        return;
+    };
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    match std::fs::write(&path, kb.to_string()) {
+        Ok(()) => debug!(%path, kb, "raised kernel readahead"),
+        Err(e) => debug!(%path, error = %e, "cannot raise kernel readahead"),
     }
 }
 

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub staging_bytes: Gauge,
     /// File system operations by name, and bytes through read and write.
     pub ops: Family<Label, Counter>,
+    /// Failed file system operations, by name and errno.
+    pub op_errors: Family<[(&'static str, &'static str); 2], Counter>,
     pub fuse_read_bytes: Counter,
     pub fuse_write_bytes: Counter,
     /// Metadata transactions restarted after a conflict.
@@ -135,6 +137,7 @@ impl Metrics {
             staging_blocks: Gauge::default(),
             staging_bytes: Gauge::default(),
             ops: Family::default(),
+            op_errors: Family::default(),
             fuse_read_bytes: Counter::default(),
             fuse_write_bytes: Counter::default(),
             meta_txn_restarts: F64Gauge::default(),
@@ -245,6 +248,11 @@ impl Metrics {
         );
         r.register("ops", "File system operations, by name", m.ops.clone());
         r.register(
+            "op_errors",
+            "Failed file system operations, by name and errno",
+            m.op_errors.clone(),
+        );
+        r.register(
             "fuse_read_bytes",
             "Bytes returned by read",
             m.fuse_read_bytes.clone(),
@@ -300,6 +308,13 @@ impl Metrics {
             m.group_members.clone(),
         );
         m
+    }
+
+    /// Count one failed operation by name and errno name.
+    pub fn op_error(&self, name: &'static str, errno: &'static str) {
+        self.op_errors
+            .get_or_create(&[("op", name), ("errno", errno)])
+            .inc();
     }
 
     /// Count one operation by name.
@@ -398,6 +413,13 @@ mod tests {
         assert_eq!(get("tessera_tier_reads_total{tier=\"disk\"}"), 2.0);
         assert_eq!(get("tessera_tier_read_bytes_total{tier=\"disk\"}"), 8192.0);
         assert_eq!(get("tessera_ops_total{op=\"read\"}"), 1.0);
+        m.op_error("lookup", "ENOENT");
+        m.op_error("lookup", "ENOENT");
+        let text = m.render();
+        assert!(
+            text.contains("tessera_op_errors_total{op=\"lookup\",errno=\"ENOENT\"} 2"),
+            "{text}"
+        );
         assert_eq!(
             get("tessera_object_request_seconds_count{method=\"get\"}"),
             1.0

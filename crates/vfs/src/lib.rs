@@ -6,9 +6,11 @@
 //! compaction). The FUSE adapter only translates requests into these calls,
 //! so everything here can be exercised in-process.
 
+pub mod control;
 mod copies;
 mod handles;
 pub mod internal;
+pub mod open_modes;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +26,9 @@ use tessera_meta::{
 };
 use tracing::{debug, info, warn};
 
+pub use control::{CacheControl, ControlOp};
 pub use handles::Handle;
+pub use open_modes::{Current as OpenMode, OpenModes};
 
 /// An errno with the reason behind it, for logs.
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +233,8 @@ pub struct Vfs {
     work: Mutex<Option<mpsc::Sender<Work>>>,
     stop: Arc<AtomicBool>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Workers of `tessera warmup`'s requests.
+    control: control::ControlWorkers,
 }
 
 fn is_write_only(flags: i32) -> bool {
@@ -254,6 +260,7 @@ impl Vfs {
             work: Mutex::new(None),
             stop: Arc::new(AtomicBool::new(false)),
             workers: Mutex::new(Vec::new()),
+            control: control::ControlWorkers::default(),
         })
     }
 

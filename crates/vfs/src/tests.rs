@@ -392,6 +392,85 @@ fn warm_check_evict_and_pin_a_file() {
     );
 }
 
+/// The cache-control requests of `tessera warmup` as the mount takes
+/// them: a local copy is written and then dropped by an eviction, a request
+/// for a cache group this mount is not in is refused with a message, and a
+/// background warm-up answers at once and is done by the mount's workers.
+#[test]
+fn cache_control_requests_from_the_adapter() {
+    use crate::control::{CacheControl, ControlOp};
+    let cache = tempfile::tempdir().expect("tempdir");
+    let f = fixture_with(64 << 10, Some(cache.path()));
+    let v = &f.vfs;
+    let (ino, _, fh) = v
+        .create(&CTX, ROOT_INO, b"adapter.bin", 0o644, libc::O_RDWR)
+        .expect("create");
+    let data = pattern(500_000, 9);
+    v.write(ino, fh, 0, &data).expect("write");
+    v.release(ino, fh, None).expect("close");
+    let req = |op, group: Option<&str>, background| CacheControl {
+        op,
+        offset: 0,
+        length: u64::MAX,
+        group: group.map(str::to_string),
+        background,
+    };
+    let r = v
+        .cache_control(ino, &req(ControlOp::LocalCopy, None, false))
+        .expect("local copy");
+    assert_eq!((r.bytes, r.cached), (500_000, 500_000));
+    let copy = v.local_copy(ino).expect("a copy matching the file");
+    assert_eq!(std::fs::read(&copy).expect("copy"), data);
+    v.cache_control(ino, &req(ControlOp::Evict, None, false))
+        .expect("evict");
+    assert!(v.local_copy(ino).is_none(), "evict drops the local copy");
+
+    let r = v
+        .cache_control(ino, &req(ControlOp::Warm { pin: None }, Some("gpu"), false))
+        .expect("group");
+    assert_eq!(r.failed_blocks, 1);
+    let message = r.error.expect("a message");
+    assert!(
+        message.contains("not in cache group \"gpu\"") && message.contains("--cache-group"),
+        "{message}"
+    );
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    v.submit_cache_control(
+        ino,
+        req(ControlOp::Warm { pin: None }, None, true),
+        move |r| tx.send(r.map(|r| r.bytes)).expect("send"),
+    );
+    let answered = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("answered");
+    assert_eq!(
+        answered.expect("queued"),
+        0,
+        "a background request answers at once"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = v
+            .cache_control(ino, &req(ControlOp::Check, None, false))
+            .expect("check");
+        if r.disk == 500_000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not warmed: {r:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    v.submit_cache_control(ino, req(ControlOp::Check, None, false), move |r| {
+        tx.send(r.map(|r| r.cached)).expect("send")
+    });
+    let cached = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("answered");
+    assert_eq!(cached.expect("check"), 500_000);
+}
+
 #[test]
 fn times_set_on_an_open_file_with_buffered_writes_survive_its_close() {
     let f = fixture(64 << 10);
