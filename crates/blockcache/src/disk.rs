@@ -164,7 +164,7 @@ impl DiskCache {
         let mut roots = Vec::new();
         for d in &config.dirs {
             let root = d.join(scope);
-            for sub in ["raw", "staging"] {
+            for sub in [RAW_DIR, "staging"] {
                 std::fs::create_dir_all(root.join(sub)).map_err(|e| {
                     std::io::Error::new(
                         e.kind(),
@@ -207,7 +207,7 @@ impl DiskCache {
         let started = Instant::now();
         let mut found = Vec::new();
         for (dir, root) in self.roots.iter().enumerate() {
-            let raw = root.join("raw");
+            let raw = root.join(RAW_DIR);
             walk(&raw, &mut |path, meta| {
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 if name.contains(".tmp.") {
@@ -274,7 +274,7 @@ impl DiskCache {
 
     /// Where whole-file local copies live (kept by the VFS layer).
     pub fn copies_root(&self) -> PathBuf {
-        self.roots[0].join("files")
+        self.roots[0].join(COPIES_DIR)
     }
 
     /// Whether a local copy of `bytes` fits the quota beside the copies
@@ -330,7 +330,7 @@ impl DiskCache {
     }
 
     fn raw_path(&self, dir: usize, key: &str) -> PathBuf {
-        self.roots[dir].join("raw").join(key)
+        self.roots[dir].join(RAW_DIR).join(key)
     }
 
     fn staging_path(&self, key: &str) -> PathBuf {
@@ -681,22 +681,12 @@ impl DiskCache {
     }
 
     fn pins_path(&self) -> PathBuf {
-        self.roots[0].join("pins")
+        self.roots[0].join(PINS_FILE)
     }
 
-    /// The pin table as saved: one `deadline key` line per pinned block.
+    /// The pin table as saved, pins still in force.
     fn load_pins(&self) -> Vec<(String, u64)> {
-        let Ok(text) = std::fs::read_to_string(self.pins_path()) else {
-            return Vec::new();
-        };
-        let now = now_secs();
-        text.lines()
-            .filter_map(|line| {
-                let (until, key) = line.split_once(' ')?;
-                let until: u64 = until.parse().ok()?;
-                (until > now).then(|| (key.to_string(), until))
-            })
-            .collect()
+        read_pins(&self.pins_path(), now_secs())
     }
 
     /// Rewrite the pin table (one line per pinned block) if it changed
@@ -890,6 +880,27 @@ impl DiskCache {
 /// Visit every regular file under `dir`, recursively.
 /// Whether a file under a local-copies directory is a copy in progress
 /// (`.{name}.tmp.{pid}`), which no quota counts.
+/// Under a cache directory's volume directory: the cached blocks, the
+/// whole-file local copies, and the pin table.
+pub(crate) const RAW_DIR: &str = "raw";
+pub(crate) const COPIES_DIR: &str = "files";
+pub(crate) const PINS_FILE: &str = "pins";
+
+/// A pins file: one `deadline key` line per pinned block; pins whose
+/// deadline is not after `now` are left out.
+pub(crate) fn read_pins(path: &Path, now: u64) -> Vec<(String, u64)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let (until, key) = line.split_once(' ')?;
+            let until: u64 = until.parse().ok()?;
+            (until > now).then(|| (key.to_string(), until))
+        })
+        .collect()
+}
+
 pub fn is_temporary_copy(name: &str) -> bool {
     name.starts_with('.')
 }
@@ -907,7 +918,7 @@ pub fn copies_bytes(dir: &Path) -> u64 {
     total
 }
 
-fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
+pub(crate) fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };

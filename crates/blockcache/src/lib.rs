@@ -5,11 +5,13 @@
 //! * [`DiskCache`]: the disk tier (`--cache-dir`), checksummed files that
 //!   survive restarts, and the write-back staging area.
 //! * [`Eviction`]: the policies both tiers share (2-random, LRU, S3-FIFO).
+//! * [`gc`]: bringing a cache directory under a size from outside a mount.
 
 pub mod checksum;
 mod direct;
 mod disk;
 mod evict;
+pub mod gc;
 mod mem;
 
 pub use disk::{copies_bytes, is_temporary_copy, DiskCache, DiskCacheConfig};

@@ -1,6 +1,7 @@
 //! The distributed cache group: the disks and memory of many nodes pooled
 //! into one block cache.
 //!
+//! * [`address`]: valid group names and members' listen addresses.
 //! * [`placement`]: which member owns a block (weighted rendezvous hashing).
 //! * [`group`]: membership through the metadata engine (records with a
 //!   heartbeat), the current and the previous view.
@@ -13,6 +14,7 @@
 //! The data path (`tessera-chunk`) asks a block's owner before object
 //! storage and serves its own cache through [`server::BlockSource`].
 
+pub mod address;
 pub mod client;
 pub mod group;
 pub mod placement;
@@ -20,6 +22,7 @@ pub mod proto;
 pub mod server;
 pub mod tls;
 
+pub use address::{check_group_name, listen_addr, AddressError};
 pub use client::{Answer, PeerError, PeerTimeouts, Peers};
 pub use group::{Group, GroupConfig, Usage};
 pub use placement::Member;

@@ -20,10 +20,12 @@
 //! (or an object copied over another) is an error naming the object, never
 //! data.
 
+mod assemble;
 mod cache;
 mod codec;
 mod external;
 mod group;
+pub mod membership;
 pub mod par;
 mod read;
 mod writeback;
@@ -41,6 +43,7 @@ use tessera_object::{DynStore, ObjectError};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+pub use assemble::{DataPath, DataPathError, DataPathOptions};
 pub use cache::{CacheAction, CacheReport};
 pub use group::Serving;
 pub use read::{Access, Span};

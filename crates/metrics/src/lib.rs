@@ -374,6 +374,38 @@ impl Metrics {
             })?;
         Ok(local)
     }
+
+    /// Serve on `addr` (HOST:PORT; "none" or "" turns it off), or on one of
+    /// the next ten ports when it is taken (several mounts on one host).
+    /// Failing to serve is logged, not fatal: the `.stats` file has the
+    /// same figures.
+    pub fn serve_near(self: &Arc<Self>, addr: &str) -> Option<SocketAddr> {
+        if addr == "none" || addr.is_empty() {
+            return None;
+        }
+        let Some((host, port)) = addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        else {
+            tracing::warn!(addr, "--metrics wants HOST:PORT; metrics are not served");
+            return None;
+        };
+        for p in port..port.saturating_add(10) {
+            match self.serve(&format!("{host}:{p}")) {
+                Ok(bound) => {
+                    tracing::info!(%bound, "serving metrics");
+                    return Some(bound);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(e) => {
+                    tracing::warn!(addr, error = %e, "cannot serve metrics");
+                    return None;
+                }
+            }
+        }
+        tracing::warn!(addr, "ports busy; metrics are only in the .stats file");
+        None
+    }
 }
 
 /// Parse the text exposition format into `(name{labels}, value)` pairs,
@@ -441,5 +473,16 @@ mod tests {
             body.contains("tessera_ops_total{op=\"lookup\"} 1"),
             "{body}"
         );
+    }
+
+    #[test]
+    fn a_busy_metrics_port_moves_to_the_next() {
+        let m = Arc::new(Metrics::new());
+        let first = m.serve_near("127.0.0.1:0").expect("served");
+        let taken = format!("127.0.0.1:{}", first.port());
+        let second = m.serve_near(&taken).expect("served next door");
+        assert_ne!(second.port(), first.port());
+        assert!(m.serve_near("none").is_none());
+        assert!(m.serve_near("no-port").is_none());
     }
 }

@@ -7,8 +7,10 @@ use anyhow::{Context, Result};
 use tessera_meta::MetaConfig;
 use tracing::info;
 
-use crate::cmd::group::{join, JoinSpec};
-use crate::cmd::mount::{open_data_path, DataPathArgs};
+use tessera_chunk::membership::{join, JoinSpec};
+use tessera_chunk::DataPath;
+
+use crate::cmd::mount::DataPathArgs;
 use crate::common::{open_volume, StorageFlags};
 
 #[derive(clap::Args, Debug)]
@@ -44,12 +46,12 @@ pub fn run(a: Args) -> Result<()> {
     crate::cmd::group::check_group_name(&a.group)?;
     let tls = a.tls.load(true)?;
     let (meta, format) = open_volume(&a.meta_url, MetaConfig { read_only: true })?;
-    let (rt, metrics, chunks) = open_data_path(&meta, &format, &a.data, &a.storage_flags)?;
+    let data = DataPath::open(&meta, &format, a.data.options(&a.storage_flags)?)?;
     let membership = join(
         &meta,
         &format,
-        &chunks,
-        &metrics,
+        &data.chunks,
+        &data.metrics,
         JoinSpec {
             name: &a.group,
             share: Some((&a.listen, a.weight)),
@@ -72,7 +74,7 @@ pub fn run(a: Args) -> Result<()> {
         "cache server of group {} for volume {} listening on {addr}",
         a.group, format.name
     );
-    rt.block_on(async {
+    data.runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot watch for SIGTERM")?;
         tokio::select! {

@@ -2,16 +2,13 @@
 //! daemon (`-d`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use tessera_blockcache::{DiskCacheConfig, Eviction};
-use tessera_chunk::{ChunkConfig, ChunkStore};
+use tessera_chunk::{ChunkConfig, DataPath, DataPathOptions};
 use tessera_fuse::{CacheTtls, MountConfig};
 use tessera_meta::MetaConfig;
-use tessera_metrics::Metrics;
-use tessera_object::{Instrumented, RateLimiter};
 use tessera_vfs::{Vfs, VfsConfig};
 use tracing::info;
 
@@ -151,8 +148,20 @@ impl DataPathArgs {
         }
     }
 
-    /// Check every option and build the data-path settings for a volume.
-    pub fn chunk_config(&self, format: &tessera_meta::Format) -> Result<ChunkConfig> {
+    /// Check every option and build the data-path settings.
+    pub fn options(&self, storage: &StorageFlags) -> Result<DataPathOptions> {
+        Ok(DataPathOptions {
+            storage: storage.options()?,
+            upload_mbps: self.upload_limit,
+            download_mbps: self.download_limit,
+            chunks: self.chunk_config()?,
+            metrics_addr: Some(self.metrics.clone()),
+        })
+    }
+
+    /// The caching, buffering and transfer settings (the volume's own are
+    /// filled in by the data path).
+    fn chunk_config(&self) -> Result<ChunkConfig> {
         let size =
             |flag: &str, v: &str| parse_size(v, 1 << 20).map_err(|e| anyhow!("--{flag}: {e}"));
         let eviction = self.cache_eviction;
@@ -207,11 +216,6 @@ impl DataPathArgs {
             ));
         }
         Ok(ChunkConfig {
-            volume: format.name.clone(),
-            uuid: format.uuid.clone(),
-            sealed_objects: format.sealed_blocks(),
-            block_size: format.block_size as usize,
-            compression: format.compression,
             mem_cache_size: size("mem-cache-size", &self.mem_cache_size)? as usize,
             eviction,
             disk_cache,
@@ -225,66 +229,6 @@ impl DataPathArgs {
             ..Default::default()
         })
     }
-}
-
-/// Serve metrics on `addr`, or on one of the next ten ports when it is taken
-/// (several mounts on one host).
-/// The I/O runtime, the metrics and the data path of a volume, with the
-/// metrics served as `--metrics` asks (a mount and a cache server alike).
-pub(crate) fn open_data_path(
-    meta: &Arc<tessera_meta::Meta>,
-    format: &tessera_meta::Format,
-    data: &DataPathArgs,
-    storage: &StorageFlags,
-) -> Result<(tokio::runtime::Runtime, Arc<Metrics>, Arc<ChunkStore>)> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .thread_name("tessera-io")
-        .enable_all()
-        .build()?;
-    let metrics = Arc::new(Metrics::new());
-    let store = Instrumented::wrap(
-        tessera_object::open_store(&format.storage, &storage.options()?)?,
-        metrics.clone(),
-        RateLimiter::from_mbps(data.upload_limit),
-        RateLimiter::from_mbps(data.download_limit),
-    );
-    let chunks = ChunkStore::new(
-        store,
-        meta.clone(),
-        rt.handle().clone(),
-        data.chunk_config(format)?,
-        metrics.clone(),
-    )?;
-    serve_metrics(&metrics, &data.metrics);
-    Ok((rt, metrics, chunks))
-}
-
-fn serve_metrics(metrics: &Arc<Metrics>, addr: &str) {
-    if addr == "none" || addr.is_empty() {
-        return;
-    }
-    let Some((host, port)) = addr
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-    else {
-        tracing::warn!(addr, "--metrics wants HOST:PORT; metrics are not served");
-        return;
-    };
-    for p in port..port.saturating_add(10) {
-        match metrics.serve(&format!("{host}:{p}")) {
-            Ok(bound) => {
-                info!(%bound, "serving metrics");
-                return;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
-            Err(e) => {
-                tracing::warn!(addr, error = %e, "cannot serve metrics");
-                return;
-            }
-        }
-    }
-    tracing::warn!(addr, "ports busy; metrics are only in the .stats file");
 }
 
 fn check_mountpoint(p: &Path) -> Result<()> {
@@ -331,7 +275,7 @@ pub fn run(a: Args) -> Result<()> {
     let mountpoint = a.mountpoint.canonicalize()?;
     // Check the engine, the volume and the options before anything forks or mounts.
     let (_, format) = open_volume(&a.meta_url, MetaConfig::default())?;
-    let chunk_config = a.data.chunk_config(&format)?;
+    let chunk_config = a.data.chunk_config()?;
     session_times(&a)?;
     warn_if_storage_is_down(&format, &a.storage_flags)?;
     if let Some(name) = &a.group.cache_group {
@@ -343,7 +287,7 @@ pub fn run(a: Args) -> Result<()> {
             let share = dc.capacity / dc.dirs.len().max(1) as u64;
             for dir in &dc.dirs {
                 if dir.is_dir() {
-                    let r = crate::cmd::cache::gc(dir, share)?;
+                    let r = tessera_blockcache::gc::collect(dir, share)?;
                     info!(dir = %dir.display(), removed = r.removed, left = r.left, "cache gc before start");
                 }
             }
@@ -414,14 +358,18 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
             read_only: a.read_only,
         },
     )?;
-    let (rt, metrics, chunks) = open_data_path(&meta, &format, &a.data, &a.storage_flags)?;
+    let DataPath {
+        runtime: rt,
+        metrics,
+        chunks,
+    } = DataPath::open(&meta, &format, a.data.options(&a.storage_flags)?)?;
     let membership = match &a.group.cache_group {
-        Some(name) => Some(crate::cmd::group::join(
+        Some(name) => Some(tessera_chunk::membership::join(
             &meta,
             &format,
             &chunks,
             &metrics,
-            crate::cmd::group::JoinSpec {
+            tessera_chunk::membership::JoinSpec {
                 name,
                 share: (!a.group.no_sharing)
                     .then_some((a.group.group_listen.as_str(), a.group.group_weight)),
@@ -490,7 +438,7 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
     info!(volume = %format.name, mountpoint = %mountpoint.display(), "mounting");
     let served = tessera_fuse::mount(vfs.clone(), mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()));
-    if let Some(m) = &membership {
+    if let Some(m) = membership {
         m.leave();
     }
     vfs.shutdown();
