@@ -29,11 +29,12 @@
 //! scan cannot push a warmed model out. Pins are kept in `{first dir}/{volume uuid}/pins`
 //! and survive restarts.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -233,9 +234,7 @@ impl DiskCache {
         }
         let copies = copies_bytes(&self.copies_root());
         found.sort();
-        let Ok(mut index) = self.index.lock() else {
-            return;
-        };
+        let mut index = self.index.lock();
         index.copies = copies;
         for (mtime, key, dir, stored) in found {
             let key: Key = Arc::from(key.as_str());
@@ -297,14 +296,12 @@ impl DiskCache {
     /// A local copy of `bytes` was put in place under [`Self::copies_root`]:
     /// blocks are evicted as the quota asks.
     pub fn add_copy(&self, bytes: u64) {
-        let victims = match self.index.lock() {
-            Ok(mut index) => {
-                index.copies += bytes;
-                let victims = self.evict_over_quota(&mut index);
-                self.report(&index, victims.len() as u64);
-                victims
-            }
-            Err(_) => Vec::new(),
+        let victims = {
+            let mut index = self.index.lock();
+            index.copies += bytes;
+            let victims = self.evict_over_quota(&mut index);
+            self.report(&index, victims.len() as u64);
+            victims
         };
         self.unlink(victims);
     }
@@ -314,7 +311,8 @@ impl DiskCache {
         if bytes == 0 {
             return;
         }
-        if let Ok(mut index) = self.index.lock() {
+        {
+            let mut index = self.index.lock();
             index.copies = index.copies.saturating_sub(bytes);
             self.report(&index, 0);
         }
@@ -340,7 +338,7 @@ impl DiskCache {
     /// A cached block, checked. A damaged file is removed and counted.
     pub fn get(&self, key: &str) -> Option<Bytes> {
         let dir = {
-            let mut guard = self.index.lock().ok()?;
+            let mut guard = self.index.lock();
             let index = &mut *guard;
             let expire = self.config.expire.map(|d| d.as_secs());
             let now = now_secs();
@@ -381,7 +379,7 @@ impl DiskCache {
     /// use. A file with a bad trailer is dropped.
     pub fn open_sealed(&self, key: &str) -> Option<(std::fs::File, usize, Vec<u32>)> {
         let dir = {
-            let mut index = self.index.lock().ok()?;
+            let mut index = self.index.lock();
             let e = index.entries.get_mut(key)?;
             e.used_at = now_secs();
             let dir = e.dir as usize;
@@ -425,10 +423,7 @@ impl DiskCache {
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.index
-            .lock()
-            .map(|i| i.entries.contains_key(key))
-            .unwrap_or(false)
+        self.index.lock().entries.contains_key(key)
     }
 
     /// Cache a block. Skipped (not an error) when the disk is short of free
@@ -459,15 +454,13 @@ impl DiskCache {
         if free_ratio(root).is_some_and(|r| r >= floor) {
             return true;
         }
-        let victims = match self.index.lock() {
-            Ok(mut index) => {
-                // Make room for a few blocks' worth below current usage.
-                let limit = index.used.saturating_sub(want.saturating_mul(4));
-                let v = self.evict_down_to(&mut index, limit);
-                self.report(&index, v.len() as u64);
-                v
-            }
-            Err(_) => Vec::new(),
+        let victims = {
+            let mut index = self.index.lock();
+            // Make room for a few blocks' worth below current usage.
+            let limit = index.used.saturating_sub(want.saturating_mul(4));
+            let v = self.evict_down_to(&mut index, limit);
+            self.report(&index, v.len() as u64);
+            v
         };
         self.unlink(victims);
         let free = free_ratio(root);
@@ -558,8 +551,9 @@ impl DiskCache {
     }
 
     pub fn remove(&self, key: &str) {
-        let path = match self.index.lock() {
-            Ok(mut index) => match index.entries.remove(key) {
+        let path = {
+            let mut index = self.index.lock();
+            match index.entries.remove(key) {
                 Some(e) => {
                     index.used -= e.stored;
                     index.policy.remove(key);
@@ -570,8 +564,7 @@ impl DiskCache {
                     Some(self.raw_path(e.dir as usize, key))
                 }
                 None => None,
-            },
-            Err(_) => None,
+            }
         };
         self.unlink(path.into_iter().collect());
     }
@@ -587,16 +580,16 @@ impl DiskCache {
 
     /// Bytes of cached blocks on disk (as stored).
     pub fn used(&self) -> u64 {
-        self.index.lock().map(|i| i.used).unwrap_or(0)
+        self.index.lock().used
     }
 
     /// Bytes of whole-file local copies.
     pub fn copies(&self) -> u64 {
-        self.index.lock().map(|i| i.copies).unwrap_or(0)
+        self.index.lock().copies
     }
 
     pub fn len(&self) -> usize {
-        self.index.lock().map(|i| i.entries.len()).unwrap_or(0)
+        self.index.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -607,13 +600,15 @@ impl DiskCache {
     pub fn keys(&self) -> Vec<String> {
         self.index
             .lock()
-            .map(|i| i.entries.keys().map(|k| k.to_string()).collect())
-            .unwrap_or_default()
+            .entries
+            .keys()
+            .map(|k| k.to_string())
+            .collect()
     }
 
     /// The file a cached block is kept in (for tests and tools).
     pub fn path_of(&self, key: &str) -> Option<PathBuf> {
-        let index = self.index.lock().ok()?;
+        let index = self.index.lock();
         index
             .entries
             .get(key)
@@ -626,9 +621,7 @@ impl DiskCache {
     /// are skipped; returns how many are pinned now.
     pub fn pin(&self, keys: &[String], ttl: Duration) -> usize {
         let until = now_secs().saturating_add(ttl.as_secs().max(1));
-        let Ok(mut index) = self.index.lock() else {
-            return 0;
-        };
+        let mut index = self.index.lock();
         let mut pinned = 0;
         for key in keys {
             let Some((k, _)) = index.entries.get_key_value(key.as_str()) else {
@@ -651,9 +644,7 @@ impl DiskCache {
 
     /// End the pins of these keys; the blocks stay cached, evictable again.
     pub fn unpin(&self, keys: &[String]) -> usize {
-        let Ok(mut index) = self.index.lock() else {
-            return 0;
-        };
+        let mut index = self.index.lock();
         let mut unpinned = 0;
         for key in keys {
             if let Some((k, _)) = index.pins.remove_entry(key.as_str()) {
@@ -676,8 +667,9 @@ impl DiskCache {
     pub fn is_pinned(&self, key: &str) -> bool {
         self.index
             .lock()
-            .map(|i| i.pins.get(key).is_some_and(|until| *until > now_secs()))
-            .unwrap_or(false)
+            .pins
+            .get(key)
+            .is_some_and(|until| *until > now_secs())
     }
 
     fn pins_path(&self) -> PathBuf {
@@ -693,13 +685,9 @@ impl DiskCache {
     /// since it was last saved: the table is copied under the index lock,
     /// the file written without it. Call with the index unlocked.
     fn save_pins(&self) {
-        let Ok(mut saved) = self.pins_saved.lock() else {
-            return;
-        };
+        let mut saved = self.pins_saved.lock();
         let (text, changed) = {
-            let Ok(index) = self.index.lock() else {
-                return;
-            };
+            let index = self.index.lock();
             if index.pins_changed == *saved {
                 return;
             }
@@ -845,27 +833,25 @@ impl DiskCache {
     /// Index a file just put in place, then evict what the quota (and the
     /// expiry) asks for.
     fn add_to_index(&self, key: &str, dir: usize, stored: u64) {
-        let victims = match self.index.lock() {
-            Ok(mut index) => {
-                let k: Key = Arc::from(key);
-                let entry = Entry {
-                    dir: dir as u16,
-                    stored,
-                    used_at: now_secs(),
-                };
-                if let Some(old) = index.entries.insert(k.clone(), entry) {
-                    index.used -= old.stored;
-                }
-                index.used += stored;
-                if !index.pins.contains_key(&k) {
-                    index.policy.insert(k);
-                }
-                let mut victims = self.evict_over_quota(&mut index);
-                victims.extend(self.sweep_expired(&mut index));
-                self.report(&index, victims.len() as u64);
-                victims
+        let victims = {
+            let mut index = self.index.lock();
+            let k: Key = Arc::from(key);
+            let entry = Entry {
+                dir: dir as u16,
+                stored,
+                used_at: now_secs(),
+            };
+            if let Some(old) = index.entries.insert(k.clone(), entry) {
+                index.used -= old.stored;
             }
-            Err(_) => Vec::new(),
+            index.used += stored;
+            if !index.pins.contains_key(&k) {
+                index.policy.insert(k);
+            }
+            let mut victims = self.evict_over_quota(&mut index);
+            victims.extend(self.sweep_expired(&mut index));
+            self.report(&index, victims.len() as u64);
+            victims
         };
         self.unlink(victims);
     }

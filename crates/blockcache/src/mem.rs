@@ -1,7 +1,8 @@
 //! The memory tier: whole blocks in a size-bounded map.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tessera_metrics::{tier, Metrics};
@@ -35,7 +36,7 @@ impl MemCache {
     }
 
     pub fn get(&self, key: &str) -> Option<Bytes> {
-        let mut inner = self.inner.lock().ok()?;
+        let mut inner = self.inner.lock();
         let found = inner.map.get(key).cloned();
         if found.is_some() {
             inner.policy.touch(key);
@@ -45,19 +46,14 @@ impl MemCache {
 
     /// Whether a block is cached, without counting it as a use.
     pub fn contains(&self, key: &str) -> bool {
-        self.inner
-            .lock()
-            .map(|i| i.map.contains_key(key))
-            .unwrap_or(false)
+        self.inner.lock().map.contains_key(key)
     }
 
     pub fn insert(&self, key: &str, data: Bytes) {
         if data.len() > self.capacity {
             return;
         }
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
+        let mut inner = self.inner.lock();
         if inner.map.contains_key(key) {
             return;
         }
@@ -79,7 +75,8 @@ impl MemCache {
     }
 
     pub fn remove(&self, key: &str) {
-        if let Ok(mut inner) = self.inner.lock() {
+        {
+            let mut inner = self.inner.lock();
             if let Some(b) = inner.map.remove(key) {
                 inner.used -= b.len();
                 inner.policy.remove(key);
@@ -94,7 +91,7 @@ impl MemCache {
     }
 
     pub fn used(&self) -> usize {
-        self.inner.lock().map(|i| i.used).unwrap_or(0)
+        self.inner.lock().used
     }
 }
 

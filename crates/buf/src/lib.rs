@@ -10,9 +10,9 @@
 //! for every block. Block-sized buffers are their own mappings, in huge
 //! pages where the kernel allows.
 
+use parking_lot::Mutex;
 use std::alloc::Layout;
 use std::ptr::NonNull;
-use std::sync::Mutex;
 
 use bytes::Bytes;
 
@@ -71,16 +71,13 @@ impl AlignedBuf {
         let most = want + 2 * slack(want);
         // Only buffers of POOL_MIN or more are ever pooled (see Drop).
         let pooled = most >= POOL_MIN;
-        let recycled = pooled
-            .then(|| POOL.lock().ok())
-            .flatten()
-            .and_then(|mut pool| {
-                let i = pool
-                    .iter()
-                    .position(|f| (want..=most).contains(&f.1.size()))?;
-                let f = pool.swap_remove(i);
-                Some((f.0, f.1, f.2))
-            });
+        let recycled = pooled.then(|| POOL.lock()).and_then(|mut pool| {
+            let i = pool
+                .iter()
+                .position(|f| (want..=most).contains(&f.1.size()))?;
+            let f = pool.swap_remove(i);
+            Some((f.0, f.1, f.2))
+        });
         let (ptr, layout, init) = match recycled {
             Some(p) => p,
             None => Self::fresh(want + slack(want))?,
@@ -204,7 +201,8 @@ impl Drop for AlignedBuf {
             unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
             return;
         }
-        if let Ok(mut pool) = POOL.lock() {
+        {
+            let mut pool = POOL.lock();
             if pool.len() < POOL_MAX {
                 pool.push(Free(self.ptr, self.layout, self.init));
                 return;

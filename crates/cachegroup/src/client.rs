@@ -6,10 +6,11 @@
 //! down for a while and skipped, and the caller reads from object storage
 //! instead — a peer never fails a read.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::BufReader;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -95,9 +96,7 @@ impl Peers {
     }
 
     pub fn is_down(&self, addr: &str) -> bool {
-        let Ok(mut down) = self.down.lock() else {
-            return false;
-        };
+        let mut down = self.down.lock();
         match down.get(addr) {
             Some(until) if *until > Instant::now() => true,
             Some(_) => {
@@ -109,10 +108,12 @@ impl Peers {
     }
 
     fn mark_down(&self, addr: &str) {
-        if let Ok(mut down) = self.down.lock() {
+        {
+            let mut down = self.down.lock();
             down.insert(addr.to_string(), Instant::now() + self.timeouts.down_for);
         }
-        if let Ok(mut idle) = self.idle.lock() {
+        {
+            let mut idle = self.idle.lock();
             idle.remove(addr);
         }
     }
@@ -180,11 +181,7 @@ impl Peers {
         if self.is_down(addr) {
             return Err(PeerError::Down(addr.to_string()));
         }
-        let pooled = self
-            .idle
-            .lock()
-            .ok()
-            .and_then(|mut m| m.get_mut(addr).and_then(Vec::pop));
+        let pooled = self.idle.lock().get_mut(addr).and_then(Vec::pop);
         let was_pooled = pooled.is_some();
         let mut result = self.exchange(addr, pooled, op, key, len);
         // A pooled connection may have been closed by the peer since (it
@@ -195,7 +192,8 @@ impl Peers {
         }
         match result {
             Ok((conn, reply)) => {
-                if let Ok(mut idle) = self.idle.lock() {
+                {
+                    let mut idle = self.idle.lock();
                     let pool = idle.entry(addr.to_string()).or_default();
                     if pool.len() < POOL {
                         pool.push(conn);

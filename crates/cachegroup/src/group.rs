@@ -7,8 +7,9 @@
 //! When the view changes, the previous one is kept for `backup_period`, so
 //! a new owner can ask the block's previous owner before object storage.
 
+use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tessera_meta::{MemberRecord, Meta};
@@ -159,7 +160,8 @@ impl Group {
             .collect();
         members.sort_by(|a, b| a.id.cmp(&b.id));
         self.metrics.group_members.set(members.len() as i64);
-        if let Ok(mut view) = self.view.write() {
+        {
+            let mut view = self.view.write();
             if view.members != members {
                 info!(
                     group = %self.config.name,
@@ -176,22 +178,19 @@ impl Group {
 
     /// The members in the current view.
     pub fn members(&self) -> Vec<Member> {
-        self.view
-            .read()
-            .map(|v| v.members.clone())
-            .unwrap_or_default()
+        self.view.read().members.clone()
     }
 
     /// The owner of a block now.
     pub fn owner(&self, key: &str) -> Option<Member> {
-        let view = self.view.read().ok()?;
+        let view = self.view.read();
         owner(&view.members, key).cloned()
     }
 
     /// The block's owner before the last change, if that was within the
     /// backup period, is still alive, and is not the owner now.
     pub fn previous_owner(&self, key: &str) -> Option<Member> {
-        let view = self.view.read().ok()?;
+        let view = self.view.read();
         let changed = view.changed_at?;
         if changed.elapsed() > self.config.backup_period {
             return None;

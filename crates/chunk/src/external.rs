@@ -25,11 +25,12 @@ const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 impl ChunkStore {
     /// The object an external slice id names (cached after the first ask).
     pub(crate) fn external_object(&self, id: u64) -> Result<Arc<ExternalObject>> {
-        if let Some(o) = self.externals.lock().ok().and_then(|m| m.get(&id).cloned()) {
+        if let Some(o) = self.externals.lock().get(&id).cloned() {
             return Ok(o);
         }
         let obj = Arc::new(self.meta.get_external(id)?);
-        if let Ok(mut m) = self.externals.lock() {
+        {
+            let mut m = self.externals.lock();
             m.insert(id, obj.clone());
         }
         Ok(obj)
@@ -41,7 +42,7 @@ impl ChunkStore {
     /// which panics inside another. A peer asking this member for a block
     /// of an object it never read itself takes this path.
     async fn external_object_off_async(self: &Arc<Self>, id: u64) -> Result<Arc<ExternalObject>> {
-        if let Some(o) = self.externals.lock().ok().and_then(|m| m.get(&id).cloned()) {
+        if let Some(o) = self.externals.lock().get(&id).cloned() {
             return Ok(o);
         }
         let me = self.clone();
@@ -73,8 +74,8 @@ impl ChunkStore {
         let fresh = self
             .checked
             .lock()
-            .ok()
-            .and_then(|m| m.get(&id).copied())
+            .get(&id)
+            .copied()
             .is_some_and(|at| at.elapsed() < RECHECK);
         if fresh {
             return Ok(());
@@ -91,7 +92,8 @@ impl ChunkStore {
                 if info.size == obj.size
                     && (obj.etag.is_none() || info.etag.is_none() || info.etag == obj.etag) =>
             {
-                if let Ok(mut m) = self.checked.lock() {
+                {
+ let mut m = self.checked.lock();
                     m.insert(id, std::time::Instant::now());
                 }
                 Ok(())
@@ -113,7 +115,7 @@ impl ChunkStore {
     /// volume's store.
     fn source_store(&self, obj: &ExternalObject) -> Result<DynStore> {
         let id = format!("{}\0{:?}", obj.source, obj.endpoint);
-        if let Some(s) = self.sources.lock().ok().and_then(|m| m.get(&id).cloned()) {
+        if let Some(s) = self.sources.lock().get(&id).cloned() {
             return Ok(s);
         }
         let options = StorageOptions {
@@ -128,7 +130,8 @@ impl ChunkStore {
         let store = self
             .store
             .beside(tessera_object::open_store(&obj.source, &options)?);
-        if let Ok(mut m) = self.sources.lock() {
+        {
+            let mut m = self.sources.lock();
             m.insert(id, store.clone());
         }
         Ok(store)

@@ -111,9 +111,7 @@ impl ChunkStore {
     /// moment cannot bounce a request around), kept in memory and on disk.
     fn serve_fetch(self: &Arc<Self>, key: &str, len: u64) -> Result<Bytes, String> {
         let fetch = {
-            let Ok(mut map) = self.served.lock() else {
-                return Err("lock poisoned".into());
-            };
+            let mut map = self.served.lock();
             match map.get(key) {
                 Some(f) => f.clone(),
                 None => {
@@ -133,7 +131,8 @@ impl ChunkStore {
                             })
                             .await;
                         }
-                        if let Ok(mut map) = me.served.lock() {
+                        {
+ let mut map = me.served.lock();
                             map.remove(&owned);
                         }
                         r

@@ -31,9 +31,10 @@ mod read;
 mod writeback;
 pub mod writer;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tessera_blockcache::{DiskCache, DiskCacheConfig, Eviction, MemCache};
@@ -79,8 +80,6 @@ pub enum ChunkError {
         #[source]
         source: tokio::task::JoinError,
     },
-    #[error("a lock of the data path was poisoned by a panic")]
-    Poisoned,
     #[error("write-back needs a disk cache (--cache-dir) to stage blocks in")]
     NeedsDiskCache,
 }
@@ -102,8 +101,7 @@ impl ChunkError {
             | ChunkError::Cache(_)
             | ChunkError::Fetch { .. }
             | ChunkError::EarlierWriteFailed { .. }
-            | ChunkError::Task { .. }
-            | ChunkError::Poisoned => libc::EIO,
+            | ChunkError::Task { .. } => libc::EIO,
         }
     }
 }

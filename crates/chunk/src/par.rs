@@ -25,19 +25,19 @@ pub fn par_map<T: Sync, R: Send>(
     threads: usize,
     f: impl Fn(&T) -> R + Sync,
 ) -> Vec<R> {
-    let slots: Vec<std::sync::Mutex<Option<R>>> =
-        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let slots: Vec<parking_lot::Mutex<Option<R>>> = items
+        .iter()
+        .map(|_| parking_lot::Mutex::new(None))
+        .collect();
     let indexed: Vec<(usize, &T)> = items.iter().enumerate().collect();
     par_for_each(&indexed, threads, |&(i, item)| {
         let r = f(item);
-        if let Ok(mut slot) = slots[i].lock() {
+        {
+            let mut slot = slots[i].lock();
             *slot = Some(r);
         }
     });
-    slots
-        .into_iter()
-        .filter_map(|s| s.into_inner().ok().flatten())
-        .collect()
+    slots.into_iter().filter_map(|s| s.into_inner()).collect()
 }
 
 #[cfg(test)]

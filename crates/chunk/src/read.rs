@@ -161,7 +161,8 @@ impl ChunkStore {
     /// for that tier as readers consume them, so a block fetched whole for
     /// a small read (or by readahead) is not later counted as memory hits.
     pub(crate) fn note_origin(&self, key: &str, tier: &'static str, len: usize) {
-        if let Ok(mut o) = self.origins.lock() {
+        {
+            let mut o = self.origins.lock();
             if o.len() > 65_536 {
                 o.clear();
             }
@@ -171,8 +172,9 @@ impl ChunkStore {
 
     /// Count `n` bytes served from block `key`.
     fn count_served(&self, key: &str, n: usize) {
-        let tier = match self.origins.lock() {
-            Ok(mut o) => match o.get_mut(key) {
+        let tier = {
+            let mut o = self.origins.lock();
+            match o.get_mut(key) {
                 Some((t, left)) => {
                     let t = *t;
                     *left = left.saturating_sub(n);
@@ -182,8 +184,7 @@ impl ChunkStore {
                     t
                 }
                 None => tier::MEMORY,
-            },
-            Err(_) => tier::MEMORY,
+            }
         };
         self.metrics.tier_read(tier, n as u64);
     }
@@ -195,13 +196,7 @@ impl ChunkStore {
                 .boxed()
                 .shared();
         }
-        let Ok(mut map) = self.inflight.lock() else {
-            let me = self.clone();
-            let key = key.to_string();
-            return async move { me.load(&key, len, readahead).await }
-                .boxed()
-                .shared();
-        };
+        let mut map = self.inflight.lock();
         if let Some(f) = map.get(key) {
             return f.clone();
         }
@@ -209,7 +204,8 @@ impl ChunkStore {
         let owned = key.to_string();
         let fetch = async move {
             let r = me.load(&owned, len, readahead).await;
-            if let Ok(mut map) = me.inflight.lock() {
+            {
+                let mut map = me.inflight.lock();
                 map.remove(&owned);
             }
             r
@@ -224,7 +220,7 @@ impl ChunkStore {
 
     /// The error of a fetch of `key` that failed within [`FAILURE_MEMORY`].
     fn failed_lately(&self, key: &str) -> Option<String> {
-        let mut failed = self.failed.lock().ok()?;
+        let mut failed = self.failed.lock();
         match failed.get(key) {
             Some((at, why)) if at.elapsed() < FAILURE_MEMORY => Some(why.clone()),
             Some(_) => {
@@ -247,7 +243,8 @@ impl ChunkStore {
         }
         let r = self.load_inner(key, len).await;
         if let Err(FetchError::Failed(why)) = &r {
-            if let Ok(mut failed) = self.failed.lock() {
+            {
+                let mut failed = self.failed.lock();
                 if failed.len() > 4096 {
                     failed.clear();
                 }
@@ -388,11 +385,7 @@ impl ChunkStore {
                 None => {
                     let whole_block_wanted =
                         access == Access::Sequential || p.n * 2 > block_len as usize;
-                    let in_flight = self
-                        .inflight
-                        .lock()
-                        .map(|m| m.contains_key(&key))
-                        .unwrap_or(true);
+                    let in_flight = self.inflight.lock().contains_key(&key);
                     let on_disk = self.disk.as_ref().is_some_and(|d| d.contains(&key));
                     if !whole_block_wanted
                         && self.group.get().is_none()
@@ -589,12 +582,7 @@ impl ChunkStore {
                 last = Some((p.id, p.index));
                 let len = self.block_len(p.size, p.index);
                 let key = self.piece_key(&p, len)?;
-                let known = self.mem.contains(&key)
-                    || self
-                        .inflight
-                        .lock()
-                        .map(|m| m.contains_key(&key))
-                        .unwrap_or(true);
+                let known = self.mem.contains(&key) || self.inflight.lock().contains_key(&key);
                 if !known {
                     drop(self.fetch(&key, len, true));
                 }

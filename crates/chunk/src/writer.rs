@@ -7,7 +7,8 @@
 //! commits the slice records in one metadata transaction. Reads see buffered
 //! bytes through [`FileWriter::overlay`].
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tessera_meta::{Ino, SliceKind, SliceRecord, CHUNK_SIZE};
@@ -108,7 +109,8 @@ struct State {
 
 impl Drop for FileWriter {
     fn drop(&mut self) {
-        if let Ok(st) = self.state.lock() {
+        {
+            let st = self.state.lock();
             self.chunks.buffer_shrink(st.buffered);
         }
     }
@@ -141,10 +143,6 @@ fn surely_not_committed(e: &ChunkError) -> bool {
     !matches!(e, ChunkError::Meta(tessera_meta::MetaError::Engine(_)))
 }
 
-fn poisoned() -> ChunkError {
-    ChunkError::Poisoned
-}
-
 impl FileWriter {
     pub fn new(ino: Ino, chunks: Arc<ChunkStore>) -> Self {
         FileWriter {
@@ -163,7 +161,7 @@ impl FileWriter {
         if self.has_appends() {
             self.flush()?;
         }
-        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        let mut st = self.state.lock();
         if let Some(e) = &st.failed {
             return Err(ChunkError::EarlierWriteFailed { reason: e.clone() });
         }
@@ -195,7 +193,7 @@ impl FileWriter {
                     let Some(id) = spare else {
                         drop(st);
                         fetched_id = Some(self.chunks.meta.new_slice_id()?);
-                        st = self.state.lock().map_err(|_| poisoned())?;
+                        st = self.state.lock();
                         continue;
                     };
                     st.dirty.push(Slice {
@@ -259,11 +257,11 @@ impl FileWriter {
     /// true when the caller should flush (a block's worth of appends, or
     /// the mount's budget used).
     pub fn append(&self, data: &[u8]) -> Result<bool> {
-        let positional_first = !self.state.lock().map_err(|_| poisoned())?.dirty.is_empty();
+        let positional_first = !self.state.lock().dirty.is_empty();
         if positional_first {
             self.flush()?;
         }
-        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        let mut st = self.state.lock();
         if let Some(e) = &st.failed {
             return Err(ChunkError::EarlierWriteFailed { reason: e.clone() });
         }
@@ -277,10 +275,10 @@ impl FileWriter {
     /// Whether O_APPEND writes wait to be committed; until they are, this
     /// mount does not know where they will land.
     pub fn has_appends(&self) -> bool {
-        self.state
-            .lock()
-            .map(|s| !s.appended.is_empty())
-            .unwrap_or(false)
+        {
+            let s = self.state.lock();
+            !s.appended.is_empty()
+        }
     }
 
     fn spawn_upload(&self, id: u64, index: u64, data: Bytes) -> JoinHandle<Result<()>> {
@@ -293,7 +291,8 @@ impl FileWriter {
     /// Copy buffered bytes over `buf`, which holds committed data at `off`.
     pub fn overlay(&self, off: u64, buf: &mut [u8]) {
         let bs = self.chunks.config.block_size;
-        if let Ok(st) = self.state.lock() {
+        {
+            let st = self.state.lock();
             for s in st.flushing.iter().chain(st.dirty.iter()) {
                 s.copy_into(off, buf, bs);
             }
@@ -302,36 +301,36 @@ impl FileWriter {
 
     /// End of the furthest buffered write, 0 when nothing is buffered.
     pub fn buffered_length(&self) -> u64 {
-        self.state
-            .lock()
-            .map(|s| {
+        {
+            let s = self.state.lock();
+            {
                 if s.dirty.is_empty() && s.flushing.is_empty() {
                     0
                 } else {
                     s.length
                 }
-            })
-            .unwrap_or(0)
+            }
+        }
     }
 
     /// The time of the latest write not yet committed, if any: what stat
     /// shows as the file's modification time meanwhile.
     pub fn uncommitted_mtime(&self) -> Option<(i64, u32)> {
-        let st = self.state.lock().ok()?;
+        let st = self.state.lock();
         let dirty = !st.dirty.is_empty() || !st.flushing.is_empty() || !st.appended.is_empty();
         dirty.then_some(st.written_at)
     }
 
     pub fn has_dirty(&self) -> bool {
-        self.state
-            .lock()
-            .map(|s| !s.dirty.is_empty() || !s.flushing.is_empty() || !s.appended.is_empty())
-            .unwrap_or(false)
+        {
+            let s = self.state.lock();
+            !s.dirty.is_empty() || !s.flushing.is_empty() || !s.appended.is_empty()
+        }
     }
 
     /// Upload everything buffered and commit it.
     pub fn flush(&self) -> Result<Flushed> {
-        let _order = self.flush_lock.lock().map_err(|_| poisoned())?;
+        let _order = self.flush_lock.lock();
         let positional = self.flush_positional()?;
         let appended = self.flush_appends()?;
         let committed = positional.is_some() || appended.is_some();
@@ -345,7 +344,7 @@ impl FileWriter {
     /// the file in the commit transaction.
     fn flush_appends(&self) -> Result<Option<Vec<u32>>> {
         let data = {
-            let mut st = self.state.lock().map_err(|_| poisoned())?;
+            let mut st = self.state.lock();
             if st.appended.is_empty() {
                 return Ok(None);
             }
@@ -390,7 +389,8 @@ impl FileWriter {
                 ))
             }
             Err(e) => {
-                if let Ok(mut st) = self.state.lock() {
+                {
+                    let mut st = self.state.lock();
                     st.failed = Some(e.to_string());
                 }
                 Err(e)
@@ -400,7 +400,7 @@ impl FileWriter {
 
     fn flush_positional(&self) -> Result<Option<Vec<u32>>> {
         let (uploads, records, length) = {
-            let mut st = self.state.lock().map_err(|_| poisoned())?;
+            let mut st = self.state.lock();
             if let Some(e) = &st.failed {
                 return Err(ChunkError::EarlierWriteFailed { reason: e.clone() });
             }
@@ -459,7 +459,7 @@ impl FileWriter {
                 self.chunks.abandon_slices(slices);
             }
         }
-        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        let mut st = self.state.lock();
         st.flushing.clear();
         // Only writes that arrived during the flush are still buffered.
         st.length = st
@@ -491,7 +491,7 @@ impl FileWriter {
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
-    use std::sync::{Condvar, Mutex};
+    use parking_lot::{Condvar, Mutex};
     use std::time::Duration;
     use tessera_meta::kv::{KvEngine, KvTxn};
 
@@ -506,7 +506,8 @@ mod tests {
 
     impl Gated {
         fn set(&self, closed: bool) {
-            if let Ok(mut c) = self.closed.lock() {
+            {
+                let mut c = self.closed.lock();
                 *c = closed;
             }
             self.opened.notify_all();
@@ -523,11 +524,12 @@ mod tests {
             read_only: bool,
             f: &mut dyn FnMut(&mut dyn KvTxn) -> tessera_meta::Result<()>,
         ) -> tessera_meta::Result<()> {
-            let closed = self.closed.lock().expect("gate");
+            let mut closed = self.closed.lock();
             if *closed {
                 self.waiting.store(true, Ordering::SeqCst);
             }
-            drop(self.opened.wait_while(closed, |c| *c).expect("gate"));
+            self.opened.wait_while(&mut closed, |c| *c);
+            drop(closed);
             self.inner.run_once(read_only, f)
         }
 

@@ -5,9 +5,10 @@
 //! state. Data objects are never touched here; operations that free slices
 //! return them so the chunk layer can delete their blocks.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::acl;
 use crate::attr::{Attr, FileType};
@@ -457,24 +458,19 @@ impl Meta {
                 Format::VERSION
             )));
         }
-        if let Ok(mut f) = self.format.lock() {
+        {
+            let mut f = self.format.lock();
             *f = Some(format.clone());
         }
         Ok(format)
     }
 
     pub fn format(&self) -> Result<Format> {
-        self.format
-            .lock()
-            .ok()
-            .and_then(|f| f.clone())
-            .ok_or(MetaError::NotFormatted)
+        self.format.lock().clone().ok_or(MetaError::NotFormatted)
     }
 
     fn next_id(&self, which: &Mutex<(u64, u64)>, counter: &'static str) -> Result<u64> {
-        let mut ids = which
-            .lock()
-            .map_err(|_| MetaError::Engine("id allocator lock poisoned".into()))?;
+        let mut ids = which.lock();
         if ids.0 >= ids.1 {
             let end = self.txn(|tx| incr(tx, counter, ID_BATCH as i64))? as u64;
             *ids = (end - ID_BATCH, end);
@@ -492,7 +488,7 @@ impl Meta {
     /// round trip; None when the batch is used up (`new_slice_id` then
     /// fetches the next one). For callers that hold a lock of their own.
     pub fn spare_slice_id(&self) -> Option<u64> {
-        let mut ids = self.slice_ids.lock().ok()?;
+        let mut ids = self.slice_ids.lock();
         (ids.0 < ids.1).then(|| {
             ids.0 += 1;
             ids.0 - 1
@@ -718,18 +714,15 @@ impl Meta {
                 data_freed: false,
             });
         }
-        let open_here = self
-            .open_counts
-            .lock()
-            .map(|c| c.get(&ino).copied().unwrap_or(0) > 0)
-            .unwrap_or(false);
+        let open_here = self.open_counts.lock().get(&ino).copied().unwrap_or(0) > 0;
         if open_here && a.typ == FileType::File {
             put_attr(tx, ino, &a)?;
             tx.set(
                 &keys::sustained(self.sid.load(Ordering::Relaxed), ino),
                 b"1",
             )?;
-            if let Ok(mut s) = self.sustained.lock() {
+            {
+                let mut s = self.sustained.lock();
                 s.insert(ino);
             }
             return Ok(UnlinkResult {
@@ -1583,7 +1576,8 @@ impl Meta {
     // ---- open files and deferred deletion ------------------------------
 
     pub fn open_inode(&self, ino: Ino) {
-        if let Ok(mut c) = self.open_counts.lock() {
+        {
+            let mut c = self.open_counts.lock();
             *c.entry(ino).or_insert(0) += 1;
         }
     }
@@ -1591,27 +1585,21 @@ impl Meta {
     /// Forget one open handle; when the last handle of an inode that was
     /// unlinked meanwhile closes, the inode is removed. Returns true then.
     pub fn close_inode(&self, ino: Ino) -> Result<bool> {
-        let last = match self.open_counts.lock() {
-            Ok(mut c) => {
-                let n = c.entry(ino).or_insert(1);
-                *n -= 1;
-                if *n == 0 {
-                    c.remove(&ino);
-                    true
-                } else {
-                    false
-                }
+        let last = {
+            let mut c = self.open_counts.lock();
+            let n = c.entry(ino).or_insert(1);
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&ino);
+                true
+            } else {
+                false
             }
-            Err(_) => false,
         };
         if !last {
             return Ok(false);
         }
-        let was_sustained = self
-            .sustained
-            .lock()
-            .map(|mut s| s.remove(&ino))
-            .unwrap_or(false);
+        let was_sustained = self.sustained.lock().remove(&ino);
         if !was_sustained {
             return Ok(false);
         }

@@ -6,9 +6,10 @@
 //! fails" is deterministic for a test that drives one request at a time;
 //! a rule may also be limited to keys containing a string.
 
+use parking_lot::Mutex;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -86,7 +87,8 @@ impl Faulty {
         key_contains: Option<&str>,
         fault: Fault,
     ) {
-        if let Ok(mut r) = self.rules.lock() {
+        {
+            let mut r = self.rules.lock();
             r.push(Rule {
                 method,
                 first,
@@ -106,7 +108,8 @@ impl Faulty {
 
     /// Drop every rule: the store behaves from now on.
     pub fn heal(&self) {
-        if let Ok(mut r) = self.rules.lock() {
+        {
+            let mut r = self.rules.lock();
             r.clear();
         }
     }
@@ -119,7 +122,7 @@ impl Faulty {
     /// Count a call and find the fault, if any, that it meets.
     fn fault_for(&self, method: Method, key: &str) -> Option<Fault> {
         let n = self.calls[method as usize].fetch_add(1, Ordering::Relaxed) + 1;
-        let rules = self.rules.lock().ok()?;
+        let rules = self.rules.lock();
         let hit = rules.iter().find(|r| {
             r.method == method
                 && n >= r.first

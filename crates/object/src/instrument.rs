@@ -9,8 +9,9 @@
 //! holds it. (A crate such as governor would add a dependency tree for what
 //! is a dozen lines here.)
 
+use parking_lot::Mutex;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -41,9 +42,7 @@ impl RateLimiter {
     /// How long a transfer of `len` bytes must wait for its share.
     fn book(&self, len: u64) -> Duration {
         let now = Instant::now();
-        let Ok(mut next) = self.next_free.lock() else {
-            return Duration::ZERO;
-        };
+        let mut next = self.next_free.lock();
         let start = (*next).max(now);
         *next = start + Duration::from_secs_f64(len as f64 / self.bytes_per_sec);
         next.saturating_duration_since(now)

@@ -12,9 +12,10 @@ mod handles;
 pub mod internal;
 pub mod open_modes;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -164,7 +165,8 @@ struct RecordCache {
 
 impl OpenFile {
     fn invalidate(&self) {
-        if let Ok(mut r) = self.records.lock() {
+        {
+            let mut r = self.records.lock();
             r.generation += 1;
             r.chunks.clear();
         }
@@ -177,17 +179,16 @@ impl OpenFile {
         ino: Ino,
         index: u32,
     ) -> tessera_meta::Result<Arc<Vec<SliceRecord>>> {
-        let generation = match self.records.lock() {
-            Ok(r) => {
-                if let Some(c) = r.chunks.get(&index) {
-                    return Ok(c.clone());
-                }
-                r.generation
+        let generation = {
+            let r = self.records.lock();
+            if let Some(c) = r.chunks.get(&index) {
+                return Ok(c.clone());
             }
-            Err(_) => 0,
+            r.generation
         };
         let loaded = Arc::new(meta.read_chunk(ino, index)?);
-        if let Ok(mut r) = self.records.lock() {
+        {
+            let mut r = self.records.lock();
             if r.generation == generation {
                 r.chunks.insert(index, loaded.clone());
             }
@@ -278,7 +279,8 @@ impl Vfs {
             heartbeat: 0,
         })?;
         let (tx, rx) = mpsc::channel();
-        if let Ok(mut w) = self.work.lock() {
+        {
+            let mut w = self.work.lock();
             *w = Some(tx);
         }
         let mut workers = Vec::new();
@@ -296,7 +298,8 @@ impl Vfs {
                 .spawn(move || me.work_loop(rx))
                 .map_err(|e| VfsError::new(libc::EIO, e.to_string()))?,
         );
-        if let Ok(mut w) = self.workers.lock() {
+        {
+            let mut w = self.workers.lock();
             *w = workers;
         }
         info!(sid, "session started");
@@ -372,7 +375,8 @@ impl Vfs {
     }
 
     fn send(&self, w: Work) {
-        if let Ok(tx) = self.work.lock() {
+        {
+            let tx = self.work.lock();
             if let Some(tx) = tx.as_ref() {
                 let _ = tx.send(w);
             }
@@ -381,11 +385,7 @@ impl Vfs {
 
     /// Flush everything, stop the workers and close the session.
     pub fn shutdown(&self) {
-        let files: Vec<_> = self
-            .open_files
-            .lock()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
+        let files: Vec<_> = self.open_files.lock().values().cloned().collect();
         for of in files {
             if let Err(e) = of.writer.flush() {
                 warn!(error = %e, "flush at unmount failed");
@@ -396,14 +396,14 @@ impl Vfs {
         }
         self.chunks.wait_for_deletions(Duration::from_secs(30));
         self.stop.store(true, Ordering::Relaxed);
-        if let Ok(mut w) = self.work.lock() {
+        {
+            let mut w = self.work.lock();
             w.take();
         }
-        let workers = self
-            .workers
-            .lock()
-            .map(|mut w| std::mem::take(&mut *w))
-            .unwrap_or_default();
+        let workers = {
+            let mut w = self.workers.lock();
+            std::mem::take(&mut *w)
+        };
         for w in workers {
             let _ = w.join();
         }
@@ -461,7 +461,7 @@ impl Vfs {
     /// `strictatime` at every open that reads; `noatime` (the default)
     /// never.
     fn touch_atime(&self, ino: Ino, h: &Handle) {
-        let Some(opened) = h.opened_times.lock().ok().and_then(|mut t| t.take()) else {
+        let Some(opened) = h.opened_times.lock().take() else {
             return;
         };
         let (now, _) = tessera_meta::now();
@@ -490,7 +490,7 @@ impl Vfs {
         if ttl.is_zero() {
             return None;
         }
-        let mut cache = self.open_cache.lock().ok()?;
+        let mut cache = self.open_cache.lock();
         match cache.get(&ino) {
             Some(c) if c.at.elapsed() < ttl => Some((c.attr, c.file.clone())),
             Some(_) => {
@@ -503,7 +503,8 @@ impl Vfs {
 
     /// Remember which inode a name led to (bounded: cleared when full).
     fn remember_name(&self, parent: Ino, name: &[u8], ino: Ino) {
-        if let Ok(mut m) = self.recent_names.lock() {
+        {
+            let mut m = self.recent_names.lock();
             if m.len() >= 4096 {
                 m.clear();
             }
@@ -514,7 +515,8 @@ impl Vfs {
     /// Drop what `--open-cache` remembers of `ino` (this mount changed it).
     fn forget_open(&self, ino: Ino) {
         if !self.config.open_cache.is_zero() {
-            if let Ok(mut c) = self.open_cache.lock() {
+            {
+                let mut c = self.open_cache.lock();
                 c.remove(&ino);
             }
         }
@@ -524,7 +526,8 @@ impl Vfs {
     /// have moved link counts and change times).
     fn forget_all_opens(&self) {
         if !self.config.open_cache.is_zero() {
-            if let Ok(mut c) = self.open_cache.lock() {
+            {
+                let mut c = self.open_cache.lock();
                 c.clear();
             }
         }
@@ -539,10 +542,7 @@ impl Vfs {
     }
 
     fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
-        self.open_files
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&ino).cloned())
+        self.open_files.lock().get(&ino).cloned()
     }
 
     fn freed(&self, r: &UnlinkResult) {
@@ -604,7 +604,7 @@ impl Vfs {
     /// A directory removed (or renamed over) while open: fstat of its
     /// handle still works and shows no links, as on a local file system.
     fn removed_open_dir(&self, ino: Ino) -> Option<Attr> {
-        let handles = self.handles.lock().ok()?;
+        let handles = self.handles.lock();
         let attr = handles
             .values()
             .filter(|h| h.ino == ino)
@@ -752,11 +752,7 @@ impl Vfs {
         self.check_name(new_parent, new_name)?;
         self.writable()?;
         self.forget_all_opens();
-        let hint = self
-            .recent_names
-            .lock()
-            .ok()
-            .and_then(|mut m| m.remove(&(parent, name.to_vec())));
+        let hint = self.recent_names.lock().remove(&(parent, name.to_vec()));
         if let Some(r) = self
             .meta
             .rename_hinted(parent, name, new_parent, new_name, flags, hint)?
@@ -817,8 +813,7 @@ impl Vfs {
         let Some(opened) = h.dir_attr else {
             return Err(VfsError::new(libc::ENOTDIR, "not an open directory"));
         };
-        let poisoned = || VfsError::new(libc::EIO, "directory handle lock poisoned");
-        let held = h.entries.lock().map_err(|_| poisoned())?.clone();
+        let held = h.entries.lock().clone();
         if let Some(entries) = held.filter(|_| offset != 0) {
             return Ok(entries);
         }
@@ -833,7 +828,7 @@ impl Vfs {
             Err(e) => return Err(e.into()),
         };
         let fresh = Arc::new(fresh);
-        *h.entries.lock().map_err(|_| poisoned())? = Some(fresh.clone());
+        *h.entries.lock() = Some(fresh.clone());
         Ok(fresh)
     }
 
@@ -845,7 +840,8 @@ impl Vfs {
 
     fn new_handle(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut m) = self.handles.lock() {
+        {
+            let mut m = self.handles.lock();
             m.insert(fh, Arc::new(h));
         }
         fh
@@ -854,13 +850,13 @@ impl Vfs {
     pub fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
         self.handles
             .lock()
-            .ok()
-            .and_then(|m| m.get(&fh).cloned())
+            .get(&fh)
+            .cloned()
             .ok_or_else(|| VfsError::new(libc::EBADF, format!("no open handle {fh}")))
     }
 
     fn drop_handle(&self, fh: u64) -> Option<Arc<Handle>> {
-        self.handles.lock().ok().and_then(|mut m| m.remove(&fh))
+        self.handles.lock().remove(&fh)
     }
 
     /// Open (and, with `create`, make) a regular file.
@@ -917,10 +913,7 @@ impl Vfs {
         // no handles left removes the open file under the same lock, so an
         // open can never hold an OpenFile that has left the map.
         let (of, first) = {
-            let mut files = self
-                .open_files
-                .lock()
-                .map_err(|_| VfsError::new(libc::EIO, "open files lock poisoned"))?;
+            let mut files = self.open_files.lock();
             let of = files
                 .entry(ino)
                 .or_insert_with(|| match &cached {
@@ -956,7 +949,8 @@ impl Vfs {
             && !self.config.open_cache.is_zero()
             && !of.writer.has_dirty()
         {
-            if let Ok(mut c) = self.open_cache.lock() {
+            {
+                let mut c = self.open_cache.lock();
                 if c.len() >= MAX_CACHED_OPENS {
                     let ttl = self.config.open_cache;
                     c.retain(|_, open| open.at.elapsed() < ttl);
@@ -979,7 +973,8 @@ impl Vfs {
             && !is_write_only(flags)
             && flags & libc::O_NOATIME == 0
         {
-            if let Ok(mut t) = handle.opened_times.lock() {
+            {
+                let mut t = handle.opened_times.lock();
                 *t = Some(attr);
             }
         }
@@ -1234,7 +1229,7 @@ impl Vfs {
             return Ok(());
         }
         let mut owners: Vec<u64> = handle
-            .and_then(|h| h.lock_owners.lock().ok().map(|o| o.clone()))
+            .map(|h| h.lock_owners.lock().clone())
             .unwrap_or_default();
         // An owner that also locked through another open handle of the file
         // is a process (POSIX locks, dropped by the flush of its close),
@@ -1242,11 +1237,12 @@ impl Vfs {
         // through the other handle after this one was closed (the kernel
         // sends this release late), and they stay.
         if !owners.is_empty() {
-            if let Ok(handles) = self.handles.lock() {
+            {
+                let handles = self.handles.lock();
                 owners.retain(|owner| {
-                    !handles.values().any(|h| {
-                        h.ino == ino && h.lock_owners.lock().is_ok_and(|o| o.contains(owner))
-                    })
+                    !handles
+                        .values()
+                        .any(|h| h.ino == ino && h.lock_owners.lock().contains(owner))
                 });
             }
         }
@@ -1264,10 +1260,12 @@ impl Vfs {
         let flushed = self.flush_file(ino, &of);
         if of.handles.fetch_sub(1, Ordering::Relaxed) == 1 {
             // Every descriptor is closed, and each close dropped its locks.
-            if let Ok(mut l) = self.locked.lock() {
+            {
+                let mut l = self.locked.lock();
                 l.remove(&ino);
             }
-            if let Ok(mut files) = self.open_files.lock() {
+            {
+                let mut files = self.open_files.lock();
                 if of.handles.load(Ordering::Relaxed) == 0 && !of.writer.has_dirty() {
                     files.remove(&ino);
                 }
@@ -1399,11 +1397,13 @@ impl Vfs {
             block,
         } = lock;
         if typ != libc::F_UNLCK {
-            if let Ok(mut l) = self.locked.lock() {
+            {
+                let mut l = self.locked.lock();
                 l.insert(ino);
             }
             if let Some(h) = fh.and_then(|fh| self.handle(fh).ok()) {
-                if let Ok(mut owners) = h.lock_owners.lock() {
+                {
+                    let mut owners = h.lock_owners.lock();
                     if !owners.contains(&owner) {
                         owners.push(owner);
                     }
@@ -1460,7 +1460,7 @@ impl Vfs {
     /// Whether this mount may hold a lock on `ino`; closes of files never
     /// locked here skip the unlock transaction.
     fn may_hold_locks(&self, ino: Ino) -> bool {
-        self.locked.lock().map(|l| l.contains(&ino)).unwrap_or(true)
+        self.locked.lock().contains(&ino)
     }
 
     // ---- misc ----------------------------------------------------------------

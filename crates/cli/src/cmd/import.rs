@@ -5,9 +5,9 @@
 //! or size) point at the new version, vanished ones are removed unless
 //! `--keep-deleted`.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
@@ -97,7 +97,7 @@ fn mkdir_p(
     if path.is_empty() {
         return Ok(from);
     }
-    if let Some(ino) = made.lock().ok().and_then(|m| m.get(path).copied()) {
+    if let Some(ino) = made.lock().get(path).copied() {
         return Ok(ino);
     }
     let (parent_path, name) = path.rsplit_once('/').unwrap_or(("", path));
@@ -119,7 +119,8 @@ fn mkdir_p(
         }
         Err(e) => return Err(e.into()),
     };
-    if let Ok(mut m) = made.lock() {
+    {
+        let mut m = made.lock();
         m.insert(path.to_string(), ino);
     }
     Ok(ino)
@@ -157,7 +158,7 @@ pub fn run(a: Args) -> Result<()> {
     let made = Mutex::new(HashMap::new());
     let dest = mkdir_p(&meta, &ctx, ROOT_INO, a.dest.trim_matches('/'), &made)?;
     // Directories are made relative to the destination from here on.
-    made.lock().map_err(|_| anyhow!("lock poisoned"))?.clear();
+    made.lock().clear();
     let mut before = existing(&meta, dest, &source)?;
 
     let mut todo = Vec::new();
@@ -216,9 +217,8 @@ pub fn run(a: Args) -> Result<()> {
                 if old.is_some() { &changed } else { &added }.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                if let Ok(mut f) = failures.lock() {
-                    f.push(format!("{}: {e:#}", o.key));
-                }
+                let mut f = failures.lock();
+                f.push(format!("{}: {e:#}", o.key));
             }
         }
         let b = bytes_done.fetch_add(o.size, Ordering::Relaxed) + o.size;
@@ -237,15 +237,14 @@ pub fn run(a: Args) -> Result<()> {
             match meta.unlink(e.parent, &e.name) {
                 Ok(_) => deleted += 1,
                 Err(err) => {
-                    if let Ok(mut f) = failures.lock() {
-                        f.push(format!("{key}: removing: {err}"));
-                    }
+                    let mut f = failures.lock();
+                    f.push(format!("{key}: removing: {err}"));
                 }
             }
         }
     }
     meta.flush_usage()?;
-    let failures = failures.into_inner().unwrap_or_default();
+    let failures = failures.into_inner();
     eprintln!(
         "imported {} into {}: {} new, {} changed, {} unchanged, {} removed{} ({} objects listed, {:.1} GiB) in {:.1}s",
         redact(&source),

@@ -12,11 +12,11 @@
 //! and take the source's modification time, so a later `--update` run
 //! recognises them.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -368,9 +368,8 @@ pub fn run(a: Args) -> Result<()> {
                 bytes_done.fetch_add(n, Ordering::Relaxed);
             }
             Err(e) => {
-                if let Ok(mut f) = failures.lock() {
-                    f.push(format!("{key}: {e:#}"));
-                }
+                let mut f = failures.lock();
+                f.push(format!("{key}: {e:#}"));
             }
         }
         bar.inc(entry.size);
@@ -383,13 +382,12 @@ pub fn run(a: Args) -> Result<()> {
         match rt.block_on(delete(&dst, key)) {
             Ok(()) => deleted += 1,
             Err(e) => {
-                if let Ok(mut f) = failures.lock() {
-                    f.push(format!("{key}: {e:#}"));
-                }
+                let mut f = failures.lock();
+                f.push(format!("{key}: {e:#}"));
             }
         }
     }
-    let failures = failures.into_inner().unwrap_or_default();
+    let failures = failures.into_inner();
     let secs = started.elapsed().as_secs_f64();
     let bytes = bytes_done.load(Ordering::Relaxed);
     println!(

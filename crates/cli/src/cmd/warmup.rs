@@ -9,11 +9,11 @@
 //! `tessera_fuse::control`). Several ranges are in flight at once
 //! (`--threads`), and the progress bar moves as each one completes.
 
+use parking_lot::Mutex;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -285,7 +285,8 @@ pub fn run(a: Args) -> Result<()> {
         match result {
             Ok(r) => {
                 if r.failed_blocks > 0 {
-                    if let Ok(mut f) = failures.lock() {
+                    {
+                        let mut f = failures.lock();
                         f.push(format!(
                             "{}: {} blocks failed at offset {}: {}",
                             t.path.display(),
@@ -295,14 +296,14 @@ pub fn run(a: Args) -> Result<()> {
                         ));
                     }
                 }
-                if let Ok(mut p) = per_root.lock() {
+                {
+                    let mut p = per_root.lock();
                     add(&mut p[t.root], &r);
                 }
             }
             Err(e) => {
-                if let Ok(mut f) = failures.lock() {
-                    f.push(format!("{}: {e}", t.path.display()));
-                }
+                let mut f = failures.lock();
+                f.push(format!("{}: {e}", t.path.display()));
             }
         }
         bar.inc(task.length.min(t.size.saturating_sub(task.offset)));
@@ -332,7 +333,8 @@ pub fn run(a: Args) -> Result<()> {
                         } else {
                             e.to_string()
                         };
-                        if let Ok(mut f) = failures.lock() {
+                        {
+                            let mut f = failures.lock();
                             f.push(format!("{}: local copy: {why}", t.path.display()));
                         }
                     }
@@ -343,8 +345,8 @@ pub fn run(a: Args) -> Result<()> {
         }
     });
     bar.finish_and_clear();
-    let per_root = per_root.into_inner().unwrap_or_default();
-    let failures = failures.into_inner().unwrap_or_default();
+    let per_root = per_root.into_inner();
+    let failures = failures.into_inner();
     let mut total = CacheReport::default();
     for r in &per_root {
         add(&mut total, r);

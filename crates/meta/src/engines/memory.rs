@@ -1,8 +1,8 @@
 //! In-memory engine: a B-tree behind one lock. For unit tests only; it lives
 //! and dies with the process.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use crate::kv::{KvEngine, KvTxn};
 use crate::{MetaError, Result};
@@ -59,10 +59,7 @@ impl KvEngine for MemoryEngine {
         read_only: bool,
         f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
     ) -> Result<()> {
-        let mut map = self
-            .map
-            .lock()
-            .map_err(|_| MetaError::Engine("memory engine lock poisoned".into()))?;
+        let mut map = self.map.lock();
         let mut tx = MemTxn {
             map: &mut map,
             undo: Vec::new(),
@@ -81,10 +78,7 @@ impl KvEngine for MemoryEngine {
     }
 
     fn reset(&self) -> Result<()> {
-        self.map
-            .lock()
-            .map_err(|_| MetaError::Engine("memory engine lock poisoned".into()))?
-            .clear();
+        self.map.lock().clear();
         Ok(())
     }
 }

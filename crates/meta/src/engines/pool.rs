@@ -1,7 +1,7 @@
 //! Idle connections kept for reuse, shared by the engines that hold one
 //! connection per transaction (SQLite, Redis, PostgreSQL).
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use crate::Result;
 
@@ -26,7 +26,7 @@ impl<C> Pool<C> {
         connect: impl FnOnce() -> Result<C>,
     ) -> Result<C> {
         loop {
-            let pooled = self.idle.lock().ok().and_then(|mut p| p.pop());
+            let pooled = self.idle.lock().pop();
             match pooled {
                 Some(c) if usable(&c) => return Ok(c),
                 Some(_) => continue, // broken: drop it, look at the next
@@ -37,7 +37,8 @@ impl<C> Pool<C> {
 
     /// Return a connection that is in a clean state (no open transaction).
     pub fn put_back(&self, c: C) {
-        if let Ok(mut p) = self.idle.lock() {
+        {
+            let mut p = self.idle.lock();
             if p.len() < MAX_IDLE {
                 p.push(c);
             }

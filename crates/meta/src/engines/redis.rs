@@ -16,8 +16,8 @@
 //! the connection) and dropped on any error, so a restarted server is met
 //! with fresh connections. Requests time out after `TIMEOUT`.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::{Client, Connection, Value};
@@ -160,9 +160,7 @@ impl RedisEngine {
         let con = match &self.target {
             Target::Direct(c) => c.get_connection_with_timeout(TIMEOUT),
             Target::Sentinel(s, db) => {
-                let mut s = s
-                    .lock()
-                    .map_err(|_| MetaError::Engine("sentinel client lock poisoned".into()))?;
+                let mut s = s.lock();
                 s.get_connection().and_then(|mut c| {
                     redis::cmd("SELECT").arg(*db).query::<()>(&mut c)?;
                     Ok(c)
