@@ -10,6 +10,7 @@
 pub mod acl;
 pub mod attr;
 mod check;
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod dump;
 pub mod engines;

@@ -1,20 +1,44 @@
-//! Metadata engines and the URL scheme that selects one.
+//! Metadata engines and the URL scheme that selects one. Each engine but
+//! the in-memory one is a cargo feature (all on by default); a URL of an
+//! engine left out of the build is refused with the feature's name.
 
+// Helpers shared by some engines are unused when those are left out.
+#![cfg_attr(
+    not(all(
+        feature = "sqlite",
+        feature = "redis",
+        feature = "postgres",
+        feature = "mysql",
+        feature = "etcd"
+    )),
+    allow(dead_code, unused_imports)
+)]
+
+#[cfg(feature = "etcd")]
 mod etcd;
 mod memory;
+#[cfg(feature = "mysql")]
 mod mysql;
 mod pool;
+#[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 use std::sync::Arc;
 
+#[cfg(feature = "etcd")]
 pub use etcd::EtcdEngine;
 pub use memory::MemoryEngine;
+#[cfg(feature = "mysql")]
 pub use mysql::MysqlEngine;
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresEngine;
+#[cfg(feature = "redis")]
 pub use redis::RedisEngine;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteEngine;
 
 /// A URL without its password, for messages and logs.
@@ -84,6 +108,23 @@ fn overlay_writes(
     found.into_iter().take(limit).collect()
 }
 
+/// The error for a URL of an engine this build was made without.
+#[cfg(not(all(
+    feature = "sqlite",
+    feature = "redis",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "etcd"
+)))]
+fn left_out(url: &str, feature: &str) -> MetaError {
+    MetaError::BadUrl {
+        url: redact(url),
+        reason: format!(
+            "this build of tessera has no {feature} engine (built without the `{feature}` feature)"
+        ),
+    }
+}
+
 /// Open the engine a metadata URL names. An SQLite database file must
 /// exist unless `create` (format, load): a mistyped path is an error, not a
 /// new empty database left behind.
@@ -123,25 +164,40 @@ pub fn open(url: &str, create: bool) -> Result<Arc<dyn KvEngine>> {
             if !create && dir_there && !path.exists() {
                 return Err(MetaError::NotFormatted);
             }
-            Ok(Arc::new(SqliteEngine::open_with(path, sync_full)?))
+            #[cfg(feature = "sqlite")]
+            return Ok(Arc::new(SqliteEngine::open_with(path, sync_full)?));
+            #[cfg(not(feature = "sqlite"))]
+            return Err(left_out(url, "sqlite"));
         }
         "mem" | "memory" => Ok(Arc::new(MemoryEngine::default())),
+        #[cfg(feature = "redis")]
         "redis" | "rediss" | "redis+sentinel" => Ok(Arc::new(RedisEngine::open(
             &with_env_password(url),
             &redact(url),
         )?)),
+        #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => Ok(Arc::new(PostgresEngine::open(
             &with_env_password(url),
             &redact(url),
         )?)),
+        #[cfg(feature = "mysql")]
         "mysql" => Ok(Arc::new(MysqlEngine::open(
             &with_env_password(url),
             &redact(url),
         )?)),
+        #[cfg(feature = "etcd")]
         "etcd" => Ok(Arc::new(EtcdEngine::open(
             &with_env_password(url),
             &redact(url),
         )?)),
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" | "redis+sentinel" => Err(left_out(url, "redis")),
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => Err(left_out(url, "postgres")),
+        #[cfg(not(feature = "mysql"))]
+        "mysql" => Err(left_out(url, "mysql")),
+        #[cfg(not(feature = "etcd"))]
+        "etcd" => Err(left_out(url, "etcd")),
         "tikv" => Err(bad(
             "the tikv engine is not built into this version yet; use sqlite://, redis://, postgres://, mysql:// or etcd://",
         )),
