@@ -490,8 +490,8 @@ impl FileWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
     use parking_lot::{Condvar, Mutex};
+    use std::sync::atomic::Ordering;
     use std::time::Duration;
     use tessera_meta::kv::{KvEngine, KvTxn};
 

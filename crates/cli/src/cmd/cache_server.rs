@@ -10,7 +10,7 @@ use tracing::info;
 use tessera_chunk::membership::{join, JoinSpec};
 use tessera_chunk::DataPath;
 
-use crate::cmd::mount::DataPathArgs;
+use crate::cmd::data_path::DataPathArgs;
 use crate::common::{open_volume, StorageFlags};
 
 #[derive(clap::Args, Debug)]

@@ -4,6 +4,8 @@ pub mod bench;
 pub mod cache;
 pub mod cache_group;
 pub mod cache_server;
+mod daemon;
+pub mod data_path;
 pub mod dump;
 pub mod format;
 pub mod fsck;

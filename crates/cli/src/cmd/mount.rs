@@ -5,16 +5,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use tessera_blockcache::{DiskCacheConfig, Eviction};
-use tessera_chunk::{ChunkConfig, DataPath, DataPathOptions};
+use tessera_chunk::DataPath;
 use tessera_fuse::{CacheTtls, MountConfig};
 use tessera_meta::MetaConfig;
 use tessera_vfs::{Vfs, VfsConfig};
 use tracing::info;
 
-use crate::common::{
-    is_mounted, open_volume, parse_size, redact, seconds_in, StorageFlags, MAX_FLAG_SECONDS,
-};
+use crate::cmd::daemon::{daemonize, keep_freed_memory};
+use crate::cmd::data_path::DataPathArgs;
+use crate::common::{is_mounted, open_volume, redact, seconds_in, StorageFlags, MAX_FLAG_SECONDS};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -72,163 +71,6 @@ pub struct Args {
     pub group: crate::cmd::group::GroupArgs,
     #[command(flatten)]
     pub storage_flags: StorageFlags,
-}
-
-/// Caching, buffering and transfer options of the data path.
-#[derive(clap::Args, Debug, Clone)]
-pub struct DataPathArgs {
-    /// Memory for cached blocks; a bare number is MiB.
-    #[arg(long, default_value = "512M", help_heading = "Cache")]
-    pub mem_cache_size: String,
-    /// Disk cache directories, colon-separated (blocks are spread over them
-    /// by hash); "memory" keeps blocks in memory only.
-    #[arg(long, help_heading = "Cache")]
-    pub cache_dir: Option<String>,
-    /// Disk cache quota across all directories; a bare number is MiB.
-    #[arg(long, default_value = "100G", help_heading = "Cache")]
-    pub cache_size: String,
-    /// Keep at least this fraction of each cache disk free.
-    #[arg(long, default_value_t = 0.1, help_heading = "Cache")]
-    pub free_space_ratio: f64,
-    /// Drop cached blocks unused for this long (seconds, or 30m, 12h, 7d;
-    /// 0: never).
-    #[arg(long, value_parser = crate::common::parse_seconds, default_value = "0", help_heading = "Cache")]
-    pub cache_expire: f64,
-    /// Eviction policy of the caches.
-    #[arg(long, default_value = "2-random", help_heading = "Cache",
-          value_parser = clap::builder::TypedValueParser::try_map(
-              clap::builder::PossibleValuesParser::new(["2-random", "lru", "s3fifo"]),
-              |s| s.parse::<Eviction>()))]
-    pub cache_eviction: Eviction,
-    /// Cache on disk only small or random reads, not large sequential ones.
-    #[arg(long, help_heading = "Cache")]
-    pub cache_partial_only: bool,
-    /// Memory all write buffers may hold together; a bare number is MiB.
-    #[arg(long, default_value = "300M", help_heading = "Data path")]
-    pub buffer_size: String,
-    /// Largest readahead window per open file; a bare number is MiB.
-    #[arg(long, default_value = "64M", help_heading = "Data path")]
-    pub max_readahead: String,
-    /// Block downloads in flight at once.
-    #[arg(long, default_value_t = 64, help_heading = "Data path")]
-    pub max_downloads: usize,
-    /// Block uploads in flight at once.
-    #[arg(long, default_value_t = 20, help_heading = "Data path")]
-    pub max_uploads: usize,
-    /// After a small random read, fetch its whole block in the background
-    /// (0 turns this off).
-    #[arg(long, default_value_t = 1, help_heading = "Data path")]
-    pub prefetch: u32,
-    /// Stage written blocks on the disk cache and upload them in the
-    /// background; the data is committed once staged.
-    #[arg(long, help_heading = "Data path")]
-    pub writeback: bool,
-    /// Upload bandwidth limit of this node in Mbit/s (0: none).
-    #[arg(long, default_value_t = 0.0, help_heading = "Data path")]
-    pub upload_limit: f64,
-    /// Download bandwidth limit of this node in Mbit/s (0: none).
-    #[arg(long, default_value_t = 0.0, help_heading = "Data path")]
-    pub download_limit: f64,
-    /// Serve Prometheus metrics on this address ("none" turns it off); a
-    /// busy port moves to the next free one.
-    #[arg(long, default_value = "127.0.0.1:9567", help_heading = "Data path")]
-    pub metrics: String,
-}
-
-impl DataPathArgs {
-    fn default_cache_dir() -> String {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            "/var/cache/tessera".into()
-        } else {
-            format!(
-                "{}/.cache/tessera",
-                std::env::var("HOME").unwrap_or_else(|_| ".".into())
-            )
-        }
-    }
-
-    /// Check every option and build the data-path settings.
-    pub fn options(&self, storage: &StorageFlags) -> Result<DataPathOptions> {
-        Ok(DataPathOptions {
-            storage: storage.options()?,
-            upload_mbps: self.upload_limit,
-            download_mbps: self.download_limit,
-            chunks: self.chunk_config()?,
-            metrics_addr: Some(self.metrics.clone()),
-        })
-    }
-
-    /// The caching, buffering and transfer settings (the volume's own are
-    /// filled in by the data path).
-    fn chunk_config(&self) -> Result<ChunkConfig> {
-        let size =
-            |flag: &str, v: &str| parse_size(v, 1 << 20).map_err(|e| anyhow!("--{flag}: {e}"));
-        let eviction = self.cache_eviction;
-        if !(0.0..1.0).contains(&self.free_space_ratio) {
-            return Err(anyhow!(
-                "--free-space-ratio {} must be at least 0 and below 1",
-                self.free_space_ratio
-            ));
-        }
-        for (flag, v) in [
-            ("upload-limit", self.upload_limit),
-            ("download-limit", self.download_limit),
-        ] {
-            // 0 is no limit; below 0.01 Mbit/s a block would wait for days.
-            if !(v == 0.0 || (0.01..=10_000_000.0).contains(&v)) {
-                return Err(anyhow!(
-                    "--{flag} {v} is out of range: give Mbit/s from 0.01 to 10000000, or 0 for no limit"
-                ));
-            }
-        }
-        let dirs = self
-            .cache_dir
-            .clone()
-            .unwrap_or_else(Self::default_cache_dir);
-        let disk_cache = if dirs == "memory" {
-            None
-        } else {
-            let dirs: Vec<PathBuf> = dirs
-                .split(':')
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-                .collect();
-            if dirs.is_empty() {
-                return Err(anyhow!("--cache-dir names no directory"));
-            }
-            let capacity = size("cache-size", &self.cache_size)?;
-            (capacity > 0).then_some(DiskCacheConfig {
-                dirs,
-                capacity,
-                free_space_ratio: self.free_space_ratio,
-                expire: (self.cache_expire > 0.0)
-                    .then(|| {
-                        seconds_in("--cache-expire", self.cache_expire, 1.0, 3650.0 * 86_400.0)
-                    })
-                    .transpose()?,
-                eviction,
-            })
-        };
-        if self.writeback && disk_cache.is_none() {
-            return Err(anyhow!(
-                "--writeback stages blocks on the disk cache: give it a --cache-dir and a --cache-size above 0"
-            ));
-        }
-        Ok(ChunkConfig {
-            mem_cache_size: size("mem-cache-size", &self.mem_cache_size)? as usize,
-            eviction,
-            disk_cache,
-            cache_partial_only: self.cache_partial_only,
-            buffer_size: size("buffer-size", &self.buffer_size)?.max(1 << 20) as usize,
-            max_uploads: in_flight("--max-uploads", self.max_uploads)?,
-            max_downloads: in_flight("--max-downloads", self.max_downloads)?,
-            max_readahead: size("max-readahead", &self.max_readahead)? as usize,
-            prefetch: self.prefetch > 0,
-            writeback: self.writeback,
-            ..Default::default()
-        })
-    }
 }
 
 fn check_mountpoint(p: &Path) -> Result<()> {
@@ -464,95 +306,6 @@ fn atime_mode(options: &[String]) -> tessera_vfs::AtimeMode {
             _ => None,
         })
         .unwrap_or_default()
-}
-
-/// Blocks are 4 MiB buffers allocated and freed all the time; by default
-/// glibc hands such sizes back to the kernel (mmap/trim), so every block
-/// faults in and zeroes fresh pages. Keeping freed memory for reuse costs a
-/// steadier RSS (bounded by the caches and buffers anyway) and saves a
-/// tenth of the CPU of a cold read.
-fn keep_freed_memory() {
-    // SAFETY: mallopt only tunes allocator thresholds; called before the
-    // runtime's threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
-    }
-}
-
-/// Fork; the parent returns only once the child's mount is up (or exits
-/// with the child's failure).
-fn daemonize(mountpoint: &Path, log: Option<&Path>) -> Result<()> {
-    let log = log.map(Path::to_path_buf).unwrap_or_else(|| {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            PathBuf::from("/var/log/tessera.log")
-        } else {
-            PathBuf::from(format!(
-                "{}/.tessera/tessera.log",
-                std::env::var("HOME").unwrap_or_default()
-            ))
-        }
-    });
-    if let Some(dir) = log.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .with_context(|| format!("cannot open log file {}", log.display()))?;
-    // SAFETY: no threads exist yet (the runtime is built after this), so
-    // fork is safe; the child continues with a copy of this single thread.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(anyhow!("fork failed: {}", std::io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        use std::os::fd::AsRawFd;
-        // SAFETY: plain syscalls on valid descriptors in the child.
-        unsafe {
-            libc::setsid();
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-            if null >= 0 {
-                libc::dup2(null, 0);
-            }
-            libc::dup2(file.as_raw_fd(), 1);
-            libc::dup2(file.as_raw_fd(), 2);
-        }
-        return Ok(());
-    }
-    for _ in 0..300 {
-        if is_mounted(mountpoint) {
-            println!(
-                "mounted on {} (pid {pid}, log {})",
-                mountpoint.display(),
-                log.display()
-            );
-            std::process::exit(0);
-        }
-        let mut status = 0;
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-            return Err(anyhow!(
-                "the mount process exited before the mount was up; see {}",
-                log.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(anyhow!(
-        "the mount did not come up within 15 seconds; see {}",
-        log.display()
-    ))
-}
-
-/// A number of requests in flight at once, 1 to 4096.
-fn in_flight(flag: &str, n: usize) -> Result<usize> {
-    if !(1..=4096).contains(&n) {
-        return Err(anyhow!("{flag} {n} is out of range: give 1 to 4096"));
-    }
-    Ok(n)
 }
 
 /// How long the kernel may cache attributes and names.

@@ -1,0 +1,82 @@
+//! Objects imported from a bucket without copying (`tessera import`): their
+//! records, and the files whose chunks point into them.
+
+use super::*;
+
+impl Meta {
+    /// Record an object of a bucket that slices of kind External point at.
+    pub fn put_external(&self, obj: &ExternalObject) -> Result<u64> {
+        self.writable()?;
+        let id = self.new_slice_id()?;
+        let raw = serde_json::to_vec(obj).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+        self.txn(|tx| tx.set(&keys::external(id), &raw))?;
+        Ok(id)
+    }
+
+    /// Create `name` in `parent` as an imported file: its bytes are those of
+    /// `obj`, read in place (no byte is copied), its times the object's
+    /// `mtime` when known. Returns the new inode.
+    pub fn import_file(
+        &self,
+        ctx: &Ctx,
+        parent: Ino,
+        name: &[u8],
+        obj: &ExternalObject,
+        mode: u32,
+        mtime: Option<i64>,
+    ) -> Result<Ino> {
+        let id = self.put_external(obj)?;
+        let (ino, _) = self.mknod(ctx, parent, name, FileType::File, mode, 0, None)?;
+        let mut records = Vec::new();
+        let mut off = 0u64;
+        while off < obj.size {
+            let n = (obj.size - off).min(CHUNK_SIZE);
+            records.push((
+                (off / CHUNK_SIZE) as u32,
+                SliceRecord {
+                    kind: crate::SliceKind::External,
+                    pos: 0,
+                    id,
+                    size: obj.size,
+                    off,
+                    len: n as u32,
+                },
+            ));
+            off += n;
+        }
+        self.write_slices(ino, &records, obj.size)?;
+        if let Some(t) = mtime {
+            // The object's last change is the file's.
+            let when = Some(Some((t, 0)));
+            self.setattr(
+                ino,
+                &SetAttr {
+                    atime: when,
+                    mtime: when,
+                    ..Default::default()
+                },
+            )?;
+        }
+        Ok(ino)
+    }
+
+    /// The imported object a file reads from, if it is an imported file
+    /// (its first chunk starts with an external slice).
+    pub fn imported_object(&self, ino: Ino) -> Result<Option<(u64, ExternalObject)>> {
+        let first = self.read_chunk(ino, 0)?;
+        match first.first() {
+            Some(r) if r.kind == crate::SliceKind::External => {
+                Ok(Some((r.id, self.get_external(r.id)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    pub fn get_external(&self, id: u64) -> Result<ExternalObject> {
+        let raw = self
+            .read_txn(|tx| tx.get(&keys::external(id)))?
+            .ok_or(MetaError::NotFound)?;
+        serde_json::from_slice(&raw)
+            .map_err(|e| MetaError::Corrupt(format!("external object {id}: {e}")))
+    }
+}

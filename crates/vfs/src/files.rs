@@ -1,0 +1,527 @@
+//! Open files: open, read, write, flush, fsync, release, truncate,
+//! fallocate, copy_file_range, and cache warm-up of a range.
+
+use super::*;
+
+impl Vfs {
+    pub(crate) fn new_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut m = self.handles.lock();
+            m.insert(fh, Arc::new(h));
+        }
+        fh
+    }
+
+    pub fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
+        self.handles
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| VfsError::new(libc::EBADF, format!("no open handle {fh}")))
+    }
+
+    pub(crate) fn drop_handle(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.handles.lock().remove(&fh)
+    }
+
+    /// Open (and, with `create`, make) a regular file.
+    pub fn open(&self, ino: Ino, flags: i32) -> Result<(u64, Attr)> {
+        self.open_known(ino, flags, None)
+    }
+
+    /// Open with the inode's attributes already in hand (`known`), as
+    /// create has them, saving the metadata read.
+    pub(crate) fn open_known(
+        &self,
+        ino: Ino,
+        flags: i32,
+        known: Option<Attr>,
+    ) -> Result<(u64, Attr)> {
+        self.metrics().op("open");
+        if internal::is_internal(ino) {
+            if is_write_open(flags) {
+                return Err(VfsError::new(libc::EACCES, ".stats is read-only"));
+            }
+            let text = self.stats_text().into_bytes();
+            let attr = internal::attr(text.len() as u64);
+            return Ok((self.new_handle(Handle::snapshot(ino, text)), attr));
+        }
+        if is_write_open(flags) {
+            self.writable()?;
+        }
+        let read_only = !is_write_open(flags) && flags & libc::O_TRUNC == 0;
+        let cached = if read_only {
+            self.cached_open(ino)
+        } else {
+            self.forget_open(ino);
+            None
+        };
+        let attr = match (&cached, known) {
+            (Some((attr, _)), _) => *attr,
+            (None, Some(attr)) => attr,
+            (None, None) => self.meta.getattr(ino)?,
+        };
+        if attr.typ == FileType::Dir && is_write_open(flags) {
+            return Err(VfsError::new(
+                libc::EISDIR,
+                "cannot open a directory for writing",
+            ));
+        }
+        // The kernel hands O_TRUNC to open (atomic_o_trunc); truncating an
+        // empty file still updates its times, as POSIX asks.
+        let just_created = known.is_some() && attr.length == 0;
+        let attr = if flags & libc::O_TRUNC != 0
+            && is_write_open(flags)
+            && attr.typ == FileType::File
+            && !just_created
+        {
+            self.truncate(ino, 0)?
+        } else {
+            attr
+        };
+        // The handle count moves under the map's lock: a release that sees
+        // no handles left removes the open file under the same lock, so an
+        // open can never hold an OpenFile that has left the map.
+        let (of, first) = {
+            let mut files = self.open_files.lock();
+            let of = files
+                .entry(ino)
+                .or_insert_with(|| match &cached {
+                    Some((_, file)) => file.clone(),
+                    None => Arc::new(OpenFile {
+                        writer: FileWriter::new(ino, self.chunks.clone()),
+                        handles: AtomicU64::new(0),
+                        records: Mutex::new(RecordCache::default()),
+                        length: AtomicU64::new(0),
+                        no_xattrs: std::sync::atomic::AtomicBool::new(false),
+                    }),
+                })
+                .clone();
+            let first = of.handles.fetch_add(1, Ordering::Relaxed) == 0;
+            (of, first)
+        };
+        if first {
+            self.meta.open_inode(ino);
+        }
+        of.no_xattrs.store(
+            attr.flags & tessera_meta::attr::FLAG_XATTRS == 0,
+            Ordering::Relaxed,
+        );
+        // Close-to-open: a new open sees what other mounts committed,
+        // unless --open-cache says to trust what this mount saw last.
+        if !of.writer.has_dirty() && cached.is_none() {
+            of.invalidate();
+            of.length.store(attr.length, Ordering::Relaxed);
+        }
+        if cached.is_none()
+            && read_only
+            && attr.typ == FileType::File
+            && !self.config.open_cache.is_zero()
+            && !of.writer.has_dirty()
+        {
+            {
+                let mut c = self.open_cache.lock();
+                if c.len() >= MAX_CACHED_OPENS {
+                    let ttl = self.config.open_cache;
+                    c.retain(|_, open| open.at.elapsed() < ttl);
+                    if c.len() >= MAX_CACHED_OPENS {
+                        c.clear();
+                    }
+                }
+                c.insert(
+                    ino,
+                    CachedOpen {
+                        attr,
+                        at: std::time::Instant::now(),
+                        file: of.clone(),
+                    },
+                );
+            }
+        }
+        let handle = Handle::file(ino, flags);
+        if self.config.atime != AtimeMode::NoAtime
+            && !is_write_only(flags)
+            && flags & libc::O_NOATIME == 0
+        {
+            {
+                let mut t = handle.opened_times.lock();
+                *t = Some(attr);
+            }
+        }
+        let fh = self.new_handle(handle);
+        let length = attr.length.max(of.writer.buffered_length());
+        Ok((fh, Attr { length, ..attr }))
+    }
+
+    pub fn create(
+        &self,
+        ctx: &Ctx,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Ino, Attr, u64)> {
+        self.metrics().op("create");
+        self.check_name(parent, name)?;
+        self.writable()?;
+        let (ino, attr) = match self
+            .meta
+            .mknod(ctx, parent, name, FileType::File, mode, 0, None)
+        {
+            Ok(made) => made,
+            // Another mount created it since the kernel looked: without
+            // O_EXCL, POSIX opens the file that is there.
+            Err(MetaError::Exists) if flags & libc::O_EXCL == 0 => {
+                let (ino, attr) = self.meta.lookup(parent, name)?;
+                if attr.typ == FileType::Dir {
+                    return Err(VfsError::new(
+                        libc::EISDIR,
+                        "a directory of that name exists",
+                    ));
+                }
+                let access_acl = (attr.flags & tessera_meta::attr::FLAG_ACL_ACCESS != 0)
+                    .then(|| self.meta.getxattr(ino, tessera_meta::acl::ACCESS).ok())
+                    .flatten()
+                    .and_then(|raw| tessera_meta::acl::Acl::decode(&raw).ok());
+                if !permits(&attr, access_acl.as_ref(), ctx, flags) {
+                    return Err(VfsError::new(
+                        libc::EACCES,
+                        "the file another mount created is not open to this user",
+                    ));
+                }
+                let (fh, attr) = self.open_known(ino, flags & !libc::O_CREAT, None)?;
+                return Ok((ino, attr, fh));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // The new inode's attributes are the ones mknod just wrote.
+        let (fh, attr) = self.open_known(ino, flags, Some(attr))?;
+        Ok((ino, attr, fh))
+    }
+
+    /// Bytes `[off, off + size)` of an open file, short at its end.
+    pub fn read(&self, ino: Ino, fh: u64, off: u64, size: usize) -> Result<Bytes> {
+        let _span = tracing::debug_span!("read", ino, off, size).entered();
+        self.metrics().op("read");
+        if internal::is_internal(ino) {
+            let h = self.handle(fh)?;
+            let content = h.content.as_deref().unwrap_or_default();
+            let start = (off as usize).min(content.len());
+            let end = start.saturating_add(size).min(content.len());
+            return Ok(Bytes::copy_from_slice(&content[start..end]));
+        }
+        let of = self
+            .open_file(ino)
+            .ok_or_else(|| VfsError::new(libc::EBADF, "file is not open"))?;
+        let h = self.handle(fh)?;
+        if of.writer.has_appends() {
+            self.flush_file(ino, &of)?;
+        }
+        self.touch_atime(ino, &h);
+        let length = self.read_length(ino, &of, off + size as u64)?;
+        if off >= length {
+            return Ok(Bytes::new());
+        }
+        let n = (size as u64).min(length - off) as usize;
+        let config = self.chunks.config();
+        let (access, ahead_from, ahead_len) = h.track_read(
+            off,
+            n as u64,
+            config.block_size as u64,
+            config.max_readahead as u64,
+        );
+        let mut records = |index| Ok(of.chunk_records(&self.meta, ino, index)?);
+        let ahead_len = ahead_len.min(length.saturating_sub(ahead_from));
+        if ahead_len > 0 {
+            self.chunks.readahead(ahead_from, ahead_len, &mut records);
+        }
+        let mut attempt = 0;
+        let spans = loop {
+            match self.chunks.read_committed(off, n, access, &mut records) {
+                // Compaction (here or in another mount) replaced the slices
+                // our cached records name: reload them and read again.
+                Err(e) if e.is_missing_block() && attempt < 3 => {
+                    debug!(ino, error = %e, "stale slice records, reloading");
+                    attempt += 1;
+                    of.invalidate();
+                }
+                other => break other?,
+            }
+        };
+        let data = match spans.as_slice() {
+            // The common case, a read inside one cached block with nothing
+            // buffered over it: hand out the block's bytes without a copy.
+            [Span::Data(b)] if !of.writer.has_dirty() => b.clone(),
+            _ => {
+                let mut buf = Vec::with_capacity(n);
+                for span in &spans {
+                    match span {
+                        Span::Data(b) => buf.extend_from_slice(b),
+                        Span::Zero(z) => buf.resize(buf.len() + z, 0),
+                    }
+                }
+                of.writer.overlay(off, &mut buf);
+                Bytes::from(buf)
+            }
+        };
+        self.metrics().fuse_read_bytes.inc_by(data.len() as u64);
+        Ok(data)
+    }
+
+    /// Warm up, check, evict or unpin the cached blocks behind
+    /// `[off, off + len)` of a file (`tessera warmup`); the range is cut
+    /// at the file's committed length. Slice records are read afresh, so
+    /// the blocks are those of the file as committed now.
+    pub fn cache_range(
+        &self,
+        ino: Ino,
+        off: u64,
+        len: u64,
+        action: CacheAction,
+    ) -> Result<CacheReport> {
+        let _span = tracing::debug_span!("cache_range", ino, off, len, ?action).entered();
+        self.metrics().op("cache");
+        if internal::is_internal(ino) {
+            return Ok(CacheReport::default());
+        }
+        let attr = self.meta.getattr(ino)?;
+        if attr.typ != FileType::File {
+            return Err(VfsError::new(libc::EISDIR, "only files have cached blocks"));
+        }
+        let end = off.saturating_add(len).min(attr.length);
+        if off >= end {
+            return Ok(CacheReport::default());
+        }
+        let mut records = |index| Ok(Arc::new(self.meta.read_chunk(ino, index)?));
+        Ok(self
+            .chunks
+            .cache_range(off, end - off, &mut records, action)?)
+    }
+
+    /// The length a read up to `want` may see: buffered writes count, and
+    /// metadata is asked only when the read reaches past what we know.
+    pub(crate) fn read_length(&self, ino: Ino, of: &OpenFile, want: u64) -> Result<u64> {
+        let buffered = of.writer.buffered_length();
+        let known = of.length.load(Ordering::Relaxed).max(buffered);
+        if want <= known {
+            return Ok(known);
+        }
+        if let Some((attr, _)) = self.cached_open(ino) {
+            if !of.writer.has_dirty() {
+                return Ok(attr.length);
+            }
+        }
+        let committed = self.meta.getattr(ino)?.length;
+        of.length.store(committed, Ordering::Relaxed);
+        Ok(committed.max(buffered))
+    }
+
+    pub fn write(&self, ino: Ino, fh: u64, off: u64, data: &[u8]) -> Result<usize> {
+        let _span = tracing::debug_span!("write", ino, off, len = data.len()).entered();
+        self.metrics().op("write");
+        self.writable()?;
+        let h = self.handle(fh)?;
+        let of = self
+            .open_file(ino)
+            .ok_or_else(|| VfsError::new(libc::EBADF, "file is not open"))?;
+        if h.flags & libc::O_APPEND != 0 {
+            // The kernel's offset is its idea of the end of the file, which
+            // another mount may have moved: the commit decides the place.
+            if of.writer.append(data)? {
+                self.flush_file(ino, &of)?;
+            }
+            self.metrics().fuse_write_bytes.inc_by(data.len() as u64);
+            return Ok(data.len());
+        }
+        if off
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > tessera_meta::MAX_FILE_SIZE)
+        {
+            return Err(VfsError::new(
+                libc::EFBIG,
+                "write past the largest file size (256 PiB)",
+            ));
+        }
+        if of.writer.write(off, data)? {
+            self.flush_file(ino, &of)?;
+        }
+        self.metrics().fuse_write_bytes.inc_by(data.len() as u64);
+        Ok(data.len())
+    }
+
+    pub(crate) fn flush_file(&self, ino: Ino, of: &OpenFile) -> Result<()> {
+        let flushed = of.writer.flush()?;
+        if !flushed.committed {
+            // Nothing of ours changed the file: what it caches still holds.
+            return Ok(());
+        }
+        self.forget_open(ino);
+        of.invalidate();
+        for index in flushed.compact {
+            self.send(Work::Compact(ino, index));
+        }
+        Ok(())
+    }
+
+    /// close(2) of one descriptor: commit buffered data, drop POSIX locks of
+    /// the owner.
+    pub fn flush(&self, ino: Ino, _fh: u64, lock_owner: u64) -> Result<()> {
+        if internal::is_internal(ino) {
+            return Ok(());
+        }
+        if let Some(of) = self.open_file(ino) {
+            self.flush_file(ino, &of)?;
+        }
+        if lock_owner != 0 && self.may_hold_locks(ino) {
+            self.meta
+                .setlk(ino, lock_owner, 0, libc::F_UNLCK, 0, u64::MAX)?;
+        }
+        Ok(())
+    }
+
+    pub fn fsync(&self, ino: Ino) -> Result<()> {
+        self.metrics().op("fsync");
+        if let Some(of) = self.open_file(ino) {
+            self.flush_file(ino, &of)?;
+        }
+        Ok(())
+    }
+
+    /// The last descriptor of an open file description is closed. A flock
+    /// taken through it (`flock_owner`, as the kernel reports it) goes too
+    /// (flocks arrive as whole-file record locks, see the FUSE adapter), and
+    /// so do the locks of every owner that locked through it: open file
+    /// description locks end with the description, and a process's POSIX
+    /// locks were already dropped by the flush of its close.
+    pub fn release(&self, ino: Ino, fh: u64, flock_owner: Option<u64>) -> Result<()> {
+        let handle = self.drop_handle(fh);
+        if internal::is_internal(ino) {
+            return Ok(());
+        }
+        let mut owners: Vec<u64> = handle
+            .map(|h| h.lock_owners.lock().clone())
+            .unwrap_or_default();
+        // An owner that also locked through another open handle of the file
+        // is a process (POSIX locks, dropped by the flush of its close),
+        // not this description: the locks it holds now may have been taken
+        // through the other handle after this one was closed (the kernel
+        // sends this release late), and they stay.
+        if !owners.is_empty() {
+            {
+                let handles = self.handles.lock();
+                owners.retain(|owner| {
+                    !handles
+                        .values()
+                        .any(|h| h.ino == ino && h.lock_owners.lock().contains(owner))
+                });
+            }
+        }
+        owners.extend(flock_owner);
+        if self.may_hold_locks(ino) {
+            for owner in owners {
+                if let Err(e) = self.meta.setlk(ino, owner, 0, libc::F_UNLCK, 0, u64::MAX) {
+                    debug!(error = %e, "releasing the locks of a closed file");
+                }
+            }
+        }
+        let Some(of) = self.open_file(ino) else {
+            return Ok(());
+        };
+        let flushed = self.flush_file(ino, &of);
+        if of.handles.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // Every descriptor is closed, and each close dropped its locks.
+            {
+                let mut l = self.locked.lock();
+                l.remove(&ino);
+            }
+            {
+                let mut files = self.open_files.lock();
+                if of.handles.load(Ordering::Relaxed) == 0 && !of.writer.has_dirty() {
+                    files.remove(&ino);
+                }
+            }
+            if self.meta.close_inode(ino)? {
+                self.send(Work::Clean);
+            }
+        }
+        flushed
+    }
+
+    /// fallocate(2) by `ctx`. Like a write, it takes setuid (and setgid
+    /// with group execute) off a file changed by anyone but root; the
+    /// kernel does that for writes, but leaves fallocate to the file system.
+    pub fn fallocate(&self, ctx: &Ctx, ino: Ino, mode: i32, off: u64, len: u64) -> Result<()> {
+        self.writable()?;
+        self.forget_open(ino);
+        // An allocation larger than the space df shows cannot be promised
+        // (ENOSPC, as a local file system says); punching and zeroing free
+        // space are always allowed.
+        let allocates = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) == 0;
+        if allocates && len > self.meta.statfs()?.avail_space {
+            return Err(VfsError::new(
+                libc::ENOSPC,
+                "fallocate asks for more than the volume has free",
+            ));
+        }
+        let of = self.open_file(ino);
+        if let Some(of) = &of {
+            self.flush_file(ino, of)?;
+        }
+        let r = self.meta.fallocate(ino, mode, off, len)?;
+        let privileged = u32::from(r.attr.mode) & (libc::S_ISUID | libc::S_ISGID);
+        if ctx.uid != 0 && privileged != 0 {
+            let mut keep = u32::from(r.attr.mode) & !libc::S_ISUID;
+            // As the kernel decides (setattr_should_drop_sgid): setgid
+            // with group execute is always dropped; without it, unless
+            // the caller is in the file's group (supplementary groups are
+            // not known here: the caller's own group is what counts).
+            if keep & libc::S_IXGRP != 0 || ctx.gid != r.attr.gid {
+                keep &= !libc::S_ISGID;
+            }
+            if keep != u32::from(r.attr.mode) {
+                let set = SetAttr {
+                    mode: Some(keep),
+                    ..Default::default()
+                };
+                self.meta.setattr(ino, &set)?;
+            }
+        }
+        if let Some(of) = &of {
+            of.invalidate();
+        }
+        self.chunks.delete_slices_later(&r.freed);
+        Ok(())
+    }
+
+    /// Copy between files by sharing slices: no data moves.
+    pub fn copy_file_range(
+        &self,
+        ino_in: Ino,
+        off_in: u64,
+        ino_out: Ino,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u64> {
+        self.writable()?;
+        if ino_in == ino_out && off_in.max(off_out) < off_in.min(off_out).saturating_add(len) {
+            return Err(VfsError::new(
+                libc::EINVAL,
+                "overlapping copy within one file",
+            ));
+        }
+        for ino in [ino_in, ino_out] {
+            if let Some(of) = self.open_file(ino) {
+                self.flush_file(ino, &of)?;
+            }
+        }
+        let (_, n) = self
+            .meta
+            .copy_range(ino_in, off_in, ino_out, off_out, len)?;
+        self.forget_open(ino_out);
+        if let Some(of) = self.open_file(ino_out) {
+            of.invalidate();
+        }
+        Ok(n)
+    }
+}
