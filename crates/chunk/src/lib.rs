@@ -21,6 +21,7 @@
 //! data.
 
 mod assemble;
+mod backup;
 mod cache;
 mod codec;
 mod external;
@@ -45,6 +46,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 pub use assemble::{DataPath, DataPathError, DataPathOptions};
+pub use backup::BackupReport;
 pub use cache::{CacheAction, CacheReport};
 pub use group::Serving;
 pub use read::{Access, Span};
@@ -82,6 +84,8 @@ pub enum ChunkError {
     },
     #[error("write-back needs a disk cache (--cache-dir) to stage blocks in")]
     NeedsDiskCache,
+    #[error("metadata backup: {0}")]
+    Backup(String),
 }
 
 impl ChunkError {
@@ -101,7 +105,8 @@ impl ChunkError {
             | ChunkError::Cache(_)
             | ChunkError::Fetch { .. }
             | ChunkError::EarlierWriteFailed { .. }
-            | ChunkError::Task { .. } => libc::EIO,
+            | ChunkError::Task { .. }
+            | ChunkError::Backup(_) => libc::EIO,
         }
     }
 }

@@ -379,7 +379,7 @@ pub fn dump(engine: &dyn KvEngine, out: &mut dyn Write) -> Result<DumpStats> {
         from = last.clone();
         from.push(0);
         for (k, v) in &page {
-            if k == keys::SETTING {
+            if k == keys::SETTING || k == crate::backup::BACKUP_KEY {
                 continue;
             }
             if k.first() == Some(&b'A') && k.len() >= 10 {

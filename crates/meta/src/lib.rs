@@ -9,6 +9,7 @@
 
 pub mod acl;
 pub mod attr;
+pub mod backup;
 mod check;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;

@@ -6,6 +6,7 @@
 //! compaction). The FUSE adapter only translates requests into these calls,
 //! so everything here can be exercised in-process.
 
+mod backup;
 pub mod control;
 mod copies;
 mod files;
@@ -112,6 +113,9 @@ pub struct VfsConfig {
     pub acl: bool,
     /// When reads update a file's access time.
     pub atime: AtimeMode,
+    /// Back the metadata up into the bucket this often (one mount of the
+    /// volume does each round); None: never.
+    pub backup_meta: Option<Duration>,
 }
 
 /// When reads update a file's access time (the mount's `-o` option).
@@ -138,6 +142,7 @@ impl Default for VfsConfig {
             session_timeout: Duration::from_secs(60),
             open_cache: Duration::ZERO,
             acl: false,
+            backup_meta: None,
             atime: AtimeMode::NoAtime,
         }
     }
@@ -241,6 +246,9 @@ pub struct Vfs {
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Workers of `tessera warmup`'s requests.
     control: control::ControlWorkers,
+    /// When this mount started, and whether a metadata backup is running.
+    started: std::time::Instant,
+    backup_running: AtomicBool,
 }
 
 fn is_write_only(flags: i32) -> bool {
@@ -267,6 +275,8 @@ impl Vfs {
             stop: Arc::new(AtomicBool::new(false)),
             workers: Mutex::new(Vec::new()),
             control: control::ControlWorkers::default(),
+            started: std::time::Instant::now(),
+            backup_running: AtomicBool::new(false),
         })
     }
 
@@ -311,7 +321,7 @@ impl Vfs {
         Ok(sid)
     }
 
-    fn heartbeat_loop(&self) {
+    fn heartbeat_loop(self: &Arc<Self>) {
         let mut last_clean = std::time::Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             for tick in 0..(self.config.heartbeat.as_millis() / 100).max(1) {
@@ -328,6 +338,7 @@ impl Vfs {
             if let Err(e) = self.meta.heartbeat() {
                 warn!(error = %e, "heartbeat failed");
             }
+            self.maybe_backup();
             if last_clean.elapsed() >= self.config.session_timeout / 2 {
                 last_clean = std::time::Instant::now();
                 match self

@@ -61,6 +61,12 @@ pub struct Args {
     /// release its locks and reclaim the files it held open after unlink.
     #[arg(long, value_parser = crate::common::parse_seconds, default_value_t = 60.0)]
     pub session_timeout: f64,
+    /// Back the volume's metadata up into its bucket this often
+    /// (`{volume}/meta/dump-*.json.zst`; one mount of the volume writes each
+    /// one; old ones thinned); 0 turns it off. `tessera load --from-bucket`
+    /// rebuilds a lost metadata engine from them.
+    #[arg(long, value_parser = crate::common::parse_seconds, default_value = "1h")]
+    pub backup_meta: f64,
     /// Before mounting, evict from each cache directory down to its share
     /// of --cache-size (`tessera cache gc`; waits for another GC of it).
     #[arg(long, help_heading = "Cache")]
@@ -136,6 +142,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     open_cache_time(a.open_cache)?;
+    backup_interval(a.backup_meta)?;
     cache_ttls(&a)?;
     if !(1..=1024).contains(&a.threads) {
         return Err(anyhow!(
@@ -171,6 +178,14 @@ fn warn_if_storage_is_down(format: &tessera_meta::Format, flags: &StorageFlags) 
         store.describe()
     );
     Ok(())
+}
+
+/// The backup interval, None when off.
+fn backup_interval(v: f64) -> Result<Option<Duration>> {
+    if v == 0.0 {
+        return Ok(None);
+    }
+    seconds_in("--backup-meta", v, 1.0, MAX_FLAG_SECONDS).map(Some)
 }
 
 fn open_cache_time(v: f64) -> Result<Duration> {
@@ -235,6 +250,7 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
             heartbeat,
             session_timeout,
             open_cache: open_cache_time(a.open_cache)?,
+            backup_meta: backup_interval(a.backup_meta)?,
             acl: format.acl,
             atime: atime_mode(&a.options),
         },

@@ -24,6 +24,7 @@ pub fn run(a: Args) -> Result<()> {
         };
         let v = serde_json::json!({
             "setting": shown,
+            "backup": meta.backup_state()?,
             "sessions": sessions,
             "usage": { "used_bytes": used, "inodes": usage.used_inodes },
         });
@@ -43,8 +44,20 @@ pub fn run(a: Args) -> Result<()> {
     // data goes at once, and status must not promise otherwise.
     println!("trash       none (deleted files' data is removed at once)");
     println!("used        {} bytes in {} inodes", used, usage.used_inodes);
-    println!("sessions    {}", sessions.len());
+    let backup = meta.backup_state()?;
     let now = tessera_meta::now().0;
+    if backup.last_at > 0 {
+        println!(
+            "meta backup {} ({} bytes, {} keys, {}s ago)",
+            backup.object,
+            backup.bytes,
+            backup.keys,
+            now - backup.last_at
+        );
+    } else {
+        println!("meta backup none yet (mounts write one every --backup-meta, 1h by default)");
+    }
+    println!("sessions    {}", sessions.len());
     for s in sessions {
         println!(
             "  #{} {}:{} pid {} version {} (heartbeat {}s ago)",
