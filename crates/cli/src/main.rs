@@ -52,6 +52,9 @@ enum Command {
     /// Local cache directories: `gc`.
     #[command(subcommand)]
     Cache(cmd::cache::Command),
+    /// Show or change the settings that may change after format
+    /// (capacity, inodes, storage URL, ACLs).
+    Config(cmd::config::Args),
     /// Write a volume's metadata as JSON Lines (FILE, or - for stdout).
     Dump(cmd::dump::DumpArgs),
     /// Load a dump into an empty metadata engine (FILE, or - for stdin).
@@ -81,6 +84,7 @@ fn main() {
         Command::CacheServer(a) => cmd::cache_server::run(*a),
         Command::CacheGroup(c) => cmd::cache_group::run(c),
         Command::Cache(c) => cmd::cache::run(c),
+        Command::Config(a) => cmd::config::run(a),
         Command::Dump(a) => cmd::dump::dump(a),
         Command::Load(a) => cmd::dump::load(a),
         Command::Fsck(a) => cmd::fsck::run(*a),

@@ -515,3 +515,83 @@ fn metadata_backups_in_the_bucket_rebuild_a_lost_engine() {
     ]);
     assert!(common::stderr(&out).contains("is not a backup name or time stamp"));
 }
+
+/// `tessera config`: shows the settings, changes capacity (df shows it on
+/// the next mount) and the storage URL (only to a place that holds the
+/// volume), and refuses what is fixed at format by name.
+#[test]
+fn config_changes_what_may_change_and_refuses_the_rest() {
+    let vol = Volume::new("configured");
+    let m = vol.mount("m");
+    fs::write(m.join("kept.bin"), pseudo_random(300_000, 5)).unwrap();
+    m.unmount();
+    let config = |args: &[&str]| {
+        let mut all = vec!["config", vol.meta_url.as_str()];
+        all.extend_from_slice(args);
+        common::tessera(&all)
+    };
+    let out = config(&[]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && shown.contains("capacity    unlimited"),
+        "{shown}"
+    );
+    let out = config(&["--capacity", "10"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("capacity: 0 -> 10737418240"));
+    for (args, says) in [
+        (
+            &["--block-size", "1M"][..],
+            "--block-size cannot change after format",
+        ),
+        (
+            &["--compress", "zstd"][..],
+            "--compress cannot change after format",
+        ),
+        (&["--trash-days", "3"][..], "this version has no trash"),
+        (&["--capacity=-5"][..], "--capacity"),
+    ] {
+        let out = config(args);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(
+            common::stderr(&out).contains(says),
+            "{args:?}: {}",
+            common::stderr(&out)
+        );
+    }
+    // Another place: refused while it does not hold the volume.
+    let moved = vol.dir.path().join("moved");
+    fs::create_dir_all(&moved).unwrap();
+    let moved_url = format!("file://{}", moved.display());
+    let out = config(&["--storage", &moved_url]);
+    assert!(
+        common::stderr(&out).contains("does not hold volume \"configured\""),
+        "{}",
+        common::stderr(&out)
+    );
+    let copied = std::process::Command::new("cp")
+        .args(["-a", &format!("{}/objects/.", vol.dir.path().display())])
+        .arg(&moved)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let out = config(&["--storage", &moved_url]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    fs::remove_dir_all(vol.dir.path().join("objects")).unwrap();
+    let m = vol.mount("m");
+    assert_eq!(
+        fs::read(m.join("kept.bin")).unwrap(),
+        pseudo_random(300_000, 5)
+    );
+    let path = cpath(&m.path);
+    // SAFETY: statvfs is plain data; all zeroes is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid path and a statvfs to fill.
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0);
+    assert_eq!(
+        st.f_blocks as u64 * st.f_frsize as u64,
+        10 << 30,
+        "df shows the new capacity"
+    );
+    m.unmount();
+}

@@ -49,7 +49,7 @@ pub struct Args {
 
 /// Write, read back and delete a probe object, so that a bad bucket or
 /// credentials fail before anything is written.
-fn probe_storage(
+pub(crate) fn probe_storage(
     rt: &tokio::runtime::Runtime,
     store: &tessera_object::DynStore,
     name: &str,

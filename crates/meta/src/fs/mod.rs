@@ -455,6 +455,41 @@ impl Meta {
         Ok(created)
     }
 
+    /// Change the settings that may change after format (`tessera config`):
+    /// `change` edits a copy, which must stay compatible with the stored one
+    /// (same name, UUID, block size, compression, layout). One transaction;
+    /// returns the settings before and after.
+    pub fn update_format(
+        &self,
+        mut change: impl FnMut(&mut Format) -> Result<()>,
+    ) -> Result<(Format, Format)> {
+        let changed = self.txn(|tx| {
+            let raw = tx.get(keys::SETTING)?.ok_or(MetaError::NotFormatted)?;
+            let old: Format = serde_json::from_slice(&raw)
+                .map_err(|e| MetaError::Corrupt(format!("volume settings: {e}")))?;
+            let mut new = old.clone();
+            change(&mut new)?;
+            let fixed = (&new.name, &new.uuid, new.block_size, new.compression, new.version);
+            if fixed != (&old.name, &old.uuid, old.block_size, old.compression, old.version) {
+                return Err(MetaError::Format(
+                    "the name, UUID, block size, compression and layout of a volume are fixed at format"
+                        .into(),
+                ));
+            }
+            if old.acl && !new.acl {
+                return Err(MetaError::Format(
+                    "POSIX ACLs cannot be turned off once on: that would widen access to every file an ACL narrows"
+                        .into(),
+                ));
+            }
+            let raw = serde_json::to_vec(&new).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+            tx.set(keys::SETTING, &raw)?;
+            Ok((old, new))
+        })?;
+        self.load()?;
+        Ok(changed)
+    }
+
     /// Read the volume settings; fails with [`MetaError::NotFormatted`] on an
     /// empty engine.
     pub fn load(&self) -> Result<Format> {
