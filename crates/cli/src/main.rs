@@ -52,6 +52,9 @@ enum Command {
     /// Local cache directories: `gc`.
     #[command(subcommand)]
     Cache(cmd::cache::Command),
+    /// Copy a file or directory tree on a mount as metadata only (the
+    /// copies share their blocks).
+    Clone(cmd::clone::Args),
     /// Show or change the settings that may change after format
     /// (capacity, inodes, storage URL, ACLs).
     Config(cmd::config::Args),
@@ -84,6 +87,7 @@ fn main() {
         Command::CacheServer(a) => cmd::cache_server::run(*a),
         Command::CacheGroup(c) => cmd::cache_group::run(c),
         Command::Cache(c) => cmd::cache::run(c),
+        Command::Clone(a) => cmd::clone::run(a),
         Command::Config(a) => cmd::config::run(a),
         Command::Dump(a) => cmd::dump::dump(a),
         Command::Load(a) => cmd::dump::load(a),

@@ -595,3 +595,115 @@ fn config_changes_what_may_change_and_refuses_the_rest() {
     );
     m.unmount();
 }
+
+/// `tessera clone`: a directory tree copied as metadata only (no object
+/// written), equal in bytes, links and xattrs; both sides then change
+/// independently, and the copy's blocks outlive the deleted source.
+#[test]
+fn clone_shares_blocks_and_both_sides_change_independently() {
+    let vol = Volume::new("cloned");
+    let m = vol.mount_with("m", &["--heartbeat", "0.5"]);
+    fs::create_dir_all(m.join("models/sub")).unwrap();
+    let ckpt = pseudo_random(5 << 20, 11);
+    fs::write(m.join("models/ckpt.bin"), &ckpt).unwrap();
+    fs::write(m.join("models/sub/a.txt"), b"adapter config\n").unwrap();
+    std::os::unix::fs::symlink("ckpt.bin", m.join("models/link")).unwrap();
+    let a_txt = cpath(&m.join("models/sub/a.txt"));
+    // SAFETY: valid C strings and a value buffer of the given length.
+    let set = unsafe {
+        libc::setxattr(
+            a_txt.as_ptr(),
+            c"user.origin".as_ptr(),
+            b"hub".as_ptr().cast(),
+            3,
+            0,
+        )
+    };
+    assert_eq!(set, 0);
+    let objects = || common::files_under(&vol.dir.path().join("objects/cloned/chunks")).len();
+    let before = objects();
+    let out = common::tessera(&[
+        "clone",
+        m.join("models").to_str().unwrap(),
+        m.join("models-copy").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "clone: {}", common::stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("5 inodes"), "{said}");
+    assert_eq!(objects(), before, "a clone writes no object");
+    assert_eq!(fs::read(m.join("models-copy/ckpt.bin")).unwrap(), ckpt);
+    assert_eq!(
+        fs::read(m.join("models-copy/sub/a.txt")).unwrap(),
+        b"adapter config\n"
+    );
+    assert_eq!(
+        fs::read_link(m.join("models-copy/link")).unwrap(),
+        std::path::PathBuf::from("ckpt.bin")
+    );
+    let copy_txt = cpath(&m.join("models-copy/sub/a.txt"));
+    let mut value = [0u8; 16];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe {
+        libc::getxattr(
+            copy_txt.as_ptr(),
+            c"user.origin".as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    assert_eq!(&value[..n as usize], b"hub");
+
+    // Both sides change independently.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("models-copy/ckpt.bin"))
+        .unwrap();
+    f.write_all(b"changed in the copy").unwrap();
+    drop(f);
+    fs::write(m.join("models/sub/a.txt"), b"changed in the source\n").unwrap();
+    assert_eq!(fs::read(m.join("models/ckpt.bin")).unwrap(), ckpt);
+    assert_eq!(
+        fs::read(m.join("models-copy/sub/a.txt")).unwrap(),
+        b"adapter config\n"
+    );
+    let mut expected = ckpt.clone();
+    expected[..19].copy_from_slice(b"changed in the copy");
+
+    // The source goes; its shared blocks stay for the copy.
+    fs::remove_dir_all(m.join("models")).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    m.unmount();
+    let m = vol.mount("m");
+    assert_eq!(fs::read(m.join("models-copy/ckpt.bin")).unwrap(), expected);
+
+    // Bad input, each with its reason.
+    let fails = |src: &std::path::Path, dst: &std::path::Path, says: &str| {
+        let out = common::tessera(&["clone", src.to_str().unwrap(), dst.to_str().unwrap()]);
+        assert!(!out.status.success(), "{src:?} -> {dst:?} accepted");
+        assert!(
+            common::stderr(&out).contains(says),
+            "{}",
+            common::stderr(&out)
+        );
+    };
+    fails(&m.join("models-copy"), &m.join("models-copy/sub"), "exists");
+    fails(
+        &m.join("models-copy"),
+        &m.join("models-copy/sub/inner"),
+        "Invalid argument",
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    fails(
+        &m.join("models-copy"),
+        &elsewhere.path().join("x"),
+        "different file systems",
+    );
+    fails(&m.join("missing"), &m.join("y"), "cannot stat");
+    m.unmount();
+    let out = common::tessera(&["fsck", &vol.meta_url]);
+    assert!(
+        out.status.success(),
+        "fsck after clones: {}",
+        common::stderr(&out)
+    );
+}

@@ -14,6 +14,11 @@
 //! failed blocks, cached in either, 0), the first error message at byte 64
 //! (NUL padded, 1 KiB), and at byte 1088 the number of members followed by
 //! one entry per member (address, 48 bytes NUL padded; cached bytes, u64).
+//!
+//! `tessera clone` sends [`CloneRequest`] on the destination's directory:
+//! source inode, flags (1: preserve), umask, as little-endian u64s, and the
+//! new name at byte 64 (NUL padded, at most 255 bytes). Reply: inodes made
+//! and bytes shared, two little-endian u64s.
 
 use tessera_vfs::{CacheControl, CacheReport, ControlOp};
 
@@ -25,6 +30,7 @@ const NR_WARM: u32 = 2;
 const NR_EVICT: u32 = 3;
 const NR_UNPIN: u32 = 4;
 const NR_LOCAL_COPY: u32 = 5;
+const NR_CLONE: u32 = 6;
 /// Queue the work in the mount and answer at once.
 pub const FLAG_BACKGROUND: u64 = 1;
 /// Act through the cache group: each block's owner does the work.
@@ -138,6 +144,71 @@ impl Request {
             background: self.flags & FLAG_BACKGROUND != 0,
         }
     }
+}
+
+/// A clone request, sent on the destination directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloneRequest {
+    /// The source's inode number (`st_ino` of the source on the mount).
+    pub src: u64,
+    /// Keep owner, mode and times.
+    pub preserve: bool,
+    pub umask: u32,
+    /// The new entry's name in the directory the request is sent on.
+    pub name: Vec<u8>,
+}
+
+const CLONE_PRESERVE: u64 = 1;
+const NAME_AT: usize = 64;
+const NAME_MAX: usize = 255;
+
+impl CloneRequest {
+    pub fn command() -> u32 {
+        iowr(NR_CLONE)
+    }
+
+    /// The request's bytes; None when the name is empty or too long.
+    pub fn encode(&self) -> Option<[u8; SIZE]> {
+        if self.name.is_empty() || self.name.len() > NAME_MAX || self.name.contains(&0) {
+            return None;
+        }
+        let mut buf = [0u8; SIZE];
+        let flags = if self.preserve { CLONE_PRESERVE } else { 0 };
+        for (i, v) in [self.src, flags, u64::from(self.umask)]
+            .into_iter()
+            .enumerate()
+        {
+            buf[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        buf[NAME_AT..NAME_AT + self.name.len()].copy_from_slice(&self.name);
+        Some(buf)
+    }
+
+    pub fn decode(cmd: u32, data: &[u8]) -> Option<CloneRequest> {
+        if cmd != Self::command() || data.len() < NAME_AT + 1 {
+            return None;
+        }
+        let field = data.get(NAME_AT..(NAME_AT + NAME_MAX + 1).min(data.len()))?;
+        let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+        (end > 0 && end <= NAME_MAX).then(|| CloneRequest {
+            src: word(data, 0),
+            preserve: word(data, 1) & CLONE_PRESERVE != 0,
+            umask: (word(data, 2) & 0o777) as u32,
+            name: field[..end].to_vec(),
+        })
+    }
+}
+
+/// A clone's reply: inodes made and bytes shared.
+pub fn encode_clone_report(inodes: u64, bytes: u64) -> [u8; 16] {
+    let mut buf = [0u8; 16];
+    buf[..8].copy_from_slice(&inodes.to_le_bytes());
+    buf[8..].copy_from_slice(&bytes.to_le_bytes());
+    buf
+}
+
+pub fn decode_clone_report(buf: &[u8]) -> (u64, u64) {
+    (word(buf, 0), word(buf, 1))
 }
 
 pub fn encode_report(r: &CacheReport) -> [u8; SIZE] {
@@ -260,5 +331,30 @@ mod tests {
         let msg = back.error.expect("message");
         assert!(msg.len() < MESSAGE_END - MESSAGE_AT && msg.chars().all(|c| c == 'é'));
         assert_eq!(back.members, report.members);
+    }
+
+    #[test]
+    fn clone_requests_round_trip() {
+        let req = CloneRequest {
+            src: 42,
+            preserve: true,
+            umask: 0o022,
+            name: b"llama-copy".to_vec(),
+        };
+        let buf = req.encode().expect("encodes");
+        assert_eq!(
+            CloneRequest::decode(CloneRequest::command(), &buf),
+            Some(req)
+        );
+        assert_eq!(CloneRequest::decode(Op::Warm.command(), &buf), None);
+        let long = CloneRequest {
+            name: vec![b'x'; 256],
+            ..CloneRequest::decode(CloneRequest::command(), &buf).expect("decodes")
+        };
+        assert!(long.encode().is_none(), "names past 255 bytes are refused");
+        assert_eq!(
+            decode_clone_report(&encode_clone_report(7, 1 << 40)),
+            (7, 1 << 40)
+        );
     }
 }

@@ -704,7 +704,7 @@ impl Filesystem for TesseraFs {
     /// other ioctl is not supported. The work runs off the FUSE thread.
     fn ioctl(
         &self,
-        _req: &Request,
+        request: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
@@ -713,6 +713,28 @@ impl Filesystem for TesseraFs {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
+        if let Some(clone) = control::CloneRequest::decode(cmd, in_data) {
+            let vfs = self.vfs.clone();
+            let ctx = Ctx {
+                umask: clone.umask,
+                ..ctx(request)
+            };
+            let src = self.i(INodeNo(clone.src));
+            self.vfs.submit_clone(
+                ctx,
+                src,
+                self.i(ino),
+                clone.name,
+                clone.preserve,
+                move |r| match r {
+                    Ok(done) => {
+                        reply.ioctl(0, &control::encode_clone_report(done.inodes, done.bytes))
+                    }
+                    Err(e) => reply.error(fail(&vfs, "clone", e)),
+                },
+            );
+            return;
+        }
         let Some(req) = control::Request::decode(cmd, in_data) else {
             reply.error(Errno::ENOTTY);
             return;

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 pub use attr::{Attr, FileType};
 pub use check::FsckReport;
 pub use fs::{
-    Appended, Entry, ExternalObject, Meta, MetaConfig, SetAttr, StatFs, TruncateResult,
-    UnlinkResult,
+    Appended, CloneReport, Entry, ExternalObject, Meta, MetaConfig, SetAttr, StatFs,
+    TruncateResult, UnlinkResult,
 };
 pub use group::MemberRecord;
 pub use kv::{KvEngine, KvTxn};

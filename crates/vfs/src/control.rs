@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tessera_chunk::{CacheAction, CacheReport};
-use tessera_meta::Ino;
+use tessera_meta::{CloneReport, Ctx, Ino};
 use tracing::warn;
 
 use crate::{Result, Vfs};
@@ -158,6 +158,33 @@ impl Default for ControlWorkers {
     }
 }
 
+/// Run `work` on `pool` and hand its result to `done`; when the job
+/// cannot be queued (no thread could start), `done` hears that instead.
+fn answer_on<R: Send + 'static>(
+    pool: &WorkPool,
+    work: impl FnOnce() -> Result<R> + Send + 'static,
+    done: impl FnOnce(Result<R>) + Send + 'static,
+) {
+    // `done` moves into the job; a job that cannot be queued is dropped
+    // unrun, so the failure is answered through a shared slot.
+    let done = Arc::new(Mutex::new(Some(done)));
+    let answer = done.clone();
+    let queued = pool.submit(Box::new(move || {
+        let r = work();
+        if let Some(done) = answer.lock().take() {
+            done(r);
+        }
+    }));
+    if let Err(e) = queued {
+        if let Some(done) = done.lock().take() {
+            done(Err(crate::VfsError::new(
+                libc::EAGAIN,
+                format!("no worker: {e}"),
+            )));
+        }
+    }
+}
+
 impl Vfs {
     /// Do a cache-control request now, on this thread.
     pub fn cache_control(&self, ino: Ino, req: &CacheControl) -> Result<CacheReport> {
@@ -232,21 +259,62 @@ impl Vfs {
             return done(queued.map(|()| CacheReport::default()).map_err(pool_error));
         }
         let vfs = self.clone();
-        // `done` moves into the job; if the job cannot be queued it is
-        // dropped unrun, so the failure is answered through a shared slot.
-        let done = Arc::new(Mutex::new(Some(done)));
-        let answer = done.clone();
-        let queued = self.control.foreground.submit(Box::new(move || {
-            let report = vfs.cache_control(ino, &req);
-            if let Some(done) = answer.lock().take() {
-                done(report);
-            }
-        }));
-        if let Err(e) = queued {
-            if let Some(done) = done.lock().take() {
-                done(Err(pool_error(e)));
+        answer_on(
+            &self.control.foreground,
+            move || vfs.cache_control(ino, &req),
+            done,
+        );
+    }
+}
+
+impl Vfs {
+    /// Clone `src` (a file, symlink or directory tree) as `name` in
+    /// `parent`, as metadata only (`tessera clone`; see
+    /// `Meta::clone_tree`). Writes this mount still buffers are flushed
+    /// first, so the clone holds every byte written before the request.
+    pub fn clone_entry(
+        &self,
+        ctx: &Ctx,
+        src: Ino,
+        parent: Ino,
+        name: &[u8],
+        preserve: bool,
+    ) -> Result<CloneReport> {
+        let _span = tracing::debug_span!("clone", src, parent).entered();
+        self.metrics().op("clone");
+        if self.config.read_only {
+            return Err(crate::VfsError::new(libc::EROFS, "the mount is read-only"));
+        }
+        let open: Vec<_> = self
+            .open_files
+            .lock()
+            .iter()
+            .map(|(ino, of)| (*ino, of.clone()))
+            .collect();
+        for (ino, of) in open {
+            if of.writer.has_dirty() {
+                self.flush_file(ino, &of)?;
             }
         }
+        Ok(self.meta.clone_tree(ctx, src, parent, name, preserve)?)
+    }
+
+    /// [`Vfs::clone_entry`] on the mount's workers; `done` gets the result.
+    pub fn submit_clone(
+        self: &Arc<Self>,
+        ctx: Ctx,
+        src: Ino,
+        parent: Ino,
+        name: Vec<u8>,
+        preserve: bool,
+        done: impl FnOnce(Result<CloneReport>) + Send + 'static,
+    ) {
+        let vfs = self.clone();
+        answer_on(
+            &self.control.foreground,
+            move || vfs.clone_entry(&ctx, src, parent, &name, preserve),
+            done,
+        );
     }
 }
 

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod cache;
 pub mod cache_group;
 pub mod cache_server;
+pub mod clone;
 pub mod config;
 mod daemon;
 pub mod data_path;

@@ -10,12 +10,15 @@
 //! `namespace`, `data` (chunks and slices), `open` (open files and
 //! deferred deletion), `external` (imported objects), `xattr` and `usage`.
 
+mod clone;
 mod data;
 mod external;
 mod namespace;
 mod open;
 mod usage;
 mod xattr;
+
+pub use clone::CloneReport;
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
