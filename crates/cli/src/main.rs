@@ -55,6 +55,12 @@ enum Command {
     /// Copy a file or directory tree on a mount as metadata only (the
     /// copies share their blocks).
     Clone(cmd::clone::Args),
+    /// Remove a volume for good: its objects, then its metadata (the UUID
+    /// confirms which volume).
+    Destroy(cmd::destroy::Args),
+    /// Remove files and directory trees on a mount in the engine (no
+    /// kernel round trip per file).
+    Rmr(cmd::rmr::Args),
     /// Show or change the settings that may change after format
     /// (capacity, inodes, storage URL, ACLs).
     Config(cmd::config::Args),
@@ -89,6 +95,8 @@ fn main() {
         Command::Cache(c) => cmd::cache::run(c),
         Command::Clone(a) => cmd::clone::run(a),
         Command::Config(a) => cmd::config::run(a),
+        Command::Rmr(a) => cmd::rmr::run(a),
+        Command::Destroy(a) => cmd::destroy::run(a),
         Command::Dump(a) => cmd::dump::dump(a),
         Command::Load(a) => cmd::dump::load(a),
         Command::Fsck(a) => cmd::fsck::run(*a),

@@ -707,3 +707,111 @@ fn clone_shares_blocks_and_both_sides_change_independently() {
         common::stderr(&out)
     );
 }
+
+/// `tessera rmr`: a tree of 2,000 files goes in one request, the space
+/// is released, open files stay readable until closed, and a path off the
+/// mount or a missing one is refused with its reason.
+#[test]
+fn rmr_removes_a_tree_in_the_engine() {
+    let vol = Volume::new("rmrvol");
+    let m = vol.mount_with("m", &["--heartbeat", "0.5"]);
+    for d in 0..20 {
+        let dir = m.join(&format!("run/epoch{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            fs::write(dir.join(format!("shard{f}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    fs::write(m.join("run/big.bin"), pseudo_random(2 << 20, 3)).unwrap();
+    let mut held = fs::File::open(m.join("run/big.bin")).unwrap();
+    let out = common::tessera(&["rmr", m.join("run").to_str().unwrap()]);
+    assert!(out.status.success(), "rmr: {}", common::stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("removed 2001 files and 21 directories"),
+        "{said}"
+    );
+    assert!(!m.join("run").exists());
+    let mut back = Vec::new();
+    held.read_to_end(&mut back).unwrap();
+    assert_eq!(
+        back,
+        pseudo_random(2 << 20, 3),
+        "an open file stays readable"
+    );
+    drop(held);
+    let out = common::tessera(&["rmr", m.join("run").to_str().unwrap()]);
+    assert!(
+        common::stderr(&out).contains("cannot stat"),
+        "{}",
+        common::stderr(&out)
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    fs::write(elsewhere.path().join("x"), b"x").unwrap();
+    let out = common::tessera(&["rmr", elsewhere.path().join("x").to_str().unwrap()]);
+    assert!(
+        common::stderr(&out).contains("is not on a Tessera mount"),
+        "{}",
+        common::stderr(&out)
+    );
+    assert!(elsewhere.path().join("x").exists());
+    m.unmount();
+    let out = common::tessera(&["fsck", &vol.meta_url]);
+    assert!(
+        out.status.success(),
+        "fsck after rmr: {}",
+        common::stderr(&out)
+    );
+}
+
+/// `tessera destroy`: refused with a wrong UUID or while mounted; with the
+/// right one every object of the volume and all its metadata go, and
+/// another volume in the same bucket is untouched.
+#[test]
+fn destroy_removes_a_volume_and_only_it() {
+    let vol = Volume::new("doomed");
+    let storage = vol.storage.clone();
+    let other_meta = format!("sqlite://{}/other.db", vol.dir.path().display());
+    let out = common::tessera(&["format", &other_meta, "neighbour", "--storage", &storage]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let m = vol.mount("m");
+    fs::write(m.join("weights.bin"), pseudo_random(3 << 20, 9)).unwrap();
+    let uuid = vol.uuid();
+    let out = common::tessera(&["destroy", &vol.meta_url, &uuid, "--yes"]);
+    assert!(
+        common::stderr(&out).contains("is mounted"),
+        "{}",
+        common::stderr(&out)
+    );
+    m.unmount();
+    let out = common::tessera(&[
+        "destroy",
+        &vol.meta_url,
+        "00000000-0000-0000-0000-000000000000",
+        "--yes",
+    ]);
+    assert!(
+        common::stderr(&out)
+            .contains("not 00000000-0000-0000-0000-000000000000: nothing destroyed"),
+        "{}",
+        common::stderr(&out)
+    );
+    let objects = vol.dir.path().join("objects");
+    assert!(!common::files_under(&objects.join("doomed")).is_empty());
+    let out = common::tessera(&["destroy", &vol.meta_url, &uuid, "--yes"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(common::files_under(&objects.join("doomed")).is_empty());
+    assert!(!common::files_under(&objects.join("neighbour")).is_empty());
+    let out = common::tessera(&["status", &vol.meta_url]);
+    assert!(
+        common::stderr(&out).contains("no volume is formatted"),
+        "{}",
+        common::stderr(&out)
+    );
+    let out = common::tessera(&["status", &other_meta]);
+    assert!(
+        out.status.success(),
+        "the neighbour lives: {}",
+        common::stderr(&out)
+    );
+}

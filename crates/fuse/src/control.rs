@@ -18,7 +18,9 @@
 //! `tessera clone` sends [`CloneRequest`] on the destination's directory:
 //! source inode, flags (1: preserve), umask, as little-endian u64s, and the
 //! new name at byte 64 (NUL padded, at most 255 bytes). Reply: inodes made
-//! and bytes shared, two little-endian u64s.
+//! and bytes shared, two little-endian u64s. `tessera rmr` sends
+//! [`RemoveTreeRequest`] on the parent directory: the name at byte 64;
+//! reply: files and directories removed.
 
 use tessera_vfs::{CacheControl, CacheReport, ControlOp};
 
@@ -31,6 +33,7 @@ const NR_EVICT: u32 = 3;
 const NR_UNPIN: u32 = 4;
 const NR_LOCAL_COPY: u32 = 5;
 const NR_CLONE: u32 = 6;
+const NR_REMOVE_TREE: u32 = 7;
 /// Queue the work in the mount and answer at once.
 pub const FLAG_BACKGROUND: u64 = 1;
 /// Act through the cache group: each block's owner does the work.
@@ -199,15 +202,47 @@ impl CloneRequest {
     }
 }
 
-/// A clone's reply: inodes made and bytes shared.
-pub fn encode_clone_report(inodes: u64, bytes: u64) -> [u8; 16] {
+/// A request to remove an entry with everything under it, sent on its
+/// parent directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoveTreeRequest {
+    pub name: Vec<u8>,
+}
+
+impl RemoveTreeRequest {
+    pub fn command() -> u32 {
+        iowr(NR_REMOVE_TREE)
+    }
+
+    pub fn encode(&self) -> Option<[u8; SIZE]> {
+        let req = CloneRequest {
+            src: 0,
+            preserve: false,
+            umask: 0,
+            name: self.name.clone(),
+        };
+        req.encode()
+    }
+
+    pub fn decode(cmd: u32, data: &[u8]) -> Option<RemoveTreeRequest> {
+        if cmd != Self::command() {
+            return None;
+        }
+        CloneRequest::decode(CloneRequest::command(), data)
+            .map(|c| RemoveTreeRequest { name: c.name })
+    }
+}
+
+/// The reply of a clone (inodes made, bytes shared) or of a tree removal
+/// (files, directories removed): two counts.
+pub fn encode_counts(first: u64, second: u64) -> [u8; 16] {
     let mut buf = [0u8; 16];
-    buf[..8].copy_from_slice(&inodes.to_le_bytes());
-    buf[8..].copy_from_slice(&bytes.to_le_bytes());
+    buf[..8].copy_from_slice(&first.to_le_bytes());
+    buf[8..].copy_from_slice(&second.to_le_bytes());
     buf
 }
 
-pub fn decode_clone_report(buf: &[u8]) -> (u64, u64) {
+pub fn decode_counts(buf: &[u8]) -> (u64, u64) {
     (word(buf, 0), word(buf, 1))
 }
 
@@ -352,9 +387,6 @@ mod tests {
             ..CloneRequest::decode(CloneRequest::command(), &buf).expect("decodes")
         };
         assert!(long.encode().is_none(), "names past 255 bytes are refused");
-        assert_eq!(
-            decode_clone_report(&encode_clone_report(7, 1 << 40)),
-            (7, 1 << 40)
-        );
+        assert_eq!(decode_counts(&encode_counts(7, 1 << 40)), (7, 1 << 40));
     }
 }

@@ -55,6 +55,18 @@ pub struct TesseraFs {
     passthrough: std::sync::atomic::AtomicBool,
     /// How each open inode is open in the kernel (passthrough or cached).
     modes: OpenModes<Arc<fuser::BackingId>>,
+    /// Tells the kernel to drop cached names that a request changed behind
+    /// its back (`tessera rmr`, `tessera clone`); set once the session is.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+}
+
+/// Drop the kernel's cached entry `name` in `parent` (a kernel inode).
+fn forget_entry(notifier: &std::sync::OnceLock<fuser::Notifier>, parent: INodeNo, name: &[u8]) {
+    if let Some(n) = notifier.get() {
+        if let Err(e) = n.inval_entry(parent, OsStr::from_bytes(name)) {
+            debug!(error = %e, "cannot invalidate a kernel entry");
+        }
+    }
 }
 
 /// The errno of a failed request, after logging it at its level (failures
@@ -202,6 +214,7 @@ impl TesseraFs {
             root,
             passthrough: std::sync::atomic::AtomicBool::new(false),
             modes: OpenModes::default(),
+            notifier: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -720,6 +733,7 @@ impl Filesystem for TesseraFs {
                 ..ctx(request)
             };
             let src = self.i(INodeNo(clone.src));
+            let (notifier, name) = (self.notifier.clone(), clone.name.clone());
             self.vfs.submit_clone(
                 ctx,
                 src,
@@ -728,11 +742,25 @@ impl Filesystem for TesseraFs {
                 clone.preserve,
                 move |r| match r {
                     Ok(done) => {
-                        reply.ioctl(0, &control::encode_clone_report(done.inodes, done.bytes))
+                        // A lookup of the new name may have left a negative entry.
+                        forget_entry(&notifier, ino, &name);
+                        reply.ioctl(0, &control::encode_counts(done.inodes, done.bytes))
                     }
                     Err(e) => reply.error(fail(&vfs, "clone", e)),
                 },
             );
+            return;
+        }
+        if let Some(rm) = control::RemoveTreeRequest::decode(cmd, in_data) {
+            let (vfs, notifier, name) = (self.vfs.clone(), self.notifier.clone(), rm.name.clone());
+            self.vfs
+                .submit_remove_tree(ctx(request), self.i(ino), rm.name, move |r| match r {
+                    Ok(done) => {
+                        forget_entry(&notifier, ino, &name);
+                        reply.ioctl(0, &control::encode_counts(done.files, done.dirs))
+                    }
+                    Err(e) => reply.error(fail(&vfs, "rmr", e)),
+                });
             return;
         }
         let Some(req) = control::Request::decode(cmd, in_data) else {
@@ -985,6 +1013,7 @@ pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, config: &MountConfig) -> std::io:
     cfg.n_threads = Some(config.threads.max(1));
     cfg.clone_fd = true;
     let fs = TesseraFs::new(vfs, config.ttls, config.root);
+    let notifier = fs.notifier.clone();
     // The session ends when the kernel ends the connection: at unmount
     // (`umount`, `tessera umount`, or the signal handler of the mount
     // command, which unmounts first). fuser's own clean-up would then
@@ -995,6 +1024,7 @@ pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, config: &MountConfig) -> std::io:
     // result is joined here, and the mount handle is left to the end of
     // the process, never dropped.
     let session = fuser::Session::new(fs, mountpoint, &cfg)?;
+    let _ = notifier.set(session.notifier());
     // The mount exists once the session does.
     raise_kernel_readahead(mountpoint, KERNEL_READAHEAD_KB);
     let background = std::mem::ManuallyDrop::new(session.spawn()?);

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use attr::{Attr, FileType};
 pub use check::FsckReport;
 pub use fs::{
-    Appended, CloneReport, Entry, ExternalObject, Meta, MetaConfig, SetAttr, StatFs,
+    Appended, CloneReport, Entry, ExternalObject, Meta, MetaConfig, RemoveReport, SetAttr, StatFs,
     TruncateResult, UnlinkResult,
 };
 pub use group::MemberRecord;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tessera_chunk::{CacheAction, CacheReport};
-use tessera_meta::{CloneReport, Ctx, Ino};
+use tessera_meta::{CloneReport, Ctx, Ino, RemoveReport};
 use tracing::warn;
 
 use crate::{Result, Vfs};
@@ -297,6 +297,38 @@ impl Vfs {
             }
         }
         Ok(self.meta.clone_tree(ctx, src, parent, name, preserve)?)
+    }
+
+    /// Remove `name` in `parent` with everything under it, in the engine
+    /// (`tessera rmr`), as `ctx` may.
+    pub fn remove_tree(&self, ctx: &Ctx, parent: Ino, name: &[u8]) -> Result<RemoveReport> {
+        let _span = tracing::debug_span!("rmr", parent).entered();
+        self.metrics().op("rmr");
+        if self.config.read_only {
+            return Err(crate::VfsError::new(libc::EROFS, "the mount is read-only"));
+        }
+        self.forget_all_opens();
+        let r = self.meta.remove_tree(ctx, parent, name)?;
+        if r.files > 0 {
+            self.send(crate::Work::Clean);
+        }
+        Ok(r)
+    }
+
+    /// [`Vfs::remove_tree`] on the mount's workers.
+    pub fn submit_remove_tree(
+        self: &Arc<Self>,
+        ctx: Ctx,
+        parent: Ino,
+        name: Vec<u8>,
+        done: impl FnOnce(Result<RemoveReport>) + Send + 'static,
+    ) {
+        let vfs = self.clone();
+        answer_on(
+            &self.control.foreground,
+            move || vfs.remove_tree(&ctx, parent, &name),
+            done,
+        );
     }
 
     /// [`Vfs::clone_entry`] on the mount's workers; `done` gets the result.

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
-use tessera_fuse::control::{decode_clone_report, CloneRequest, SIZE};
+use tessera_fuse::control::{decode_counts, CloneRequest, SIZE};
 
 use crate::common::human;
 
@@ -96,7 +96,7 @@ pub fn run(a: Args) -> Result<()> {
             ),
         });
     }
-    let (inodes, bytes) = decode_clone_report(&buf);
+    let (inodes, bytes) = decode_counts(&buf);
     println!(
         "cloned {} to {}: {inodes} inodes, {} of data shared, in {:.3}s",
         a.src.display(),

@@ -22,7 +22,7 @@ pub struct CloneReport {
 
 /// Whether `ctx` has the `want` bits (4 read, 2 write, 1 search) on a node:
 /// its access ACL when it has one, else its mode bits; root always.
-fn may(tx: &mut dyn KvTxn, ctx: &Ctx, ino: Ino, a: &Attr, want: u16) -> Result<bool> {
+pub(super) fn may(tx: &mut dyn KvTxn, ctx: &Ctx, ino: Ino, a: &Attr, want: u16) -> Result<bool> {
     if ctx.uid == 0 {
         return Ok(true);
     }
@@ -177,7 +177,13 @@ impl Meta {
                 .map(|_| ())
         });
         if let Err(e) = placed {
-            if let Err(cleanup) = self.remove_tree(parent, &hidden) {
+            let root = Ctx {
+                uid: 0,
+                gid: 0,
+                pid: ctx.pid,
+                umask: 0,
+            };
+            if let Err(cleanup) = self.remove_tree(&root, parent, &hidden) {
                 tracing::warn!(error = %cleanup, "cannot remove a half-built clone");
             }
             return Err(e);
@@ -207,35 +213,6 @@ impl Meta {
                     FileType::File => report.bytes += a.length,
                     _ => {}
                 }
-            }
-        }
-        Ok(())
-    }
-
-    /// Remove `name` in `parent` with everything under it (a clone that
-    /// could not be placed). Files go the way of unlink: their data is
-    /// released by the deletion queue.
-    pub(crate) fn remove_tree(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        let Some(top) = self.lookup(parent, name).ok().map(|(ino, _)| ino) else {
-            return Ok(());
-        };
-        // Depth first: a directory is removed once its entries are.
-        let mut stack = vec![(parent, name.to_vec(), top, false)];
-        while let Some((p, n, ino, expanded)) = stack.pop() {
-            let a = self.getattr(ino)?;
-            if a.typ == FileType::Dir && !expanded {
-                stack.push((p, n, ino, true));
-                for e in self.readdir(ino, false)? {
-                    if e.name != b"." && e.name != b".." {
-                        stack.push((ino, e.name.clone(), e.ino, false));
-                    }
-                }
-                continue;
-            }
-            if a.typ == FileType::Dir {
-                self.rmdir(p, &n)?;
-            } else {
-                self.unlink(p, &n)?;
             }
         }
         Ok(())

@@ -15,10 +15,12 @@ mod data;
 mod external;
 mod namespace;
 mod open;
+mod rmr;
 mod usage;
 mod xattr;
 
 pub use clone::CloneReport;
+pub use rmr::RemoveReport;
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
