@@ -58,6 +58,8 @@ enum Command {
     /// Remove a volume for good: its objects, then its metadata (the UUID
     /// confirms which volume).
     Destroy(cmd::destroy::Args),
+    /// Put files from a mount's trash back where they were.
+    Restore(cmd::restore::Args),
     /// Remove files and directory trees on a mount in the engine (no
     /// kernel round trip per file).
     Rmr(cmd::rmr::Args),
@@ -96,6 +98,7 @@ fn main() {
         Command::Clone(a) => cmd::clone::run(a),
         Command::Config(a) => cmd::config::run(a),
         Command::Rmr(a) => cmd::rmr::run(a),
+        Command::Restore(a) => cmd::restore::run(a),
         Command::Destroy(a) => cmd::destroy::run(a),
         Command::Dump(a) => cmd::dump::dump(a),
         Command::Load(a) => cmd::dump::load(a),

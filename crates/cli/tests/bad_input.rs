@@ -280,10 +280,10 @@ fn refused_commands_leave_nothing_behind() {
         "a refused format made {}",
         storage.display()
     );
-    // No trash exists: neither format nor status pretends it does.
+    // A volume without trash days says so; an absurd number is refused.
     fails_with(
-        &["format", &url, "vol", "--trash-days", "1"],
-        "has no trash",
+        &["format", &url, "vol", "--trash-days", "5000"],
+        "--trash-days 5000 is out of range",
     );
     let vol = Volume::new("notrash");
     let out = tessera(&["status", &vol.meta_url]);

@@ -18,9 +18,10 @@
 //! `tessera clone` sends [`CloneRequest`] on the destination's directory:
 //! source inode, flags (1: preserve), umask, as little-endian u64s, and the
 //! new name at byte 64 (NUL padded, at most 255 bytes). Reply: inodes made
-//! and bytes shared, two little-endian u64s. `tessera rmr` sends
-//! [`RemoveTreeRequest`] on the parent directory: the name at byte 64;
-//! reply: files and directories removed.
+//! and bytes shared, two little-endian u64s. `tessera rmr` and `tessera
+//! restore` send an [`EntryRequest`] on the entry's directory: the name at
+//! byte 64; reply: two counts (files and directories removed; files put
+//! back).
 
 use tessera_vfs::{CacheControl, CacheReport, ControlOp};
 
@@ -34,6 +35,7 @@ const NR_UNPIN: u32 = 4;
 const NR_LOCAL_COPY: u32 = 5;
 const NR_CLONE: u32 = 6;
 const NR_REMOVE_TREE: u32 = 7;
+const NR_RESTORE: u32 = 8;
 /// Queue the work in the mount and answer at once.
 pub const FLAG_BACKGROUND: u64 = 1;
 /// Act through the cache group: each block's owner does the work.
@@ -202,16 +204,28 @@ impl CloneRequest {
     }
 }
 
-/// A request to remove an entry with everything under it, sent on its
-/// parent directory.
+/// What an [`EntryRequest`] asks of the entry it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryOp {
+    /// Remove it with everything under it (`tessera rmr`).
+    RemoveTree,
+    /// Put a trashed file back where it was (`tessera restore`).
+    Restore,
+}
+
+/// A request about one entry, sent on its directory: the name at byte 64.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoveTreeRequest {
+pub struct EntryRequest {
+    pub op: EntryOp,
     pub name: Vec<u8>,
 }
 
-impl RemoveTreeRequest {
-    pub fn command() -> u32 {
-        iowr(NR_REMOVE_TREE)
+impl EntryRequest {
+    pub fn command(&self) -> u32 {
+        iowr(match self.op {
+            EntryOp::RemoveTree => NR_REMOVE_TREE,
+            EntryOp::Restore => NR_RESTORE,
+        })
     }
 
     pub fn encode(&self) -> Option<[u8; SIZE]> {
@@ -224,12 +238,16 @@ impl RemoveTreeRequest {
         req.encode()
     }
 
-    pub fn decode(cmd: u32, data: &[u8]) -> Option<RemoveTreeRequest> {
-        if cmd != Self::command() {
+    pub fn decode(cmd: u32, data: &[u8]) -> Option<EntryRequest> {
+        let op = if cmd == iowr(NR_REMOVE_TREE) {
+            EntryOp::RemoveTree
+        } else if cmd == iowr(NR_RESTORE) {
+            EntryOp::Restore
+        } else {
             return None;
-        }
+        };
         CloneRequest::decode(CloneRequest::command(), data)
-            .map(|c| RemoveTreeRequest { name: c.name })
+            .map(|c| EntryRequest { op, name: c.name })
     }
 }
 

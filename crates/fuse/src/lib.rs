@@ -751,16 +751,35 @@ impl Filesystem for TesseraFs {
             );
             return;
         }
-        if let Some(rm) = control::RemoveTreeRequest::decode(cmd, in_data) {
-            let (vfs, notifier, name) = (self.vfs.clone(), self.notifier.clone(), rm.name.clone());
-            self.vfs
-                .submit_remove_tree(ctx(request), self.i(ino), rm.name, move |r| match r {
-                    Ok(done) => {
-                        forget_entry(&notifier, ino, &name);
-                        reply.ioctl(0, &control::encode_counts(done.files, done.dirs))
-                    }
-                    Err(e) => reply.error(fail(&vfs, "rmr", e)),
-                });
+        if let Some(entry) = control::EntryRequest::decode(cmd, in_data) {
+            let (vfs, notifier, name) =
+                (self.vfs.clone(), self.notifier.clone(), entry.name.clone());
+            match entry.op {
+                control::EntryOp::RemoveTree => {
+                    self.vfs
+                        .submit_remove_tree(ctx(request), self.i(ino), entry.name, move |r| match r
+                        {
+                            Ok(done) => {
+                                forget_entry(&notifier, ino, &name);
+                                reply.ioctl(0, &control::encode_counts(done.files, done.dirs))
+                            }
+                            Err(e) => reply.error(fail(&vfs, "rmr", e)),
+                        })
+                }
+                control::EntryOp::Restore => {
+                    let root = self.root;
+                    self.vfs
+                        .submit_restore(ctx(request), self.i(ino), entry.name, move |r| match r {
+                            Ok((parent, restored)) => {
+                                forget_entry(&notifier, ino, &name);
+                                let parent = if parent == root { 1 } else { parent };
+                                forget_entry(&notifier, INodeNo(parent), &restored);
+                                reply.ioctl(0, &control::encode_counts(1, 0))
+                            }
+                            Err(e) => reply.error(fail(&vfs, "restore", e)),
+                        })
+                }
+            }
             return;
         }
         let Some(req) = control::Request::decode(cmd, in_data) else {

@@ -197,7 +197,8 @@ impl Meta {
             } else {
                 s.named_by.len() as u32
             };
-            if ino == ROOT_INO {
+            // The root, and the trash (looked up by name, listed nowhere).
+            if ino == ROOT_INO || ino == crate::TRASH_INO {
                 if a.nlink != want {
                     self.fix_nlink(&mut r, repair, ino, a.nlink, want)?;
                 }

@@ -29,7 +29,7 @@ pub use attr::{Attr, FileType};
 pub use check::FsckReport;
 pub use fs::{
     Appended, CloneReport, Entry, ExternalObject, Meta, MetaConfig, RemoveReport, SetAttr, StatFs,
-    TruncateResult, UnlinkResult,
+    TruncateResult, UnlinkResult, TRASH_INO, TRASH_NAME,
 };
 pub use group::MemberRecord;
 pub use kv::{KvEngine, KvTxn};

@@ -331,6 +331,32 @@ impl Vfs {
         );
     }
 
+    /// Put trashed file `name` of trash hour directory `hour_dir` back
+    /// where it was (`tessera restore`); returns that directory and name.
+    pub fn restore(&self, ctx: &Ctx, hour_dir: Ino, name: &[u8]) -> Result<(Ino, Vec<u8>)> {
+        self.metrics().op("restore");
+        if self.config.read_only {
+            return Err(crate::VfsError::new(libc::EROFS, "the mount is read-only"));
+        }
+        Ok(self.meta.restore(ctx, hour_dir, name)?)
+    }
+
+    /// [`Vfs::restore`] on the mount's workers.
+    pub fn submit_restore(
+        self: &Arc<Self>,
+        ctx: Ctx,
+        hour_dir: Ino,
+        name: Vec<u8>,
+        done: impl FnOnce(Result<(Ino, Vec<u8>)>) + Send + 'static,
+    ) {
+        let vfs = self.clone();
+        answer_on(
+            &self.control.foreground,
+            move || vfs.restore(&ctx, hour_dir, &name),
+            done,
+        );
+    }
+
     /// [`Vfs::clone_entry`] on the mount's workers; `done` gets the result.
     pub fn submit_clone(
         self: &Arc<Self>,

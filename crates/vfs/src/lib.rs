@@ -15,6 +15,7 @@ pub mod internal;
 mod locks;
 mod namespace;
 pub mod open_modes;
+mod trash;
 mod xattr;
 
 use parking_lot::Mutex;
@@ -116,6 +117,10 @@ pub struct VfsConfig {
     /// Back the metadata up into the bucket this often (one mount of the
     /// volume does each round); None: never.
     pub backup_meta: Option<Duration>,
+    /// Keep trashed files this long instead of the volume's trash days
+    /// (tests); and how often a mount looks for hours to purge.
+    pub trash_keep: Option<Duration>,
+    pub trash_purge_every: Duration,
 }
 
 /// When reads update a file's access time (the mount's `-o` option).
@@ -143,6 +148,8 @@ impl Default for VfsConfig {
             open_cache: Duration::ZERO,
             acl: false,
             backup_meta: None,
+            trash_keep: None,
+            trash_purge_every: Duration::from_secs(3600),
             atime: AtimeMode::NoAtime,
         }
     }
@@ -249,6 +256,8 @@ pub struct Vfs {
     /// When this mount started, and whether a metadata backup is running.
     started: std::time::Instant,
     backup_running: AtomicBool,
+    /// A trash purge is running on the heartbeat thread.
+    purging: AtomicBool,
 }
 
 fn is_write_only(flags: i32) -> bool {
@@ -277,6 +286,7 @@ impl Vfs {
             control: control::ControlWorkers::default(),
             started: std::time::Instant::now(),
             backup_running: AtomicBool::new(false),
+            purging: AtomicBool::new(false),
         })
     }
 
@@ -339,6 +349,7 @@ impl Vfs {
                 warn!(error = %e, "heartbeat failed");
             }
             self.maybe_backup();
+            self.maybe_purge_trash();
             if last_clean.elapsed() >= self.config.session_timeout / 2 {
                 last_clean = std::time::Instant::now();
                 match self

@@ -30,7 +30,7 @@ pub struct Args {
     /// Turn on POSIX ACLs (once on, never off).
     #[arg(long)]
     pub enable_acl: bool,
-    /// Days deleted files stay in a trash (only 0: there is no trash yet).
+    /// Days deleted files stay in the trash (0: removed at once).
     #[arg(long)]
     pub trash_days: Option<u32>,
     /// Fixed at format; refused with the reason.
@@ -137,9 +137,9 @@ pub fn run(a: Args) -> Result<()> {
             return Err(anyhow!("{flag} cannot change after format: {why}"));
         }
     }
-    if let Some(days) = a.trash_days.filter(|d| *d != 0) {
+    if let Some(days) = a.trash_days.filter(|d| *d > 3650) {
         return Err(anyhow!(
-            "--trash-days {days}: this version has no trash (deleted files' data is removed at once); use 0"
+            "--trash-days {days} is out of range: give 0 (no trash) to 3650"
         ));
     }
     let capacity = a

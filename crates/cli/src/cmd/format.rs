@@ -23,8 +23,8 @@ pub struct Args {
               clap::builder::PossibleValuesParser::new(["none", "lz4", "zstd"]),
               |s| s.parse::<Compression>()))]
     pub compress: Compression,
-    /// Days deleted files stay in a trash. There is no trash yet: only 0
-    /// (deleted files' data is removed at once) is accepted.
+    /// Days deleted files stay in the volume's trash (`MNT/.trash`,
+    /// `tessera restore`); 0: deleted files' data is removed at once.
     #[arg(long, default_value_t = 0)]
     pub trash_days: u32,
     /// Capacity reported to df; a bare number is GiB (0 = unlimited).
@@ -107,9 +107,9 @@ pub fn run(a: Args) -> Result<()> {
         ));
     }
     let compression = a.compress;
-    if a.trash_days != 0 {
+    if a.trash_days > 3650 {
         return Err(anyhow!(
-            "--trash-days {}: this version has no trash (deleted files' data is removed at once); use 0",
+            "--trash-days {} is out of range: give 0 (no trash) to 3650",
             a.trash_days
         ));
     }

@@ -67,6 +67,13 @@ pub struct Args {
     /// rebuilds a lost metadata engine from them.
     #[arg(long, value_parser = crate::common::parse_seconds, default_value = "1h")]
     pub backup_meta: f64,
+    /// Keep trashed files this long instead of the volume's trash days
+    /// (for tests).
+    #[arg(long, value_parser = crate::common::parse_seconds, hide = true)]
+    pub trash_keep: Option<f64>,
+    /// How often a mount looks for trash hours to purge.
+    #[arg(long, value_parser = crate::common::parse_seconds, default_value = "1h", hide = true)]
+    pub trash_purge_every: f64,
     /// Before mounting, evict from each cache directory down to its share
     /// of --cache-size (`tessera cache gc`; waits for another GC of it).
     #[arg(long, help_heading = "Cache")]
@@ -251,6 +258,16 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
             session_timeout,
             open_cache: open_cache_time(a.open_cache)?,
             backup_meta: backup_interval(a.backup_meta)?,
+            trash_keep: a
+                .trash_keep
+                .map(|s| seconds_in("--trash-keep", s, 0.0, MAX_FLAG_SECONDS))
+                .transpose()?,
+            trash_purge_every: seconds_in(
+                "--trash-purge-every",
+                a.trash_purge_every,
+                0.1,
+                MAX_FLAG_SECONDS,
+            )?,
             acl: format.acl,
             atime: atime_mode(&a.options),
         },

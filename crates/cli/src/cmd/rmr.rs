@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
-use tessera_fuse::control::{decode_counts, RemoveTreeRequest};
+use tessera_fuse::control::{decode_counts, EntryOp, EntryRequest};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -18,7 +18,9 @@ pub struct Args {
     pub paths: Vec<PathBuf>,
 }
 
-fn remove(path: &PathBuf) -> Result<(u64, u64)> {
+/// Send `op` about the entry `path` names to the mount, on its directory;
+/// returns the reply's two counts.
+pub(crate) fn entry_request(path: &PathBuf, op: EntryOp) -> Result<(u64, u64)> {
     std::fs::symlink_metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
     let name = path
         .file_name()
@@ -30,20 +32,16 @@ fn remove(path: &PathBuf) -> Result<(u64, u64)> {
     };
     let dir = File::open(&parent)
         .with_context(|| format!("cannot open the directory {}", parent.display()))?;
-    let mut buf = RemoveTreeRequest {
+    let req = EntryRequest {
+        op,
         name: name.as_bytes().to_vec(),
-    }
-    .encode()
-    .ok_or_else(|| anyhow!("{:?} is not a usable name", name))?;
+    };
+    let mut buf = req
+        .encode()
+        .ok_or_else(|| anyhow!("{:?} is not a usable name", name))?;
     // SAFETY: the command encodes a read-write argument of exactly
     // `control::SIZE` bytes, which `buf` is.
-    let rc = unsafe {
-        libc::ioctl(
-            dir.as_raw_fd(),
-            RemoveTreeRequest::command() as _,
-            buf.as_mut_ptr(),
-        )
-    };
+    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), req.command() as _, buf.as_mut_ptr()) };
     if rc < 0 {
         let e = std::io::Error::last_os_error();
         return Err(match e.raw_os_error() {
@@ -51,7 +49,14 @@ fn remove(path: &PathBuf) -> Result<(u64, u64)> {
                 "{} is not on a Tessera mount (use rm -r there)",
                 path.display()
             ),
-            _ => anyhow!("cannot remove {}: {e}", path.display()),
+            _ => anyhow!(
+                "cannot {} {}: {e}",
+                match op {
+                    EntryOp::RemoveTree => "remove",
+                    EntryOp::Restore => "restore",
+                },
+                path.display()
+            ),
         });
     }
     Ok(decode_counts(&buf))
@@ -61,7 +66,7 @@ pub fn run(a: Args) -> Result<()> {
     let started = Instant::now();
     let (mut files, mut dirs) = (0, 0);
     for p in &a.paths {
-        let (f, d) = remove(p)?;
+        let (f, d) = entry_request(p, EntryOp::RemoveTree)?;
         files += f;
         dirs += d;
     }

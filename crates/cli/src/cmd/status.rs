@@ -17,11 +17,7 @@ pub fn run(a: Args) -> Result<()> {
     let usage = meta.statfs()?;
     let used = usage.total_space - usage.avail_space;
     if a.json {
-        // No trash exists yet, whatever an older format stored.
-        let shown = tessera_meta::Format {
-            trash_days: 0,
-            ..format.clone()
-        };
+        let shown = format.clone();
         let v = serde_json::json!({
             "setting": shown,
             "backup": meta.backup_state()?,
@@ -40,9 +36,14 @@ pub fn run(a: Args) -> Result<()> {
         "acl         {}",
         if format.acl { "enabled" } else { "disabled" }
     );
-    // No trash exists yet, whatever an older format stored: deleted files'
-    // data goes at once, and status must not promise otherwise.
-    println!("trash       none (deleted files' data is removed at once)");
+    if format.trash_days > 0 {
+        println!(
+            "trash       {} days (MNT/.trash; tessera restore)",
+            format.trash_days
+        );
+    } else {
+        println!("trash       none (deleted files' data is removed at once)");
+    }
     println!("used        {} bytes in {} inodes", used, usage.used_inodes);
     let backup = meta.backup_state()?;
     let now = tessera_meta::now().0;

@@ -66,7 +66,7 @@ impl Meta {
         preserve: bool,
     ) -> Result<(Ino, Attr)> {
         self.writable()?;
-        check_name(name)?;
+        check_new_name(parent, name)?;
         let ino = self.new_inode()?;
         let attr = self.txn(|tx| {
             let sa = get_attr(tx, src)?;

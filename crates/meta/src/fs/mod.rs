@@ -16,11 +16,13 @@ mod external;
 mod namespace;
 mod open;
 mod rmr;
+mod trash;
 mod usage;
 mod xattr;
 
 pub use clone::CloneReport;
 pub use rmr::RemoveReport;
+pub use trash::{TRASH_INO, TRASH_NAME};
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -217,6 +219,15 @@ fn check_name(name: &[u8]) -> Result<()> {
             "bad file name {:?}",
             String::from_utf8_lossy(name)
         )));
+    }
+    Ok(())
+}
+
+/// A name a new entry may take in `parent`: `/.trash` belongs to the trash.
+fn check_new_name(parent: Ino, name: &[u8]) -> Result<()> {
+    check_name(name)?;
+    if parent == ROOT_INO && name == trash::TRASH_NAME {
+        return Err(MetaError::Exists);
     }
     Ok(())
 }

@@ -14,6 +14,14 @@ impl Meta {
             return Ok((parent, self.getattr(parent)?));
         }
         check_name(name)?;
+        if parent == ROOT_INO && name == super::trash::TRASH_NAME {
+            return self.read_txn(|tx| {
+                Ok((
+                    super::trash::TRASH_INO,
+                    get_attr(tx, super::trash::TRASH_INO)?,
+                ))
+            });
+        }
         self.read_txn(|tx| {
             if name == b".." {
                 let p = get_attr(tx, parent)?;
@@ -97,7 +105,7 @@ impl Meta {
         target: Option<&[u8]>,
     ) -> Result<(Ino, Attr)> {
         self.writable()?;
-        check_name(name)?;
+        check_new_name(parent, name)?;
         let ino = self.new_inode()?;
         let attr = self.txn(|tx| {
             let [p, d] = get_n(tx, [&keys::attr(parent), &keys::dentry(parent, name)])?;
@@ -186,6 +194,7 @@ impl Meta {
         &self,
         tx: &mut dyn KvTxn,
         parent: Ino,
+        name: &[u8],
         ino: Ino,
         t: (i64, u32),
     ) -> Result<UnlinkResult> {
@@ -215,6 +224,14 @@ impl Meta {
                 }
             }
             put_attr(tx, ino, &a)?;
+            return Ok(UnlinkResult {
+                ino,
+                data_freed: false,
+            });
+        }
+        if a.typ == FileType::File && self.trash_days() > 0 && !super::trash::in_trash(parent) {
+            // The last name of a file goes: the file goes to the trash.
+            self.move_to_trash(tx, parent, name, ino, &mut a, t)?;
             return Ok(UnlinkResult {
                 ino,
                 data_freed: false,
@@ -282,7 +299,7 @@ impl Meta {
             p.touch_mtime(t);
             put_attr(tx, parent, &p)?;
             tx.delete(&keys::dentry(parent, name))?;
-            self.drop_link(tx, parent, ino, t)
+            self.drop_link(tx, parent, name, ino, t)
         })
     }
 
@@ -355,7 +372,7 @@ impl Meta {
     ) -> Result<Option<UnlinkResult>> {
         self.writable()?;
         check_name(name)?;
-        check_name(new_name)?;
+        check_new_name(new_parent, new_name)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
         // Anything else (RENAME_WHITEOUT for overlayfs) is refused, not
@@ -465,7 +482,7 @@ impl Meta {
                             data_freed: false,
                         });
                     } else {
-                        replaced = Some(self.drop_link(tx, new_parent, dino, t)?);
+                        replaced = Some(self.drop_link(tx, new_parent, new_name, dino, t)?);
                     }
                 }
                 tx.delete(&keys::dentry(parent, name))?;
@@ -525,7 +542,7 @@ impl Meta {
 
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
         self.writable()?;
-        check_name(new_name)?;
+        check_new_name(new_parent, new_name)?;
         self.txn(|tx| {
             let mut a = get_attr(tx, ino)?;
             if a.typ == FileType::Dir {
