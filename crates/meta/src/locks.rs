@@ -26,6 +26,8 @@ pub struct PosixLock {
     pub pid: u32,
     /// The holder is a process of this mount.
     pub local: bool,
+    /// The holder's lock owner (meaningful within its mount).
+    pub owner: u64,
 }
 
 /// Decoded flock table: (sid, owner, is_write).
@@ -155,6 +157,7 @@ impl Meta {
                     end: r.end,
                     pid: r.pid,
                     local: r.sid == sid,
+                    owner: r.owner,
                 }))
         })
     }

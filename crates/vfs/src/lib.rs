@@ -258,6 +258,13 @@ pub struct Vfs {
     backup_running: AtomicBool,
     /// A trash purge is running on the heartbeat thread.
     purging: AtomicBool,
+    /// Lock owners of this mount waiting for a lock, and the lock each
+    /// waits for (deadlock detection).
+    lock_waits: Mutex<HashMap<u64, LockRequest>>,
+    /// One deadlock check (and the registration or withdrawal that follows
+    /// it) at a time, so two waiters of one cycle do not both give up. It
+    /// is held across metadata reads, but only lock waiters take it.
+    deadlock_checks: Mutex<()>,
 }
 
 fn is_write_only(flags: i32) -> bool {
@@ -287,6 +294,8 @@ impl Vfs {
             started: std::time::Instant::now(),
             backup_running: AtomicBool::new(false),
             purging: AtomicBool::new(false),
+            lock_waits: Mutex::new(HashMap::new()),
+            deadlock_checks: Mutex::new(()),
         })
     }
 

@@ -81,29 +81,81 @@ impl Vfs {
             Err(MetaError::WouldBlock) if block => {}
             other => return done(other.map_err(VfsError::from)),
         }
+        {
+            let _one_check = self.deadlock_checks.lock();
+            if self.would_deadlock(&lock) {
+                return done(Err(deadlock()));
+            }
+            self.lock_waits.lock().insert(owner, lock);
+        }
         let me = self.clone();
         let waiter = std::thread::Builder::new()
             .name("tessera-lockwait".into())
             .spawn(move || {
                 let mut wait = Duration::from_millis(5);
-                loop {
+                let answer = loop {
                     std::thread::sleep(wait);
                     wait = (wait * 2).min(Duration::from_millis(200));
                     if pid != 0 && gone_or_signalled(pid) {
-                        return done(Err(VfsError::new(
+                        break Err(VfsError::new(
                             libc::EINTR,
                             "the process waiting for the lock is gone or was interrupted",
-                        )));
+                        ));
                     }
                     match me.meta.setlk(ino, owner, pid, typ, start, end) {
-                        Err(MetaError::WouldBlock) => continue,
-                        other => return done(other.map_err(VfsError::from)),
+                        // Still blocked, maybe by another holder now (a
+                        // lock freed in between): a cycle may have formed
+                        // since the wait began, as Linux checks on each wake.
+                        Err(MetaError::WouldBlock) => {
+                            let _one_check = me.deadlock_checks.lock();
+                            if me.would_deadlock(&lock) {
+                                me.lock_waits.lock().remove(&owner);
+                                break Err(deadlock());
+                            }
+                        }
+                        other => break other.map_err(VfsError::from),
                     }
-                }
+                };
+                me.lock_waits.lock().remove(&owner);
+                done(answer)
             });
         if let Err(e) = waiter {
+            self.lock_waits.lock().remove(&owner);
             warn!(error = %e, "no thread to wait for a lock on");
         }
+    }
+
+    /// Whether `lock`, about to wait, closes a cycle of waiters in this
+    /// mount: its holder waits for a lock whose holder waits … for a lock
+    /// `lock`'s owner holds (F_SETLKW's EDEADLK, which Linux detects the
+    /// same way, one blocker at a time). Holders on other mounts end the
+    /// chain: their waits are not known here.
+    fn would_deadlock(&self, lock: &LockRequest) -> bool {
+        let waits = self.lock_waits.lock().clone();
+        let mut wanted = *lock;
+        for _ in 0..64 {
+            let held = self.meta.getlk(
+                wanted.ino,
+                wanted.owner,
+                wanted.typ,
+                wanted.start,
+                wanted.end,
+            );
+            let Ok(Some(held)) = held else {
+                return false;
+            };
+            if !held.local {
+                return false;
+            }
+            if held.owner == lock.owner {
+                return true;
+            }
+            match waits.get(&held.owner) {
+                Some(next) => wanted = *next,
+                None => return false,
+            }
+        }
+        false
     }
 
     /// Whether this mount may hold a lock on `ino`; closes of files never
@@ -111,6 +163,13 @@ impl Vfs {
     pub(crate) fn may_hold_locks(&self, ino: Ino) -> bool {
         self.locked.lock().contains(&ino)
     }
+}
+
+fn deadlock() -> VfsError {
+    VfsError::new(
+        libc::EDEADLK,
+        "waiting would deadlock: the holder waits for a lock this owner holds",
+    )
 }
 
 /// How long a lock held by a process of this mount is looked at again

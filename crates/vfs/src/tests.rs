@@ -956,3 +956,67 @@ fn the_capability_check_of_each_write_costs_no_round_trip() {
     );
     v.release(ino, fh, None).expect("release");
 }
+
+/// F_SETLKW that would close a cycle of waiters fails with EDEADLK (LTP
+/// fcntl17): A holds [0,9] and waits for [20,29], which B holds; B then
+/// asking for [0,9] would wait forever. Owners of one process are told
+/// apart by owner, not pid (two threads' OFD locks).
+#[test]
+fn a_lock_wait_that_closes_a_cycle_is_refused_with_edeadlk() {
+    let f = fixture(64 << 10);
+    let v = &f.vfs;
+    let (ino, _, fh) = v
+        .create(&CTX, ROOT_INO, b"cycle", 0o644, libc::O_RDWR)
+        .expect("create");
+    let me = std::process::id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let answer = |tx: &std::sync::mpsc::Sender<(u64, crate::Result<()>)>, who: u64| {
+        let tx = tx.clone();
+        Box::new(move |r| {
+            let _ = tx.send((who, r));
+        }) as Box<dyn FnOnce(crate::Result<()>) + Send>
+    };
+    let range = |owner, typ, start, end, block| crate::LockRequest {
+        ino,
+        fh: None,
+        owner,
+        pid: me,
+        typ,
+        start,
+        end,
+        block,
+    };
+    let (a, b) = (11, 22);
+    v.setlk(range(a, libc::F_WRLCK, 0, 9, false), answer(&tx, a));
+    v.setlk(range(b, libc::F_WRLCK, 20, 29, false), answer(&tx, b));
+    for _ in 0..2 {
+        assert!(rx.recv().expect("answered").1.is_ok());
+    }
+    v.setlk(range(a, libc::F_WRLCK, 20, 29, true), answer(&tx, a));
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "a waits for b"
+    );
+    v.setlk(range(b, libc::F_WRLCK, 0, 9, true), answer(&tx, b));
+    let (who, r) = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("answered at once");
+    assert_eq!(who, b);
+    assert_eq!(r.expect_err("deadlock").errno, libc::EDEADLK);
+    // A wait that closes no cycle still waits, and gets the lock in time.
+    v.setlk(range(b, libc::F_UNLCK, 20, 29, false), answer(&tx, b));
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (who, r) = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("answered");
+        assert!(r.is_ok(), "{who}: {r:?}");
+        got.push(who);
+    }
+    got.sort();
+    assert_eq!(got, vec![a, b], "b's unlock, then a's lock");
+    v.setlk(range(a, libc::F_UNLCK, 0, u64::MAX, false), answer(&tx, a));
+    let _ = rx.recv();
+    v.release(ino, fh, None).expect("release");
+}
