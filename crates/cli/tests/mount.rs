@@ -880,11 +880,34 @@ fn trash_keeps_deleted_files_until_restored_or_purged() {
         "{}",
         common::stderr(&out)
     );
+    // Data a truncate frees is kept for the trash days too, and gc knows it.
+    let objects = || common::files_under(&vol.dir.path().join("objects/trashed/chunks")).len();
+    fs::write(m.join("ckpt/cut.bin"), pseudo_random(3 << 20, 22)).unwrap();
+    let before = objects();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("ckpt/cut.bin"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(
+        objects(),
+        before,
+        "a truncate in a volume with a trash deletes no block"
+    );
     m.unmount();
     let out = common::tessera(&["fsck", &vol.meta_url]);
     assert!(
         out.status.success(),
         "fsck with a trash: {}",
+        common::stderr(&out)
+    );
+    let out = common::tessera(&["gc", &vol.meta_url, "--age", "0s"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains(" 0 unreferenced"),
+        "gc: {said} {}",
         common::stderr(&out)
     );
 

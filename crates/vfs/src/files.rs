@@ -490,7 +490,7 @@ impl Vfs {
         if let Some(of) = &of {
             of.invalidate();
         }
-        self.chunks.delete_slices_later(&r.freed);
+        self.release_slices(&r.freed, true);
         Ok(())
     }
 

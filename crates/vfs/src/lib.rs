@@ -395,7 +395,7 @@ impl Vfs {
                         if let Some(of) = self.open_file(ino) {
                             of.invalidate();
                         }
-                        self.chunks.delete_slices(&freed);
+                        self.release_slices(&freed, false);
                     }
                     Ok(None) => {}
                     Err(e) => warn!(ino, index, error = %e, "compaction failed"),

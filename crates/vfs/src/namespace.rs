@@ -118,7 +118,7 @@ impl Vfs {
         if let Some(of) = &of {
             of.invalidate();
         }
-        self.chunks.delete_slices_later(&t.freed);
+        self.release_slices(&t.freed, true);
         Ok(t.attr)
     }
 

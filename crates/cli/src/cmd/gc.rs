@@ -53,8 +53,10 @@ pub fn run(a: Args) -> Result<()> {
         .block_on(store.list(&prefix))
         .with_context(|| format!("cannot list {prefix} in {}", store.describe()))?;
     let checked = meta.fsck(false)?;
+    // Slices the trash keeps (freed by truncate or compaction) are in use.
+    let kept = meta.delayed_slices()?;
     let referenced: HashSet<String> =
-        crate::cmd::fsck::block_keys(&format, checked.slices.keys()).collect();
+        crate::cmd::fsck::block_keys(&format, checked.slices.keys().chain(kept.iter())).collect();
     let now = tessera_meta::now().0;
     let mut r = GcReport::default();
     for o in listed {

@@ -19,6 +19,18 @@ const HOURS: u64 = 1 << 31;
 
 /// The key of the purge claim (one mount purges at a time).
 const PURGE_KEY: &[u8] = b"trashpurge";
+/// Slices freed by truncate, punch-hole or compaction while the volume
+/// keeps a trash: `T` + hour (u64 BE) + slice id + size, no value. Their
+/// blocks stay until the hour is purged.
+const DELAYED_PREFIX: &[u8] = b"T";
+
+fn delayed_key(hour: i64, id: u64, size: u64) -> Vec<u8> {
+    let mut k = DELAYED_PREFIX.to_vec();
+    k.extend_from_slice(&(hour.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(&id.to_be_bytes());
+    k.extend_from_slice(&size.to_be_bytes());
+    k
+}
 
 /// Whether `ino` is the trash or one of its hour directories.
 pub(crate) fn in_trash(ino: Ino) -> bool {
@@ -164,6 +176,71 @@ impl Meta {
             purged += 1;
         }
         Ok((files, purged))
+    }
+
+    /// Keep freed slices (their blocks) for the trash days instead of
+    /// deleting them now; false when the volume keeps no trash (the caller
+    /// deletes them).
+    pub fn delay_slices(&self, freed: &[(u64, u64)]) -> Result<bool> {
+        if self.trash_days() == 0 || freed.is_empty() {
+            return Ok(false);
+        }
+        let hour = now().0.div_euclid(3600);
+        for batch in freed.chunks(1000) {
+            self.txn(|tx| {
+                for &(id, size) in batch {
+                    tx.set(&delayed_key(hour, id, size), b"")?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(true)
+    }
+
+    /// Delayed slices whose hour began `keep` or more before `now`, at most
+    /// `limit`; hand them to the data path, then [`Meta::forget_delayed`].
+    pub fn expired_delayed_slices(
+        &self,
+        now: i64,
+        keep: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<(i64, u64, u64)>> {
+        let last_hour = (now - keep.as_secs() as i64).div_euclid(3600);
+        let mut end = DELAYED_PREFIX.to_vec();
+        end.extend_from_slice(&((last_hour + 1).max(0) as u64).to_be_bytes());
+        let rows = self.read_txn(|tx| tx.scan(DELAYED_PREFIX, &end, limit))?;
+        Ok(rows
+            .iter()
+            .filter_map(|(k, _)| {
+                Some((
+                    keys::be_u64(k, 1)? as i64,
+                    keys::be_u64(k, 9)?,
+                    keys::be_u64(k, 17)?,
+                ))
+            })
+            .collect())
+    }
+
+    /// Every slice kept by the trash now (`gc` counts their blocks as used).
+    pub fn delayed_slices(&self) -> Result<Vec<(u64, u64)>> {
+        let rows = self.read_txn(|tx| scan_prefix(tx, DELAYED_PREFIX))?;
+        Ok(rows
+            .iter()
+            .filter_map(|(k, _)| Some((keys::be_u64(k, 9)?, keys::be_u64(k, 17)?)))
+            .collect())
+    }
+
+    /// Drop the records of delayed slices whose blocks are deleted.
+    pub fn forget_delayed(&self, slices: &[(i64, u64, u64)]) -> Result<()> {
+        for batch in slices.chunks(1000) {
+            self.txn(|tx| {
+                for &(hour, id, size) in batch {
+                    tx.delete(&delayed_key(hour, id, size))?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 
     /// Whether this session should purge now: none did in the last
