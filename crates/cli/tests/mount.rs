@@ -703,12 +703,7 @@ fn clone_shares_blocks_and_both_sides_change_independently() {
     );
     fails(&m.join("missing"), &m.join("y"), "cannot stat");
     m.unmount();
-    let out = common::tessera(&["fsck", &vol.meta_url]);
-    assert!(
-        out.status.success(),
-        "fsck after clones: {}",
-        common::stderr(&out)
-    );
+    common::assert_fsck_clean(&vol.meta_url, "after clones");
 }
 
 /// `tessera rmr`: a tree of 2,000 files goes in one request, the space
@@ -759,12 +754,7 @@ fn rmr_removes_a_tree_in_the_engine() {
     );
     assert!(elsewhere.path().join("x").exists());
     m.unmount();
-    let out = common::tessera(&["fsck", &vol.meta_url]);
-    assert!(
-        out.status.success(),
-        "fsck after rmr: {}",
-        common::stderr(&out)
-    );
+    common::assert_fsck_clean(&vol.meta_url, "after rmr");
 }
 
 /// `tessera destroy`: refused with a wrong UUID or while mounted; with the
@@ -897,12 +887,7 @@ fn trash_keeps_deleted_files_until_restored_or_purged() {
         "a truncate in a volume with a trash deletes no block"
     );
     m.unmount();
-    let out = common::tessera(&["fsck", &vol.meta_url]);
-    assert!(
-        out.status.success(),
-        "fsck with a trash: {}",
-        common::stderr(&out)
-    );
+    common::assert_fsck_clean(&vol.meta_url, "with a trash");
     let out = common::tessera(&["gc", &vol.meta_url, "--age", "0s"]);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -930,10 +915,5 @@ fn trash_keeps_deleted_files_until_restored_or_purged() {
     });
     assert_eq!(fs::read(m.join("ckpt/latest")).unwrap(), b"step-200");
     m.unmount();
-    let out = common::tessera(&["fsck", &vol.meta_url]);
-    assert!(
-        out.status.success(),
-        "fsck after the purge: {}",
-        common::stderr(&out)
-    );
+    common::assert_fsck_clean(&vol.meta_url, "after the purge");
 }

@@ -283,3 +283,10 @@ pub fn block_len_of(path: &Path) -> u64 {
         .and_then(|l| l.parse().ok())
         .unwrap_or_else(|| panic!("no block length in {}", path.display()))
 }
+
+/// `tessera fsck` of the volume finds nothing wrong (`when` names the
+/// moment, for the failure message).
+pub fn assert_fsck_clean(meta_url: &str, when: &str) {
+    let out = tessera(&["fsck", meta_url]);
+    assert!(out.status.success(), "fsck {when}: {}", stderr(&out));
+}

@@ -80,19 +80,9 @@ impl Meta {
             if preserve && ctx.uid != 0 && sa.uid != ctx.uid {
                 return Err(MetaError::Perm);
             }
-            let [p, d] = get_n(tx, [&keys::attr(parent), &keys::dentry(parent, name)])?;
-            let mut p = decode_attr(p)?;
-            if p.typ != FileType::Dir {
-                return Err(MetaError::NotDir);
-            }
-            if p.nlink == 0 {
-                return Err(MetaError::NotFound);
-            }
+            let mut p = parent_for_new_entry(tx, parent, name)?;
             if !may(tx, ctx, parent, &p, 2 | 1)? {
                 return Err(MetaError::Access);
-            }
-            if decode_dentry(d)?.is_some() {
-                return Err(MetaError::Exists);
             }
             let t = now();
             let mut a = sa;

@@ -223,6 +223,23 @@ fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The attributes of `parent` for a new entry `name` in it: a live
+/// directory in which the name is free.
+fn parent_for_new_entry(tx: &mut dyn KvTxn, parent: Ino, name: &[u8]) -> Result<Attr> {
+    let [p, d] = get_n(tx, [&keys::attr(parent), &keys::dentry(parent, name)])?;
+    let p = decode_attr(p)?;
+    if p.typ != FileType::Dir {
+        return Err(MetaError::NotDir);
+    }
+    if p.nlink == 0 {
+        return Err(MetaError::NotFound);
+    }
+    if decode_dentry(d)?.is_some() {
+        return Err(MetaError::Exists);
+    }
+    Ok(p)
+}
+
 /// A name a new entry may take in `parent`: `/.trash` belongs to the trash.
 fn check_new_name(parent: Ino, name: &[u8]) -> Result<()> {
     check_name(name)?;

@@ -108,17 +108,7 @@ impl Meta {
         check_new_name(parent, name)?;
         let ino = self.new_inode()?;
         let attr = self.txn(|tx| {
-            let [p, d] = get_n(tx, [&keys::attr(parent), &keys::dentry(parent, name)])?;
-            let mut p = decode_attr(p)?;
-            if p.typ != FileType::Dir {
-                return Err(MetaError::NotDir);
-            }
-            if p.nlink == 0 {
-                return Err(MetaError::NotFound);
-            }
-            if decode_dentry(d)?.is_some() {
-                return Err(MetaError::Exists);
-            }
+            let mut p = parent_for_new_entry(tx, parent, name)?;
             let t = now();
             let mut mode = (mode & 0o7777) as u16;
             // A directory's default ACL replaces the umask: the new node
