@@ -19,9 +19,10 @@ const IO_THREADS: usize = 4;
 pub struct DataPathOptions {
     /// Credentials and endpoint settings of the object store.
     pub storage: StorageOptions,
-    /// Bandwidth limits of this node in Mbit/s (0: none).
-    pub upload_mbps: f64,
-    pub download_mbps: f64,
+    /// Bandwidth limits of this node in Mbit/s (0: none); None takes the
+    /// volume's default (`tessera config --upload-limit`).
+    pub upload_mbps: Option<f64>,
+    pub download_mbps: Option<f64>,
     /// Caches, buffers and transfers. The volume's name, UUID, layout,
     /// block size and compression are taken from its format.
     pub chunks: ChunkConfig,
@@ -61,11 +62,12 @@ impl DataPath {
             .build()
             .map_err(DataPathError::Runtime)?;
         let metrics = Arc::new(Metrics::new());
+        let (upload, download) = limits(&options, format);
         let store = Instrumented::wrap(
             tessera_object::open_store(&format.storage, &options.storage)?,
             metrics.clone(),
-            RateLimiter::from_mbps(options.upload_mbps),
-            RateLimiter::from_mbps(options.download_mbps),
+            RateLimiter::from_mbps(upload),
+            RateLimiter::from_mbps(download),
         );
         let config = ChunkConfig {
             volume: format.name.clone(),
@@ -90,5 +92,36 @@ impl DataPath {
             metrics,
             chunks,
         })
+    }
+}
+
+/// The upload and download limits in Mbit/s: the node's own, else the
+/// volume's defaults.
+fn limits(options: &DataPathOptions, format: &Format) -> (f64, f64) {
+    let default = |kbps: u64| kbps as f64 / 1000.0;
+    (
+        options
+            .upload_mbps
+            .unwrap_or_else(|| default(format.upload_limit_kbps)),
+        options
+            .download_mbps
+            .unwrap_or_else(|| default(format.download_limit_kbps)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_limit_overrides_the_volume_default() {
+        let mut format = tessera_meta::conformance::test_format();
+        format.upload_limit_kbps = 80_000;
+        format.download_limit_kbps = 1_500;
+        let mut options = DataPathOptions::default();
+        assert_eq!(limits(&options, &format), (80.0, 1.5));
+        options.upload_mbps = Some(0.0);
+        options.download_mbps = Some(200.0);
+        assert_eq!(limits(&options, &format), (0.0, 200.0));
     }
 }

@@ -539,6 +539,19 @@ fn config_changes_what_may_change_and_refuses_the_rest() {
     let out = config(&["--capacity", "10"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("capacity: 0 -> 10737418240"));
+    let out = config(&["--upload-limit", "80", "--download-limit", "1.5"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("upload limit kbit/s: 0 -> 80000")
+            && said.contains("download limit kbit/s: 0 -> 1500"),
+        "{said} {}",
+        common::stderr(&out)
+    );
+    let shown = String::from_utf8_lossy(&config(&[]).stdout).into_owned();
+    assert!(shown.contains("upload      80 Mbit/s"), "{shown}");
+    assert!(config(&["--upload-limit", "0", "--download-limit", "0"])
+        .status
+        .success());
     for (args, says) in [
         (
             &["--block-size", "1M"][..],
@@ -551,6 +564,10 @@ fn config_changes_what_may_change_and_refuses_the_rest() {
         (
             &["--trash-days", "5000"][..],
             "--trash-days 5000 is out of range",
+        ),
+        (
+            &["--upload-limit=0.001"][..],
+            "--upload-limit 0.001 is out of range",
         ),
         (&["--capacity=-5"][..], "--capacity"),
     ] {

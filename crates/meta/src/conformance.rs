@@ -48,6 +48,8 @@ pub fn test_format() -> Format {
         capacity: 0,
         inodes: 0,
         version: Format::VERSION,
+        upload_limit_kbps: 0,
+        download_limit_kbps: 0,
     }
 }
 

@@ -192,6 +192,12 @@ pub struct Format {
     /// every file an ACL narrows.
     #[serde(default)]
     pub acl: bool,
+    /// Bandwidth limits every mount takes unless its `--upload-limit` or
+    /// `--download-limit` says otherwise, in kbit/s (0: none).
+    #[serde(default)]
+    pub upload_limit_kbps: u64,
+    #[serde(default)]
+    pub download_limit_kbps: u64,
 }
 
 impl Format {

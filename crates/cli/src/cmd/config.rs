@@ -30,6 +30,14 @@ pub struct Args {
     /// Turn on POSIX ACLs (once on, never off).
     #[arg(long)]
     pub enable_acl: bool,
+    /// Upload limit every mount takes unless it gives its own, Mbit/s
+    /// (0: none).
+    #[arg(long, value_name = "MBPS")]
+    pub upload_limit: Option<f64>,
+    /// Download limit every mount takes unless it gives its own, Mbit/s
+    /// (0: none).
+    #[arg(long, value_name = "MBPS")]
+    pub download_limit: Option<f64>,
     /// Days deleted files stay in the trash (0: removed at once).
     #[arg(long)]
     pub trash_days: Option<u32>,
@@ -57,6 +65,21 @@ fn show(f: &Format) {
     println!("inodes      {}", limit(f.inodes, f.inodes.to_string()));
     println!("acl         {}", if f.acl { "enabled" } else { "disabled" });
     println!("trash days  {}", f.trash_days);
+    let mbps = |kbps: u64| {
+        if kbps == 0 {
+            "none".to_string()
+        } else {
+            format!("{} Mbit/s", kbps as f64 / 1000.0)
+        }
+    };
+    println!(
+        "upload      {} (mounts' default limit)",
+        mbps(f.upload_limit_kbps)
+    );
+    println!(
+        "download    {} (mounts' default limit)",
+        mbps(f.download_limit_kbps)
+    );
 }
 
 /// What changed between two settings, one `field: old -> new` per line.
@@ -79,6 +102,16 @@ fn changes(old: &Format, new: &Format) -> Vec<String> {
         "trash days",
         old.trash_days.to_string(),
         new.trash_days.to_string(),
+    );
+    diff(
+        "upload limit kbit/s",
+        old.upload_limit_kbps.to_string(),
+        new.upload_limit_kbps.to_string(),
+    );
+    diff(
+        "download limit kbit/s",
+        old.download_limit_kbps.to_string(),
+        new.download_limit_kbps.to_string(),
     );
     out
 }
@@ -142,6 +175,14 @@ pub fn run(a: Args) -> Result<()> {
             "--trash-days {days} is out of range: give 0 (no trash) to 3650"
         ));
     }
+    for (flag, v) in [
+        ("upload-limit", a.upload_limit),
+        ("download-limit", a.download_limit),
+    ] {
+        if let Some(v) = v {
+            crate::cmd::data_path::check_limit(flag, v)?;
+        }
+    }
     let capacity = a
         .capacity
         .as_deref()
@@ -152,7 +193,9 @@ pub fn run(a: Args) -> Result<()> {
         || a.inodes.is_some()
         || a.storage.is_some()
         || a.enable_acl
-        || a.trash_days.is_some();
+        || a.trash_days.is_some()
+        || a.upload_limit.is_some()
+        || a.download_limit.is_some();
     if !asked {
         show(&current);
         return Ok(());
@@ -174,6 +217,12 @@ pub fn run(a: Args) -> Result<()> {
         }
         if let Some(d) = a.trash_days {
             f.trash_days = d;
+        }
+        if let Some(v) = a.upload_limit {
+            f.upload_limit_kbps = (v * 1000.0).round() as u64;
+        }
+        if let Some(v) = a.download_limit {
+            f.download_limit_kbps = (v * 1000.0).round() as u64;
         }
         f.acl |= a.enable_acl;
         Ok(())

@@ -59,12 +59,14 @@ pub struct DataPathArgs {
     /// background; the data is committed once staged.
     #[arg(long, help_heading = "Data path")]
     pub writeback: bool,
-    /// Upload bandwidth limit of this node in Mbit/s (0: none).
-    #[arg(long, default_value_t = 0.0, help_heading = "Data path")]
-    pub upload_limit: f64,
-    /// Download bandwidth limit of this node in Mbit/s (0: none).
-    #[arg(long, default_value_t = 0.0, help_heading = "Data path")]
-    pub download_limit: f64,
+    /// Upload bandwidth limit of this node in Mbit/s (0: none); the
+    /// volume's default (`tessera config --upload-limit`) when not given.
+    #[arg(long, help_heading = "Data path")]
+    pub upload_limit: Option<f64>,
+    /// Download bandwidth limit of this node in Mbit/s (0: none); the
+    /// volume's default when not given.
+    #[arg(long, help_heading = "Data path")]
+    pub download_limit: Option<f64>,
     /// Serve Prometheus metrics on this address ("none" turns it off); a
     /// busy port moves to the next free one.
     #[arg(long, default_value = "127.0.0.1:9567", help_heading = "Data path")]
@@ -111,11 +113,8 @@ impl DataPathArgs {
             ("upload-limit", self.upload_limit),
             ("download-limit", self.download_limit),
         ] {
-            // 0 is no limit; below 0.01 Mbit/s a block would wait for days.
-            if !(v == 0.0 || (0.01..=10_000_000.0).contains(&v)) {
-                return Err(anyhow!(
-                    "--{flag} {v} is out of range: give Mbit/s from 0.01 to 10000000, or 0 for no limit"
-                ));
+            if let Some(v) = v {
+                check_limit(flag, v)?;
             }
         }
         let dirs = self
@@ -173,4 +172,16 @@ fn in_flight(flag: &str, n: usize) -> Result<usize> {
         return Err(anyhow!("{flag} {n} is out of range: give 1 to 4096"));
     }
     Ok(n)
+}
+
+/// A bandwidth limit in Mbit/s: 0 (none), or 0.01 to 10,000,000 (below,
+/// a block would wait for days).
+pub fn check_limit(flag: &str, v: f64) -> Result<()> {
+    if v == 0.0 || (0.01..=10_000_000.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "--{flag} {v} is out of range: give Mbit/s from 0.01 to 10000000, or 0 for no limit"
+        ))
+    }
 }

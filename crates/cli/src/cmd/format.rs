@@ -161,6 +161,8 @@ pub fn run(a: Args) -> Result<()> {
         inodes: a.inodes,
         version: a.layout_version,
         acl: a.enable_acl,
+        upload_limit_kbps: 0,
+        download_limit_kbps: 0,
     };
     let created = meta.init(&format)?;
     let settings = meta.format()?;
