@@ -366,9 +366,17 @@ impl Vfs {
 
     /// close(2) of one descriptor: commit buffered data, drop POSIX locks of
     /// the owner.
-    pub fn flush(&self, ino: Ino, _fh: u64, lock_owner: u64) -> Result<()> {
+    pub fn flush(&self, ino: Ino, fh: u64, lock_owner: u64) -> Result<()> {
         if internal::is_internal(ino) {
             return Ok(());
+        }
+        if lock_owner != 0 {
+            if let Ok(h) = self.handle(fh) {
+                let mut flushed = h.flushed_owners.lock();
+                if !flushed.contains(&lock_owner) {
+                    flushed.push(lock_owner);
+                }
+            }
         }
         if let Some(of) = self.open_file(ino) {
             self.flush_file(ino, &of)?;
@@ -399,8 +407,17 @@ impl Vfs {
         if internal::is_internal(ino) {
             return Ok(());
         }
+        // Owners that flushed through this handle are processes: the flush
+        // of their close dropped their POSIX locks, and what they hold now
+        // was taken since (the kernel sends this release late, after the
+        // process may have opened the file again and locked it).
         let mut owners: Vec<u64> = handle
-            .map(|h| h.lock_owners.lock().clone())
+            .map(|h| {
+                let flushed = h.flushed_owners.lock().clone();
+                let mut owners = h.lock_owners.lock().clone();
+                owners.retain(|o| !flushed.contains(o));
+                owners
+            })
             .unwrap_or_default();
         // An owner that also locked through another open handle of the file
         // is a process (POSIX locks, dropped by the flush of its close),

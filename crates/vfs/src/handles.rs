@@ -24,6 +24,10 @@ pub struct Handle {
     /// and the kernel sends nothing to end it when the description closes:
     /// the release of the handle ends the locks of these owners.
     pub lock_owners: Mutex<Vec<u64>>,
+    /// Owners a close flushed through this handle: processes, whose POSIX
+    /// locks that flush dropped (open file description locks never come
+    /// with a flush), so the release leaves their later locks alone.
+    pub flushed_owners: Mutex<Vec<u64>>,
     /// A file's times when it was opened, for the access-time rule of the
     /// first read (taken once per handle).
     pub opened_times: Mutex<Option<tessera_meta::Attr>>,
@@ -55,6 +59,7 @@ impl Handle {
             dir_attr: None,
             content: None,
             lock_owners: Mutex::new(Vec::new()),
+            flushed_owners: Mutex::new(Vec::new()),
             opened_times: Mutex::new(None),
             reads: Mutex::new(ReadPattern::default()),
         }
@@ -68,6 +73,7 @@ impl Handle {
             dir_attr: None,
             content: Some(content),
             lock_owners: Mutex::new(Vec::new()),
+            flushed_owners: Mutex::new(Vec::new()),
             opened_times: Mutex::new(None),
             reads: Mutex::new(ReadPattern::default()),
         }
@@ -81,6 +87,7 @@ impl Handle {
             dir_attr: Some(attr),
             content: None,
             lock_owners: Mutex::new(Vec::new()),
+            flushed_owners: Mutex::new(Vec::new()),
             opened_times: Mutex::new(None),
             reads: Mutex::new(ReadPattern::default()),
         }
