@@ -608,21 +608,8 @@ fn permits(
     ctx: &Ctx,
     flags: i32,
 ) -> bool {
-    if ctx.uid == 0 {
-        return true;
-    }
     let want_read = flags & libc::O_ACCMODE != libc::O_WRONLY;
     let want_write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-    if let Some(acl) = access_acl {
-        let want = if want_read { 4 } else { 0 } | if want_write { 2 } else { 0 };
-        return acl.permits(attr.uid, attr.gid, ctx.uid, ctx.gid, want);
-    }
-    let bits = if ctx.uid == attr.uid {
-        (attr.mode >> 6) & 7
-    } else if ctx.gid == attr.gid {
-        (attr.mode >> 3) & 7
-    } else {
-        attr.mode & 7
-    };
-    (!want_read || bits & 4 != 0) && (!want_write || bits & 2 != 0)
+    let want = if want_read { 4 } else { 0 } | if want_write { 2 } else { 0 };
+    tessera_meta::acl::allows(attr, access_acl, ctx.uid, ctx.gid, want)
 }

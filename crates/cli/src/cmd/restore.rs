@@ -19,14 +19,12 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let mut entries = Vec::new();
     for p in &a.paths {
+        // An hour directory's parent, or an entry's grandparent, is .trash.
         let inside_trash = p
-            .parent()
-            .and_then(|h| h.parent())
-            .and_then(|t| t.file_name())
-            .is_some_and(|n| n == ".trash")
-            || p.parent()
-                .and_then(|t| t.file_name())
-                .is_some_and(|n| n == ".trash");
+            .ancestors()
+            .skip(1)
+            .take(2)
+            .any(|a| a.file_name().is_some_and(|n| n == ".trash"));
         if !inside_trash {
             return Err(anyhow!(
                 "{} is not in a trash (MNT/.trash/HOUR or MNT/.trash/HOUR/ENTRY)",

@@ -23,23 +23,14 @@ pub struct CloneReport {
 /// Whether `ctx` has the `want` bits (4 read, 2 write, 1 search) on a node:
 /// its access ACL when it has one, else its mode bits; root always.
 pub(super) fn may(tx: &mut dyn KvTxn, ctx: &Ctx, ino: Ino, a: &Attr, want: u16) -> Result<bool> {
-    if ctx.uid == 0 {
-        return Ok(true);
-    }
-    if a.flags & crate::attr::FLAG_ACL_ACCESS != 0 {
-        if let Some(raw) = tx.get(&keys::xattr(ino, acl::ACCESS))? {
-            let acl = acl::Acl::decode(&raw)?;
-            return Ok(acl.permits(a.uid, a.gid, ctx.uid, ctx.gid, want));
-        }
-    }
-    let bits = if ctx.uid == a.uid {
-        (a.mode >> 6) & 7
-    } else if ctx.gid == a.gid {
-        (a.mode >> 3) & 7
+    let access = if ctx.uid != 0 && a.flags & crate::attr::FLAG_ACL_ACCESS != 0 {
+        tx.get(&keys::xattr(ino, acl::ACCESS))?
+            .map(|raw| acl::Acl::decode(&raw))
+            .transpose()?
     } else {
-        a.mode & 7
+        None
     };
-    Ok(bits & want == want)
+    Ok(acl::allows(a, access.as_ref(), ctx.uid, ctx.gid, want))
 }
 
 /// The same key for another inode (`A` ino kind rest).

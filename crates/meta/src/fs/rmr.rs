@@ -40,19 +40,17 @@ impl Meta {
         Ok(removed + 1)
     }
 
-    /// Whether `ctx` may remove entry `child` (owned by `child_uid`) from
-    /// directory `dir`: write and search on it, and with the sticky bit,
-    /// owning the directory or the entry.
-    fn may_remove_from(&self, ctx: &Ctx, dir: Ino, child_uid: u32) -> Result<()> {
+    /// Whether `ctx` may remove entries from directory `dir`: write and
+    /// search on it. Returns, for the sticky-bit rule, the owner an entry
+    /// must have unless the caller owns the directory (None: any entry).
+    fn may_remove_from(&self, ctx: &Ctx, dir: Ino) -> Result<Option<u32>> {
         self.read_txn(|tx| {
             let d = get_attr(tx, dir)?;
             if !may(tx, ctx, dir, &d, 2 | 1)? {
                 return Err(MetaError::Access);
             }
-            if ctx.uid != 0 && d.mode & 0o1000 != 0 && ctx.uid != d.uid && ctx.uid != child_uid {
-                return Err(MetaError::Perm);
-            }
-            Ok(())
+            let sticky = ctx.uid != 0 && d.mode & 0o1000 != 0 && ctx.uid != d.uid;
+            Ok(sticky.then_some(ctx.uid))
         })
     }
 
@@ -62,27 +60,33 @@ impl Meta {
         self.writable()?;
         let (top, top_attr) = self.lookup(parent, name)?;
         let mut report = RemoveReport::default();
-        self.may_remove_from(ctx, parent, top_attr.uid)?;
-        // Depth first: a directory is removed once its entries are.
-        let mut stack = vec![(parent, name.to_vec(), top, false)];
-        while let Some((p, n, ino, expanded)) = stack.pop() {
-            let a = self.getattr(ino)?;
-            if a.typ == FileType::Dir && !expanded {
-                stack.push((p, n, ino, true));
+        let denied = |only_owner: Option<u32>, uid: u32| only_owner.is_some_and(|o| o != uid);
+        if denied(self.may_remove_from(ctx, parent)?, top_attr.uid) {
+            return Err(MetaError::Perm);
+        }
+        // Depth first: a directory is removed once its entries are. The
+        // entries' types and owners come with the listing.
+        let mut stack = vec![(parent, name.to_vec(), top, top_attr.typ, false)];
+        while let Some((p, n, ino, typ, expanded)) = stack.pop() {
+            if typ == FileType::Dir && !expanded {
+                stack.push((p, n, ino, typ, true));
+                let only_owner = self.may_remove_from(ctx, ino)?;
                 for e in self.readdir(ino, true)? {
                     if e.name == b"." || e.name == b".." {
                         continue;
                     }
-                    let owner = match e.attr {
+                    let uid = match e.attr {
                         Some(a) => a.uid,
                         None => self.getattr(e.ino)?.uid,
                     };
-                    self.may_remove_from(ctx, ino, owner)?;
-                    stack.push((ino, e.name.clone(), e.ino, false));
+                    if denied(only_owner, uid) {
+                        return Err(MetaError::Perm);
+                    }
+                    stack.push((ino, e.name.clone(), e.ino, e.typ, false));
                 }
                 continue;
             }
-            if a.typ == FileType::Dir {
+            if typ == FileType::Dir {
                 self.rmdir(p, &n)?;
                 report.dirs += 1;
             } else {

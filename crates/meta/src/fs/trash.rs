@@ -101,7 +101,8 @@ fn ensure_dir(tx: &mut dyn KvTxn, parent: Ino, name: &[u8], ino: Ino, t: (i64, u
 
 impl Meta {
     pub(crate) fn trash_days(&self) -> u32 {
-        self.format().map(|f| f.trash_days).unwrap_or(0)
+        // Every unlink asks: read the field, do not clone the settings.
+        self.format.lock().as_ref().map_or(0, |f| f.trash_days)
     }
 
     /// Give file `ino` (its last name `name` in `parent` just removed) a
