@@ -66,6 +66,9 @@ enum Command {
     /// Show or change the settings that may change after format
     /// (capacity, inodes, storage URL, ACLs).
     Config(cmd::config::Args),
+    /// Directory quotas: `set`, `get`, `list`, `delete`, `check`.
+    #[command(subcommand)]
+    Quota(cmd::quota::Command),
     /// Write a volume's metadata as JSON Lines (FILE, or - for stdout).
     Dump(cmd::dump::DumpArgs),
     /// Load a dump into an empty metadata engine (FILE, or - for stdin).
@@ -98,6 +101,7 @@ fn main() {
         Command::Clone(a) => cmd::clone::run(a),
         Command::Config(a) => cmd::config::run(a),
         Command::Rmr(a) => cmd::rmr::run(a),
+        Command::Quota(c) => cmd::quota::run(c),
         Command::Restore(a) => cmd::restore::run(a),
         Command::Destroy(a) => cmd::destroy::run(a),
         Command::Dump(a) => cmd::dump::dump(a),

@@ -177,8 +177,29 @@ fn two_mounts_share_one_volume(meta_url: &str) {
     std::fs::rename(b.join("runs/two"), b.join("runs/2")).expect("rename in b");
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(std::fs::read(a.join("runs/2")).expect("read in a"), b"22");
+
+    // A quota set from the CLI holds in both mounts, and what one mount
+    // writes counts in the other's checks within a second or two.
+    let out = tessera(&["quota", "set", meta_url, "/runs", "--capacity", "3M"]);
+    assert!(out.status.success(), "quota set: {}", stderr(&out));
+    for m in [&a, &b] {
+        wait_for("the quota in df", || df_size(&m.join("runs")) == 3 << 20);
+    }
+    std::fs::write(a.join("runs/two-mib"), vec![5u8; 2 << 20]).expect("write in a");
+    wait_for("a's usage in b's df", || {
+        df_field(&b.join("runs"), "avail") <= 1 << 20
+    });
+    let (written, errno) = write_until_refused(&b.join("runs/more"), 4 << 20);
+    assert_eq!((written, errno), (0, libc::EDQUOT), "b passed the quota");
     a.unmount();
     b.unmount();
+    let out = tessera(&["quota", "check", meta_url]);
+    assert!(
+        out.status.success(),
+        "quota check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
 }
 
 fn lock(fd: &std::fs::File, op: libc::c_int) -> Result<(), i32> {

@@ -934,3 +934,117 @@ fn trash_keeps_deleted_files_until_restored_or_purged() {
     m.unmount();
     common::assert_fsck_clean(&vol.meta_url, "after the purge");
 }
+
+#[test]
+fn directory_quotas_refuse_growth_with_edquot_and_df_shows_them() {
+    use common::{df_size, tessera, wait_for, write_until_refused};
+    let vol = Volume::new("quotas");
+    let m = vol.mount("m");
+    fs::create_dir(m.join("team")).unwrap();
+    fs::write(m.join("team/a"), vec![1u8; 1 << 20]).unwrap();
+    let meta = vol.meta_url.as_str();
+
+    // Bad input first: each names what is wrong, and nothing is set.
+    let refused = |args: &[&str], says: &str| {
+        let out = tessera(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = common::stderr(&out);
+        assert!(err.contains(says), "{args:?}: {err}");
+    };
+    refused(
+        &["quota", "set", meta, "/team/a", "--capacity", "1G"],
+        "is not a directory",
+    );
+    refused(
+        &["quota", "set", meta, "/team", "--capacity", "-5G"],
+        "cannot be negative",
+    );
+    refused(
+        &["quota", "set", meta, "/team", "--inodes", "-1"],
+        "expected a whole number",
+    );
+    refused(
+        &["quota", "set", meta, "/nowhere", "--inodes", "5"],
+        "no such directory",
+    );
+    refused(
+        &["quota", "set", meta, "/team"],
+        "give --capacity or --inodes",
+    );
+    refused(&["quota", "get", meta, "/team"], "has no quota");
+
+    let out = tessera(&[
+        "quota",
+        "set",
+        meta,
+        "/team",
+        "--capacity",
+        "4M",
+        "--inodes",
+        "10",
+    ]);
+    assert!(out.status.success(), "set: {}", common::stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.contains("/team") && shown.contains("4.00 MiB"),
+        "{shown}"
+    );
+
+    // The mount takes the quota within a second or two: df shows it
+    // inside the directory, and the volume's figures outside.
+    wait_for("df to show the quota", || {
+        df_size(&m.join("team")) == 4 << 20
+    });
+    assert!(df_size(&m.path) > 4 << 20);
+
+    // Growth stops at the quota with EDQUOT; 1 MiB is used already.
+    let (written, errno) = write_until_refused(&m.join("team/b"), 8 << 20);
+    assert_eq!(errno, libc::EDQUOT, "after {written} bytes");
+    assert!(
+        (2 << 20..=3 << 20).contains(&written),
+        "{written} bytes written"
+    );
+    // Outside the quota nothing stops.
+    assert_eq!(write_until_refused(&m.join("free"), 8 << 20), (8 << 20, 0));
+
+    // Inodes: a and b are 2 of 10.
+    let mut made = 0;
+    let last = loop {
+        match fs::File::create(m.join(&format!("team/f{made}"))) {
+            Ok(_) => made += 1,
+            Err(e) => break e,
+        }
+        assert!(made <= 10, "the inode limit never stopped creates");
+    };
+    assert_eq!(last.raw_os_error(), Some(libc::EDQUOT), "{last}");
+    assert_eq!(made, 8);
+    // Removing gives the room back.
+    fs::remove_file(m.join("team/b")).unwrap();
+    fs::write(m.join("team/g"), vec![2u8; 1 << 20]).unwrap();
+
+    // A directory moved in brings its usage along (and may not pass it).
+    fs::create_dir(m.join("big")).unwrap();
+    fs::write(m.join("big/x"), vec![3u8; 3 << 20]).unwrap();
+    let err = fs::rename(m.join("big"), m.join("team/big")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = tessera(&["quota", "list", meta]);
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(listed.contains("/team"), "{listed}");
+    let out = tessera(&["quota", "check", meta]);
+    assert!(
+        out.status.success(),
+        "check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        common::stderr(&out)
+    );
+    let out = tessera(&["quota", "delete", meta, "/team"]);
+    assert!(out.status.success(), "delete: {}", common::stderr(&out));
+    wait_for("df to drop the quota", || {
+        df_size(&m.join("team")) > 4 << 20
+    });
+    fs::write(m.join("team/after"), vec![4u8; 4 << 20]).unwrap();
+    m.unmount();
+    common::assert_fsck_clean(meta, "after quotas");
+}

@@ -676,8 +676,8 @@ impl Filesystem for TesseraFs {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.vfs.statfs() {
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        match self.vfs.statfs(self.i(ino)) {
             Ok(s) => {
                 let bsize = 4096u64;
                 reply.statfs(

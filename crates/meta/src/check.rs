@@ -17,7 +17,8 @@
 //! * the bytes each file's chunks hold data for, against its `stored`
 //!   attribute (set to what was counted);
 //! * the volume's usage counters (space and inodes), which a crashed mount
-//!   may have left short by what it had not yet added (recounted).
+//!   may have left short by what it had not yet added (recounted);
+//! * the usage of each directory quota (recounted).
 //!
 //! The walk reads the engine in pages, outside writing transactions; run
 //! `--repair` while no mount writes to the volume (a live mount's unsaved
@@ -270,6 +271,18 @@ impl Meta {
                     tx.set(&keys::counter("totalInodes"), &i.to_le_bytes())
                 })?;
                 self.take_pending_usage();
+                r.repaired += 1;
+            }
+        }
+        for q in self.check_quotas(None, repair)? {
+            if q.consistent() {
+                continue;
+            }
+            r.problems.push(format!(
+                "the quota of directory {} says {} bytes in {} inodes; counted {} bytes in {} inodes",
+                q.ino, q.stored.used_space, q.stored.used_inodes, q.counted.0, q.counted.1
+            ));
+            if q.repaired {
                 r.repaired += 1;
             }
         }

@@ -34,6 +34,7 @@ pub fn run_all(factory: Factory<'_>) {
     locks(factory());
     sessions(factory());
     cache_groups(factory());
+    trash_clone_and_quotas(factory());
 }
 
 pub fn test_format() -> Format {
@@ -1086,4 +1087,122 @@ fn cache_groups(e: Arc<dyn KvEngine>) {
     m.group_leave("gpu", "a").expect("leave");
     assert_eq!(m.group_members("gpu").expect("list"), vec![rec("b", 2)]);
     assert!(m.group_members("none").expect("list").is_empty());
+}
+
+/// The day-2 tools on this engine: the trash keeps a deleted file and gives
+/// it back, then purges it; a clone shares the slices and outlives its
+/// source; a quota counts what two clients write and refuses what passes
+/// it, and fsck finds its usage right.
+fn trash_clone_and_quotas(e: Arc<dyn KvEngine>) {
+    let m = formatted(e.clone());
+    m.update_format(|f| {
+        f.trash_days = 1;
+        Ok(())
+    })
+    .expect("trash on");
+    let (d, _) = m
+        .mknod(&CTX, ROOT_INO, b"d", FileType::Dir, 0o755, 0, None)
+        .expect("dir");
+    let (f, _) = m
+        .mknod(&CTX, d, b"f", FileType::File, 0o644, 0, None)
+        .expect("f");
+    let id = m.new_slice_id().expect("id");
+    let rec = SliceRecord {
+        kind: SliceKind::Internal,
+        pos: 0,
+        id,
+        size: 10_000,
+        off: 0,
+        len: 10_000,
+    };
+    m.write_slices(f, &[(0, rec)], 10_000).expect("write");
+    assert!(!m.unlink(d, b"f").expect("unlink").data_freed);
+    let hours = m.readdir(crate::TRASH_INO, false).expect("trash");
+    assert_eq!(hours.len(), 1);
+    let kept = m.readdir(hours[0].ino, false).expect("hour");
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].name.ends_with(b"-f"), "{:?}", kept[0].name);
+    let (back_in, back_as) = m
+        .restore(&CTX, hours[0].ino, &kept[0].name)
+        .expect("restore");
+    assert_eq!((back_in, back_as.as_slice()), (d, &b"f"[..]));
+    let (again, attr) = m.lookup(d, b"f").expect("restored");
+    assert_eq!((again, attr.length), (f, 10_000));
+    assert_eq!(m.read_chunk(f, 0).expect("chunk"), vec![rec]);
+    m.unlink(d, b"f").expect("unlink again");
+    let in_two_days = crate::now().0 + 2 * 86_400;
+    let (files, purged) = m
+        .purge_trash(in_two_days, std::time::Duration::from_secs(86_400))
+        .expect("purge");
+    assert_eq!((files, purged), (1, 1));
+    assert!(m
+        .readdir(crate::TRASH_INO, false)
+        .expect("trash")
+        .is_empty());
+    assert_eq!(m.pending_deletes(10).expect("deletes").len(), 1);
+
+    m.update_format(|f| {
+        f.trash_days = 0;
+        Ok(())
+    })
+    .expect("trash off");
+    let (g, _) = m
+        .mknod(&CTX, d, b"g", FileType::File, 0o644, 0, None)
+        .expect("g");
+    let id = m.new_slice_id().expect("id");
+    let rec = SliceRecord { id, ..rec };
+    m.write_slices(g, &[(0, rec)], 10_000).expect("write g");
+    let report = m
+        .clone_tree(&CTX, d, ROOT_INO, b"copy", true)
+        .expect("clone");
+    assert_eq!((report.inodes, report.bytes), (2, 10_000));
+    let (copy, _) = m.lookup(ROOT_INO, b"copy").expect("copy");
+    let (g2, _) = m.lookup(copy, b"g").expect("g in the copy");
+    assert_eq!(m.read_chunk(g2, 0).expect("chunk"), vec![rec]);
+    m.unlink(d, b"g").expect("source goes");
+    let (g_ino, len) = m
+        .pending_deletes(10)
+        .expect("deletes")
+        .into_iter()
+        .find(|(ino, _)| *ino == g)
+        .expect("g awaits cleanup");
+    let freed = m.cleanup_deleted(g_ino, len).expect("cleanup");
+    assert!(
+        freed.is_empty(),
+        "the clone still holds the slice: {freed:?}"
+    );
+    assert_eq!(m.read_chunk(g2, 0).expect("clone intact"), vec![rec]);
+
+    let other = Meta::new(e, MetaConfig::default());
+    other.load().expect("second client");
+    let q = m.set_quota(copy, Some(64 << 10), Some(10)).expect("quota");
+    assert_eq!((q.used_space, q.used_inodes), (12_288, 1));
+    other.sync_quotas().expect("other loads it");
+    assert!(other.has_quotas());
+    let (h, _) = other
+        .mknod(&CTX, copy, b"h", FileType::File, 0o644, 0, None)
+        .expect("h");
+    let id = other.new_slice_id().expect("id");
+    let big = SliceRecord {
+        id,
+        size: 40_000,
+        len: 40_000,
+        ..rec
+    };
+    other.write_slices(h, &[(0, big)], 40_000).expect("write h");
+    other.sync_quotas().expect("other adds its usage");
+    m.sync_quotas().expect("m reloads");
+    let q = m.get_quota(copy).expect("get").expect("quota");
+    assert_eq!((q.used_space, q.used_inodes), (12_288 + 40_960, 2));
+    let err = m
+        .check_quota(copy, 16 << 10, 0)
+        .expect_err("past the quota");
+    assert_eq!(err.errno(), libc::EDQUOT);
+    m.check_quota(copy, 8 << 10, 0).expect("within it");
+    m.check_quota(d, 1 << 30, 0).expect("no quota on d");
+    assert_eq!(m.statfs_in(copy).expect("df").total_space, 64 << 10);
+    m.flush_usage().expect("usage");
+    other.flush_usage().expect("usage");
+    let fsck = m.fsck(false).expect("fsck");
+    assert!(fsck.problems.is_empty(), "{:#?}", fsck.problems);
 }

@@ -17,7 +17,8 @@
 //! | `SE` sid | session info JSON; `SH` sid heartbeat; `SS` sid ino open-unlinked |
 //! | `E` id | external object a slice points at (import) |
 //! | `G` group `\0` member | cache-group member record JSON (live state) |
-//! | `Q`, `T`, `R` | reserved for quotas, trash and ACLs |
+//! | `Q` ino `L` / `Q` ino `U` | directory quota: limits / usage (`fs::quota`) |
+//! | `T` hour id size | slice kept by the trash (`fs::trash`) |
 //!
 //! Integers in keys are big-endian so that scans come out in numeric order.
 

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 pub use attr::{Attr, FileType};
 pub use check::FsckReport;
 pub use fs::{
-    Appended, CloneReport, Entry, ExternalObject, Meta, MetaConfig, RemoveReport, SetAttr, StatFs,
-    TruncateResult, UnlinkResult, TRASH_INO, TRASH_NAME,
+    Appended, CloneReport, Entry, ExternalObject, Meta, MetaConfig, Quota, QuotaCheck,
+    RemoveReport, SetAttr, StatFs, TruncateResult, UnlinkResult, TRASH_INO, TRASH_NAME,
 };
 pub use group::MemberRecord;
 pub use kv::{KvEngine, KvTxn};
@@ -78,6 +78,10 @@ pub enum MetaError {
     FileTooBig,
     #[error("result does not fit the buffer")]
     Range,
+    #[error("disk quota exceeded (the quota of directory inode {0})")]
+    QuotaExceeded(Ino),
+    #[error("no space left: the volume's capacity or inode limit is reached")]
+    NoSpace,
     #[error("resource temporarily unavailable")]
     WouldBlock,
     #[error("read-only file system")]
@@ -112,6 +116,8 @@ impl MetaError {
             MetaError::NoData => libc::ENODATA,
             MetaError::TooBig => libc::E2BIG,
             MetaError::FileTooBig => libc::EFBIG,
+            MetaError::QuotaExceeded(_) => libc::EDQUOT,
+            MetaError::NoSpace => libc::ENOSPC,
             MetaError::Range => libc::ERANGE,
             MetaError::WouldBlock => libc::EAGAIN,
             MetaError::ReadOnly => libc::EROFS,

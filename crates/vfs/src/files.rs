@@ -94,6 +94,7 @@ impl Vfs {
                         handles: AtomicU64::new(0),
                         records: Mutex::new(RecordCache::default()),
                         length: AtomicU64::new(0),
+                        parent: AtomicU64::new(attr.parent),
                         no_xattrs: std::sync::atomic::AtomicBool::new(false),
                     }),
                 })
@@ -108,6 +109,7 @@ impl Vfs {
             attr.flags & tessera_meta::attr::FLAG_XATTRS == 0,
             Ordering::Relaxed,
         );
+        of.parent.store(attr.parent, Ordering::Relaxed);
         // Close-to-open: a new open sees what other mounts committed,
         // unless --open-cache says to trust what this mount saw last.
         if !of.writer.has_dirty() && cached.is_none() {
@@ -325,6 +327,11 @@ impl Vfs {
         let of = self
             .open_file(ino)
             .ok_or_else(|| VfsError::new(libc::EBADF, "file is not open"))?;
+        self.check_growth(
+            &of,
+            (h.flags & libc::O_APPEND == 0).then_some(off),
+            data.len(),
+        )?;
         if h.flags & libc::O_APPEND != 0 {
             // The kernel's offset is its idea of the end of the file, which
             // another mount may have moved: the commit decides the place.
@@ -348,6 +355,25 @@ impl Vfs {
         }
         self.metrics().fuse_write_bytes.inc_by(data.len() as u64);
         Ok(data.len())
+    }
+
+    /// Quotas and the volume's capacity against a write of `len` bytes at
+    /// `off` (None: at the end): what it adds past the file's end, with
+    /// what this file's buffers already added and no commit has counted.
+    /// Overwrites within the file never fail here.
+    fn check_growth(&self, of: &OpenFile, off: Option<u64>, len: usize) -> Result<()> {
+        let committed = of.length.load(Ordering::Relaxed);
+        let buffered = of.writer.buffered_length();
+        let known = committed.max(buffered);
+        let end = off.unwrap_or(known).saturating_add(len as u64);
+        let growth = end.saturating_sub(known) + buffered.saturating_sub(committed);
+        if growth == 0 {
+            return Ok(());
+        }
+        let parent = of.parent.load(Ordering::Relaxed);
+        Ok(self
+            .meta
+            .check_quota(parent, i64::try_from(growth).unwrap_or(i64::MAX), 0)?)
     }
 
     pub(crate) fn flush_file(&self, ino: Ino, of: &OpenFile) -> Result<()> {
@@ -481,6 +507,11 @@ impl Vfs {
                 "fallocate asks for more than the volume has free",
             ));
         }
+        if allocates && self.meta.limits_apply() {
+            let parent = self.meta.getattr(ino)?.parent;
+            self.meta
+                .check_quota(parent, i64::try_from(len).unwrap_or(i64::MAX), 0)?;
+        }
         let of = self.open_file(ino);
         if let Some(of) = &of {
             self.flush_file(ino, of)?;
@@ -531,6 +562,12 @@ impl Vfs {
             if let Some(of) = self.open_file(ino) {
                 self.flush_file(ino, &of)?;
             }
+        }
+        if self.meta.limits_apply() {
+            let out = self.meta.getattr(ino_out)?;
+            let growth = off_out.saturating_add(len).saturating_sub(out.length);
+            self.meta
+                .check_quota(out.parent, i64::try_from(growth).unwrap_or(i64::MAX), 0)?;
         }
         let (_, n) = self
             .meta

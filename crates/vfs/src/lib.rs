@@ -165,6 +165,9 @@ pub struct OpenFile {
     /// within it need no metadata round trip; it is refreshed at open and
     /// whenever a read reaches past it.
     length: AtomicU64,
+    /// The directory the file was in at its latest open here: where its
+    /// growth is checked against quotas.
+    parent: AtomicU64,
     /// The inode had no extended attributes at its latest open here (and
     /// this mount set none since). The kernel asks for
     /// `security.capability` before every write(2), to drop file
@@ -312,6 +315,8 @@ impl Vfs {
             version: env!("CARGO_PKG_VERSION").to_string(),
             heartbeat: 0,
         })?;
+        // Quotas (and the volume's usage, for its capacity) from the start.
+        self.sync_quotas();
         let (tx, rx) = mpsc::channel();
         {
             let mut w = self.work.lock();
@@ -350,6 +355,7 @@ impl Vfs {
                 std::thread::sleep(Duration::from_millis(100));
                 if tick % 10 == 9 {
                     self.flush_usage();
+                    self.sync_quotas();
                 }
             }
             self.flush_usage();
@@ -380,6 +386,13 @@ impl Vfs {
     fn flush_usage(&self) {
         if let Err(e) = self.meta.flush_usage() {
             warn!(error = %e, "updating the volume's usage counters failed");
+        }
+    }
+
+    /// Add this mount's changes to the quotas' usage and reload them.
+    fn sync_quotas(&self) {
+        if let Err(e) = self.meta.sync_quotas() {
+            warn!(error = %e, "updating the directory quotas failed");
         }
     }
 
@@ -450,6 +463,7 @@ impl Vfs {
             }
         }
         self.flush_usage();
+        self.sync_quotas();
     }
 
     pub fn metrics(&self) -> &tessera_metrics::Metrics {

@@ -812,7 +812,7 @@ fn fallocate_beyond_the_free_space_is_enospc() {
     let (ino, _, fh) = v
         .create(&CTX, ROOT_INO, b"big", 0o644, libc::O_RDWR)
         .expect("create");
-    let free = v.statfs().expect("statfs").avail_space;
+    let free = v.statfs(ROOT_INO).expect("statfs").avail_space;
     let err = v
         .fallocate(&CTX, ino, 0, 0, free + 1)
         .expect_err("more than is free");

@@ -1,11 +1,19 @@
-//! Extended attributes and POSIX ACLs, and the statfs of the volume.
+//! Extended attributes and POSIX ACLs, and the statfs of the volume (or
+//! of a directory quota).
 
 use super::*;
 
 impl Vfs {
-    pub fn statfs(&self) -> Result<StatFs> {
+    /// statfs as seen from `ino`: the volume's figures, or inside a
+    /// directory with a quota, that quota's.
+    pub fn statfs(&self, ino: Ino) -> Result<StatFs> {
         self.metrics().op("statfs");
-        Ok(self.meta.statfs()?)
+        let ino = if internal::is_internal(ino) {
+            tessera_meta::ROOT_INO
+        } else {
+            ino
+        };
+        Ok(self.meta.statfs_in(ino)?)
     }
 
     // `.stats` has no extended attributes and takes none (it has no inode in

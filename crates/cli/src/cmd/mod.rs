@@ -18,6 +18,7 @@ pub mod import;
 pub mod info;
 pub mod mount;
 pub mod objbench;
+pub mod quota;
 pub mod restore;
 pub mod rmr;
 pub mod stats;

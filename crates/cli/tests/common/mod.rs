@@ -290,3 +290,41 @@ pub fn assert_fsck_clean(meta_url: &str, when: &str) {
     let out = tessera(&["fsck", meta_url]);
     assert!(out.status.success(), "fsck {when}: {}", stderr(&out));
 }
+
+/// Write `total` bytes to a new file in 1 MiB writes until one fails;
+/// returns the bytes written and the errno that stopped it (0: none).
+pub fn write_until_refused(path: &Path, total: usize) -> (usize, i32) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("create");
+    let block = vec![7u8; 1 << 20];
+    let mut written = 0;
+    while written < total {
+        match f.write(&block) {
+            Ok(n) => written += n,
+            Err(e) => return (written, e.raw_os_error().unwrap_or(-1)),
+        }
+    }
+    match f.sync_all() {
+        Ok(()) => (written, 0),
+        Err(e) => (written, e.raw_os_error().unwrap_or(-1)),
+    }
+}
+
+/// The size `df` shows for the file system at `path`, in bytes.
+pub fn df_size(path: &Path) -> u64 {
+    df_field(path, "size")
+}
+
+/// A field of `df -B1` (size, used, avail) for `path`, in bytes.
+pub fn df_field(path: &Path, field: &str) -> u64 {
+    let out = Command::new("df")
+        .args(["-B1", &format!("--output={field}")])
+        .arg(path)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("df {}: {}", path.display(), stderr(&out)))
+}

@@ -58,6 +58,9 @@ impl Meta {
     ) -> Result<(Ino, Attr)> {
         self.writable()?;
         check_new_name(parent, name)?;
+        if self.limits_apply() {
+            self.check_quota(parent, usage_of(&self.getattr(src)?), 1)?;
+        }
         let ino = self.new_inode()?;
         let attr = self.txn(|tx| {
             let sa = get_attr(tx, src)?;
@@ -116,7 +119,7 @@ impl Meta {
             put_attr(tx, parent, &p)?;
             put_attr(tx, ino, &a)?;
             put_dentry(tx, parent, name, ino, sa.typ)?;
-            account(usage_of(&a), 1);
+            account(parent, usage_of(&a), 1);
             Ok(a)
         })?;
         Ok((ino, attr))

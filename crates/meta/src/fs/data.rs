@@ -48,7 +48,7 @@ impl Meta {
             if min_length > a.length {
                 a.length = min_length;
             }
-            account(usage_of(&a) - usage, 0);
+            account(a.parent, usage_of(&a) - usage, 0);
             a.touch_mtime(now());
             put_attr(tx, ino, &a)?;
             Ok((a, most))
@@ -98,7 +98,7 @@ impl Meta {
                 done += n;
             }
             a.length = start + len;
-            account(usage_of(&a) - usage, 0);
+            account(a.parent, usage_of(&a) - usage, 0);
             a.touch_mtime(now());
             put_attr(tx, ino, &a)?;
             Ok(Appended {
@@ -135,7 +135,7 @@ impl Meta {
                 if let Ok(mut a) = get_attr(tx, ino) {
                     let usage = usage_of(&a);
                     restore(&mut a, before, after);
-                    account(usage_of(&a) - usage, 0);
+                    account(a.parent, usage_of(&a) - usage, 0);
                     put_attr(tx, ino, &a)?;
                 }
             }
@@ -180,7 +180,7 @@ impl Meta {
                     a.stored = a.stored.saturating_sub(dropped);
                 }
                 a.length = length;
-                account(usage_of(&a) - usage, 0);
+                account(a.parent, usage_of(&a) - usage, 0);
                 a.touch_mtime(now());
                 put_attr(tx, ino, &a)?;
                 Ok(Some(TruncateResult { attr: a, freed }))
@@ -258,7 +258,7 @@ impl Meta {
                     }
                 }
                 a.length = cut;
-                account(usage_of(&a) - usage, 0);
+                account(a.parent, usage_of(&a) - usage, 0);
                 a.touch_mtime(now());
                 put_attr(tx, ino, &a)?;
                 Ok(Some(f))
@@ -408,7 +408,7 @@ impl Meta {
             if !keep_size && off + len > a.length {
                 a.length = off + len;
             }
-            account(usage_of(&a) - usage, 0);
+            account(a.parent, usage_of(&a) - usage, 0);
             // Every mode changes the file's times, as Linux file systems
             // do (ext4 and xfs stamp mtime and ctime even for KEEP_SIZE).
             a.touch_mtime(t);
@@ -483,7 +483,7 @@ impl Meta {
             if end > da.length {
                 da.length = end;
             }
-            account(usage_of(&da) - usage, 0);
+            account(da.parent, usage_of(&da) - usage, 0);
             da.touch_mtime(now());
             put_attr(tx, dst, &da)?;
             Ok((da, len))

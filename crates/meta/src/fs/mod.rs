@@ -15,12 +15,14 @@ mod data;
 mod external;
 mod namespace;
 mod open;
+mod quota;
 mod rmr;
 mod trash;
 mod usage;
 mod xattr;
 
 pub use clone::CloneReport;
+pub use quota::{Quota, QuotaCheck};
 pub use rmr::RemoveReport;
 pub use trash::{TRASH_INO, TRASH_NAME};
 
@@ -129,22 +131,50 @@ pub struct Meta {
     /// added to the volume's counters (see [`Meta::flush_usage`]).
     pending_space: AtomicI64,
     pending_inodes: AtomicI64,
+    /// Directory quotas as this process knows them.
+    quotas: quota::Quotas,
+}
+
+/// The usage changes one transaction attempt counted: the volume's totals,
+/// and per directory the changes of its direct entries (for quotas).
+#[derive(Default)]
+struct TxnUsage {
+    space: i64,
+    inodes: i64,
+    dirs: Vec<(Ino, i64, i64)>,
 }
 
 thread_local! {
     /// Usage changes of the transaction attempt running on this thread;
     /// kept only if the attempt commits.
-    static TXN_USAGE: std::cell::Cell<(i64, i64)> = const { std::cell::Cell::new((0, 0)) };
+    static TXN_USAGE: std::cell::RefCell<TxnUsage> = std::cell::RefCell::new(TxnUsage::default());
 }
 
-/// Count a change of used space and inodes in the running transaction.
-/// Every create or delete touching the two volume-wide counters would make
-/// all of them conflict with each other (and cost two reads each), so the
-/// changes are summed per process and added by [`Meta::flush_usage`].
-fn account(space: i64, inodes: i64) {
+/// Count a change of used space and inodes of an entry of directory `dir`
+/// in the running transaction. Every create or delete touching the two
+/// volume-wide counters would make all of them conflict with each other
+/// (and cost two reads each), so the changes are summed per process and
+/// added by [`Meta::flush_usage`]; directory quotas take theirs from the
+/// same record (see `quota`).
+fn account(dir: Ino, space: i64, inodes: i64) {
     TXN_USAGE.with(|u| {
-        let (s, i) = u.get();
-        u.set((s + space, i + inodes));
+        let mut u = u.borrow_mut();
+        u.space += space;
+        u.inodes += inodes;
+        u.dirs.push((dir, space, inodes));
+    });
+}
+
+/// An entry with this usage moved from directory `from` to `to`: the
+/// volume's totals stay, the directories' quotas see it go and come.
+fn account_move(from: Ino, to: Ino, space: i64, inodes: i64) {
+    if from == to {
+        return;
+    }
+    TXN_USAGE.with(|u| {
+        let mut u = u.borrow_mut();
+        u.dirs.push((from, -space, -inodes));
+        u.dirs.push((to, space, inodes));
     });
 }
 
@@ -381,6 +411,7 @@ impl Meta {
             sustained: Mutex::new(HashSet::new()),
             pending_space: AtomicI64::new(0),
             pending_inodes: AtomicI64::new(0),
+            quotas: quota::Quotas::default(),
         }
     }
 
@@ -390,15 +421,18 @@ impl Meta {
 
     pub(crate) fn txn<T>(&self, mut f: impl FnMut(&mut dyn KvTxn) -> Result<T>) -> Result<T> {
         // Set aside what an enclosing transaction on this thread counted.
-        let outer = TXN_USAGE.with(|u| u.replace((0, 0)));
+        let outer = TXN_USAGE.with(|u| std::mem::take(&mut *u.borrow_mut()));
         let out = run_txn(&*self.engine, false, |tx| {
-            TXN_USAGE.with(|u| u.set((0, 0)));
+            TXN_USAGE.with(|u| *u.borrow_mut() = TxnUsage::default());
             f(tx)
         });
-        let (space, inodes) = TXN_USAGE.with(|u| u.replace(outer));
+        let counted = TXN_USAGE.with(|u| std::mem::replace(&mut *u.borrow_mut(), outer));
         if out.is_ok() {
-            self.pending_space.fetch_add(space, Ordering::Relaxed);
-            self.pending_inodes.fetch_add(inodes, Ordering::Relaxed);
+            self.pending_space
+                .fetch_add(counted.space, Ordering::Relaxed);
+            self.pending_inodes
+                .fetch_add(counted.inodes, Ordering::Relaxed);
+            self.quotas.record(&counted.dirs);
         }
         out
     }

@@ -106,6 +106,12 @@ impl Meta {
     ) -> Result<(Ino, Attr)> {
         self.writable()?;
         check_new_name(parent, name)?;
+        let space = match typ {
+            FileType::Dir => 4096,
+            FileType::Symlink => align4k(target.map_or(0, |t| t.len() as u64)),
+            _ => 0,
+        };
+        self.check_quota(parent, space, 1)?;
         let ino = self.new_inode()?;
         let attr = self.txn(|tx| {
             let mut p = parent_for_new_entry(tx, parent, name)?;
@@ -165,9 +171,12 @@ impl Meta {
             put_attr(tx, parent, &p)?;
             put_attr(tx, ino, &a)?;
             put_dentry(tx, parent, name, ino, typ)?;
-            account(usage_of(&a), 1);
+            account(parent, usage_of(&a), 1);
             Ok(a)
         })?;
+        if typ == FileType::Dir {
+            self.note_dir_parent(ino, parent);
+        }
         Ok((ino, attr))
     }
 
@@ -211,6 +220,7 @@ impl Meta {
                     .next()
                 {
                     a.parent = keys::be_u64(&k, 10).unwrap_or(a.parent);
+                    account_move(parent, a.parent, usage_of(&a), 1);
                 }
             }
             put_attr(tx, ino, &a)?;
@@ -252,6 +262,10 @@ impl Meta {
 
     /// Delete an inode with no links. File data is left for the cleaner.
     pub(crate) fn remove_inode(&self, tx: &mut dyn KvTxn, ino: Ino, a: &Attr) -> Result<()> {
+        if a.typ == FileType::Dir {
+            // Changes counted in it before it went are charged by its place.
+            self.note_dir_parent(ino, a.parent);
+        }
         tx.delete(&keys::attr(ino))?;
         if a.typ == FileType::Symlink {
             tx.delete(&keys::symlink(ino))?;
@@ -271,7 +285,7 @@ impl Meta {
         if a.typ == FileType::File {
             tx.set(&keys::deleted(ino, a.length), b"")?;
         }
-        account(-usage_of(a), -1);
+        account(a.parent, -usage_of(a), -1);
         Ok(())
     }
 
@@ -379,7 +393,14 @@ impl Meta {
                 "RENAME_EXCHANGE with RENAME_NOREPLACE".into(),
             ));
         }
-        self.txn(|tx| {
+        let mut moves = vec![(parent, name, new_parent)];
+        if exchange {
+            moves.push((new_parent, new_name, parent));
+        }
+        let quota_moves = self.plan_quota_move(&moves)?;
+        let mut moved_dirs = Vec::new();
+        let replaced = self.txn(|tx| {
+            moved_dirs.clear();
             // Everything the checks need, in one go; the parents' attributes
             // are read again (from the transaction's own reads) when touched.
             let [src, np, dst, _, hinted] = get_n(
@@ -449,8 +470,14 @@ impl Meta {
                 put_dentry(tx, parent, name, dino, dtyp)?;
                 put_dentry(tx, new_parent, new_name, ino, typ)?;
                 if parent != new_parent {
+                    let (src_was, d_was) = (src.parent, d.parent);
                     Self::move_parent_link(tx, ino, &mut src, parent, new_parent)?;
                     Self::move_parent_link(tx, dino, &mut d, new_parent, parent)?;
+                    account_move(src_was, src.parent, usage_of(&src), 1);
+                    account_move(d_was, d.parent, usage_of(&d), 1);
+                    if dtyp == FileType::Dir {
+                        moved_dirs.push((dino, parent));
+                    }
                     if typ == FileType::Dir && dtyp != FileType::Dir {
                         Self::adjust_nlink(tx, parent, -1)?;
                         Self::adjust_nlink(tx, new_parent, 1)?;
@@ -478,7 +505,9 @@ impl Meta {
                 tx.delete(&keys::dentry(parent, name))?;
                 put_dentry(tx, new_parent, new_name, ino, typ)?;
                 if parent != new_parent {
+                    let was = src.parent;
                     Self::move_parent_link(tx, ino, &mut src, parent, new_parent)?;
+                    account_move(was, src.parent, usage_of(&src), 1);
                     if typ == FileType::Dir {
                         Self::adjust_nlink(tx, parent, -1)?;
                         Self::adjust_nlink(tx, new_parent, 1)?;
@@ -495,8 +524,16 @@ impl Meta {
                     break;
                 }
             }
+            if typ == FileType::Dir && parent != new_parent {
+                moved_dirs.push((ino, new_parent));
+            }
             Ok(replaced)
-        })
+        })?;
+        for (dir, now_in) in moved_dirs {
+            self.note_dir_parent(dir, now_in);
+        }
+        self.apply_quota_moves(quota_moves);
+        Ok(replaced)
     }
 
     pub(crate) fn adjust_nlink(tx: &mut dyn KvTxn, ino: Ino, delta: i32) -> Result<()> {

@@ -88,7 +88,7 @@ fn ensure_dir(tx: &mut dyn KvTxn, parent: Ino, name: &[u8], ino: Ino, t: (i64, u
     a.length = 4096;
     a.parent = parent;
     put_attr(tx, ino, &a)?;
-    account(usage_of(&a), 1);
+    account(parent, usage_of(&a), 1);
     if parent != ino {
         put_dentry(tx, parent, name, ino, FileType::Dir)?;
         let mut p = get_attr(tx, parent)?;
@@ -128,6 +128,7 @@ impl Meta {
         ensure_dir(tx, TRASH_INO, hour_name(hour).as_bytes(), dir, t)?;
         let entry = trash_entry_name(parent, ino, name);
         a.nlink = 1;
+        account_move(a.parent, dir, usage_of(a), 1);
         a.parent = dir;
         put_attr(tx, ino, a)?;
         put_dentry(tx, dir, &entry, ino, FileType::File)

@@ -59,3 +59,29 @@ impl Meta {
         Ok((ino, attr))
     }
 }
+
+impl Meta {
+    /// The path of directory (or single-link node) `ino` from the root,
+    /// found by walking up its parents: one listing per level. For the
+    /// CLI's reports, not for any request path.
+    pub fn path_of(&self, ino: Ino) -> Result<String> {
+        let mut parts: Vec<String> = Vec::new();
+        let mut at = ino;
+        for _ in 0..4096 {
+            if at == ROOT_INO {
+                break;
+            }
+            let parent = self.getattr(at)?.parent;
+            let name = self
+                .readdir(parent, false)?
+                .into_iter()
+                .find(|e| e.ino == at)
+                .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+                .ok_or(MetaError::NotFound)?;
+            parts.push(name);
+            at = parent;
+        }
+        parts.reverse();
+        Ok(format!("/{}", parts.join("/")))
+    }
+}
