@@ -47,6 +47,8 @@ pub enum DataPathError {
     Store(#[from] tessera_object::ObjectError),
     #[error(transparent)]
     Chunks(#[from] ChunkError),
+    #[error("volume {0:?} is encrypted: its data path needs the volume's key")]
+    KeyNeeded(String),
 }
 
 impl DataPath {
@@ -55,6 +57,9 @@ impl DataPath {
         format: &Format,
         options: DataPathOptions,
     ) -> Result<DataPath, DataPathError> {
+        if format.encryption.is_some() && options.chunks.cipher.is_none() {
+            return Err(DataPathError::KeyNeeded(format.name.clone()));
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(IO_THREADS)
             .thread_name("tessera-io")

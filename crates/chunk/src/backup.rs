@@ -1,8 +1,8 @@
 //! Metadata backups into the volume's own bucket (`mount --backup-meta`):
 //! the whole metadata dumped (`tessera_meta::dump`), zstd-compressed, stored
 //! as `{volume}/meta/dump-{UTC time}.json.zst`, and old backups thinned
-//! (`tessera_meta::backup::thin`). `tessera load --from-bucket` reads them
-//! back. The dump pages through the engine while the volume is in use, as
+//! (`tessera_meta::backup::thin`), sealed like blocks on an encrypted
+//! volume. `tessera load --from-bucket` reads them back. The dump pages through the engine while the volume is in use, as
 //! `tessera dump` does: a backup is as consistent as a dump of a live volume.
 
 use bytes::Bytes;
@@ -40,6 +40,13 @@ impl ChunkStore {
             .map_err(|e| ChunkError::Backup(format!("zstd: {e}")))?;
         let volume = &self.config().volume;
         let object = backup_object(volume, at);
+        if let Some(cipher) = &self.config().cipher {
+            // A dump names every file: on an encrypted volume it is sealed
+            // like a block, bound to its object key.
+            compressed = cipher
+                .seal(object.as_bytes(), &compressed)
+                .map_err(|e| ChunkError::Backup(e.to_string()))?;
+        }
         let bytes = compressed.len() as u64;
         self.rt
             .block_on(self.store.put(&object, Bytes::from(compressed).into()))?;

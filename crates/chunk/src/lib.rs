@@ -147,6 +147,10 @@ pub struct ChunkConfig {
     pub writeback: bool,
     /// Records in one chunk that trigger compaction.
     pub compact_threshold: usize,
+    /// Encryption at rest: every block object (and metadata backup) is
+    /// sealed with it after compression, and opened before decompression.
+    /// Caches hold plaintext.
+    pub cipher: Option<Arc<tessera_crypt::BlockCipher>>,
 }
 
 impl Default for ChunkConfig {
@@ -168,6 +172,7 @@ impl Default for ChunkConfig {
             prefetch: true,
             writeback: false,
             compact_threshold: 64,
+            cipher: None,
         }
     }
 }
@@ -329,11 +334,19 @@ impl ChunkStore {
     /// Compress, seal and upload one block, within the upload concurrency
     /// limit.
     pub(crate) async fn upload_block(&self, key: &str, data: &Bytes) -> Result<()> {
-        let encoded =
+        let mut encoded =
             codec::encode(self.config.compression, data).map_err(|reason| ChunkError::Corrupt {
                 key: key.to_string(),
                 reason,
             })?;
+        if let Some(cipher) = &self.config.cipher {
+            encoded = Bytes::from(cipher.seal(key.as_bytes(), &encoded).map_err(|e| {
+                ChunkError::Corrupt {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                }
+            })?);
+        }
         let mut body = tessera_object::Body(vec![encoded]);
         if self.config.sealed_objects {
             // The trailer goes out after the block as a second buffer: the

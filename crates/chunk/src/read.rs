@@ -336,11 +336,18 @@ impl ChunkStore {
     /// A block object's data: its seal checked (layout version 2 and
     /// later), then decoded and its length checked.
     fn open_object(&self, key: &str, raw: Bytes, len: u64) -> std::result::Result<Bytes, String> {
-        let body = if self.config.sealed_objects {
+        let mut body = if self.config.sealed_objects {
             checksum::open_bytes(raw, self.tag(key)).map_err(|d| d.to_string())?
         } else {
             raw
         };
+        if let Some(cipher) = &self.config.cipher {
+            body = Bytes::from(
+                cipher
+                    .open(key.as_bytes(), &body)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
         let data = codec::decode(self.config.compression, body, len as usize)?;
         if data.len() as u64 != len {
             return Err(format!("expected {len} bytes, got {}", data.len()));
@@ -393,6 +400,7 @@ impl ChunkStore {
                         && !in_flight
                         && !on_disk
                         && self.config.compression == Compression::None
+                        && self.config.cipher.is_none()
                     {
                         Part::Range(self.range_read(&key, block_len, p.in_block, p.n)?)
                     } else {

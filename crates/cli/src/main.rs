@@ -2,6 +2,7 @@
 
 mod cmd;
 mod common;
+mod encryption;
 mod filter;
 
 use clap::{Parser, Subcommand};

@@ -1048,3 +1048,298 @@ fn directory_quotas_refuse_growth_with_edquot_and_df_shows_them() {
     m.unmount();
     common::assert_fsck_clean(meta, "after quotas");
 }
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    common::files_under(dir)
+        .into_iter()
+        .filter(|p| {
+            fs::read(p)
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn an_encrypted_volume_stores_no_plaintext_and_opens_only_with_its_key() {
+    use common::{stderr, tessera};
+    let dir = tempfile::tempdir().unwrap();
+    // The key from OpenSSL when it is here (what users have), else ours.
+    let key_path = dir.path().join("key.pem");
+    let made_by_openssl = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key_path)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !made_by_openssl {
+        let key = tessera_crypt::VolumeKey::generate(2048).unwrap();
+        fs::write(&key_path, key.to_pem().unwrap()).unwrap();
+    }
+    let other_key = dir.path().join("other.pem");
+    fs::write(
+        &other_key,
+        tessera_crypt::VolumeKey::generate(2048)
+            .unwrap()
+            .to_pem()
+            .unwrap(),
+    )
+    .unwrap();
+    let meta = format!("sqlite://{}/meta.db", dir.path().display());
+    let storage = format!("file://{}/objects", dir.path().display());
+    let key = key_path.to_str().unwrap();
+    let pass = [("TESSERA_KEY_PASSPHRASE", "correct horse")];
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        std::process::Command::new(common::bin())
+            .args(args)
+            .env_remove("TESSERA_KEY_PASSPHRASE")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+
+    // A key file that is not a key is refused before anything is made.
+    let not_a_key = dir.path().join("not-a-key.pem");
+    fs::write(&not_a_key, "hello").unwrap();
+    let out = tessera(&[
+        "format",
+        &meta,
+        "secret",
+        "--storage",
+        &storage,
+        "--encrypt-key",
+        not_a_key.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not an RSA private key"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !dir.path().join("meta.db").exists(),
+        "a refused format made the database"
+    );
+
+    let out = run(
+        &[
+            "format",
+            &meta,
+            "secret",
+            "--storage",
+            &storage,
+            "--compress",
+            "zstd",
+            "--encrypt-key",
+            key,
+        ],
+        &pass,
+    );
+    assert!(out.status.success(), "format: {}", stderr(&out));
+    let out = tessera(&["status", &meta]);
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(status.contains("encryption  aes256gcm"), "{status}");
+    // The key is kept only under its passphrase, in the engine and in the
+    // bucket's copy of the settings.
+    let pem = fs::read_to_string(&key_path).unwrap();
+    let body_line = pem.lines().nth(1).unwrap().as_bytes().to_vec();
+    for place in [
+        dir.path().join("meta.db"),
+        dir.path().join("objects/secret/tessera.json"),
+    ] {
+        let bytes = fs::read(&place).unwrap();
+        assert!(
+            !bytes.windows(body_line.len()).any(|w| w == body_line),
+            "the key in clear in {}",
+            place.display()
+        );
+    }
+
+    // Without the passphrase, with a wrong one, or with another key: no mount.
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let cache = dir.path().join("cache");
+    let mount_args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["mount", &meta, mnt.to_str().unwrap(), "--cache-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.push(cache.to_str().unwrap().into());
+        // In the background: a mount that wrongly succeeds returns too.
+        v.extend(["--metrics".into(), "none".into(), "-d".into()]);
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    for (env, extra, says) in [
+        (&[][..], &[][..], "set TESSERA_KEY_PASSPHRASE"),
+        (
+            &[("TESSERA_KEY_PASSPHRASE", "wrong")][..],
+            &[][..],
+            "wrong passphrase",
+        ),
+        (
+            &[][..],
+            &["--encrypt-key", other_key.to_str().unwrap()][..],
+            "not the volume's key",
+        ),
+    ] {
+        let args = mount_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&args, env);
+        assert!(!out.status.success(), "mounted with {env:?} {extra:?}");
+        assert!(stderr(&out).contains(says), "{extra:?}: {}", stderr(&out));
+        assert!(!common::is_mounted(&mnt));
+    }
+
+    // With the passphrase: files go in, and no object holds their bytes.
+    let marker = b"TESSERA-PLAINTEXT-MARKER-0123456789abcdef-";
+    let text: Vec<u8> = marker.iter().copied().cycle().take(6 << 20).collect();
+    let random = pseudo_random(3 << 20, 31);
+    let m = common::Mount::start_env(
+        &meta,
+        &mnt,
+        &[
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--metrics",
+            "none",
+            "--backup-meta",
+            "1s",
+            "--heartbeat",
+            "0.5",
+        ],
+        &pass,
+    );
+    fs::write(m.join("notes.txt"), &text).unwrap();
+    fs::write(m.join("weights.bin"), &random).unwrap();
+    let objects = dir.path().join("objects");
+    let written = std::time::Instant::now();
+    common::wait_for("a metadata backup after the writes", || {
+        written.elapsed() > std::time::Duration::from_secs(2)
+            && fs::read_dir(objects.join("secret/meta")).is_ok_and(|mut d| d.next().is_some())
+    });
+    m.unmount();
+    // The metadata backup is sealed like the blocks: no file name shows.
+    assert!(
+        files_containing(&objects, b"weights.bin").is_empty(),
+        "a file name in the bucket"
+    );
+    assert!(
+        files_containing(&objects, &marker[..24]).is_empty(),
+        "plaintext in the bucket"
+    );
+    assert!(files_containing(&objects, &random[1 << 20..(1 << 20) + 64]).is_empty());
+    let stored: u64 = common::files_under(&objects.join("secret/chunks"))
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        stored < (3 << 20) + (1 << 20),
+        "{stored} bytes stored: the text was not compressed before encryption"
+    );
+
+    // The engine is lost: the bucket's backup rebuilds it, with the
+    // passphrase (and without it, nothing is made).
+    let rebuilt = format!("sqlite://{}/rebuilt.db", dir.path().display());
+    let load = [
+        "load",
+        &rebuilt,
+        "--from-bucket",
+        &storage,
+        "--volume",
+        "secret",
+    ];
+    let out = run(&load, &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("TESSERA_KEY_PASSPHRASE"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("rebuilt.db").exists());
+    let out = run(&load, &pass);
+    assert!(out.status.success(), "load: {}", stderr(&out));
+
+    // Read back, from the rebuilt engine, through a cold cache, with the
+    // key file alone.
+    let cold = dir.path().join("cache-cold");
+    let m = common::Mount::start(
+        &rebuilt,
+        &mnt,
+        &[
+            "--cache-dir",
+            cold.to_str().unwrap(),
+            "--metrics",
+            "none",
+            "--encrypt-key",
+            key,
+        ],
+    );
+    assert_eq!(fs::read(m.join("notes.txt")).unwrap(), text);
+    assert_eq!(
+        digest(&fs::read(m.join("weights.bin")).unwrap()),
+        digest(&random)
+    );
+    m.unmount();
+
+    // A changed byte in a block: an error naming nothing wrong as data.
+    let victim = common::files_under(&objects.join("secret/chunks"))
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    fs::write(&victim, &bytes).unwrap();
+    let cold = dir.path().join("cache-cold-2");
+    let m = common::Mount::start(
+        &meta,
+        &mnt,
+        &[
+            "--cache-dir",
+            cold.to_str().unwrap(),
+            "--metrics",
+            "none",
+            "--encrypt-key",
+            key,
+        ],
+    );
+    let reads = [
+        fs::read(m.join("notes.txt")),
+        fs::read(m.join("weights.bin")),
+    ];
+    let failed: Vec<_> = reads.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(failed.len(), 1, "exactly the damaged file fails");
+    assert_eq!(failed[0].raw_os_error(), Some(libc::EIO));
+    for r in reads.iter().flatten() {
+        assert!(
+            r == &text || digest(r) == digest(&random),
+            "wrong bytes served"
+        );
+    }
+    m.unmount();
+
+    // The volume cannot be formatted again without its key.
+    let out = tessera(&[
+        "format",
+        &meta,
+        "secret",
+        "--storage",
+        &storage,
+        "--compress",
+        "zstd",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("encrypted with key"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -51,6 +51,7 @@ pub fn test_format() -> Format {
         version: Format::VERSION,
         upload_limit_kbps: 0,
         download_limit_kbps: 0,
+        encryption: None,
     }
 }
 

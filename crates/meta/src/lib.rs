@@ -204,6 +204,25 @@ pub struct Format {
     pub upload_limit_kbps: u64,
     #[serde(default)]
     pub download_limit_kbps: u64,
+    /// Encryption at rest (`format --encrypt-key`); fixed at format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// How a volume's blocks are encrypted: what the settings keep of the
+/// volume key (never the key in clear; see `tessera-crypt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// The scheme, `tessera_crypt::ALGORITHM`.
+    pub algorithm: String,
+    /// Fingerprint of the RSA key: a wrong key is refused by it.
+    pub key_fingerprint: String,
+    /// The volume secret sealed by the RSA key (hex).
+    pub sealed_secret: String,
+    /// The RSA key as a passphrase-protected PKCS#8 PEM, when format was
+    /// given a passphrase: mounts then need only the passphrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<String>,
 }
 
 impl Format {
@@ -237,6 +256,13 @@ impl Format {
                 "compression {:?} vs {:?}",
                 self.compression, other.compression
             ));
+        }
+        let fingerprint = |f: &Format| f.encryption.as_ref().map(|e| e.key_fingerprint.clone());
+        if fingerprint(self) != fingerprint(other) {
+            diffs.push(match fingerprint(self) {
+                Some(fp) => format!("encrypted with key {fp}"),
+                None => "not encrypted".into(),
+            });
         }
         if diffs.is_empty() {
             None

@@ -88,6 +88,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         block_size: format.block_size as usize,
         compression: format.compression,
         mem_cache_size: 0,
+        cipher: crate::encryption::volume_cipher(&format, None)?,
         ..Default::default()
     };
     let chunks = tessera_chunk::ChunkStore::new(

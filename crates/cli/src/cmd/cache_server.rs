@@ -46,7 +46,7 @@ pub fn run(a: Args) -> Result<()> {
     crate::cmd::group::check_group_name(&a.group)?;
     let tls = a.tls.load(true)?;
     let (meta, format) = open_volume(&a.meta_url, MetaConfig { read_only: true })?;
-    let data = DataPath::open(&meta, &format, a.data.options(&a.storage_flags)?)?;
+    let data = DataPath::open(&meta, &format, a.data.options(&a.storage_flags, &format)?)?;
     let membership = join(
         &meta,
         &format,

@@ -8,7 +8,10 @@ use anyhow::{anyhow, Result};
 use tessera_blockcache::{DiskCacheConfig, Eviction};
 use tessera_chunk::{ChunkConfig, DataPathOptions};
 
+use tessera_meta::Format;
+
 use crate::common::{parse_size, seconds_in, StorageFlags};
+use crate::encryption::volume_cipher;
 
 /// Caching, buffering and transfer options of the data path.
 #[derive(clap::Args, Debug, Clone)]
@@ -59,6 +62,11 @@ pub struct DataPathArgs {
     /// background; the data is committed once staged.
     #[arg(long, help_heading = "Data path")]
     pub writeback: bool,
+    /// The RSA key of an encrypted volume (PEM), when its settings keep
+    /// none or you would rather not use the one they keep; a protected
+    /// key's passphrase comes from TESSERA_KEY_PASSPHRASE.
+    #[arg(long, value_name = "FILE", help_heading = "Data path")]
+    pub encrypt_key: Option<PathBuf>,
     /// Upload bandwidth limit of this node in Mbit/s (0: none); the
     /// volume's default (`tessera config --upload-limit`) when not given.
     #[arg(long, help_heading = "Data path")]
@@ -87,12 +95,15 @@ impl DataPathArgs {
     }
 
     /// Check every option and build the data-path settings.
-    pub fn options(&self, storage: &StorageFlags) -> Result<DataPathOptions> {
+    pub fn options(&self, storage: &StorageFlags, format: &Format) -> Result<DataPathOptions> {
         Ok(DataPathOptions {
             storage: storage.options()?,
             upload_mbps: self.upload_limit,
             download_mbps: self.download_limit,
-            chunks: self.chunk_config()?,
+            chunks: ChunkConfig {
+                cipher: volume_cipher(format, self.encrypt_key.as_deref())?,
+                ..self.chunk_config()?
+            },
             metrics_addr: Some(self.metrics.clone()),
         })
     }

@@ -39,6 +39,10 @@ pub struct LoadArgs {
     /// the newest when not given.
     #[arg(long, requires = "from_bucket")]
     pub backup: Option<String>,
+    /// The RSA key of an encrypted volume, if its settings keep none (a
+    /// kept key opens with TESSERA_KEY_PASSPHRASE).
+    #[arg(long, value_name = "FILE", requires = "from_bucket")]
+    pub encrypt_key: Option<PathBuf>,
     #[command(flatten)]
     pub storage_flags: StorageFlags,
 }
@@ -148,8 +152,26 @@ fn backup_from_bucket(a: &LoadArgs, storage: &str, volume: &str) -> Result<bytes
         }
     };
     eprintln!("reading {key} from {}", store.describe());
-    rt.block_on(store.get(&key, None))
-        .with_context(|| format!("cannot read {key} from {}", store.describe()))
+    let raw = rt
+        .block_on(store.get(&key, None))
+        .with_context(|| format!("cannot read {key} from {}", store.describe()))?;
+    if !tessera_crypt::looks_sealed(&raw) {
+        return Ok(raw);
+    }
+    // An encrypted volume's backup: its key comes as a mount's does, by
+    // the settings the volume mirrors into the bucket.
+    let settings_key = format!("{volume}/tessera.json");
+    let settings = rt
+        .block_on(store.get(&settings_key, None))
+        .with_context(|| format!("the backup is encrypted; cannot read {settings_key}"))?;
+    let format: tessera_meta::Format = serde_json::from_slice(&settings)
+        .with_context(|| format!("{settings_key} is not a volume's settings"))?;
+    let cipher = crate::encryption::volume_cipher(&format, a.encrypt_key.as_deref())?
+        .ok_or_else(|| anyhow!("{key} is encrypted, but {settings_key} says the volume is not"))?;
+    let plain = cipher
+        .open(key.as_bytes(), &raw)
+        .with_context(|| format!("cannot decrypt {key}"))?;
+    Ok(bytes::Bytes::from(plain))
 }
 
 pub fn load(a: LoadArgs) -> Result<()> {

@@ -43,6 +43,14 @@ pub struct Args {
     /// (mounts take it when next mounted); it cannot be turned off.
     #[arg(long)]
     pub enable_acl: bool,
+    /// Encrypt every block (AES-256-GCM, a data key per block) under the
+    /// RSA private key in FILE (PEM; 2048 bits or more). With
+    /// TESSERA_KEY_PASSPHRASE set (required for a protected key) the
+    /// settings keep the key protected by it, and mounts need only the
+    /// passphrase; otherwise mounts need --encrypt-key FILE. Fixed at
+    /// format: keep the key, nothing reads the volume without it.
+    #[arg(long, value_name = "FILE")]
+    pub encrypt_key: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub storage_flags: StorageFlags,
 }
@@ -129,6 +137,11 @@ pub fn run(a: Args) -> Result<()> {
     };
     let options = a.storage_flags.options()?;
     let capacity = parse_size(&a.capacity, 1 << 30)?;
+    let key = a
+        .encrypt_key
+        .as_deref()
+        .map(crate::encryption::read_volume_key)
+        .transpose()?;
     // The engine first: a refused format leaves no storage directory behind.
     let engine = tessera_meta::create_engine(&a.meta_url)
         .map_err(|e| anyhow!("cannot reach the metadata engine: {e}"))?;
@@ -163,6 +176,10 @@ pub fn run(a: Args) -> Result<()> {
         acl: a.enable_acl,
         upload_limit_kbps: 0,
         download_limit_kbps: 0,
+        encryption: key
+            .as_ref()
+            .map(|k| crate::encryption::new_encryption(k, existing.as_ref()))
+            .transpose()?,
     };
     let created = meta.init(&format)?;
     let settings = meta.format()?;

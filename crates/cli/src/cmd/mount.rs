@@ -131,6 +131,9 @@ pub fn run(a: Args) -> Result<()> {
     // Check the engine, the volume and the options before anything forks or mounts.
     let (_, format) = open_volume(&a.meta_url, MetaConfig::default())?;
     let chunk_config = a.data.chunk_config()?;
+    // An encrypted volume's key too (the passphrase and the fingerprint),
+    // so that a wrong one is said here, not in the daemon's log.
+    crate::encryption::volume_cipher(&format, a.data.encrypt_key.as_deref())?;
     session_times(&a)?;
     warn_if_storage_is_down(&format, &a.storage_flags)?;
     if let Some(name) = &a.group.cache_group {
@@ -226,7 +229,7 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
         runtime: rt,
         metrics,
         chunks,
-    } = DataPath::open(&meta, &format, a.data.options(&a.storage_flags)?)?;
+    } = DataPath::open(&meta, &format, a.data.options(&a.storage_flags, &format)?)?;
     let membership = match &a.group.cache_group {
         Some(name) => Some(tessera_chunk::membership::join(
             &meta,

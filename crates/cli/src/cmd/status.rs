@@ -17,7 +17,10 @@ pub fn run(a: Args) -> Result<()> {
     let usage = meta.statfs()?;
     let used = usage.total_space - usage.avail_space;
     if a.json {
-        let shown = format.clone();
+        let mut shown = format.clone();
+        if let Some(pem) = shown.encryption.as_mut().and_then(|e| e.key_pem.as_mut()) {
+            *pem = "(kept, protected by its passphrase)".into();
+        }
         let v = serde_json::json!({
             "setting": shown,
             "backup": meta.backup_state()?,
@@ -32,6 +35,19 @@ pub fn run(a: Args) -> Result<()> {
     println!("storage     {}", format.storage);
     println!("block size  {} KiB", format.block_size >> 10);
     println!("compression {:?}", format.compression);
+    match &format.encryption {
+        Some(e) => println!(
+            "encryption  {} with RSA key {} ({})",
+            e.algorithm,
+            e.key_fingerprint,
+            if e.key_pem.is_some() {
+                "kept in the settings, protected by its passphrase"
+            } else {
+                "mounts need --encrypt-key"
+            }
+        ),
+        None => println!("encryption  none"),
+    }
     println!(
         "acl         {}",
         if format.acl { "enabled" } else { "disabled" }

@@ -109,13 +109,23 @@ pub struct Mount {
 
 impl Mount {
     pub fn start(meta_url: &str, mountpoint: &Path, extra: &[&str]) -> Mount {
-        Self::start_with_stderr(meta_url, mountpoint, extra, Stdio::inherit())
+        Self::start_with_stderr(meta_url, mountpoint, extra, Stdio::inherit(), &[])
+    }
+
+    /// Like [`Mount::start`], with extra environment variables.
+    pub fn start_env(
+        meta_url: &str,
+        mountpoint: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mount {
+        Self::start_with_stderr(meta_url, mountpoint, extra, Stdio::inherit(), env)
     }
 
     /// Like [`Mount::start`], with the mount's log written to `log`.
     pub fn start_logged(meta_url: &str, mountpoint: &Path, extra: &[&str], log: &Path) -> Mount {
         let file = std::fs::File::create(log).expect("create mount log");
-        Self::start_with_stderr(meta_url, mountpoint, extra, Stdio::from(file))
+        Self::start_with_stderr(meta_url, mountpoint, extra, Stdio::from(file), &[])
     }
 
     fn start_with_stderr(
@@ -123,6 +133,7 @@ impl Mount {
         mountpoint: &Path,
         extra: &[&str],
         stderr: Stdio,
+        env: &[(&str, &str)],
     ) -> Mount {
         let path = mountpoint.canonicalize().expect("canonical mountpoint");
         let mut child = Command::new(bin())
@@ -130,6 +141,7 @@ impl Mount {
             .arg(meta_url)
             .arg(&path)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

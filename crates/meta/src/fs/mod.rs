@@ -502,6 +502,14 @@ impl Meta {
                 merged.capacity = format.capacity;
                 merged.inodes = format.inodes;
                 merged.acl = old.acl || format.acl;
+                // The stored key (passphrase-protected) may be added or
+                // replaced by a format with the same key; the secret stays.
+                if let (Some(m), Some(f)) = (merged.encryption.as_mut(), format.encryption.as_ref())
+                {
+                    if f.key_pem.is_some() {
+                        m.key_pem = f.key_pem.clone();
+                    }
+                }
                 let raw =
                     serde_json::to_vec(&merged).map_err(|e| MetaError::Corrupt(e.to_string()))?;
                 tx.set(keys::SETTING, &raw)?;
@@ -537,9 +545,11 @@ impl Meta {
             let mut new = old.clone();
             change(&mut new)?;
             let fixed = (&new.name, &new.uuid, new.block_size, new.compression, new.version);
-            if fixed != (&old.name, &old.uuid, old.block_size, old.compression, old.version) {
+            if fixed != (&old.name, &old.uuid, old.block_size, old.compression, old.version)
+                || new.encryption != old.encryption
+            {
                 return Err(MetaError::Format(
-                    "the name, UUID, block size, compression and layout of a volume are fixed at format"
+                    "the name, UUID, block size, compression, encryption and layout of a volume are fixed at format"
                         .into(),
                 ));
             }

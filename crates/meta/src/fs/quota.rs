@@ -566,10 +566,7 @@ impl Meta {
     /// different quotas: the entry's usage and, for a directory, what is
     /// under it, checked against the quotas it enters. Returns the moves
     /// of subtree usage to make once the rename is done.
-    pub(crate) fn plan_quota_move(
-        &self,
-        moves: &[(Ino, &[u8], Ino)],
-    ) -> Result<Vec<QuotaMove>> {
+    pub(crate) fn plan_quota_move(&self, moves: &[(Ino, &[u8], Ino)]) -> Result<Vec<QuotaMove>> {
         let mut plans = Vec::new();
         if !self.quotas.active() {
             return Ok(plans);
