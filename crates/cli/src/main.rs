@@ -67,6 +67,8 @@ enum Command {
     /// Show or change the settings that may change after format
     /// (capacity, inodes, storage URL, ACLs).
     Config(cmd::config::Args),
+    /// The Kubernetes CSI node plugin (Identity and Node services).
+    Csi(cmd::csi::Args),
     /// Directory quotas: `set`, `get`, `list`, `delete`, `check`.
     #[command(subcommand)]
     Quota(cmd::quota::Command),
@@ -103,6 +105,7 @@ fn main() {
         Command::Config(a) => cmd::config::run(a),
         Command::Rmr(a) => cmd::rmr::run(a),
         Command::Quota(c) => cmd::quota::run(c),
+        Command::Csi(a) => cmd::csi::run(a),
         Command::Restore(a) => cmd::restore::run(a),
         Command::Destroy(a) => cmd::destroy::run(a),
         Command::Dump(a) => cmd::dump::dump(a),

@@ -6,6 +6,7 @@ pub mod cache_group;
 pub mod cache_server;
 pub mod clone;
 pub mod config;
+pub mod csi;
 mod daemon;
 pub mod data_path;
 pub mod destroy;

@@ -300,7 +300,12 @@ pub fn block_len_of(path: &Path) -> u64 {
 /// moment, for the failure message).
 pub fn assert_fsck_clean(meta_url: &str, when: &str) {
     let out = tessera(&["fsck", meta_url]);
-    assert!(out.status.success(), "fsck {when}: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "fsck {when}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
 }
 
 /// Write `total` bytes to a new file in 1 MiB writes until one fails;

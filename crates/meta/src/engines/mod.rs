@@ -167,7 +167,10 @@ pub fn open(url: &str, create: bool) -> Result<Arc<dyn KvEngine>> {
             #[cfg(feature = "sqlite")]
             return Ok(Arc::new(SqliteEngine::open_with(path, sync_full)?));
             #[cfg(not(feature = "sqlite"))]
-            return Err(left_out(url, "sqlite"));
+            return {
+                let _ = sync_full;
+                Err(left_out(url, "sqlite"))
+            };
         }
         "mem" | "memory" => Ok(Arc::new(MemoryEngine::default())),
         #[cfg(feature = "redis")]
