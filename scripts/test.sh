@@ -5,8 +5,9 @@
 # each server engine, tests that mount real volumes (integrity: kill -9
 # rounds with fsck and gc, corruption rounds, damaged objects; tar, cp -a,
 # rsync, git and sqlite3 on a mount), the S3 path
-# against a real S3-compatible server (moto) on loopback, and the external
-# suites pjdfstest, fsx and fio.
+# against a real S3-compatible server (moto) on loopback, the external
+# suites pjdfstest, fsx and fio, and kubernetes-validate over the
+# deployment manifests.
 #
 # Installs what it needs when missing (Debian packages, cargo tools, a
 # Python venv) into a cache outside the clone, starts servers on private
@@ -179,6 +180,18 @@ rc=$?
 set -e
 grep -E 'err=|verify:' "$work/fio.log" | head -n 5
 if [ "$rc" = 0 ] && grep -q 'err= 0' "$work/fio.log"; then record fio 0; else cat "$work/fio.log"; record fio 1; fi
+
+log "kubernetes-validate (deploy/kubernetes, strict, Kubernetes 1.31)"
+kv="$cache/kubernetes-validate"
+if [ ! -x "$kv/bin/kubernetes-validate" ]; then
+    python3 -m venv "$kv"
+    "$kv/bin/pip" install --quiet 'kubernetes-validate==1.37.0'
+fi
+set +e
+"$kv/bin/kubernetes-validate" --strict --quiet -k 1.31.0 deploy/kubernetes/*.yaml deploy/kubernetes/examples/*.yaml
+rc=$?
+set -e
+record kubernetes-validate "$rc"
 
 echo
 echo "suites: $passed passed, $failed failed"

@@ -32,9 +32,22 @@ struct Plugin {
 
 impl Plugin {
     fn start(socket: &Path, state: &Path, log: &Path) -> Plugin {
+        Self::start_with(socket, state, log, "none")
+    }
+
+    fn start_with(socket: &Path, state: &Path, log: &Path, metrics: &str) -> Plugin {
         let _ = std::fs::remove_file(socket);
         let child = Command::new(common::bin())
-            .args(["csi", "--mode", "all", "--node-id", "node-a", "--endpoint"])
+            .args([
+                "csi",
+                "--mode",
+                "all",
+                "--node-id",
+                "node-a",
+                "--metrics",
+                metrics,
+            ])
+            .arg("--endpoint")
             .arg(format!("unix://{}", socket.display()))
             .arg("--state-dir")
             .arg(state)
@@ -86,6 +99,27 @@ fn mount_cap(readonly: bool) -> Option<VolumeCapability> {
             } as i32,
         }),
     })
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of `series` (name with labels) in the plugin's metrics.
+fn plugin_metric(port: u16, series: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
 }
 
 /// The code of a call that must fail.
@@ -285,9 +319,12 @@ fn the_node_plugin_stages_publishes_recovers_and_cleans_up() {
         std::fs::read(pod_b.join("from-a.txt")).unwrap(),
         b"written by pod a"
     );
-    let _plugin = Plugin::start(&socket, &state, &log);
+    let port = free_port();
+    let _plugin = Plugin::start_with(&socket, &state, &log, &format!("127.0.0.1:{port}"));
     let ch = rt.block_on(channel(socket.clone()));
     let mut node = NodeClient::new(ch);
+    assert_eq!(plugin_metric(port, "tessera_csi_volumes_published"), 2.0);
+    assert_eq!(plugin_metric(port, "tessera_csi_mounts"), 1.0);
 
     // The volume's mount process dies: the plugin mounts it again and
     // binds the staging and target paths again.
@@ -313,6 +350,7 @@ fn the_node_plugin_stages_publishes_recovers_and_cleans_up() {
     assert_ne!(mount_pids(&shared[0]), pids, "a new mount process");
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("was bound again"), "{logged}");
+    assert_eq!(plugin_metric(port, "tessera_csi_remounts_total"), 1.0);
 
     // Unpublish and unstage, each twice: nothing is left mounted.
     for _ in 0..2 {
@@ -325,6 +363,14 @@ fn the_node_plugin_stages_publishes_recovers_and_cleans_up() {
         }
     }
     assert!(!is_mounted(&pod_a) && !is_mounted(&pod_b));
+    assert_eq!(
+        plugin_metric(
+            port,
+            "tessera_csi_calls_total{method=\"NodeUnpublishVolume\",code=\"ok\"}"
+        ),
+        4.0
+    );
+    assert_eq!(plugin_metric(port, "tessera_csi_volumes_published"), 0.0);
     for _ in 0..2 {
         rt.block_on(node.node_unstage_volume(NodeUnstageVolumeRequest {
             volume_id: "csivol".into(),

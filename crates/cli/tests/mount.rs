@@ -1269,19 +1269,23 @@ fn an_encrypted_volume_stores_no_plaintext_and_opens_only_with_its_key() {
 
     // Read back, from the rebuilt engine, through a cold cache, with the
     // key file alone.
-    let cold = dir.path().join("cache-cold");
-    let m = common::Mount::start(
-        &rebuilt,
-        &mnt,
-        &[
-            "--cache-dir",
-            cold.to_str().unwrap(),
-            "--metrics",
-            "none",
-            "--encrypt-key",
-            key,
-        ],
-    );
+    // A mount with the key file and an empty cache of its own.
+    let cold_mount = |meta_url: &str, cache: &str| {
+        let cold = dir.path().join(cache);
+        common::Mount::start(
+            meta_url,
+            &mnt,
+            &[
+                "--cache-dir",
+                cold.to_str().unwrap(),
+                "--metrics",
+                "none",
+                "--encrypt-key",
+                key,
+            ],
+        )
+    };
+    let m = cold_mount(&rebuilt, "cache-cold");
     assert_eq!(fs::read(m.join("notes.txt")).unwrap(), text);
     assert_eq!(
         digest(&fs::read(m.join("weights.bin")).unwrap()),
@@ -1298,19 +1302,7 @@ fn an_encrypted_volume_stores_no_plaintext_and_opens_only_with_its_key() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
     fs::write(&victim, &bytes).unwrap();
-    let cold = dir.path().join("cache-cold-2");
-    let m = common::Mount::start(
-        &meta,
-        &mnt,
-        &[
-            "--cache-dir",
-            cold.to_str().unwrap(),
-            "--metrics",
-            "none",
-            "--encrypt-key",
-            key,
-        ],
-    );
+    let m = cold_mount(&meta, "cache-cold-2");
     let reads = [
         fs::read(m.join("notes.txt")),
         fs::read(m.join("weights.bin")),

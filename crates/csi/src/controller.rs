@@ -21,7 +21,9 @@ use crate::proto::{
 };
 use tessera_meta::{Ctx, FileType, Ino, Meta, MetaError, ROOT_INO};
 
-pub struct Controller;
+pub struct Controller {
+    pub metrics: std::sync::Arc<crate::metrics::PluginMetrics>,
+}
 
 /// `basedir` and the volume's name as one path without outer slashes.
 fn volume_path(basedir: Option<&String>, name: &str) -> Result<String, Status> {
@@ -206,10 +208,9 @@ impl controller_server::Controller for Controller {
         req: Request<CreateVolumeRequest>,
     ) -> Result<Response<CreateVolumeResponse>, Status> {
         let req = req.into_inner();
-        let volume = off_thread(move || create(req)).await?;
-        Ok(Response::new(CreateVolumeResponse {
-            volume: Some(volume),
-        }))
+        let r = off_thread(move || create(req)).await;
+        self.metrics.call("CreateVolume", &r);
+        Ok(Response::new(CreateVolumeResponse { volume: Some(r?) }))
     }
 
     async fn delete_volume(
@@ -217,7 +218,9 @@ impl controller_server::Controller for Controller {
         req: Request<DeleteVolumeRequest>,
     ) -> Result<Response<DeleteVolumeResponse>, Status> {
         let req = req.into_inner();
-        off_thread(move || delete(req)).await?;
+        let r = off_thread(move || delete(req)).await;
+        self.metrics.call("DeleteVolume", &r);
+        r?;
         Ok(Response::new(DeleteVolumeResponse {}))
     }
 
@@ -226,7 +229,9 @@ impl controller_server::Controller for Controller {
         req: Request<ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<ValidateVolumeCapabilitiesResponse>, Status> {
         let req = req.into_inner();
-        Ok(Response::new(off_thread(move || validate(req)).await?))
+        let r = off_thread(move || validate(req)).await;
+        self.metrics.call("ValidateVolumeCapabilities", &r);
+        Ok(Response::new(r?))
     }
 
     async fn controller_get_capabilities(

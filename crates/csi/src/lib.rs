@@ -31,6 +31,7 @@ pub mod proto {
 mod checks;
 mod controller;
 mod identity;
+mod metrics;
 mod mounts;
 mod node;
 mod state;
@@ -89,8 +90,20 @@ pub async fn serve(
     config: NodeConfig,
     mode: Mode,
     socket: &Path,
+    metrics_addr: Option<&str>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), CsiError> {
+    let metrics = Arc::new(metrics::PluginMetrics::default());
+    if let Some(addr) = metrics_addr {
+        let m = metrics.clone();
+        let bound = tessera_metrics::serve_text(addr, move || m.render()).map_err(|source| {
+            CsiError::Io {
+                what: format!("cannot serve metrics on {addr}"),
+                source,
+            }
+        })?;
+        tracing::info!(%bound, "serving metrics");
+    }
     let io = |what: String| move |source| CsiError::Io { what, source };
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
@@ -108,13 +121,14 @@ pub async fn serve(
         .add_service(proto::identity_server::IdentityServer::new(
             identity::Identity { controller },
         ))
-        .add_optional_service(
-            controller
-                .then(|| proto::controller_server::ControllerServer::new(controller::Controller)),
-        );
+        .add_optional_service(controller.then(|| {
+            proto::controller_server::ControllerServer::new(controller::Controller {
+                metrics: metrics.clone(),
+            })
+        }));
     let mut watchdog = None;
     if mode != Mode::Controller {
-        let node = Arc::new(node::Node::open(config)?);
+        let node = Arc::new(node::Node::open(config, metrics.clone())?);
         // Mounts that died while no plugin ran are mounted again now, then
         // checked every few seconds.
         let watched = node.clone();

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::checks::{
     check_volume, internal, invalid, meta_url_of, mount_capability, required, SECRET_ENV,
 };
+use crate::metrics::PluginMetrics;
 use crate::mounts;
 use crate::proto::{
     node_server, node_service_capability, volume_usage, NodeGetCapabilitiesRequest,
@@ -55,6 +56,7 @@ const MOUNT_OPTIONS: &[(&str, bool)] = &[
 pub struct Node {
     config: NodeConfig,
     state: Mutex<State>,
+    metrics: Arc<PluginMetrics>,
 }
 
 /// FNV-1a, 64 bits: a stable name for an option set across versions.
@@ -70,7 +72,7 @@ fn fnv64(parts: &[&str]) -> String {
 }
 
 impl Node {
-    pub fn open(config: NodeConfig) -> Result<Node, CsiError> {
+    pub fn open(config: NodeConfig, metrics: Arc<PluginMetrics>) -> Result<Node, CsiError> {
         std::fs::create_dir_all(config.state_dir.join("mounts")).map_err(|source| {
             CsiError::Io {
                 what: format!("cannot create {}", config.state_dir.display()),
@@ -84,13 +86,23 @@ impl Node {
             published = state.published.len(),
             "node plugin state loaded"
         );
-        Ok(Node {
+        let node = Node {
             config,
             state: Mutex::new(state),
-        })
+            metrics,
+        };
+        node.gauges(&node.state.lock());
+        Ok(node)
+    }
+
+    fn gauges(&self, state: &State) {
+        self.metrics.mounts.set(state.shared.len() as i64);
+        self.metrics.staged.set(state.staged.len() as i64);
+        self.metrics.published.set(state.published.len() as i64);
     }
 
     fn save(&self, state: &State) -> Result<(), Status> {
+        self.gauges(state);
         state
             .save(&self.config.state_dir.join("state.json"))
             .map_err(|e| internal("cannot save the plugin's state", e))
@@ -348,6 +360,7 @@ impl Node {
                 warn!(volume = %s.mountpoint.display(), error = %e.message(), "cannot mount a volume again");
                 continue;
             }
+            self.metrics.remounts.inc();
             let staged: Vec<(PathBuf, Staged)> = state
                 .staged
                 .iter()
@@ -418,7 +431,9 @@ impl node_server::Node for Service {
         req: Request<NodeStageVolumeRequest>,
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
         let req = req.into_inner();
-        blocking(&self.0, move |n| n.stage(req)).await?;
+        let r = blocking(&self.0, move |n| n.stage(req)).await;
+        self.0.metrics.call("NodeStageVolume", &r);
+        r?;
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
@@ -427,7 +442,9 @@ impl node_server::Node for Service {
         req: Request<NodeUnstageVolumeRequest>,
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
         let req = req.into_inner();
-        blocking(&self.0, move |n| n.unstage(req)).await?;
+        let r = blocking(&self.0, move |n| n.unstage(req)).await;
+        self.0.metrics.call("NodeUnstageVolume", &r);
+        r?;
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
 
@@ -436,7 +453,9 @@ impl node_server::Node for Service {
         req: Request<NodePublishVolumeRequest>,
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
         let req = req.into_inner();
-        blocking(&self.0, move |n| n.publish(req)).await?;
+        let r = blocking(&self.0, move |n| n.publish(req)).await;
+        self.0.metrics.call("NodePublishVolume", &r);
+        r?;
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
 
@@ -445,7 +464,9 @@ impl node_server::Node for Service {
         req: Request<NodeUnpublishVolumeRequest>,
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let req = req.into_inner();
-        blocking(&self.0, move |n| n.unpublish(req)).await?;
+        let r = blocking(&self.0, move |n| n.unpublish(req)).await;
+        self.0.metrics.call("NodeUnpublishVolume", &r);
+        r?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
@@ -454,9 +475,9 @@ impl node_server::Node for Service {
         req: Request<NodeGetVolumeStatsRequest>,
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = req.into_inner();
-        Ok(Response::new(
-            blocking(&self.0, move |n| n.stats(req)).await?,
-        ))
+        let r = blocking(&self.0, move |n| n.stats(req)).await;
+        self.0.metrics.call("NodeGetVolumeStats", &r);
+        Ok(Response::new(r?))
     }
 
     async fn node_get_capabilities(

@@ -350,29 +350,8 @@ impl Metrics {
     /// Serve `GET /metrics` (any path, in fact) on `addr` from a background
     /// thread. Returns the bound address (useful with port 0).
     pub fn serve(self: &Arc<Self>, addr: &str) -> std::io::Result<SocketAddr> {
-        let listener = TcpListener::bind(addr)?;
-        let local = listener.local_addr()?;
         let me = self.clone();
-        std::thread::Builder::new()
-            .name("tessera-metrics".into())
-            .spawn(move || {
-                for conn in listener.incoming().flatten() {
-                    let mut reader = BufReader::new(&conn);
-                    // Read the request head; the path does not matter.
-                    let mut line = String::new();
-                    while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
-                        line.clear();
-                    }
-                    let body = me.render();
-                    let mut w = &conn;
-                    let _ = write!(
-                        w,
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                }
-            })?;
-        Ok(local)
+        serve_text(addr, move || me.render())
     }
 
     /// Serve on `addr` (HOST:PORT; "none" or "" turns it off), or on one of
@@ -406,6 +385,37 @@ impl Metrics {
         tracing::warn!(addr, "ports busy; metrics are only in the .stats file");
         None
     }
+}
+
+/// Serve what `render` returns (the text exposition format) to every
+/// request on `addr`, from a background thread; for registries other than
+/// a mount's (the CSI plugin's). Returns the bound address.
+pub fn serve_text(
+    addr: &str,
+    render: impl Fn() -> String + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("tessera-metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut reader = BufReader::new(&conn);
+                // Read the request head; the path does not matter.
+                let mut line = String::new();
+                while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                    line.clear();
+                }
+                let body = render();
+                let mut w = &conn;
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        })?;
+    Ok(local)
 }
 
 /// Parse the text exposition format into `(name{labels}, value)` pairs,

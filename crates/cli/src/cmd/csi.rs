@@ -23,6 +23,9 @@ pub struct Args {
     /// beside the external provisioner), or all.
     #[arg(long, default_value = "node", value_parser = ["node", "controller", "all"])]
     pub mode: String,
+    /// Serve the plugin's Prometheus metrics on HOST:PORT ("none": off).
+    #[arg(long, default_value = "none")]
+    pub metrics: String,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -57,7 +60,8 @@ pub fn run(a: Args) -> Result<()> {
             }
             tracing::info!("stopping; the volumes stay mounted");
         };
-        tessera_csi::serve(config, mode, &socket, shutdown).await
+        let metrics = (a.metrics != "none").then_some(a.metrics.as_str());
+        tessera_csi::serve(config, mode, &socket, metrics, shutdown).await
     })?;
     Ok(())
 }
