@@ -10,7 +10,9 @@ Anything else between braces is an error, so a template cannot drift
 outside what is checked. Writes one file per template into OUT_DIR (the
 release namespace is "tessera").
 
-    scripts/render-chart.py deploy/helm/tessera OUT_DIR
+    scripts/render-chart.py deploy/helm/tessera OUT_DIR [VALUES_FILE]
+
+VALUES_FILE, like `helm -f`, overrides the chart's values key by key.
 """
 import json
 import os
@@ -76,10 +78,22 @@ def render(text, values, name):
     return "\n".join(out) + "\n"
 
 
+def merge(base, over):
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
 def main():
     chart, out_dir = sys.argv[1], sys.argv[2]
     with open(os.path.join(chart, "values.yaml")) as f:
         values = yaml.safe_load(f)
+    if len(sys.argv) > 3:
+        with open(sys.argv[3]) as f:
+            merge(values, yaml.safe_load(f) or {})
     os.makedirs(out_dir, exist_ok=True)
     tdir = os.path.join(chart, "templates")
     for name in sorted(os.listdir(tdir)):
