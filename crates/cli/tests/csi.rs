@@ -469,6 +469,16 @@ fn the_controller_provisions_claims_as_directories_with_quotas() {
         vol = Some(v);
     }
     let vol = vol.unwrap();
+    // The same name with another size is another claim (csi-sanity asks).
+    let mut bigger = create("pvc-1");
+    bigger.capacity_range = Some(CapacityRange {
+        required_bytes: 16 << 20,
+        limit_bytes: 0,
+    });
+    assert_eq!(
+        code(rt.block_on(controller.create_volume(bigger))),
+        Code::AlreadyExists
+    );
     let out = tessera(&["quota", "get", &meta, "/k8s/pvc-1"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("8.00 MiB"),

@@ -104,6 +104,18 @@ fn create(req: CreateVolumeRequest) -> Result<Volume, Status> {
         return Err(invalid("capacity_range is negative"));
     }
     let meta = open_volume(&meta_url)?;
+    // The same name again is the same claim only with the same size.
+    if let Ok((ino, _)) = meta.resolve(&path) {
+        let had = meta
+            .get_quota(ino)
+            .map_err(|e| meta_status(&path, e))?
+            .map_or(0, |q| q.capacity);
+        if had != capacity as u64 {
+            return Err(Status::already_exists(format!(
+                "volume {path} exists with a capacity of {had} bytes, not {capacity}"
+            )));
+        }
+    }
     let ino = make_dirs(&meta, &path)?;
     if capacity > 0 {
         meta.set_quota(ino, Some(capacity as u64), None)
