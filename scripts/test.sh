@@ -85,6 +85,14 @@ if [ ! -x "$cache/moto/bin/moto_server" ]; then
     "$cache/moto/bin/pip" install --quiet 'moto[server]==5.2.5'
 fi
 
+# Model loaders as inference servers run them (crates/cli/tests/tools.rs).
+if [ ! -x "$cache/loaders/bin/python" ] || ! "$cache/loaders/bin/python" -c 'import safetensors, numpy' 2>/dev/null; then
+    log "installing safetensors and numpy"
+    python3 -m venv "$cache/loaders"
+    "$cache/loaders/bin/pip" install --quiet 'safetensors==0.8.0' 'numpy==2.4.6'
+fi
+export TESSERA_TEST_PYTHON="$cache/loaders/bin/python"
+
 log "build"
 cd "$root"
 cargo build --workspace --quiet

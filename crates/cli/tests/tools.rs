@@ -425,3 +425,83 @@ fn posix_acls_are_kept_inherited_and_enforced_by_the_kernel() {
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+/// The Python that has the `safetensors` and `numpy` packages: the test
+/// command's venv (TESSERA_TEST_PYTHON), else the system's if it has them.
+fn loader_python() -> Option<String> {
+    let works = |py: &str| {
+        Command::new(py)
+            .args(["-c", "import safetensors, numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Ok(py) = std::env::var("TESSERA_TEST_PYTHON") {
+        // The test command's own: it must work, not be skipped.
+        assert!(
+            works(&py),
+            "TESSERA_TEST_PYTHON={py} cannot import safetensors and numpy"
+        );
+        return Some(py);
+    }
+    works("python3").then(|| "python3".to_string())
+}
+
+/// A model repository in safetensors format (two checkpoint shards of about
+/// 80 MiB, each across a chunk boundary, and four adapters) written with
+/// the `safetensors` package and loaded as inference servers load it: mmap
+/// through `safe_open(framework="numpy")`, every tensor touched in a
+/// shuffled order and compared. Cold (a new mount with an empty cache),
+/// warm in the same mount, and warm from the disk cache of a new mount,
+/// which then asks object storage for nothing.
+#[test]
+fn safetensors_models_load_through_mmap_cold_and_warm() {
+    let Some(py) = loader_python() else {
+        eprintln!("no python with safetensors and numpy; skipped (scripts/test.sh provides one)");
+        return;
+    };
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/loaders/safetensors_check.py"
+    );
+    let vol = Volume::new("models");
+    let m = vol.mount("w");
+    run(Command::new(&py)
+        .args([script, "write"])
+        .arg(&m.path)
+        .arg("7"));
+    m.unmount();
+
+    let check = |m: &Mount| {
+        let said = run(Command::new(&py)
+            .args([script, "check"])
+            .arg(&m.path)
+            .arg("7"));
+        assert!(said.contains("checked 6 files, 144 tensors"), "{said}");
+    };
+    let cache = vol.dir.path().join("cache-reader");
+    let cache_arg = cache.to_str().unwrap();
+    let m = vol.mount_with("r", &["--cache-dir", cache_arg]);
+    let gets = || {
+        stat(
+            &m.path,
+            "tessera_object_request_seconds_count{method=\"get\"}",
+        )
+    };
+    check(&m);
+    let cold_gets = gets();
+    assert!(cold_gets > 0.0, "the cold load read object storage");
+    check(&m);
+    m.unmount();
+
+    let m = vol.mount_with("r", &["--cache-dir", cache_arg]);
+    check(&m);
+    assert_eq!(
+        stat(
+            &m.path,
+            "tessera_object_request_seconds_count{method=\"get\"}"
+        ),
+        0.0,
+        "a load warm on disk asked object storage"
+    );
+    m.unmount();
+}

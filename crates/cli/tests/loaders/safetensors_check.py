@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""A model repository as inference servers load it, for the mount tests.
+
+    safetensors_check.py write DIR SEED   a checkpoint of many tensors
+                                          (several dtypes and shapes) and a
+                                          few adapters, written with the
+                                          safetensors package
+    safetensors_check.py check DIR SEED   load every file the way servers
+                                          do, safe_open(framework="numpy")
+                                          over mmap, touching every tensor
+                                          in a shuffled order, and compare
+                                          each with what SEED makes
+
+Prints one line: files, tensors and bytes checked. Any tensor that differs
+is an error naming it.
+"""
+import os
+import sys
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+DTYPES = [np.float32, np.float16, np.int8, np.int64, np.uint8]
+
+
+def tensors(seed, count, scale):
+    """The tensors of one file: names, dtypes and shapes from `seed`."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(count):
+        dtype = DTYPES[i % len(DTYPES)]
+        shape = (int(rng.integers(1, 64)) * scale, int(rng.integers(1, 512)))
+        if np.issubdtype(dtype, np.floating):
+            data = rng.standard_normal(shape).astype(dtype)
+        else:
+            info = np.iinfo(dtype)
+            data = rng.integers(info.min, info.max, size=shape, dtype=dtype)
+        out[f"layers.{i}.{np.dtype(dtype).name}.weight"] = data
+    return out
+
+
+def repository(seed):
+    """File name -> tensors: a checkpoint in two shards and four adapters."""
+    files = {
+        f"model-0000{k}-of-00002.safetensors": tensors(seed * 10 + k, 48, 64) for k in (1, 2)
+    }
+    for a in range(4):
+        files[f"adapters/lora-{a}.safetensors"] = tensors(seed * 100 + a, 12, 1)
+    return files
+
+
+def main():
+    mode, root, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    files = repository(seed)
+    if mode == "write":
+        for name, ts in files.items():
+            path = os.path.join(root, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            save_file(ts, path)
+        return
+    order = np.random.default_rng(seed + 1)
+    count = nbytes = 0
+    for name, expected in files.items():
+        with safe_open(os.path.join(root, name), framework="numpy") as f:
+            keys = list(f.keys())
+            if sorted(keys) != sorted(expected):
+                sys.exit(f"{name}: tensors {sorted(keys)} != {sorted(expected)}")
+            for i in order.permutation(len(keys)):
+                key = keys[i]
+                got = f.get_tensor(key)
+                want = expected[key]
+                if got.dtype != want.dtype or got.shape != want.shape or not np.array_equal(got, want):
+                    sys.exit(f"{name}: tensor {key} differs")
+                count += 1
+                nbytes += got.nbytes
+    print(f"checked {len(files)} files, {count} tensors, {nbytes} bytes")
+
+
+if __name__ == "__main__":
+    main()
