@@ -452,7 +452,8 @@ fn loader_python() -> Option<String> {
 /// through `safe_open(framework="numpy")`, every tensor touched in a
 /// shuffled order and compared. Cold (a new mount with an empty cache),
 /// warm in the same mount, and warm from the disk cache of a new mount,
-/// which then asks object storage for nothing.
+/// which then asks object storage for nothing; loaded again there with
+/// `--open-cache`, it asks the metadata engine nothing either.
 #[test]
 fn safetensors_models_load_through_mmap_cold_and_warm() {
     let Some(py) = loader_python() else {
@@ -493,15 +494,27 @@ fn safetensors_models_load_through_mmap_cold_and_warm() {
     check(&m);
     m.unmount();
 
-    let m = vol.mount_with("r", &["--cache-dir", cache_arg]);
+    let m = vol.mount_with("r", &["--cache-dir", cache_arg, "--open-cache", "60"]);
     check(&m);
-    assert_eq!(
+    let gets = || {
         stat(
             &m.path,
-            "tessera_object_request_seconds_count{method=\"get\"}"
-        ),
-        0.0,
-        "a load warm on disk asked object storage"
+            "tessera_object_request_seconds_count{method=\"get\"}",
+        )
+    };
+    assert_eq!(gets(), 0.0, "a load warm on disk asked object storage");
+    // With --open-cache, loading the same model again asks neither the
+    // metadata engine nor object storage anything.
+    // (Heartbeats and usage syncs run meanwhile: they are counted apart.)
+    let requests =
+        || stat(&m.path, "tessera_meta_txns") - stat(&m.path, "tessera_meta_background_txns");
+    let before = requests();
+    check(&m);
+    let again = requests() - before;
+    eprintln!(
+        "second load with --open-cache: {again} metadata transactions, {} GETs",
+        gets()
     );
+    assert_eq!((again, gets()), (0.0, 0.0));
     m.unmount();
 }

@@ -96,6 +96,18 @@ pub trait KvEngine: Send + Sync {
 pub static TXN_RESTARTS: AtomicU64 = AtomicU64::new(0);
 /// Transaction attempts so far, process-wide, for metrics.
 pub static TXNS: AtomicU64 = AtomicU64::new(0);
+/// Of those, the attempts of background threads (heartbeats, usage and
+/// quota syncs, cleaners), for telling a request's round trips apart.
+pub static BACKGROUND_TXNS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static BACKGROUND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Count this thread's transactions as background work from now on.
+pub fn mark_background_thread() {
+    BACKGROUND.with(|b| b.set(true));
+}
 const MAX_ATTEMPTS: u32 = 50;
 
 /// Run a transaction, retrying on conflicts with jittered exponential backoff.
@@ -108,6 +120,9 @@ pub fn run_txn<T>(
     loop {
         let mut out = None;
         TXNS.fetch_add(1, Ordering::Relaxed);
+        if BACKGROUND.with(std::cell::Cell::get) {
+            BACKGROUND_TXNS.fetch_add(1, Ordering::Relaxed);
+        }
         let res = engine.run_once(read_only, &mut |tx| {
             out = Some(f(tx)?);
             Ok(())

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub meta_txn_restarts: F64Gauge,
     /// Metadata transactions run (each at least one engine round trip).
     pub meta_txns: F64Gauge,
+    /// Of those, the ones of background work (heartbeats, syncs, cleaning).
+    pub meta_background_txns: F64Gauge,
     /// Cache group, as a reader: requests to peers by result (hit, miss,
     /// error, down), and reads that went to object storage instead.
     pub group_requests: Family<Label, Counter>,
@@ -142,6 +144,7 @@ impl Metrics {
             fuse_write_bytes: Counter::default(),
             meta_txn_restarts: F64Gauge::default(),
             meta_txns: F64Gauge::default(),
+            meta_background_txns: F64Gauge::default(),
             group_requests: Family::default(),
             group_fallbacks: Counter::default(),
             group_hits: Counter::default(),
@@ -271,6 +274,11 @@ impl Metrics {
             "meta_txns",
             "Metadata transactions run, each at least one engine round trip",
             m.meta_txns.clone(),
+        );
+        r.register(
+            "meta_background_txns",
+            "Of the metadata transactions, those of background work (heartbeats, usage and quota syncs, cleaning)",
+            m.meta_background_txns.clone(),
         );
         r.register(
             "group_requests",

@@ -39,6 +39,7 @@ impl Vfs {
         let spawned = std::thread::Builder::new()
             .name("meta-backup".into())
             .spawn(move || {
+                tessera_meta::kv::mark_background_thread();
                 if let Err(e) = me.chunks.backup_metadata(&me.meta) {
                     warn!(error = %e, "metadata backup failed; another mount or round will retry");
                     if let Err(e) = me.meta.release_backup_claim() {

@@ -327,14 +327,20 @@ impl Vfs {
         workers.push(
             std::thread::Builder::new()
                 .name("tessera-heartbeat".into())
-                .spawn(move || me.heartbeat_loop())
+                .spawn(move || {
+                    tessera_meta::kv::mark_background_thread();
+                    me.heartbeat_loop()
+                })
                 .map_err(|e| VfsError::new(libc::EIO, e.to_string()))?,
         );
         let me = self.clone();
         workers.push(
             std::thread::Builder::new()
                 .name("tessera-cleaner".into())
-                .spawn(move || me.work_loop(rx))
+                .spawn(move || {
+                    tessera_meta::kv::mark_background_thread();
+                    me.work_loop(rx)
+                })
                 .map_err(|e| VfsError::new(libc::EIO, e.to_string()))?,
         );
         {
@@ -491,6 +497,9 @@ impl Vfs {
         self.metrics()
             .meta_txns
             .set(tessera_meta::kv::TXNS.load(Ordering::Relaxed) as f64);
+        self.metrics()
+            .meta_background_txns
+            .set(tessera_meta::kv::BACKGROUND_TXNS.load(Ordering::Relaxed) as f64);
     }
 
     /// Names of internal files cannot be taken by volume entries.
