@@ -101,6 +101,52 @@ fn mount_cap(readonly: bool) -> Option<VolumeCapability> {
     })
 }
 
+/// Whatever a test left mounted under its directory, and the mount
+/// processes the plugin started there, go when the test ends, passed or
+/// failed (the mounts are daemons: nothing else would stop them).
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let under = self.0.to_string_lossy().into_owned();
+        for pid in mount_pids_under(&under) {
+            // SAFETY: a plain signal to a mount process of this test.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&under))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").args(["-l", p]).status();
+        }
+    }
+}
+
+/// PIDs of `tessera mount` processes with an argument under `dir`.
+fn mount_pids_under(dir: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                        let args: Vec<String> = c
+                            .split(|b| *b == 0)
+                            .map(|a| String::from_utf8_lossy(a).into_owned())
+                            .collect();
+                        args.get(1).map(String::as_str) == Some("mount")
+                            && args.iter().any(|a| a.starts_with(dir))
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A free loopback port.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -131,30 +177,10 @@ fn is_mounted(p: &Path) -> bool {
     common::is_mounted(p)
 }
 
-/// PIDs of `tessera mount` processes serving `mountpoint`.
-fn mount_pids(mountpoint: &Path) -> Vec<i32> {
-    let want = mountpoint.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    let args: Vec<String> = c
-                        .split(|b| *b == 0)
-                        .map(|a| String::from_utf8_lossy(a).into_owned())
-                        .collect();
-                    args.get(1).map(String::as_str) == Some("mount") && args.contains(&want)
-                })
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
 #[test]
 fn the_node_plugin_stages_publishes_recovers_and_cleans_up() {
     let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(dir.path().to_path_buf());
     let meta = format!("sqlite://{}/meta.db", dir.path().display());
     let storage = format!("file://{}/objects", dir.path().display());
     let out = tessera(&["format", &meta, "csivol", "--storage", &storage]);
@@ -338,7 +364,7 @@ fn the_node_plugin_stages_publishes_recovers_and_cleans_up() {
     // A mount adds its usage to the volume's counters once a second; one
     // killed sooner loses that second's count (fsck would say so).
     std::thread::sleep(Duration::from_millis(1500));
-    let pids = mount_pids(&shared[0]);
+    let pids = mount_pids_under(&shared[0].to_string_lossy());
     assert_eq!(pids.len(), 1, "one mount process: {pids:?}");
     // SAFETY: a plain signal to a process this test started (through the plugin).
     unsafe { libc::kill(pids[0], libc::SIGKILL) };
@@ -347,7 +373,11 @@ fn the_node_plugin_stages_publishes_recovers_and_cleans_up() {
         std::fs::read(pod_b.join("from-a.txt")).ok().as_deref() == Some(&b"written by pod a"[..])
             && started.elapsed() > Duration::from_millis(200)
     });
-    assert_ne!(mount_pids(&shared[0]), pids, "a new mount process");
+    assert_ne!(
+        mount_pids_under(&shared[0].to_string_lossy()),
+        pids,
+        "a new mount process"
+    );
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("was bound again"), "{logged}");
     assert_eq!(plugin_metric(port, "tessera_csi_remounts_total"), 1.0);
@@ -381,7 +411,7 @@ fn the_node_plugin_stages_publishes_recovers_and_cleans_up() {
     assert!(!is_mounted(&staging));
     assert!(!is_mounted(&shared[0]));
     wait_for("the mount process to exit", || {
-        mount_pids(&shared[0]).is_empty()
+        mount_pids_under(&shared[0].to_string_lossy()).is_empty()
     });
     common::assert_fsck_clean(&meta, "after the plugin");
 }
@@ -389,6 +419,7 @@ fn the_node_plugin_stages_publishes_recovers_and_cleans_up() {
 #[test]
 fn the_controller_provisions_claims_as_directories_with_quotas() {
     let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(dir.path().to_path_buf());
     let meta = format!("sqlite://{}/meta.db", dir.path().display());
     let storage = format!("file://{}/objects", dir.path().display());
     let out = tessera(&["format", &meta, "dynvol", "--storage", &storage]);
