@@ -28,6 +28,9 @@ pub struct DataPathOptions {
     pub chunks: ChunkConfig,
     /// Serve Prometheus metrics here (or on one of the next ten ports).
     pub metrics_addr: Option<String>,
+    /// Delay every GET and HEAD by this much (benches: a far-away store
+    /// on this machine, where the kernel has no netem).
+    pub injected_latency: Option<std::time::Duration>,
 }
 
 /// A volume's data path, ready for a file system or a cache server.
@@ -68,8 +71,16 @@ impl DataPath {
             .map_err(DataPathError::Runtime)?;
         let metrics = Arc::new(Metrics::new());
         let (upload, download) = limits(&options, format);
+        let mut raw = tessera_object::open_store(&format.storage, &options.storage)?;
+        if let Some(delay) = options.injected_latency {
+            use tessera_object::faults::{Fault, Faulty, Method};
+            let far = Faulty::wrap(raw);
+            far.always(Method::Get, None, Fault::Delay(delay));
+            far.always(Method::Head, None, Fault::Delay(delay));
+            raw = far;
+        }
         let store = Instrumented::wrap(
-            tessera_object::open_store(&format.storage, &options.storage)?,
+            raw,
             metrics.clone(),
             RateLimiter::from_mbps(upload),
             RateLimiter::from_mbps(download),

@@ -595,3 +595,37 @@ fn local_copies_are_read_by_passthrough_until_the_file_changes() {
         "the fresh copy replaced the stale one"
     );
 }
+
+/// `--prefetch-on-open`: opening a file whose name matches reads it whole
+/// into the cache in the background, though the reader took one byte; a
+/// file whose name does not match is not.
+#[test]
+fn prefetch_on_open_reads_matching_files_whole() {
+    use std::io::Read;
+    let vol = Volume::new("prefvol");
+    {
+        let m = vol.mount("writer");
+        std::fs::write(m.join("model.safetensors"), pseudo_random(24 << 20, 3)).expect("model");
+        std::fs::write(m.join("data.bin"), pseudo_random(48 << 20, 4)).expect("data");
+        m.unmount();
+    }
+    let m = vol.mount_with("reader", &["--prefetch-on-open", "*.safetensors"]);
+    let check = |name: &str| {
+        let out = tessera(&["warmup", "--check", m.join(name).to_str().expect("utf-8")]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    for name in ["model.safetensors", "data.bin"] {
+        let mut one = [0u8; 1];
+        std::fs::File::open(m.join(name))
+            .expect("open")
+            .read_exact(&mut one)
+            .expect("read");
+    }
+    wait_for("the model prefetched", || {
+        check("model.safetensors").contains("(100.0%)")
+    });
+    let data = check("data.bin");
+    assert!(!data.contains("(100.0%)"), "{data}");
+    m.unmount();
+}

@@ -453,7 +453,8 @@ fn loader_python() -> Option<String> {
 /// shuffled order and compared. Cold (a new mount with an empty cache),
 /// warm in the same mount, and warm from the disk cache of a new mount,
 /// which then asks object storage for nothing; loaded again there with
-/// `--open-cache`, it asks the metadata engine nothing either.
+/// `--open-cache` (and the kernel's caches as long), it asks the metadata
+/// engine nothing either.
 #[test]
 fn safetensors_models_load_through_mmap_cold_and_warm() {
     let Some(py) = loader_python() else {
@@ -494,7 +495,23 @@ fn safetensors_models_load_through_mmap_cold_and_warm() {
     check(&m);
     m.unmount();
 
-    let m = vol.mount_with("r", &["--cache-dir", cache_arg, "--open-cache", "60"]);
+    // A mount that serves a model trusts what it saw for a minute: the
+    // open cache and the kernel's attribute and name caches alike (a load
+    // that starts after a one-second entry cache expired would look the
+    // names up again).
+    let trusting = [
+        "--cache-dir",
+        cache_arg,
+        "--open-cache",
+        "60",
+        "--entry-cache",
+        "60",
+        "--dir-entry-cache",
+        "60",
+        "--attr-cache",
+        "60",
+    ];
+    let m = vol.mount_with("r", &trusting);
     check(&m);
     let gets = || {
         stat(

@@ -146,7 +146,7 @@ impl Drop for WorkPool {
 /// The two pools of one mount's cache control.
 pub(crate) struct ControlWorkers {
     foreground: WorkPool,
-    background: WorkPool,
+    pub(crate) background: WorkPool,
 }
 
 impl Default for ControlWorkers {

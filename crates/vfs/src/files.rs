@@ -26,6 +26,54 @@ impl Vfs {
     }
 
     /// Open (and, with `create`, make) a regular file.
+    /// A file looked up by a name `--prefetch-on-open` matches is read
+    /// whole at its next open for reading.
+    pub(crate) fn note_prefetch(&self, name: &[u8], ino: Ino, attr: &Attr) {
+        if attr.typ != FileType::File || self.config.prefetch_on_open.is_empty() {
+            return;
+        }
+        let name = String::from_utf8_lossy(name);
+        if self
+            .config
+            .prefetch_on_open
+            .iter()
+            .any(|p| crate::glob::glob_match(p, &name))
+        {
+            let mut next = self.prefetch_next.lock();
+            if next.len() >= 65_536 {
+                next.clear();
+            }
+            next.insert(ino);
+        }
+    }
+
+    /// Start reading a whole file into the cache on a background worker
+    /// (what `tessera warmup` does), if it was marked by its name.
+    fn maybe_prefetch(&self, ino: Ino, flags: i32, length: u64) {
+        if is_write_only(flags) || length == 0 || !self.prefetch_next.lock().remove(&ino) {
+            return;
+        }
+        let (meta, chunks) = (self.meta.clone(), self.chunks.clone());
+        let queued = self.control.background.submit(Box::new(move || {
+            let mut records = |index| Ok(Arc::new(meta.read_chunk(ino, index)?));
+            let warm = CacheAction::Warm { pin: None };
+            match chunks.cache_range(0, length, &mut records, warm) {
+                Ok(r) if r.failed_blocks > 0 => {
+                    warn!(
+                        ino,
+                        failed = r.failed_blocks,
+                        "prefetch on open could not fetch every block"
+                    )
+                }
+                Ok(r) => tracing::debug!(ino, bytes = r.cached, "prefetched on open"),
+                Err(e) => warn!(ino, error = %e, "prefetch on open failed"),
+            }
+        }));
+        if let Err(e) = queued {
+            warn!(ino, error = %e, "no worker for a prefetch on open");
+        }
+    }
+
     pub fn open(&self, ino: Ino, flags: i32) -> Result<(u64, Attr)> {
         self.open_known(ino, flags, None)
     }
@@ -153,6 +201,7 @@ impl Vfs {
         }
         let fh = self.new_handle(handle);
         let length = attr.length.max(of.writer.buffered_length());
+        self.maybe_prefetch(ino, flags, attr.length);
         Ok((fh, Attr { length, ..attr }))
     }
 

@@ -10,6 +10,7 @@ mod backup;
 pub mod control;
 mod copies;
 mod files;
+pub mod glob;
 mod handles;
 pub mod internal;
 mod locks;
@@ -121,6 +122,10 @@ pub struct VfsConfig {
     /// (tests); and how often a mount looks for hours to purge.
     pub trash_keep: Option<Duration>,
     pub trash_purge_every: Duration,
+    /// Files whose name matches one of these patterns are read whole into
+    /// the cache, in the background, when opened for reading (model files
+    /// that a loader will mmap and touch in its own order).
+    pub prefetch_on_open: Vec<String>,
 }
 
 /// When reads update a file's access time (the mount's `-o` option).
@@ -151,6 +156,7 @@ impl Default for VfsConfig {
             trash_keep: None,
             trash_purge_every: Duration::from_secs(3600),
             atime: AtimeMode::NoAtime,
+            prefetch_on_open: Vec::new(),
         }
     }
 }
@@ -251,6 +257,9 @@ pub struct Vfs {
     /// read the moved inode together with the entries. Never trusted: the
     /// rename checks it against the entry it reads.
     recent_names: Mutex<HashMap<(Ino, Vec<u8>), Ino>>,
+    /// Files looked up by a name `--prefetch-on-open` matches: their next
+    /// open for reading starts a whole-file prefetch.
+    prefetch_next: Mutex<std::collections::HashSet<Ino>>,
     work: Mutex<Option<mpsc::Sender<Work>>>,
     stop: Arc<AtomicBool>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -290,6 +299,7 @@ impl Vfs {
             locked: Mutex::new(std::collections::HashSet::new()),
             open_cache: Mutex::new(HashMap::new()),
             recent_names: Mutex::new(HashMap::new()),
+            prefetch_next: Mutex::new(std::collections::HashSet::new()),
             work: Mutex::new(None),
             stop: Arc::new(AtomicBool::new(false)),
             workers: Mutex::new(Vec::new()),

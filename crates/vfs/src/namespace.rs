@@ -11,6 +11,7 @@ impl Vfs {
         }
         let (ino, attr) = self.meta.lookup(parent, name)?;
         self.remember_name(parent, name, ino);
+        self.note_prefetch(name, ino, &attr);
         if self.open_file(ino).is_some() {
             return Ok((ino, self.getattr(ino)?));
         }

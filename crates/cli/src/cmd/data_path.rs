@@ -67,6 +67,10 @@ pub struct DataPathArgs {
     /// key's passphrase comes from TESSERA_KEY_PASSPHRASE.
     #[arg(long, value_name = "FILE", help_heading = "Data path")]
     pub encrypt_key: Option<PathBuf>,
+    /// Delay every object GET and HEAD by this many milliseconds (benches:
+    /// a far-away store on one machine).
+    #[arg(long, value_name = "MS", hide = true)]
+    pub inject_store_latency_ms: Option<u64>,
     /// Upload bandwidth limit of this node in Mbit/s (0: none); the
     /// volume's default (`tessera config --upload-limit`) when not given.
     #[arg(long, help_heading = "Data path")]
@@ -105,6 +109,9 @@ impl DataPathArgs {
                 ..self.chunk_config()?
             },
             metrics_addr: Some(self.metrics.clone()),
+            injected_latency: self
+                .inject_store_latency_ms
+                .map(std::time::Duration::from_millis),
         })
     }
 

@@ -71,6 +71,12 @@ pub struct Args {
     /// (for tests).
     #[arg(long, value_parser = crate::common::parse_seconds, hide = true)]
     pub trash_keep: Option<f64>,
+    /// Read a file whole into the cache, in the background, when it is
+    /// opened for reading and its name matches this pattern (`*` and `?`;
+    /// repeatable): `--prefetch-on-open '*.safetensors'` for model files a
+    /// loader mmaps and touches in its own order.
+    #[arg(long, value_name = "GLOB", help_heading = "Data path")]
+    pub prefetch_on_open: Vec<String>,
     /// How often a mount looks for trash hours to purge.
     #[arg(long, value_parser = crate::common::parse_seconds, default_value = "1h", hide = true)]
     pub trash_purge_every: f64,
@@ -273,6 +279,7 @@ fn serve(a: &Args, mountpoint: &Path) -> Result<()> {
             )?,
             acl: format.acl,
             atime: atime_mode(&a.options),
+            prefetch_on_open: a.prefetch_on_open.clone(),
         },
     );
     let root = match &a.subdir {

@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
 """A model repository as inference servers load it, for the mount tests.
 
-    safetensors_check.py write DIR SEED   a checkpoint of many tensors
+    safetensors_check.py write DIR SEED [SCALE]
+                                          a checkpoint of many tensors
                                           (several dtypes and shapes) and a
                                           few adapters, written with the
                                           safetensors package
-    safetensors_check.py check DIR SEED   load every file the way servers
+    safetensors_check.py check DIR SEED [SCALE]
+                                          load every file the way servers
                                           do, safe_open(framework="numpy")
                                           over mmap, touching every tensor
                                           in a shuffled order, and compare
                                           each with what SEED makes
 
-Prints one line: files, tensors and bytes checked. Any tensor that differs
-is an error naming it.
+SCALE (default 64) sizes the checkpoint shards: about 1.25 MiB of tensors
+per unit each. Prints one line: files, tensors and bytes checked. Any
+tensor that differs is an error naming it.
 """
 import os
 import sys
@@ -40,10 +43,10 @@ def tensors(seed, count, scale):
     return out
 
 
-def repository(seed):
+def repository(seed, scale):
     """File name -> tensors: a checkpoint in two shards and four adapters."""
     files = {
-        f"model-0000{k}-of-00002.safetensors": tensors(seed * 10 + k, 48, 64) for k in (1, 2)
+        f"model-0000{k}-of-00002.safetensors": tensors(seed * 10 + k, 48, scale) for k in (1, 2)
     }
     for a in range(4):
         files[f"adapters/lora-{a}.safetensors"] = tensors(seed * 100 + a, 12, 1)
@@ -52,7 +55,8 @@ def repository(seed):
 
 def main():
     mode, root, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    files = repository(seed)
+    scale = int(sys.argv[4]) if len(sys.argv) > 4 else 64
+    files = repository(seed, scale)
     if mode == "write":
         for name, ts in files.items():
             path = os.path.join(root, name)
