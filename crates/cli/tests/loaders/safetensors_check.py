@@ -6,6 +6,10 @@
                                           (several dtypes and shapes) and a
                                           few adapters, written with the
                                           safetensors package
+    safetensors_check.py load DIR SEED [SCALE]
+                                          the same load without the
+                                          comparison (the bench's timing:
+                                          what a server does)
     safetensors_check.py check DIR SEED [SCALE]
                                           load every file the way servers
                                           do, safe_open(framework="numpy")
@@ -53,9 +57,32 @@ def repository(seed, scale):
     return files
 
 
+def load(root, seed):
+    """Read every tensor of every file, in a shuffled order, and nothing
+    more: what a server's load costs."""
+    order = np.random.default_rng(seed + 1)
+    names = sorted(
+        os.path.relpath(os.path.join(d, f), root)
+        for d, _, fs in os.walk(root)
+        for f in fs
+        if f.endswith(".safetensors")
+    )
+    count = nbytes = 0
+    for name in names:
+        with safe_open(os.path.join(root, name), framework="numpy") as f:
+            keys = list(f.keys())
+            for i in order.permutation(len(keys)):
+                nbytes += f.get_tensor(keys[i]).nbytes
+                count += 1
+    print(f"loaded {len(names)} files, {count} tensors, {nbytes} bytes")
+
+
 def main():
     mode, root, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     scale = int(sys.argv[4]) if len(sys.argv) > 4 else 64
+    if mode == "load":
+        load(root, seed)
+        return
     files = repository(seed, scale)
     if mode == "write":
         for name, ts in files.items():
