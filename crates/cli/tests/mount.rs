@@ -951,26 +951,17 @@ fn directory_quotas_refuse_growth_with_edquot_and_df_shows_them() {
         let err = common::stderr(&out);
         assert!(err.contains(says), "{args:?}: {err}");
     };
-    refused(
-        &["quota", "set", meta, "/team/a", "--capacity", "1G"],
-        "is not a directory",
-    );
-    refused(
-        &["quota", "set", meta, "/team", "--capacity", "-5G"],
-        "cannot be negative",
-    );
-    refused(
-        &["quota", "set", meta, "/team", "--inodes", "-1"],
-        "expected a whole number",
-    );
-    refused(
-        &["quota", "set", meta, "/nowhere", "--inodes", "5"],
-        "no such directory",
-    );
-    refused(
-        &["quota", "set", meta, "/team"],
-        "give --capacity or --inodes",
-    );
+    for (args, says) in [
+        (&["/team/a", "--capacity", "1G"][..], "is not a directory"),
+        (&["/team", "--capacity", "-5G"][..], "cannot be negative"),
+        (&["/team", "--inodes", "-1"][..], "expected a whole number"),
+        (&["/nowhere", "--inodes", "5"][..], "no such directory"),
+        (&["/team"][..], "give --capacity or --inodes"),
+    ] {
+        let mut all = vec!["quota", "set", meta];
+        all.extend_from_slice(args);
+        refused(&all, says);
+    }
     refused(&["quota", "get", meta, "/team"], "has no quota");
 
     let out = tessera(&[
