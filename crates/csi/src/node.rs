@@ -204,6 +204,9 @@ impl Node {
             return Err(invalid("subdir may not leave the volume (..)"));
         }
         check_volume(&shared.meta_url)?;
+        // Asked before the lock: a stat of a hung mount must not hold up
+        // every other call.
+        let staged_alive = mounts::is_mountpoint(&staging) && mounts::answers(&staging);
         let mut state = self.state.lock();
         let wanted = Staged {
             volume_id,
@@ -218,7 +221,7 @@ impl Node {
                     have.volume_id
                 )));
             }
-            if mounts::is_mountpoint(&staging) && mounts::answers(&staging) {
+            if staged_alive {
                 return Ok(());
             }
         }
@@ -267,6 +270,7 @@ impl Node {
         let target = PathBuf::from(required(&req.target_path, "target_path")?);
         let staging = PathBuf::from(required(&req.staging_target_path, "staging_target_path")?);
         let readonly = mount_capability(req.volume_capability.as_ref())? || req.readonly;
+        let target_alive = mounts::is_mountpoint(&target) && mounts::answers(&target);
         let mut state = self.state.lock();
         match state.staged.get(&staging) {
             Some(s) if s.volume_id == volume_id => {}
@@ -296,7 +300,7 @@ impl Node {
                     target.display()
                 )));
             }
-            if mounts::is_mountpoint(&target) && mounts::answers(&target) {
+            if target_alive {
                 return Ok(());
             }
             let _ = mounts::unmount(&target);
@@ -349,12 +353,20 @@ impl Node {
     /// staging and target paths again. Runs at start and every few
     /// seconds.
     pub fn repair(&self) {
+        // Which mounts are dead is asked without the lock (a stat of a
+        // hung mount must not hold up the calls of other volumes); only
+        // their repair takes it.
+        let shared: BTreeMap<String, Shared> = self.state.lock().shared.clone();
+        let dead: Vec<(&String, &Shared)> = shared
+            .iter()
+            .filter(|(_, s)| {
+                !(mounts::is_mountpoint(&s.mountpoint) && mounts::answers(&s.mountpoint))
+            })
+            .collect();
         let mut state = self.state.lock();
-        let shared: BTreeMap<String, Shared> = state.shared.clone();
-        for (id, s) in &shared {
-            let alive = mounts::is_mountpoint(&s.mountpoint) && mounts::answers(&s.mountpoint);
-            if alive {
-                continue;
+        for (id, s) in dead {
+            if !state.shared.contains_key(id) {
+                continue; // unstaged meanwhile
             }
             if let Err(e) = self.ensure_mounted(id, s) {
                 warn!(volume = %s.mountpoint.display(), error = %e.message(), "cannot mount a volume again");
@@ -399,10 +411,11 @@ impl Node {
                 }
             }
         }
-        // Forget targets that are gone (kubelet cleaned up while we were down).
+        // Forget targets that are gone (kubelet cleaned up while we were
+        // down); a path that is still a mount point is not looked into.
         state
             .published
-            .retain(|t, _| t.exists() || mounts::is_mountpoint(t));
+            .retain(|t, _| mounts::is_mountpoint(t) || t.exists());
         if let Err(e) = self.save(&state) {
             warn!(error = %e.message(), "cannot save the plugin's state");
         }
