@@ -3,9 +3,14 @@
 //! the volume's block size by range GETs that name the version recorded at
 //! import (If-Match on the ETag, and the length checked), and cached like any
 //! block under a key that includes that version, so a replaced object is
-//! never served from a stale cache; before serving any of its bytes the
-//! object is checked with a HEAD (at most once a second). A read of
-//! a changed or vanished object fails with EIO and a log line naming it.
+//! never served from a stale cache. Before serving any of its bytes the
+//! object is checked with a HEAD; a check less than a second old stands,
+//! and one up to 30 s old is renewed in the background while reads go on
+//! (over a far link the HEAD is then off the read path: a loaded model's
+//! files cost one HEAD each, not one per second of reading). A read of a
+//! changed or vanished object fails with ESTALE and a log line naming it;
+//! bytes cached before the change may be served for the one to two
+//! seconds it takes to notice.
 
 use std::sync::Arc;
 
@@ -21,6 +26,19 @@ use crate::{ChunkStore, Result};
 pub(crate) const PREFIX: &str = "ext/";
 /// How long a checked object is taken to be unchanged.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+/// Up to this age a check is renewed in the background; an older one (or
+/// none) is made before any byte is served.
+const REVALIDATE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The last check of an imported object against its bucket.
+#[derive(Debug, Clone)]
+pub(crate) struct Checked {
+    at: std::time::Instant,
+    /// Why the object may not be read (changed or gone), if so.
+    refused: Option<String>,
+    /// A check is running in the background.
+    renewing: bool,
+}
 
 impl ChunkStore {
     /// The object an external slice id names (cached after the first ask).
@@ -68,45 +86,55 @@ impl ChunkStore {
     }
 
     /// Make sure the object is still the version imported before any of its
-    /// bytes are served, cached ones included: one HEAD, repeated at most
-    /// once per [`RECHECK`] per object (a warm read makes no GET).
-    fn check_external(&self, id: u64, obj: &ExternalObject) -> Result<()> {
-        let fresh = self
-            .checked
-            .lock()
-            .get(&id)
-            .copied()
-            .is_some_and(|at| at.elapsed() < RECHECK);
-        if fresh {
-            return Ok(());
-        }
-        let name = format!("{}/{}", obj.source.trim_end_matches('/'), obj.key);
-        let store = self.source_store(obj)?;
-        let now = self.rt.block_on(store.head(&obj.key));
-        let fail = |why: String| {
-            warn!(object = %name, "{why}");
-            Err(crate::ChunkError::Stale { reason: why })
-        };
-        match now {
-            Ok(info)
-                if info.size == obj.size
-                    && (obj.etag.is_none() || info.etag.is_none() || info.etag == obj.etag) =>
-            {
-                {
- let mut m = self.checked.lock();
-                    m.insert(id, std::time::Instant::now());
+    /// bytes are served, cached ones included (see the module comment for
+    /// when a HEAD is made, and whether the read waits for it).
+    fn check_external(&self, id: u64, obj: &Arc<ExternalObject>) -> Result<()> {
+        let last = self.checked.lock().get(&id).cloned();
+        if let Some(c) = &last {
+            let age = c.at.elapsed();
+            match &c.refused {
+                Some(why) if age < RECHECK => {
+                    return Err(crate::ChunkError::Stale {
+                        reason: why.clone(),
+                    })
                 }
-                Ok(())
+                Some(_) => {} // checked again, in case it is back
+                None if age < RECHECK || (c.renewing && age < REVALIDATE) => return Ok(()),
+                None if age < REVALIDATE => {
+                    self.renew_in_background(id, obj.clone());
+                    return Ok(());
+                }
+                None => {}
             }
-            Ok(info) => fail(format!(
-                "imported object {name} changed in its bucket (now {} bytes, ETag {:?}; imported {} bytes, ETag {:?}); run `tessera import` again",
-                info.size, info.etag, obj.size, obj.etag
-            )),
-            Err(ObjectError::NotFound(_)) => fail(format!(
-                "imported object {name} is gone from its bucket; the file cannot be read"
-            )),
-            Err(e) => fail(format!("imported object {name} cannot be checked: {e}")),
         }
+        let store = self.source_store(obj)?;
+        let verdict = judge(obj, self.rt.block_on(store.head(&obj.key)));
+        self.record_check(id, verdict.clone());
+        verdict.map_err(|reason| crate::ChunkError::Stale { reason })
+    }
+
+    fn record_check(&self, id: u64, verdict: std::result::Result<(), String>) {
+        record(&self.checked, id, verdict);
+    }
+
+    /// HEAD the object on the I/O runtime and record what it says; reads
+    /// meanwhile go on with the last check's answer.
+    fn renew_in_background(&self, id: u64, obj: Arc<ExternalObject>) {
+        let store = match self.source_store(&obj) {
+            Ok(s) => s,
+            Err(e) => return record(&self.checked, id, Err(e.to_string())),
+        };
+        {
+            let mut m = self.checked.lock();
+            if let Some(c) = m.get_mut(&id) {
+                c.renewing = true;
+            }
+        }
+        let checked = self.checked.clone();
+        self.rt.spawn(async move {
+            let verdict = judge(&obj, store.head(&obj.key).await);
+            record(&checked, id, verdict);
+        });
     }
 
     /// The store of an object's bucket, opened once: endpoint, region and
@@ -190,6 +218,48 @@ impl ChunkStore {
     }
 }
 
+/// Whether a HEAD's answer shows the object as imported; the reason to
+/// refuse it (logged) if not.
+fn judge(
+    obj: &ExternalObject,
+    now: std::result::Result<tessera_object::ObjectInfo, ObjectError>,
+) -> std::result::Result<(), String> {
+    let name = format!("{}/{}", obj.source.trim_end_matches('/'), obj.key);
+    let why = match now {
+        Ok(info)
+            if info.size == obj.size
+                && (obj.etag.is_none() || info.etag.is_none() || info.etag == obj.etag) =>
+        {
+            return Ok(())
+        }
+        Ok(info) => format!(
+            "imported object {name} changed in its bucket (now {} bytes, ETag {:?}; imported {} bytes, ETag {:?}); run `tessera import` again",
+            info.size, info.etag, obj.size, obj.etag
+        ),
+        Err(ObjectError::NotFound(_)) => {
+            format!("imported object {name} is gone from its bucket; the file cannot be read")
+        }
+        Err(e) => format!("imported object {name} cannot be checked: {e}"),
+    };
+    warn!(object = %name, "{why}");
+    Err(why)
+}
+
+fn record(
+    checked: &parking_lot::Mutex<std::collections::HashMap<u64, Checked>>,
+    id: u64,
+    verdict: std::result::Result<(), String>,
+) {
+    checked.lock().insert(
+        id,
+        Checked {
+            at: std::time::Instant::now(),
+            refused: verdict.err(),
+            renewing: false,
+        },
+    );
+}
+
 /// `ext/{id}-{tag}/{index}` → (id, index).
 fn parse_key(key: &str) -> Option<(u64, u64)> {
     let rest = key.strip_prefix(PREFIX)?;
@@ -234,27 +304,26 @@ mod tests {
         }
     }
 
-    /// A peer asks this member for a block of an imported object it has
-    /// never read itself: the object's record is looked up in the metadata
-    /// off the async threads.
-    #[test]
-    fn a_block_of_an_imported_object_served_to_a_peer_looks_metadata_up_off_the_async_threads() {
-        const BLOCK: usize = 64 << 10;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data: Vec<u8> = (0..3 * BLOCK).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(dir.path().join("obj"), &data).expect("source object");
+    /// A chunk store over metadata `engine` whose volume has imported the
+    /// file `obj` of `dir` (with `len` bytes), in blocks of `block`.
+    fn imported(
+        dir: &std::path::Path,
+        len: u64,
+        block: usize,
+        engine: Arc<dyn tessera_meta::kv::KvEngine>,
+    ) -> (Arc<crate::ChunkStore>, u64, tokio::runtime::Runtime) {
         let meta = Arc::new(tessera_meta::Meta::new(
-            Arc::new(SyncOnly(Default::default())),
+            engine,
             tessera_meta::MetaConfig::default(),
         ));
         let mut format = tessera_meta::conformance::test_format();
-        format.block_size = BLOCK as u32;
+        format.block_size = block as u32;
         meta.init(&format).expect("format");
         let id = meta
             .put_external(&ExternalObject {
-                source: format!("file://{}", dir.path().display()),
+                source: format!("file://{}", dir.display()),
                 key: "obj".into(),
-                size: data.len() as u64,
+                size: len,
                 etag: None,
                 endpoint: None,
                 region: None,
@@ -271,7 +340,7 @@ mod tests {
         let config = crate::ChunkConfig {
             volume: "t".into(),
             uuid: "uuid-ext".into(),
-            block_size: BLOCK,
+            block_size: block,
             ..Default::default()
         };
         let chunks = crate::ChunkStore::new(
@@ -282,10 +351,64 @@ mod tests {
             Arc::new(tessera_metrics::Metrics::new()),
         )
         .expect("chunk store");
+        (chunks, id, rt)
+    }
+
+    /// A peer asks this member for a block of an imported object it has
+    /// never read itself: the object's record is looked up in the metadata
+    /// off the async threads.
+    #[test]
+    fn a_block_of_an_imported_object_served_to_a_peer_looks_metadata_up_off_the_async_threads() {
+        const BLOCK: usize = 64 << 10;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data: Vec<u8> = (0..3 * BLOCK).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(dir.path().join("obj"), &data).expect("source object");
+        let engine = Arc::new(SyncOnly(Default::default()));
+        let (chunks, id, _rt) = imported(dir.path(), data.len() as u64, BLOCK, engine);
         let serving = crate::group::Serving(chunks);
         let key = format!("{PREFIX}{id}-00000000/1");
         let got =
             tessera_cachegroup::BlockSource::fetch(&serving, &key, BLOCK as u64).expect("served");
         assert_eq!(&got[..], &data[BLOCK..2 * BLOCK]);
+    }
+
+    /// A check under a second old stands; an older one is renewed in the
+    /// background while reads go on, and what it finds holds from then on:
+    /// a changed object is refused, and taken again once it is back.
+    #[test]
+    fn imported_objects_are_checked_again_in_the_background() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let obj = dir.path().join("obj");
+        std::fs::write(&obj, vec![1u8; 1000]).expect("source object");
+        let engine = Arc::new(tessera_meta::engines::MemoryEngine::default());
+        let (chunks, id, _rt) = imported(dir.path(), 1000, 64 << 10, engine);
+        let record = chunks.external_object(id).expect("record");
+        let check = || chunks.check_external(id, &record);
+        check().expect("first check: the object is as imported");
+        std::fs::write(&obj, vec![2u8; 999]).expect("changed behind our back");
+        check().expect("the check of a moment ago stands");
+        std::thread::sleep(RECHECK + std::time::Duration::from_millis(100));
+        check().expect("an older check is renewed without making the read wait");
+        let started = std::time::Instant::now();
+        let refused = loop {
+            match check() {
+                Err(e) => break e,
+                Ok(()) => {
+                    assert!(
+                        started.elapsed() < std::time::Duration::from_secs(5),
+                        "never refused"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        };
+        assert!(
+            refused.to_string().contains("changed in its bucket"),
+            "{refused}"
+        );
+        assert_eq!(refused.errno(), libc::ESTALE);
+        std::fs::write(&obj, vec![1u8; 1000]).expect("put back");
+        std::thread::sleep(RECHECK + std::time::Duration::from_millis(100));
+        check().expect("taken again once it is back");
     }
 }

@@ -203,8 +203,9 @@ pub struct ChunkStore {
     /// Imported objects by slice id, and the stores of their buckets.
     pub(crate) externals: Mutex<HashMap<u64, Arc<tessera_meta::ExternalObject>>>,
     pub(crate) sources: Mutex<HashMap<String, DynStore>>,
-    /// When each imported object was last found unchanged in its bucket.
-    pub(crate) checked: Mutex<HashMap<u64, std::time::Instant>>,
+    /// What the last check of each imported object against its bucket
+    /// found, and when (shared with the checks running in the background).
+    pub(crate) checked: Arc<Mutex<HashMap<u64, external::Checked>>>,
     /// The cache group this process takes part in, if any.
     pub(crate) group: std::sync::OnceLock<Arc<tessera_cachegroup::Group>>,
     /// Blocks being fetched for peers, so that every asker shares one fetch.
@@ -245,7 +246,7 @@ impl ChunkStore {
             origins: Mutex::new(HashMap::new()),
             externals: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
-            checked: Mutex::new(HashMap::new()),
+            checked: Arc::new(Mutex::new(HashMap::new())),
             group: std::sync::OnceLock::new(),
             served: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
