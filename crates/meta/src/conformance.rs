@@ -790,6 +790,53 @@ fn data_records(e: Arc<dyn KvEngine>) {
         m.get_external(ext_id + 1000),
         Err(MetaError::NotFound)
     ));
+    // Imported files read in one batch, mixed with a plain file and an
+    // empty one: each gets its own answer, in order.
+    let mut inos = Vec::new();
+    for i in 0..3 {
+        let obj = crate::ExternalObject {
+            key: format!("a/shard-{i}.bin"),
+            size: 100 + i,
+            ..ext.clone()
+        };
+        inos.push(
+            m.import_file(
+                &CTX,
+                ROOT_INO,
+                format!("shard-{i}").as_bytes(),
+                &obj,
+                0o644,
+                None,
+            )
+            .expect("import"),
+        );
+    }
+    inos.insert(1, h);
+    let (empty, _) = m
+        .mknod(&CTX, ROOT_INO, b"empty", FileType::File, 0o644, 0, None)
+        .expect("empty");
+    inos.push(empty);
+    let found = m.imported_objects(&inos).expect("batch");
+    let keys: Vec<Option<String>> = found
+        .iter()
+        .map(|f| f.as_ref().map(|(_, o)| o.key.clone()))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            Some("a/shard-0.bin".into()),
+            None,
+            Some("a/shard-1.bin".into()),
+            Some("a/shard-2.bin".into()),
+            None
+        ]
+    );
+    assert_eq!(
+        m.imported_object(inos[3])
+            .expect("one")
+            .map(|(_, o)| o.size),
+        Some(102)
+    );
     let fa = m.fallocate(h, 0, 0, 5000).expect("fallocate grows");
     assert_eq!(fa.attr.length, 5000);
 }

@@ -72,6 +72,45 @@ impl Meta {
         }
     }
 
+    /// [`Meta::imported_object`] for many files at once: one transaction
+    /// that reads every first chunk together, then every object record
+    /// together (one round trip each where the engine batches reads), for
+    /// a re-import that compares a whole directory with its bucket.
+    pub fn imported_objects(&self, inos: &[Ino]) -> Result<Vec<Option<(u64, ExternalObject)>>> {
+        self.read_txn(|tx| {
+            let chunk_keys: Vec<Vec<u8>> = inos.iter().map(|i| keys::chunk(*i, 0)).collect();
+            let refs: Vec<&[u8]> = chunk_keys.iter().map(Vec::as_slice).collect();
+            let firsts = tx.get_many(&refs)?;
+            let mut ids = Vec::with_capacity(inos.len());
+            for raw in &firsts {
+                let id = match raw {
+                    Some(v) => SliceRecord::decode_all(v)?
+                        .first()
+                        .filter(|r| r.kind == crate::SliceKind::External)
+                        .map(|r| r.id),
+                    None => None,
+                };
+                ids.push(id);
+            }
+            let ext_keys: Vec<Vec<u8>> =
+                ids.iter().flatten().map(|id| keys::external(*id)).collect();
+            let refs: Vec<&[u8]> = ext_keys.iter().map(Vec::as_slice).collect();
+            let mut records = tx.get_many(&refs)?.into_iter();
+            let mut out = Vec::with_capacity(inos.len());
+            for id in ids {
+                let Some(id) = id else {
+                    out.push(None);
+                    continue;
+                };
+                let raw = records.next().flatten().ok_or(MetaError::NotFound)?;
+                let obj: ExternalObject = serde_json::from_slice(&raw)
+                    .map_err(|e| MetaError::Corrupt(format!("external object {id}: {e}")))?;
+                out.push(Some((id, obj)));
+            }
+            Ok(out)
+        })
+    }
+
     pub fn get_external(&self, id: u64) -> Result<ExternalObject> {
         let raw = self
             .read_txn(|tx| tx.get(&keys::external(id)))?
