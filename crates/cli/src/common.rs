@@ -90,19 +90,7 @@ pub fn open_volume(meta_url: &str, config: MetaConfig) -> Result<(Arc<Meta>, For
     }
 }
 
-/// A metadata URL without its password.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:****{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+pub use tessera_meta::engines::redact;
 
 /// Parse a size with an optional unit (K, M, G, T, with or without "iB");
 /// a bare number is taken in `bare_unit` bytes.

@@ -86,9 +86,10 @@ pub fn check_volume(meta_url: &str) -> Result<(), Status> {
 /// there.
 pub fn open_volume(meta_url: &str) -> Result<tessera_meta::Meta, Status> {
     let engine = tessera_meta::open_engine(meta_url).map_err(|e| match e {
-        tessera_meta::MetaError::NotFormatted => {
-            Status::not_found(format!("no volume at {}", redact(meta_url)))
-        }
+        tessera_meta::MetaError::NotFormatted => Status::not_found(format!(
+            "no volume at {}",
+            tessera_meta::engines::redact(meta_url)
+        )),
         e => Status::unavailable(format!("metadata engine: {e}")),
     })?;
     let meta = tessera_meta::Meta::new(engine, Default::default());
@@ -96,30 +97,8 @@ pub fn open_volume(meta_url: &str) -> Result<tessera_meta::Meta, Status> {
         Ok(_) => Ok(meta),
         Err(tessera_meta::MetaError::NotFormatted) => Err(Status::not_found(format!(
             "no volume is formatted at {}",
-            redact(meta_url)
+            tessera_meta::engines::redact(meta_url)
         ))),
         Err(e) => Err(Status::unavailable(format!("metadata engine: {e}"))),
-    }
-}
-
-/// A metadata URL without its password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}****{}", &url[..s + 3], &url[at..]),
-        _ => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_not_shown() {
-        assert_eq!(
-            redact("redis://:secret@host:6379/1"),
-            "redis://****@host:6379/1"
-        );
-        assert_eq!(redact("sqlite:///a/b.db"), "sqlite:///a/b.db");
     }
 }
