@@ -109,12 +109,8 @@ impl ChunkStore {
         }
         let store = self.source_store(obj)?;
         let verdict = judge(obj, self.rt.block_on(store.head(&obj.key)));
-        self.record_check(id, verdict.clone());
+        record(&self.checked, id, verdict.clone());
         verdict.map_err(|reason| crate::ChunkError::Stale { reason })
-    }
-
-    fn record_check(&self, id: u64, verdict: std::result::Result<(), String>) {
-        record(&self.checked, id, verdict);
     }
 
     /// HEAD the object on the I/O runtime and record what it says; reads

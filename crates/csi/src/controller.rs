@@ -205,14 +205,6 @@ fn validate(
     })
 }
 
-async fn off_thread<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| internal("plugin task", e))?
-}
-
 #[tonic::async_trait]
 impl controller_server::Controller for Controller {
     async fn create_volume(
@@ -220,9 +212,13 @@ impl controller_server::Controller for Controller {
         req: Request<CreateVolumeRequest>,
     ) -> Result<Response<CreateVolumeResponse>, Status> {
         let req = req.into_inner();
-        let r = off_thread(move || create(req)).await;
-        self.metrics.call("CreateVolume", &r);
-        Ok(Response::new(CreateVolumeResponse { volume: Some(r?) }))
+        let volume = self
+            .metrics
+            .run("CreateVolume", move || create(req))
+            .await?;
+        Ok(Response::new(CreateVolumeResponse {
+            volume: Some(volume),
+        }))
     }
 
     async fn delete_volume(
@@ -230,9 +226,9 @@ impl controller_server::Controller for Controller {
         req: Request<DeleteVolumeRequest>,
     ) -> Result<Response<DeleteVolumeResponse>, Status> {
         let req = req.into_inner();
-        let r = off_thread(move || delete(req)).await;
-        self.metrics.call("DeleteVolume", &r);
-        r?;
+        self.metrics
+            .run("DeleteVolume", move || delete(req))
+            .await?;
         Ok(Response::new(DeleteVolumeResponse {}))
     }
 
@@ -241,9 +237,10 @@ impl controller_server::Controller for Controller {
         req: Request<ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<ValidateVolumeCapabilitiesResponse>, Status> {
         let req = req.into_inner();
-        let r = off_thread(move || validate(req)).await;
-        self.metrics.call("ValidateVolumeCapabilities", &r);
-        Ok(Response::new(r?))
+        let answer = self
+            .metrics
+            .run("ValidateVolumeCapabilities", move || validate(req));
+        Ok(Response::new(answer.await?))
     }
 
     async fn controller_get_capabilities(

@@ -50,7 +50,7 @@ impl Default for PluginMetrics {
 
 impl PluginMetrics {
     /// Count one call of `method` that ended with `result`.
-    pub fn call<T>(&self, method: &str, result: &Result<T, tonic::Status>) {
+    fn call<T>(&self, method: &str, result: &Result<T, tonic::Status>) {
         let code = match result {
             Ok(_) => "ok".to_string(),
             Err(s) => format!("{:?}", s.code()),
@@ -61,6 +61,21 @@ impl PluginMetrics {
                 ("code".to_string(), code),
             ])
             .inc();
+    }
+
+    /// Do one call's work on a blocking thread (it mounts, binds and asks
+    /// the metadata engine, all blocking) and count how it ended.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        method: &str,
+        work: impl FnOnce() -> Result<T, tonic::Status> + Send + 'static,
+    ) -> Result<T, tonic::Status> {
+        let result = tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| crate::checks::internal("plugin task", e))
+            .and_then(|r| r);
+        self.call(method, &result);
+        result
     }
 
     pub fn render(&self) -> String {

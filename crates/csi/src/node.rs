@@ -422,18 +422,6 @@ impl Node {
     }
 }
 
-pub(crate) fn blocking<T: Send + 'static>(
-    node: &Arc<Node>,
-    f: impl FnOnce(&Node) -> Result<T, Status> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T, Status>> {
-    let node = node.clone();
-    async move {
-        tokio::task::spawn_blocking(move || f(&node))
-            .await
-            .map_err(|e| internal("plugin task", e))?
-    }
-}
-
 /// The gRPC face of a [`Node`].
 pub struct Service(pub Arc<Node>);
 
@@ -444,9 +432,11 @@ impl node_server::Node for Service {
         req: Request<NodeStageVolumeRequest>,
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
         let req = req.into_inner();
-        let r = blocking(&self.0, move |n| n.stage(req)).await;
-        self.0.metrics.call("NodeStageVolume", &r);
-        r?;
+        let node = self.0.clone();
+        self.0
+            .metrics
+            .run("NodeStageVolume", move || node.stage(req))
+            .await?;
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
@@ -455,9 +445,11 @@ impl node_server::Node for Service {
         req: Request<NodeUnstageVolumeRequest>,
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
         let req = req.into_inner();
-        let r = blocking(&self.0, move |n| n.unstage(req)).await;
-        self.0.metrics.call("NodeUnstageVolume", &r);
-        r?;
+        let node = self.0.clone();
+        self.0
+            .metrics
+            .run("NodeUnstageVolume", move || node.unstage(req))
+            .await?;
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
 
@@ -466,9 +458,11 @@ impl node_server::Node for Service {
         req: Request<NodePublishVolumeRequest>,
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
         let req = req.into_inner();
-        let r = blocking(&self.0, move |n| n.publish(req)).await;
-        self.0.metrics.call("NodePublishVolume", &r);
-        r?;
+        let node = self.0.clone();
+        self.0
+            .metrics
+            .run("NodePublishVolume", move || node.publish(req))
+            .await?;
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
 
@@ -477,9 +471,11 @@ impl node_server::Node for Service {
         req: Request<NodeUnpublishVolumeRequest>,
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let req = req.into_inner();
-        let r = blocking(&self.0, move |n| n.unpublish(req)).await;
-        self.0.metrics.call("NodeUnpublishVolume", &r);
-        r?;
+        let node = self.0.clone();
+        self.0
+            .metrics
+            .run("NodeUnpublishVolume", move || node.unpublish(req))
+            .await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
@@ -488,9 +484,12 @@ impl node_server::Node for Service {
         req: Request<NodeGetVolumeStatsRequest>,
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = req.into_inner();
-        let r = blocking(&self.0, move |n| n.stats(req)).await;
-        self.0.metrics.call("NodeGetVolumeStats", &r);
-        Ok(Response::new(r?))
+        let node = self.0.clone();
+        let stats = self
+            .0
+            .metrics
+            .run("NodeGetVolumeStats", move || node.stats(req));
+        Ok(Response::new(stats.await?))
     }
 
     async fn node_get_capabilities(
