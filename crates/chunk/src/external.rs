@@ -161,6 +161,17 @@ impl ChunkStore {
         Ok(store)
     }
 
+    /// One level of an import's bucket under `prefix` (a lazy import's
+    /// directory), through the same store, metrics and limits as its reads.
+    pub fn list_source(
+        &self,
+        origin: &ExternalObject,
+        prefix: &str,
+    ) -> Result<tessera_object::Listing> {
+        let store = self.source_store(origin)?;
+        Ok(self.rt.block_on(store.list_dir(prefix))?)
+    }
+
     /// Fetch one block of an external object (the key says which).
     pub(crate) async fn load_external(
         self: &Arc<Self>,

@@ -62,6 +62,19 @@ impl StorageFlags {
         }
         .or(StorageOptions::from_env()))
     }
+
+    /// The connection options for a volume's own store: flags, then the
+    /// environment, then the endpoint and region it was formatted with.
+    pub fn options_for(&self, format: &Format) -> Result<StorageOptions> {
+        Ok(self.options()?.or(StorageOptions {
+            endpoint: format.endpoint.clone(),
+            region: format.region.clone(),
+            access_key: None,
+            secret_key: None,
+            virtual_host_style: format.virtual_host_style,
+            timeout: None,
+        }))
+    }
 }
 
 /// Open the metadata engine of a URL and load the volume settings, with
@@ -189,10 +202,21 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
 pub fn seconds_in(flag: &str, v: f64, min: f64, max: f64) -> Result<std::time::Duration> {
     if !v.is_finite() || v < min || v > max {
         return Err(anyhow!(
-            "{flag} {v} is out of range: give a number of seconds from {min} to {max}"
+            "{flag} {} is out of range: give a number of seconds from {min} to {max}",
+            shown(v)
         ));
     }
     Ok(std::time::Duration::from_secs_f64(v))
+}
+
+/// A number as a message shows it: plainly, or in exponent form when it
+/// is huge or tiny (`1e-300`, not three hundred zeros).
+pub fn shown(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e12).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
 }
 
 /// Longest time a cache or period flag takes: 30 days.
@@ -295,6 +319,19 @@ mod tests {
             .to_string()
             .contains("unknown unit"));
         assert!(parse_size("abc", 1).is_err());
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_shown_short() {
+        assert_eq!(shown(1e-300), "1e-300");
+        assert_eq!(shown(1e20), "1e20");
+        assert_eq!(shown(2.5), "2.5");
+        assert_eq!(shown(0.0), "0");
+        let e = seconds_in("--heartbeat", 1e20, 0.1, 3600.0).expect_err("huge");
+        assert_eq!(
+            e.to_string(),
+            "--heartbeat 1e20 is out of range: give a number of seconds from 0.1 to 3600"
+        );
     }
 
     #[test]

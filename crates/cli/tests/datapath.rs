@@ -340,6 +340,74 @@ fn import_refuses_bad_sources_and_destinations() {
     assert!(stderr(&out).contains("not a directory"), "{}", stderr(&out));
 }
 
+/// `import --lazy`: a bucket of 10,000 objects in nested prefixes is
+/// usable at once (the import lists nothing but its root, to prove the
+/// source answers), each directory is listed the first time it is looked
+/// up, not again within its relist time, and objects added, changed or
+/// removed later show up after it.
+#[test]
+fn a_lazy_import_lists_each_directory_when_first_looked_up() {
+    let vol = Volume::new("lazyvol");
+    let src = tempfile::tempdir().expect("tempdir");
+    for a in 0..10 {
+        for b in 0..10 {
+            let dir = src.path().join(format!("d{a}/s{b}"));
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            for c in 0..100 {
+                std::fs::write(dir.join(format!("f{c}")), format!("{a}-{b}-{c}")).expect("object");
+            }
+        }
+    }
+    let source = format!("file://{}", src.path().display());
+    let out = tessera(&[
+        "import",
+        "--lazy",
+        "--relist",
+        "4s",
+        &source,
+        &vol.meta_url,
+        "/repo",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = tessera(&["status", &vol.meta_url]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains(" in 1 inodes"),
+        "nothing imported yet: {}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    let m = vol.mount("mnt");
+    let listings = || stat(&m.path, "tessera_lazy_listings_total");
+    assert_eq!(listings(), 0.0);
+    let s7 = m.join("repo/d3/s7");
+    assert_eq!(std::fs::read(s7.join("f42")).expect("read"), b"3-7-42");
+    let first_listing = std::time::Instant::now();
+    assert_eq!(listings(), 3.0, "the path's three directories, not 111");
+    assert_eq!(std::fs::read_dir(&s7).expect("ls").count(), 100);
+    std::fs::metadata(s7.join("f43")).expect("stat");
+    assert_eq!(listings(), 3.0, "no directory listed twice within its time");
+
+    std::fs::write(src.path().join("d3/s7/new"), "fresh").expect("add");
+    std::fs::write(src.path().join("d3/s7/f0"), "changed!").expect("change");
+    std::fs::remove_file(src.path().join("d3/s7/f1")).expect("remove");
+    let early = std::fs::metadata(s7.join("new")).is_ok();
+    if first_listing.elapsed() < std::time::Duration::from_secs(3) {
+        assert!(!early, "listed again before its time");
+    }
+    wait_for("the added object to show up", || {
+        std::fs::read(s7.join("new")).is_ok_and(|b| b == b"fresh")
+    });
+    assert_eq!(std::fs::read(s7.join("f0")).expect("changed"), b"changed!");
+    assert!(!s7.join("f1").exists(), "a removed object's file goes");
+    let relisted = listings();
+    assert!((4.0..10.0).contains(&relisted), "{relisted} listings");
+
+    // Every object is there when walked.
+    let files = files_under(&m.join("repo"));
+    assert_eq!(files.len(), 10_000);
+    m.unmount();
+    assert_fsck_clean(&vol.meta_url, "after a lazy import");
+}
+
 #[test]
 fn bad_data_path_options_are_refused_by_name() {
     let vol = Volume::new("optvol");

@@ -54,8 +54,26 @@ fn hundred_mib_round_trip_on_s3() {
         }
         f.sync_all().expect("fsync");
     }
-    let m = vol.mount("mnt");
-    let back = fs::read(m.join("ckpt.bin")).expect("read back");
+    // The volume remembers the endpoint it was formatted with: a mount
+    // given none (no flag, no AWS_ENDPOINT_URL) reaches the same server
+    // instead of going to AWS.
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").expect("endpoint");
+    // SAFETY: the tests of this file take turns (`serial`) and only they
+    // change the environment.
+    unsafe { std::env::remove_var("AWS_ENDPOINT_URL") };
+    let status = common::tessera(&["status", &vol.meta_url]);
+    let shown = String::from_utf8_lossy(&status.stdout).to_string();
+    let back = {
+        let m = vol.mount("mnt");
+        fs::read(m.join("ckpt.bin"))
+    };
+    // SAFETY: as above.
+    unsafe { std::env::set_var("AWS_ENDPOINT_URL", &endpoint) };
+    assert!(
+        shown.contains(&format!("endpoint    {endpoint}")),
+        "status names the endpoint: {shown}"
+    );
+    let back = back.expect("read back");
     assert_eq!(back.len(), data.len());
     assert_eq!(
         digest(&back),

@@ -52,6 +52,9 @@ pub fn test_format() -> Format {
         upload_limit_kbps: 0,
         download_limit_kbps: 0,
         encryption: None,
+        endpoint: None,
+        region: None,
+        virtual_host_style: false,
     }
 }
 

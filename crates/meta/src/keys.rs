@@ -16,6 +16,7 @@
 //! | `LF` ino / `LP` ino | flock / POSIX lock tables |
 //! | `SE` sid | session info JSON; `SH` sid heartbeat; `SS` sid ino open-unlinked |
 //! | `E` id | external object a slice points at (import) |
+//! | `I` ino | lazy import: the bucket a directory is listed from ([`LazyImport`](crate::LazyImport)) |
 //! | `G` group `\0` member | cache-group member record JSON (live state) |
 //! | `Q` ino `L` / `Q` ino `U` | directory quota: limits / usage (`fs::quota`) |
 //! | `T` hour id size | slice kept by the trash (`fs::trash`) |
@@ -147,6 +148,14 @@ pub fn external(id: u64) -> Vec<u8> {
 }
 
 /// Read a big-endian u64 from `key[at..at + 8]`.
+pub fn lazy_import(ino: Ino) -> Vec<u8> {
+    let mut k = vec![b'I'];
+    k.extend_from_slice(&ino.to_be_bytes());
+    k
+}
+
+pub const LAZY_IMPORT_PREFIX: &[u8] = b"I";
+
 pub fn be_u64(key: &[u8], at: usize) -> Option<u64> {
     key.get(at..at + 8)
         .and_then(|b| b.try_into().ok())

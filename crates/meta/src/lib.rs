@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use attr::{Attr, FileType};
 pub use check::FsckReport;
 pub use fs::{
-    Appended, CloneReport, Entry, ExternalObject, Meta, MetaConfig, Quota, QuotaCheck,
+    Appended, CloneReport, Entry, ExternalObject, LazyImport, Meta, MetaConfig, Quota, QuotaCheck,
     RemoveReport, SetAttr, StatFs, TruncateResult, UnlinkResult, TRASH_INO, TRASH_NAME,
 };
 pub use group::MemberRecord;
@@ -207,6 +207,15 @@ pub struct Format {
     /// Encryption at rest (`format --encrypt-key`); fixed at format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+    /// The object store's endpoint and region the volume was formatted
+    /// with (never its credentials): every command that is given none of
+    /// its own, by flag or environment, reaches the same store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub virtual_host_style: bool,
 }
 
 /// How a volume's blocks are encrypted: what the settings keep of the

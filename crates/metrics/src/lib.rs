@@ -107,6 +107,8 @@ pub struct Metrics {
     pub group_auth_failures: Counter,
     /// Live members in the group's view.
     pub group_members: Gauge,
+    /// Directories of lazy imports listed from their bucket.
+    pub lazy_listings: Counter,
 }
 
 impl Default for Metrics {
@@ -152,6 +154,7 @@ impl Metrics {
             group_served_bytes: Counter::default(),
             group_auth_failures: Counter::default(),
             group_members: Gauge::default(),
+            lazy_listings: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -178,6 +181,11 @@ impl Metrics {
             "cache_evictions",
             "Blocks evicted, by tier",
             m.cache_evictions.clone(),
+        );
+        r.register(
+            "lazy_listings",
+            "Directories of lazy imports listed from their bucket",
+            m.lazy_listings.clone(),
         );
         r.register(
             "corrupt_blocks",
@@ -323,6 +331,11 @@ impl Metrics {
         self.op_errors
             .get_or_create(&[("op", name), ("errno", errno)])
             .inc();
+    }
+
+    /// One directory of a lazy import listed from its bucket.
+    pub fn lazy_listing(&self) {
+        self.lazy_listings.inc();
     }
 
     /// Count one operation by name.

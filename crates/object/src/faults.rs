@@ -214,6 +214,10 @@ impl ObjectStore for Faulty {
         self.inner.list(prefix)
     }
 
+    fn list_dir<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<crate::Listing>> {
+        self.inner.list_dir(prefix)
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let fault = self.fault_for(Method::Delete, key);

@@ -229,6 +229,15 @@ impl ObjectStore for Instrumented {
         })
     }
 
+    fn list_dir<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<crate::Listing>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let r = self.inner.list_dir(prefix).await;
+            self.observe("list", started, &r);
+            r
+        })
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let started = Instant::now();

@@ -128,6 +128,37 @@ pub struct ObjectInfo {
     pub mtime: Option<i64>,
 }
 
+/// One level of a listing: the objects directly under a prefix, and the
+/// deeper prefixes ("directories", each ending in `/`) below it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub objects: Vec<ObjectInfo>,
+    pub prefixes: Vec<String>,
+}
+
+impl Listing {
+    /// One level of a recursive listing of `prefix`.
+    pub fn one_level(prefix: &str, all: Vec<ObjectInfo>) -> Listing {
+        let mut out = Listing::default();
+        for o in all {
+            let Some(rest) = o.key.strip_prefix(prefix) else {
+                continue;
+            };
+            match rest.find('/') {
+                Some(i) => {
+                    let dir = format!("{prefix}{}", &rest[..=i]);
+                    if out.prefixes.last() != Some(&dir) && !out.prefixes.contains(&dir) {
+                        out.prefixes.push(dir);
+                    }
+                }
+                None if !rest.is_empty() => out.objects.push(o),
+                None => {}
+            }
+        }
+        out
+    }
+}
+
 /// Request counters, so tests and metrics can prove what went to the store.
 #[derive(Debug, Default)]
 pub struct RequestCounters {
@@ -220,6 +251,12 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectInfo>>;
     /// Every object whose key starts with `prefix`, recursively.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectInfo>>>;
+    /// One level under `prefix` (empty, or ending in `/`): the objects
+    /// there and the prefixes below, as a listing with a `/` delimiter
+    /// gives them, without walking deeper.
+    fn list_dir<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Listing>> {
+        Box::pin(async move { Ok(Listing::one_level(prefix, self.list(prefix).await?)) })
+    }
     /// Delete an object; deleting a missing object is not an error.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>>;
     fn counters(&self) -> &RequestCounters;
@@ -235,6 +272,36 @@ pub type DynStore = Arc<dyn ObjectStore>;
 
 /// Size of the parts of a multipart upload (S3 wants at least 5 MiB).
 const MULTIPART_PART: usize = 8 << 20;
+
+impl OpendalStore {
+    /// Listed objects with their sizes and times. Some services (a local
+    /// directory) list names only: each such object is asked for them.
+    async fn described(
+        &self,
+        entries: impl Iterator<Item = opendal::Entry>,
+    ) -> Result<Vec<ObjectInfo>> {
+        let mut out = Vec::new();
+        for e in entries {
+            let meta = if e.metadata().last_modified().is_some() {
+                e.metadata().clone()
+            } else {
+                match self.op.stat(e.path()).await {
+                    Ok(m) => m,
+                    // Deleted since it was listed: no longer there.
+                    Err(err) if err.kind() == opendal::ErrorKind::NotFound => continue,
+                    Err(err) => return Err(backend("HEAD", e.path(), err)),
+                }
+            };
+            out.push(ObjectInfo {
+                key: e.path().to_string(),
+                size: meta.content_length(),
+                etag: meta.etag().map(str::to_string),
+                mtime: meta.last_modified().map(|t| t.into_inner().as_second()),
+            });
+        }
+        Ok(out)
+    }
+}
 
 /// The OpenDAL-backed store.
 pub struct OpendalStore {
@@ -434,28 +501,27 @@ impl ObjectStore for OpendalStore {
                 Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
                 Err(e) => return Err(backend("LIST", prefix, e)),
             };
-            // Some services (a local directory) list names only, without a
-            // time or a size: ask each such object for them.
-            let mut out = Vec::with_capacity(entries.len());
-            for e in entries.into_iter().filter(|e| !e.path().ends_with('/')) {
-                let meta = if e.metadata().last_modified().is_some() {
-                    e.metadata().clone()
-                } else {
-                    match self.op.stat(e.path()).await {
-                        Ok(m) => m,
-                        // Deleted since it was listed: no longer there.
-                        Err(err) if err.kind() == opendal::ErrorKind::NotFound => continue,
-                        Err(err) => return Err(backend("HEAD", e.path(), err)),
-                    }
-                };
-                out.push(ObjectInfo {
-                    key: e.path().to_string(),
-                    size: meta.content_length(),
-                    etag: meta.etag().map(str::to_string),
-                    mtime: meta.last_modified().map(|t| t.into_inner().as_second()),
-                });
-            }
-            Ok(out)
+            self.described(entries.into_iter().filter(|e| !e.path().ends_with('/')))
+                .await
+        })
+    }
+
+    fn list_dir<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Listing>> {
+        Box::pin(async move {
+            self.counters.lists.fetch_add(1, Ordering::Relaxed);
+            let entries = match self.op.list_with(prefix).recursive(false).await {
+                Ok(e) => e,
+                Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Listing::default()),
+                Err(e) => return Err(backend("LIST", prefix, e)),
+            };
+            let (dirs, objects): (Vec<_>, Vec<_>) = entries
+                .into_iter()
+                .filter(|e| e.path() != prefix && e.path() != "/")
+                .partition(|e| e.path().ends_with('/'));
+            Ok(Listing {
+                objects: self.described(objects.into_iter()).await?,
+                prefixes: dirs.into_iter().map(|e| e.path().to_string()).collect(),
+            })
         })
     }
 
@@ -519,6 +585,54 @@ mod tests {
             ));
             assert_eq!(store.counters().puts.load(Ordering::Relaxed), 1);
         });
+    }
+
+    #[test]
+    fn one_level_listings_give_objects_and_deeper_prefixes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file_url = format!("file://{}", dir.path().display());
+        for url in ["mem://", file_url.as_str()] {
+            let store = open_store(url, &StorageOptions::default()).expect("open");
+            rt().block_on(async {
+                for key in ["top", "a/one", "a/b/deep", "a/b/c/deeper", "a/two", "z/x"] {
+                    store
+                        .put(key, Bytes::from(key.as_bytes().to_vec()).into())
+                        .await
+                        .expect("put");
+                }
+                let keys = |l: &Listing| {
+                    let mut k: Vec<String> = l.objects.iter().map(|o| o.key.clone()).collect();
+                    k.sort();
+                    k
+                };
+                let sorted = |mut v: Vec<String>| {
+                    v.sort();
+                    v
+                };
+                let root = store.list_dir("").await.expect("root");
+                assert_eq!(keys(&root), ["top"], "{url}");
+                assert_eq!(sorted(root.prefixes), ["a/", "z/"], "{url}");
+                let a = store.list_dir("a/").await.expect("a/");
+                assert_eq!(keys(&a), ["a/one", "a/two"], "{url}");
+                assert_eq!(a.prefixes, ["a/b/"], "{url}");
+                assert_eq!(a.objects[0].size, 5, "{url}: sizes are listed");
+                let missing = store.list_dir("nothing/").await.expect("missing");
+                assert_eq!(missing, Listing::default(), "{url}");
+            });
+        }
+        // The fallback over a recursive listing gives the same.
+        let all = ["a/x", "a/b/y", "a/b/z", "a/c/d/e", "b"]
+            .iter()
+            .map(|k| ObjectInfo {
+                key: k.to_string(),
+                size: 1,
+                etag: None,
+                mtime: None,
+            })
+            .collect();
+        let l = Listing::one_level("a/", all);
+        assert_eq!(l.objects.len(), 1);
+        assert_eq!(l.prefixes, ["a/b/", "a/c/"]);
     }
 
     #[test]

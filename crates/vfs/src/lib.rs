@@ -12,6 +12,7 @@ mod copies;
 mod files;
 pub mod glob;
 mod handles;
+pub mod import;
 pub mod internal;
 mod locks;
 mod namespace;
@@ -277,6 +278,8 @@ pub struct Vfs {
     /// it) at a time, so two waiters of one cycle do not both give up. It
     /// is held across metadata reads, but only lock waiters take it.
     deadlock_checks: Mutex<()>,
+    /// Lazily imported directories (`tessera import --lazy`).
+    lazy: import::LazyDirs,
 }
 
 fn is_write_only(flags: i32) -> bool {
@@ -309,6 +312,7 @@ impl Vfs {
             purging: AtomicBool::new(false),
             lock_waits: Mutex::new(HashMap::new()),
             deadlock_checks: Mutex::new(()),
+            lazy: import::LazyDirs::default(),
         })
     }
 
@@ -327,6 +331,7 @@ impl Vfs {
         })?;
         // Quotas (and the volume's usage, for its capacity) from the start.
         self.sync_quotas();
+        self.reload_lazy_imports();
         let (tx, rx) = mpsc::channel();
         {
             let mut w = self.work.lock();
@@ -379,6 +384,7 @@ impl Vfs {
             if let Err(e) = self.meta.heartbeat() {
                 warn!(error = %e, "heartbeat failed");
             }
+            self.reload_lazy_imports();
             self.maybe_backup();
             self.maybe_purge_trash();
             if last_clean.elapsed() >= self.config.session_timeout / 2 {

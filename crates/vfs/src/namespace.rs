@@ -9,6 +9,7 @@ impl Vfs {
         if let Some(ino) = internal::lookup(parent, name) {
             return Ok((ino, self.getattr(ino)?));
         }
+        self.refresh_lazy(parent);
         let (ino, attr) = self.meta.lookup(parent, name)?;
         self.remember_name(parent, name, ino);
         self.note_prefetch(name, ino, &attr);
@@ -269,6 +270,7 @@ impl Vfs {
         if let Some(entries) = held.filter(|_| offset != 0) {
             return Ok(entries);
         }
+        self.refresh_lazy(h.ino);
         // A directory removed while open lists as empty: `.` and `..` only.
         let fresh = match self.meta.getattr(h.ino) {
             Ok(attr) => self.listing(h.ino, &attr)?,

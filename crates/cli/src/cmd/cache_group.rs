@@ -80,7 +80,8 @@ fn bench(a: BenchArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let metrics = Arc::new(tessera_metrics::Metrics::new());
-    let store = tessera_object::open_store(&format.storage, &a.storage_flags.options()?)?;
+    let store =
+        tessera_object::open_store(&format.storage, &a.storage_flags.options_for(&format)?)?;
     let config = tessera_chunk::ChunkConfig {
         volume: format.name.clone(),
         uuid: format.uuid.clone(),

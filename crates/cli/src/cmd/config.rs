@@ -58,6 +58,9 @@ fn show(f: &Format) {
     println!("volume      {}", f.name);
     println!("uuid        {}", f.uuid);
     println!("storage     {}", f.storage);
+    if let Some(e) = &f.endpoint {
+        println!("endpoint    {e}");
+    }
     println!("block size  {} KiB", f.block_size >> 10);
     println!("compression {:?}", f.compression);
     let limit = |v: u64, s: String| if v == 0 { "unlimited".into() } else { s };
@@ -97,6 +100,11 @@ fn changes(old: &Format, new: &Format) -> Vec<String> {
     );
     diff("inodes", old.inodes.to_string(), new.inodes.to_string());
     diff("storage", old.storage.clone(), new.storage.clone());
+    diff(
+        "endpoint",
+        old.endpoint.clone().unwrap_or_default(),
+        new.endpoint.clone().unwrap_or_default(),
+    );
     diff("acl", old.acl.to_string(), new.acl.to_string());
     diff(
         "trash days",
@@ -205,6 +213,11 @@ pub fn run(a: Args) -> Result<()> {
             check_new_storage(&a, &current, url)?;
         }
     }
+    // A new place is reached with the endpoint and region it was checked with.
+    let moved_to = match &a.storage {
+        Some(_) => Some(a.storage_flags.options()?),
+        None => None,
+    };
     let (old, new) = meta.update_format(|f| {
         if let Some(c) = capacity {
             f.capacity = c;
@@ -212,8 +225,12 @@ pub fn run(a: Args) -> Result<()> {
         if let Some(n) = a.inodes {
             f.inodes = n;
         }
-        if let Some(url) = &a.storage {
+        if let (Some(url), Some(options)) = (&a.storage, &moved_to) {
+            let local = url.starts_with("file://");
             f.storage = url.clone();
+            f.endpoint = options.endpoint.clone().filter(|_| !local);
+            f.region = options.region.clone().filter(|_| !local);
+            f.virtual_host_style = options.virtual_host_style;
         }
         if let Some(d) = a.trash_days {
             f.trash_days = d;
@@ -234,7 +251,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     // Keep the settings mirror in the bucket current (disaster recovery
     // reads it); a failure is reported, the metadata already changed.
-    let store = tessera_object::open_store(&new.storage, &a.storage_flags.options()?)?;
+    let store = tessera_object::open_store(&new.storage, &a.storage_flags.options_for(&new)?)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -101,7 +101,7 @@ impl DataPathArgs {
     /// Check every option and build the data-path settings.
     pub fn options(&self, storage: &StorageFlags, format: &Format) -> Result<DataPathOptions> {
         Ok(DataPathOptions {
-            storage: storage.options()?,
+            storage: storage.options_for(format)?,
             upload_mbps: self.upload_limit,
             download_mbps: self.download_limit,
             chunks: ChunkConfig {
@@ -199,7 +199,8 @@ pub fn check_limit(flag: &str, v: f64) -> Result<()> {
         Ok(())
     } else {
         Err(anyhow!(
-            "--{flag} {v} is out of range: give Mbit/s from 0.01 to 10000000, or 0 for no limit"
+            "--{flag} {} is out of range: give Mbit/s from 0.01 to 10000000, or 0 for no limit",
+            crate::common::shown(v)
         ))
     }
 }

@@ -59,7 +59,8 @@ pub fn run(a: Args) -> Result<()> {
             list.join(", ")
         ));
     }
-    let store = tessera_object::open_store(&format.storage, &a.storage_flags.options()?)?;
+    let store =
+        tessera_object::open_store(&format.storage, &a.storage_flags.options_for(&format)?)?;
     if !a.yes {
         eprint!(
             "destroy volume {:?} ({}): every object under {}/ in {} and all its metadata? type the volume name to go on: ",

@@ -180,6 +180,15 @@ pub fn run(a: Args) -> Result<()> {
             .as_ref()
             .map(|k| crate::encryption::new_encryption(k, existing.as_ref()))
             .transpose()?,
+        endpoint: options
+            .endpoint
+            .clone()
+            .filter(|_| !storage.starts_with("file://")),
+        region: options
+            .region
+            .clone()
+            .filter(|_| !storage.starts_with("file://")),
+        virtual_host_style: options.virtual_host_style,
     };
     let created = meta.init(&format)?;
     let settings = meta.format()?;

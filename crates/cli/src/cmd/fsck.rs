@@ -68,7 +68,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut missing = Vec::new();
     if a.check_objects {
-        let store = tessera_object::open_store(&format.storage, &a.storage_flags.options()?)?;
+        let store =
+            tessera_object::open_store(&format.storage, &a.storage_flags.options_for(&format)?)?;
         let keys: Vec<String> = block_keys(&format, r.slices.keys()).collect();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

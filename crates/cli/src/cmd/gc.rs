@@ -40,7 +40,8 @@ pub struct GcReport {
 pub fn run(a: Args) -> Result<()> {
     let age = parse_duration(&a.age).context("--age")?;
     let (meta, format) = open_volume(&a.meta_url, MetaConfig { read_only: true })?;
-    let store = tessera_object::open_store(&format.storage, &a.storage_flags.options()?)?;
+    let store =
+        tessera_object::open_store(&format.storage, &a.storage_flags.options_for(&format)?)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -3,7 +3,10 @@
 //! file is one external slice pointing at its object (key, size, ETag).
 //! Rerun, it is incremental: new objects appear, changed ones (other ETag
 //! or size) point at the new version, vanished ones are removed unless
-//! `--keep-deleted`.
+//! `--keep-deleted`. The bucket is walked one directory (one level of a
+//! `/`-delimited listing) at a time, so memory holds one directory, not
+//! the bucket. `--lazy` imports nothing at once: mounts list each
+//! directory when it is first looked up (`tessera_vfs::import`).
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -12,8 +15,11 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use tessera_meta::{Ctx, ExternalObject, FileType, Ino, Meta, MetaConfig, MetaError, ROOT_INO};
-use tessera_object::ObjectInfo;
+use tessera_meta::{
+    Ctx, ExternalObject, FileType, Ino, LazyImport, Meta, MetaConfig, MetaError, ROOT_INO,
+};
+use tessera_object::{Listing, ObjectInfo};
+use tessera_vfs::import::{import_ctx, DirReport, Syncer};
 
 use crate::common::{open_volume, redact, StorageFlags};
 use crate::filter::KeyFilter;
@@ -44,55 +50,17 @@ pub struct Args {
     /// environment at read time).
     #[arg(long)]
     pub store_credentials: bool,
+    /// Import nothing now: record the source, and let mounts list each
+    /// directory from it the first time it is looked up or read (for
+    /// buckets too large to walk before the first mount).
+    #[arg(long)]
+    pub lazy: bool,
+    /// With --lazy: seconds (or 90s, 5m, 1h) a directory's listing is
+    /// trusted before a mount lists it again.
+    #[arg(long, value_parser = crate::common::parse_seconds, default_value = "5m")]
+    pub relist: f64,
     #[command(flatten)]
     pub storage_flags: StorageFlags,
-}
-
-/// A file an earlier import made: where it is and what it points at.
-struct Existing {
-    parent: Ino,
-    name: Vec<u8>,
-    etag: Option<String>,
-    size: u64,
-}
-
-/// Files of one directory whose records are read in one transaction.
-const RECORDS_PER_TXN: usize = 1000;
-
-/// Every imported file under `dir` whose object came from `source`, by key:
-/// per directory one listing, and the files' records read a thousand at a
-/// time (was two transactions per file).
-fn existing(meta: &Meta, dir: Ino, source: &str) -> Result<HashMap<String, Existing>> {
-    let mut out = HashMap::new();
-    let mut stack = vec![dir];
-    while let Some(d) = stack.pop() {
-        let mut files = Vec::new();
-        for e in meta.readdir(d, false)? {
-            match e.typ {
-                FileType::Dir => stack.push(e.ino),
-                FileType::File => files.push(e),
-                _ => {}
-            }
-        }
-        for batch in files.chunks(RECORDS_PER_TXN) {
-            let inos: Vec<Ino> = batch.iter().map(|e| e.ino).collect();
-            for (e, found) in batch.iter().zip(meta.imported_objects(&inos)?) {
-                let Some((_, obj)) = found else { continue };
-                if obj.source == source {
-                    out.insert(
-                        obj.key.clone(),
-                        Existing {
-                            parent: d,
-                            name: e.name.clone(),
-                            etag: obj.etag,
-                            size: obj.size,
-                        },
-                    );
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// The directory at `path` under `from`, made (with parents) if missing.
@@ -137,6 +105,7 @@ fn mkdir_p(
 
 pub fn run(a: Args) -> Result<()> {
     let started = Instant::now();
+    crate::common::seconds_in("--relist", a.relist, 0.0, crate::common::MAX_FLAG_SECONDS)?;
     let (meta, _) = open_volume(&a.meta_url, MetaConfig::default())?;
     let options = a.storage_flags.options()?;
     let source = a.source.trim_end_matches('/').to_string();
@@ -149,130 +118,134 @@ pub fn run(a: Args) -> Result<()> {
     }
     let store = tessera_object::open_store(&source, &options)
         .with_context(|| format!("cannot open the source {}", redact(&source)))?;
+    let ctx = import_ctx();
+    let made = Mutex::new(HashMap::new());
+    let dest = mkdir_p(&meta, &ctx, ROOT_INO, a.dest.trim_matches('/'), &made)?;
+    let how = LazyImport {
+        origin: ExternalObject {
+            source: source.clone(),
+            endpoint: options.endpoint.clone(),
+            region: options.region.clone(),
+            access_key: options.access_key.clone().filter(|_| a.store_credentials),
+            secret_key: options.secret_key.clone().filter(|_| a.store_credentials),
+            ..Default::default()
+        },
+        relist_secs: a.relist,
+        include: a.filter.include.clone(),
+        exclude: a.filter.exclude.clone(),
+        keep_deleted: a.keep_deleted,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let listed: Vec<ObjectInfo> = rt
-        .block_on(store.list(""))
-        .with_context(|| format!("cannot list {}", redact(&source)))?
-        .into_iter()
-        .filter(|o| !o.key.ends_with('/') && !o.key.is_empty() && a.filter.wants(&o.key))
-        .collect();
-    let ctx = Ctx {
-        uid: 0,
-        gid: 0,
-        pid: std::process::id(),
-        umask: 0,
-    };
-    let made = Mutex::new(HashMap::new());
-    let dest = mkdir_p(&meta, &ctx, ROOT_INO, a.dest.trim_matches('/'), &made)?;
-    // Directories are made relative to the destination from here on.
-    made.lock().clear();
-    let mut before = existing(&meta, dest, &source)?;
-
-    let mut todo = Vec::new();
-    let mut unchanged = 0u64;
-    for o in &listed {
-        match before.remove(&o.key) {
-            Some(e) if e.etag == o.etag && e.size == o.size => unchanged += 1,
-            Some(e) => todo.push((o, Some(e))),
-            None => todo.push((o, None)),
-        }
-    }
-    let gone: Vec<(String, Existing)> = before.into_iter().collect();
-    if listed.is_empty() && !gone.is_empty() && !a.keep_deleted && !a.allow_empty {
-        return Err(anyhow!(
-            "{} lists no objects{}, yet {} files were imported from it: refusing to remove them all (check the source and its credentials, or pass --allow-empty if it really is empty)",
+    if a.lazy {
+        // One listing proves the source answers; nothing is imported now.
+        rt.block_on(store.list_dir(""))
+            .with_context(|| format!("cannot list {}", redact(&source)))?;
+        meta.set_lazy_import(dest, &how)?;
+        meta.flush_usage()?;
+        eprintln!(
+            "{} is imported lazily into {}: mounts list each directory the first time it is looked up or read, and again after {}s",
             redact(&source),
-            if a.filter.is_empty() { "" } else { " that the filters take" },
-            gone.len()
-        ));
+            a.dest,
+            a.relist
+        );
+        return Ok(());
     }
 
-    let total_bytes: u64 = todo.iter().map(|(o, _)| o.size).sum();
-    let bar = ProgressBar::new(todo.len() as u64);
+    let bar = ProgressBar::new_spinner();
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {pos}/{len} objects {msg} [{elapsed_precise}] {wide_bar}",
-        )
-        .map_err(|e| anyhow!("progress bar: {e}"))?,
+        ProgressStyle::with_template("{spinner} {pos} objects {msg} [{elapsed_precise}]")
+            .map_err(|e| anyhow!("progress bar: {e}"))?,
     );
-    let bytes_done = AtomicU64::new(0);
-    let (added, changed) = (AtomicU64::new(0), AtomicU64::new(0));
-    let failures = Mutex::new(Vec::new());
-    let store_keys = a.store_credentials;
-    tessera_chunk::par::par_for_each(&todo, a.threads, |(o, old)| {
-        let result = (|| -> Result<()> {
-            let (dir, name) = o.key.rsplit_once('/').unwrap_or(("", o.key.as_str()));
-            if let Some(e) = old {
-                meta.unlink(e.parent, &e.name)?;
-            }
-            let parent = mkdir_p(&meta, &ctx, dest, dir, &made)?;
-            let obj = ExternalObject {
-                source: source.clone(),
-                key: o.key.clone(),
-                size: o.size,
-                etag: o.etag.clone(),
-                endpoint: options.endpoint.clone(),
-                region: options.region.clone(),
-                access_key: options.access_key.clone().filter(|_| store_keys),
-                secret_key: options.secret_key.clone().filter(|_| store_keys),
-            };
-            meta.import_file(&ctx, parent, name.as_bytes(), &obj, 0o644, o.mtime)?;
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
-                if old.is_some() { &changed } else { &added }.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                let mut f = failures.lock();
-                f.push(format!("{}: {e:#}", o.key));
-            }
-        }
-        let b = bytes_done.fetch_add(o.size, Ordering::Relaxed) + o.size;
-        bar.set_message(format!(
-            "{:.1}/{:.1} GiB",
-            b as f64 / 1073741824.0,
-            total_bytes as f64 / 1073741824.0
-        ));
+    let seen_bytes = AtomicU64::new(0);
+    let progress = |o: &ObjectInfo| {
+        let b = seen_bytes.fetch_add(o.size, Ordering::Relaxed) + o.size;
+        bar.set_message(format!("{:.1} GiB", b as f64 / 1073741824.0));
         bar.inc(1);
-    });
-    bar.finish_and_clear();
-
-    let mut deleted = 0u64;
-    if !a.keep_deleted {
-        for (key, e) in &gone {
-            match meta.unlink(e.parent, &e.name) {
-                Ok(_) => deleted += 1,
-                Err(err) => {
-                    let mut f = failures.lock();
-                    f.push(format!("{key}: removing: {err}"));
+    };
+    let syncer = Syncer {
+        meta: &meta,
+        how: &how,
+        threads: a.threads,
+        progress: &progress,
+    };
+    // Directory by directory, so memory holds one directory at a time:
+    // (prefix, directory, whether its prefix was listed at all).
+    let mut todo = vec![(String::new(), dest, true)];
+    let mut total = DirReport::default();
+    let mut listed = 0u64;
+    let mut root = true;
+    while let Some((prefix, dir, exists)) = todo.pop() {
+        let listing = if exists {
+            match rt.block_on(store.list_dir(&prefix)) {
+                Ok(l) => l,
+                Err(e) if root => {
+                    return Err(anyhow!(e))
+                        .with_context(|| format!("cannot list {}", redact(&source)))
+                }
+                Err(e) => {
+                    total.failures.push(format!("{prefix}: listing: {e}"));
+                    continue;
                 }
             }
+        } else {
+            Listing::default()
+        };
+        listed += listing.objects.len() as u64;
+        let guard = root && !a.allow_empty;
+        let r = syncer.sync_dir(dir, &prefix, listing, guard)?;
+        // An empty listing at the root is taken for a missing source: the
+        // files there were kept, and the directories are not walked.
+        let emptied = r.kept > 0 || (r.subdirs.is_empty() && !r.vanished.is_empty());
+        if guard && emptied && !a.keep_deleted && r.added + r.unchanged == 0 {
+            bar.finish_and_clear();
+            return Err(anyhow!(
+                "{} lists no objects{}, yet {} holds what an earlier import made from it ({} files, {} directories at its top): refusing to remove them all (check the source and its credentials, or pass --allow-empty if it really is empty)",
+                redact(&source),
+                if a.filter.is_empty() { "" } else { " that the filters take" },
+                a.dest,
+                r.kept,
+                r.vanished.len()
+            ));
         }
+        root = false;
+        todo.extend(r.subdirs.iter().map(|(p, ino)| (p.clone(), *ino, true)));
+        // Directories the bucket no longer has: their imported files go.
+        if !a.keep_deleted {
+            todo.extend(r.vanished.iter().map(|(p, ino)| (p.clone(), *ino, false)));
+        }
+        total.added += r.added;
+        total.changed += r.changed;
+        total.unchanged += r.unchanged;
+        total.removed += r.removed;
+        total.kept += r.kept;
+        total.failures.extend(r.failures);
     }
+    bar.finish_and_clear();
     meta.flush_usage()?;
-    let failures = failures.into_inner();
     eprintln!(
         "imported {} into {}: {} new, {} changed, {} unchanged, {} removed{} ({} objects listed, {:.1} GiB) in {:.1}s",
         redact(&source),
         a.dest,
-        added.load(Ordering::Relaxed),
-        changed.load(Ordering::Relaxed),
-        unchanged,
-        deleted,
-        if a.keep_deleted && !gone.is_empty() { format!(", {} kept though gone", gone.len()) } else { String::new() },
-        listed.len(),
-        listed.iter().map(|o| o.size).sum::<u64>() as f64 / 1073741824.0,
+        total.added,
+        total.changed,
+        total.unchanged,
+        total.removed,
+        if total.kept > 0 { format!(", {} kept though gone", total.kept) } else { String::new() },
+        listed,
+        seen_bytes.load(Ordering::Relaxed) as f64 / 1073741824.0,
         started.elapsed().as_secs_f64()
     );
-    if failures.is_empty() {
+    if total.failures.is_empty() {
         Ok(())
     } else {
-        for f in &failures {
+        for f in &total.failures {
             eprintln!("  failed: {f}");
         }
-        Err(anyhow!("{} objects could not be imported", failures.len()))
+        Err(anyhow!(
+            "{} objects could not be imported",
+            total.failures.len()
+        ))
     }
 }

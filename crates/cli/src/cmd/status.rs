@@ -33,6 +33,9 @@ pub fn run(a: Args) -> Result<()> {
     println!("volume      {}", format.name);
     println!("uuid        {}", format.uuid);
     println!("storage     {}", format.storage);
+    if let Some(e) = &format.endpoint {
+        println!("endpoint    {e}");
+    }
     println!("block size  {} KiB", format.block_size >> 10);
     println!("compression {:?}", format.compression);
     match &format.encryption {

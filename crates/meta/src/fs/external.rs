@@ -111,6 +111,45 @@ impl Meta {
         })
     }
 
+    /// Make `dir` a lazily imported directory (or change how it is).
+    pub fn set_lazy_import(&self, dir: Ino, lazy: &LazyImport) -> Result<()> {
+        self.writable()?;
+        let raw = serde_json::to_vec(lazy).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+        self.txn(|tx| {
+            match tx.get(&keys::attr(dir))? {
+                Some(a) if Attr::decode(&a)?.typ == FileType::Dir => {}
+                Some(_) => return Err(MetaError::NotDir),
+                None => return Err(MetaError::NotFound),
+            }
+            tx.set(&keys::lazy_import(dir), &raw)
+        })
+    }
+
+    /// Every lazily imported directory of the volume, in one scan.
+    pub fn lazy_imports(&self) -> Result<Vec<(Ino, LazyImport)>> {
+        let rows = self.read_txn(|tx| scan_prefix(tx, keys::LAZY_IMPORT_PREFIX))?;
+        rows.iter()
+            .map(|(k, v)| {
+                let ino = keys::be_u64(k, 1)
+                    .ok_or_else(|| MetaError::Corrupt("lazy import key".into()))?;
+                let lazy = serde_json::from_slice(v)
+                    .map_err(|e| MetaError::Corrupt(format!("lazy import of {ino}: {e}")))?;
+                Ok((ino, lazy))
+            })
+            .collect()
+    }
+
+    /// Stop listing `dir` from its bucket; its files stay. False when it
+    /// was not lazily imported.
+    pub fn remove_lazy_import(&self, dir: Ino) -> Result<bool> {
+        self.writable()?;
+        self.txn(|tx| {
+            let had = tx.get(&keys::lazy_import(dir))?.is_some();
+            tx.delete(&keys::lazy_import(dir))?;
+            Ok(had)
+        })
+    }
+
     pub fn get_external(&self, id: u64) -> Result<ExternalObject> {
         let raw = self
             .read_txn(|tx| tx.get(&keys::external(id)))?

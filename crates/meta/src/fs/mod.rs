@@ -104,6 +104,26 @@ pub struct ExternalObject {
     pub secret_key: Option<String>,
 }
 
+/// A directory imported lazily (`tessera import --lazy`): mounts list
+/// each of its directories from the bucket the first time it is looked
+/// up or read, and again once `relist_secs` have passed.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LazyImport {
+    /// Where the objects are, as the files' [`ExternalObject`]s name it:
+    /// source URL, endpoint, region, and keys only if asked to store them.
+    pub origin: ExternalObject,
+    /// Seconds a directory's listing is trusted before it is listed again.
+    pub relist_secs: f64,
+    /// `--include` / `--exclude` patterns on object keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Keep files whose object has gone from the bucket.
+    #[serde(default)]
+    pub keep_deleted: bool,
+}
+
 /// Slices no longer referenced, whose blocks can be deleted: (id, size).
 pub type FreedSlices = Vec<(u64, u64)>;
 
