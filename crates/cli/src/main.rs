@@ -39,6 +39,9 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Benchmark an object store: put, get, range get, list, delete.
     Objbench(cmd::objbench::Args),
+    /// A TCP relay that plays a far link (delay, rate) for benches.
+    #[command(hide = true)]
+    Link(cmd::link::Args),
     /// Make the objects under a storage URL files of the volume, in place.
     Import(Box<cmd::import::Args>),
     /// Fill a mount's cache with files' blocks; --check, --evict, --pin.
@@ -95,6 +98,7 @@ fn main() {
         Command::Stats(a) => cmd::stats::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Objbench(a) => cmd::objbench::run(a),
+        Command::Link(a) => cmd::link::run(a),
         Command::Import(a) => cmd::import::run(*a),
         Command::Warmup(a) => cmd::warmup::run(*a),
         Command::Sync(a) => cmd::sync::run(*a),

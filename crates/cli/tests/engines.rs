@@ -512,6 +512,142 @@ fn reread(m: &Mount, rel: &str, times: usize, expect: &[u8]) -> f64 {
     requests() - before
 }
 
+/// Run `cmd`; its standard output, or a failure with everything it said.
+fn output_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A model load over a far link: the test's Redis behind `tessera link`
+/// (20 ms each way, so every metadata round trip costs 40 ms). A first
+/// load (mmap loader, ten safetensors files) is counted — the docs state
+/// the round trips per file it takes — and a second load, in a mount with
+/// `--open-cache` and kernel caches as long, its files' pages evicted so
+/// the reads reach the mount, asks the metadata engine and object storage
+/// nothing: 0 round trips over the link.
+#[test]
+#[ignore = "needs a redis-server; scripts/test.sh runs it"]
+fn a_model_load_over_a_far_link_takes_the_round_trips_counted() {
+    let Some(py) = loader_python() else {
+        eprintln!("no python with safetensors and numpy; skipped (scripts/test.sh provides one)");
+        return;
+    };
+    let near = redis_url(10);
+    let vol = Shared::format(&near);
+    let w = vol.mount("w", &[]);
+    output_of(
+        Command::new(&py)
+            .args([LOADER_SCRIPT, "write"])
+            .arg(&w.path)
+            .args(["7", "16", "8"]),
+    );
+    w.unmount();
+
+    let relay_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let server = near
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .expect("host:port")
+        .to_string();
+    let mut relay = Command::new(bin())
+        .args(["link", "--delay-ms", "20", "--rate-mbit", "0", "--pair"])
+        .arg(format!("127.0.0.1:{relay_port}={server}"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the relay");
+    wait_for("the relay to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", relay_port)).is_ok()
+    });
+    let far = Shared {
+        dir: tempfile::tempdir().expect("tempdir"),
+        meta_url: format!("redis://127.0.0.1:{relay_port}/10"),
+    };
+    let requests = |m: &Mount| {
+        stat(&m.path, "tessera_meta_txns") - stat(&m.path, "tessera_meta_background_txns")
+    };
+    let gets = |m: &Mount| {
+        stat(
+            &m.path,
+            "tessera_object_request_seconds_count{method=\"get\"}",
+        )
+    };
+    let load = |m: &Mount| {
+        let started = Instant::now();
+        let said = output_of(
+            Command::new(&py)
+                .args([LOADER_SCRIPT, "load"])
+                .arg(&m.path)
+                .arg("7"),
+        );
+        assert!(said.contains("loaded 10 files"), "{said}");
+        started.elapsed().as_secs_f64()
+    };
+
+    let plain = far.mount("plain", &[]);
+    let before = requests(&plain);
+    let first_secs = load(&plain);
+    let first = requests(&plain) - before;
+    eprintln!(
+        "first load over a 40 ms round trip: {first} metadata transactions for 10 files ({:.1} per file), {first_secs:.2} s",
+        first / 10.0
+    );
+    assert!(first >= 10.0, "every file costs at least a lookup: {first}");
+    assert!(
+        first_secs >= 0.4,
+        "ten files' lookups alone take 10 round trips of 40 ms: {first_secs:.2} s"
+    );
+    plain.unmount();
+
+    let long = "600";
+    let trusting = far.mount(
+        "trusting",
+        &[
+            "--open-cache",
+            long,
+            "--attr-cache",
+            long,
+            "--entry-cache",
+            long,
+            "--dir-entry-cache",
+            long,
+        ],
+    );
+    let said = output_of(
+        Command::new(&py)
+            .args([LOADER_SCRIPT, "check"])
+            .arg(&trusting.path)
+            .args(["7", "16", "8"]),
+    );
+    assert!(said.contains("checked 10 files"), "{said}");
+    // Evict the files' pages, so the second load's reads reach the mount.
+    output_of(Command::new(&py).arg("-c").arg(
+        "import os,sys\nfor d,_,fs in os.walk(sys.argv[1]):\n for f in fs:\n  fd=os.open(os.path.join(d,f),os.O_RDONLY); os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED); os.close(fd)",
+    ).arg(&trusting.path));
+    let (before, gets_before) = (requests(&trusting), gets(&trusting));
+    let reads_before = stat(&trusting.path, "tessera_ops_total{op=\"read\"}");
+    let second_secs = load(&trusting);
+    let (again, new_gets) = (requests(&trusting) - before, gets(&trusting) - gets_before);
+    let reads = stat(&trusting.path, "tessera_ops_total{op=\"read\"}") - reads_before;
+    eprintln!(
+        "second load with --open-cache: {again} metadata transactions, {new_gets} GETs, {reads} reads served by the mount, {second_secs:.2} s"
+    );
+    assert!(reads > 0.0, "the second load's reads reached the mount");
+    assert_eq!((again, new_gets), (0.0, 0.0));
+    trusting.unmount();
+    let _ = relay.kill();
+    let _ = relay.wait();
+}
+
 #[test]
 #[ignore = "needs a redis-server; scripts/test.sh runs it"]
 fn open_cache_saves_round_trips() {

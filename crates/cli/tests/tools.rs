@@ -426,26 +426,6 @@ fn posix_acls_are_kept_inherited_and_enforced_by_the_kernel() {
     );
 }
 
-/// The Python that has the `safetensors` and `numpy` packages: the test
-/// command's venv (TESSERA_TEST_PYTHON), else the system's if it has them.
-fn loader_python() -> Option<String> {
-    let works = |py: &str| {
-        Command::new(py)
-            .args(["-c", "import safetensors, numpy"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if let Ok(py) = std::env::var("TESSERA_TEST_PYTHON") {
-        // The test command's own: it must work, not be skipped.
-        assert!(
-            works(&py),
-            "TESSERA_TEST_PYTHON={py} cannot import safetensors and numpy"
-        );
-        return Some(py);
-    }
-    works("python3").then(|| "python3".to_string())
-}
-
 /// A model repository in safetensors format (two checkpoint shards of about
 /// 80 MiB, each across a chunk boundary, and four adapters) written with
 /// the `safetensors` package and loaded as inference servers load it: mmap
@@ -461,10 +441,7 @@ fn safetensors_models_load_through_mmap_cold_and_warm() {
         eprintln!("no python with safetensors and numpy; skipped (scripts/test.sh provides one)");
         return;
     };
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/loaders/safetensors_check.py"
-    );
+    let script = LOADER_SCRIPT;
     let vol = Volume::new("models");
     let m = vol.mount("w");
     run(Command::new(&py)

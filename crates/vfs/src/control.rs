@@ -282,9 +282,7 @@ impl Vfs {
     ) -> Result<CloneReport> {
         let _span = tracing::debug_span!("clone", src, parent).entered();
         self.metrics().op("clone");
-        if self.config.read_only {
-            return Err(crate::VfsError::new(libc::EROFS, "the mount is read-only"));
-        }
+        self.writable()?;
         let open: Vec<_> = self
             .open_files
             .lock()
@@ -304,9 +302,7 @@ impl Vfs {
     pub fn remove_tree(&self, ctx: &Ctx, parent: Ino, name: &[u8]) -> Result<RemoveReport> {
         let _span = tracing::debug_span!("rmr", parent).entered();
         self.metrics().op("rmr");
-        if self.config.read_only {
-            return Err(crate::VfsError::new(libc::EROFS, "the mount is read-only"));
-        }
+        self.writable()?;
         self.forget_all_opens();
         let r = self.meta.remove_tree(ctx, parent, name)?;
         if r.files > 0 {
@@ -335,9 +331,7 @@ impl Vfs {
     /// where it was (`tessera restore`); returns that directory and name.
     pub fn restore(&self, ctx: &Ctx, hour_dir: Ino, name: &[u8]) -> Result<(Ino, Vec<u8>)> {
         self.metrics().op("restore");
-        if self.config.read_only {
-            return Err(crate::VfsError::new(libc::EROFS, "the mount is read-only"));
-        }
+        self.writable()?;
         Ok(self.meta.restore(ctx, hour_dir, name)?)
     }
 

@@ -105,10 +105,28 @@ impl Vfs {
             self.forget_open(ino);
             None
         };
-        let attr = match (&cached, known) {
-            (Some((attr, _)), _) => *attr,
-            (None, Some(attr)) => attr,
-            (None, None) => self.meta.getattr(ino)?,
+        // A read-only open reads the attributes and the first chunks'
+        // records in one round trip; the records of a larger file in a
+        // second, here, rather than one per chunk as its reads get there.
+        let (attr, records) = match (&cached, known) {
+            (Some((attr, _)), _) => (*attr, Vec::new()),
+            (None, Some(attr)) => (attr, Vec::new()),
+            (None, None) if read_only => self.meta.getattr_with_chunks(ino, OPEN_CHUNKS)?,
+            (None, None) => (self.meta.getattr(ino)?, Vec::new()),
+        };
+        let records = if attr.typ == FileType::File && !records.is_empty() {
+            let chunks = attr
+                .length
+                .div_ceil(tessera_meta::CHUNK_SIZE)
+                .min(MAX_OPEN_CHUNKS);
+            let mut records = records;
+            if chunks > u64::from(OPEN_CHUNKS) {
+                records.extend(self.meta.read_chunks(ino, OPEN_CHUNKS..chunks as u32)?);
+            }
+            records.truncate(chunks as usize);
+            records
+        } else {
+            Vec::new()
         };
         if attr.typ == FileType::Dir && is_write_open(flags) {
             return Err(VfsError::new(
@@ -163,6 +181,7 @@ impl Vfs {
         if !of.writer.has_dirty() && cached.is_none() {
             of.invalidate();
             of.length.store(attr.length, Ordering::Relaxed);
+            of.prime(records);
         }
         if cached.is_none()
             && read_only

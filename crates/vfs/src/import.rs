@@ -381,6 +381,10 @@ impl crate::Vfs {
                 if report.removed + report.changed > 0 {
                     self.forget_all_opens();
                 }
+                if report.added + report.changed + report.removed > 0 || !report.subdirs.is_empty()
+                {
+                    self.dir_cache.changed();
+                }
                 for f in &report.failures {
                     tracing::debug!(dir, "lazy import: {f}");
                 }
@@ -498,16 +502,17 @@ mod tests {
                 object("m/a.bin", 10, "e1"),
                 object("m/b.bin", 20, "e2"),
                 object("m/clash", 5, "e3"),
+                object("m/empty", 0, "e0"),
             ],
             prefixes: vec!["m/lora/".into()],
         };
         let r = sync(&meta, &how, dir, "m/", first, true);
-        assert_eq!((r.added, r.changed, r.unchanged, r.removed), (2, 0, 0, 0));
+        assert_eq!((r.added, r.changed, r.unchanged, r.removed), (3, 0, 0, 0));
         assert_eq!(r.failures.len(), 1, "the user's clash: {:?}", r.failures);
         assert_eq!(r.subdirs.len(), 1);
         assert_eq!(
             names(&meta, dir),
-            ["a.bin", "b.bin", "clash", "lora", "notes"]
+            ["a.bin", "b.bin", "clash", "empty", "lora", "notes"]
         );
         let (a, attr) = meta.lookup(dir, b"a.bin").expect("a.bin");
         assert_eq!(attr.length, 10);
@@ -519,24 +524,28 @@ mod tests {
 
         // Changed, unchanged, gone; the prefix gone too.
         let second = Listing {
-            objects: vec![object("m/a.bin", 11, "e9"), object("m/c.bin", 1, "e4")],
+            objects: vec![
+                object("m/a.bin", 11, "e9"),
+                object("m/c.bin", 1, "e4"),
+                object("m/empty", 0, "e0"),
+            ],
             prefixes: vec![],
         };
         let r = sync(&meta, &how, dir, "m/", second, true);
-        assert_eq!((r.added, r.changed, r.unchanged, r.removed), (1, 1, 0, 1));
+        assert_eq!((r.added, r.changed, r.unchanged, r.removed), (1, 1, 1, 1));
         assert_eq!(r.vanished.len(), 1, "lora is no longer listed");
         assert_eq!(meta.lookup(dir, b"a.bin").expect("a").1.length, 11);
         assert_eq!(
             names(&meta, dir),
-            ["a.bin", "c.bin", "clash", "lora", "notes"]
+            ["a.bin", "c.bin", "clash", "empty", "lora", "notes"]
         );
 
         // An empty listing of a guarded directory removes nothing...
         let r = sync(&meta, &how, dir, "m/", Listing::default(), true);
-        assert_eq!((r.removed, r.kept), (0, 2));
+        assert_eq!((r.removed, r.kept), (0, 3));
         // ...unguarded, the bucket's files go, never the user's.
         let r = sync(&meta, &how, dir, "m/", Listing::default(), false);
-        assert_eq!(r.removed, 2);
+        assert_eq!(r.removed, 3);
         assert_eq!(names(&meta, dir), ["clash", "lora", "notes"]);
         // Another source's files are not this import's.
         let other = self::how("s3://other");

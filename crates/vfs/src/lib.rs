@@ -9,6 +9,7 @@
 mod backup;
 pub mod control;
 mod copies;
+mod dircache;
 mod files;
 pub mod glob;
 mod handles;
@@ -190,7 +191,20 @@ struct RecordCache {
     chunks: HashMap<u32, Arc<Vec<SliceRecord>>>,
 }
 
+/// Chunks whose records an open for reading fetches with the attributes.
+const OPEN_CHUNKS: u32 = 4;
+/// Chunks whose records an open fetches at most (64 GiB of file).
+const MAX_OPEN_CHUNKS: u64 = 1024;
+
 impl OpenFile {
+    /// Take the records of the first chunks, read with the attributes.
+    fn prime(&self, chunks: Vec<Vec<SliceRecord>>) {
+        let mut r = self.records.lock();
+        for (index, records) in chunks.into_iter().enumerate() {
+            r.chunks.insert(index as u32, Arc::new(records));
+        }
+    }
+
     fn invalidate(&self) {
         {
             let mut r = self.records.lock();
@@ -280,6 +294,8 @@ pub struct Vfs {
     deadlock_checks: Mutex<()>,
     /// Lazily imported directories (`tessera import --lazy`).
     lazy: import::LazyDirs,
+    /// Directory listings trusted for `--open-cache`.
+    dir_cache: dircache::DirCache,
 }
 
 fn is_write_only(flags: i32) -> bool {
@@ -313,6 +329,7 @@ impl Vfs {
             lock_waits: Mutex::new(HashMap::new()),
             deadlock_checks: Mutex::new(()),
             lazy: import::LazyDirs::default(),
+            dir_cache: dircache::DirCache::default(),
         })
     }
 
@@ -608,7 +625,10 @@ impl Vfs {
         }
     }
 
+    /// Every change this mount makes goes through here first: it also
+    /// retires the directory listings `--open-cache` keeps.
     fn writable(&self) -> Result<()> {
+        self.dir_cache.changed();
         if self.config.read_only {
             Err(VfsError::new(libc::EROFS, "mounted read-only"))
         } else {

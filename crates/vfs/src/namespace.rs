@@ -29,6 +29,9 @@ impl Vfs {
                 return Ok(attr);
             }
         }
+        if let Some((attr, _)) = self.dir_cache.get(ino, self.config.open_cache) {
+            return Ok(attr);
+        }
         self.settle_appends(ino)?;
         // Sample the buffer before metadata: a flush that commits in between
         // then shows up in one or the other, never in neither.
@@ -225,15 +228,14 @@ impl Vfs {
 
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
         self.metrics().op("opendir");
-        let attr = self.meta.getattr(ino)?;
+        let attr = match self.dir_cache.get(ino, self.config.open_cache) {
+            Some((attr, _)) => attr,
+            None => self.meta.getattr(ino)?,
+        };
         Ok(self.new_handle(Handle::dir(ino, attr)))
     }
 
     /// A directory's entries, `.` and `..` first.
-    pub(crate) fn listing(&self, ino: Ino, attr: &Attr) -> Result<Vec<Entry>> {
-        Ok(self.listing_of(ino, attr, self.meta.readdir(ino, false)?))
-    }
-
     pub(crate) fn listing_of(&self, ino: Ino, attr: &Attr, names: Vec<Entry>) -> Vec<Entry> {
         let mut entries = vec![
             Entry {
@@ -271,9 +273,22 @@ impl Vfs {
             return Ok(entries);
         }
         self.refresh_lazy(h.ino);
+        if let Some((attr, names)) = self.dir_cache.get(h.ino, self.config.open_cache) {
+            let fresh = Arc::new(self.listing_of(h.ino, &attr, names.as_ref().clone()));
+            *h.entries.lock() = Some(fresh.clone());
+            return Ok(fresh);
+        }
+        let generation = self.dir_cache.generation();
         // A directory removed while open lists as empty: `.` and `..` only.
         let fresh = match self.meta.getattr(h.ino) {
-            Ok(attr) => self.listing(h.ino, &attr)?,
+            Ok(attr) => {
+                let names = self.meta.readdir(h.ino, false)?;
+                if !self.config.open_cache.is_zero() {
+                    self.dir_cache
+                        .put(h.ino, generation, attr, Arc::new(names.clone()));
+                }
+                self.listing_of(h.ino, &attr, names)
+            }
             Err(MetaError::NotFound) => {
                 let mut only_dots = self.listing_of(h.ino, &opened, Vec::new());
                 only_dots.truncate(2);

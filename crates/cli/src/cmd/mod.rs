@@ -17,6 +17,7 @@ pub mod gc;
 pub mod group;
 pub mod import;
 pub mod info;
+pub mod link;
 pub mod mount;
 pub mod objbench;
 pub mod quota;

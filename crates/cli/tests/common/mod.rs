@@ -345,3 +345,29 @@ pub fn df_field(path: &Path, field: &str) -> u64 {
         .and_then(|l| l.trim().parse().ok())
         .unwrap_or_else(|| panic!("df {}: {}", path.display(), stderr(&out)))
 }
+
+/// The Python that has the `safetensors` and `numpy` packages: the test
+/// command's venv (TESSERA_TEST_PYTHON), else the system's if it has them.
+pub fn loader_python() -> Option<String> {
+    let works = |py: &str| {
+        std::process::Command::new(py)
+            .args(["-c", "import safetensors, numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Ok(py) = std::env::var("TESSERA_TEST_PYTHON") {
+        // The test command's own: it must work, not be skipped.
+        assert!(
+            works(&py),
+            "TESSERA_TEST_PYTHON={py} cannot import safetensors and numpy"
+        );
+        return Some(py);
+    }
+    works("python3").then(|| "python3".to_string())
+}
+
+/// The model-loader script the loader tests run with [`loader_python`].
+pub const LOADER_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/loaders/safetensors_check.py"
+);

@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
 """A model repository as inference servers load it, for the mount tests.
 
-    safetensors_check.py write DIR SEED [SCALE]
+    safetensors_check.py write DIR SEED [SCALE [ADAPTERS]]
                                           a checkpoint of many tensors
-                                          (several dtypes and shapes) and a
-                                          few adapters, written with the
-                                          safetensors package
+                                          (several dtypes and shapes) and
+                                          ADAPTERS adapters (default 4),
+                                          written with the safetensors
+                                          package
     safetensors_check.py load DIR SEED [SCALE]
                                           the same load without the
                                           comparison (the bench's timing:
                                           what a server does)
-    safetensors_check.py check DIR SEED [SCALE]
+    safetensors_check.py seq DIR SEED [SCALE]
+                                          a plain sequential read of every
+                                          file, 1 MiB at a time (the other
+                                          way models are loaded)
+    safetensors_check.py check DIR SEED [SCALE [ADAPTERS]]
                                           load every file the way servers
                                           do, safe_open(framework="numpy")
                                           over mmap, touching every tensor
@@ -47,14 +52,27 @@ def tensors(seed, count, scale):
     return out
 
 
-def repository(seed, scale):
-    """File name -> tensors: a checkpoint in two shards and four adapters."""
+def repository(seed, scale, adapters=4):
+    """File name -> tensors: a checkpoint in two shards and adapters."""
     files = {
         f"model-0000{k}-of-00002.safetensors": tensors(seed * 10 + k, 48, scale) for k in (1, 2)
     }
-    for a in range(4):
+    for a in range(adapters):
         files[f"adapters/lora-{a}.safetensors"] = tensors(seed * 100 + a, 12, 1)
     return files
+
+
+def sequential(root):
+    """Read every file start to end, 1 MiB at a time."""
+    nbytes = files = 0
+    for d, _, fs in os.walk(root):
+        for name in fs:
+            if name.endswith(".safetensors"):
+                with open(os.path.join(d, name), "rb") as f:
+                    while block := f.read(1 << 20):
+                        nbytes += len(block)
+                files += 1
+    print(f"read {files} files, {nbytes} bytes")
 
 
 def load(root, seed):
@@ -80,10 +98,14 @@ def load(root, seed):
 def main():
     mode, root, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     scale = int(sys.argv[4]) if len(sys.argv) > 4 else 64
+    adapters = int(sys.argv[5]) if len(sys.argv) > 5 else 4
     if mode == "load":
         load(root, seed)
         return
-    files = repository(seed, scale)
+    if mode == "seq":
+        sequential(root)
+        return
+    files = repository(seed, scale, adapters)
     if mode == "write":
         for name, ts in files.items():
             path = os.path.join(root, name)

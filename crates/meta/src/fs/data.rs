@@ -13,6 +13,40 @@ impl Meta {
         }
     }
 
+    /// A file's attributes and the slice records of its first `chunks`
+    /// chunks, read together (one round trip where the engine batches
+    /// reads): what an open for reading needs before the first read.
+    /// Chunks past the end come back empty.
+    pub fn getattr_with_chunks(
+        &self,
+        ino: Ino,
+        chunks: u32,
+    ) -> Result<(Attr, Vec<Vec<SliceRecord>>)> {
+        let mut owned = vec![keys::attr(ino)];
+        owned.extend((0..chunks).map(|i| keys::chunk(ino, i)));
+        let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+        let mut raw = self.read_txn(|tx| tx.get_many(&refs))?.into_iter();
+        let attr = decode_attr(raw.next().flatten())?;
+        let records = raw
+            .map(|v| v.map_or(Ok(Vec::new()), |v| SliceRecord::decode_all(&v)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((attr, records))
+    }
+
+    /// The slice records of chunks `range` of a file, read together.
+    pub fn read_chunks(
+        &self,
+        ino: Ino,
+        range: std::ops::Range<u32>,
+    ) -> Result<Vec<Vec<SliceRecord>>> {
+        let owned: Vec<Vec<u8>> = range.map(|i| keys::chunk(ino, i)).collect();
+        let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+        self.read_txn(|tx| tx.get_many(&refs))?
+            .into_iter()
+            .map(|v| v.map_or(Ok(Vec::new()), |v| SliceRecord::decode_all(&v)))
+            .collect()
+    }
+
     pub fn read_chunk_raw(&self, ino: Ino, index: u32) -> Result<Vec<u8>> {
         Ok(self
             .read_txn(|tx| tx.get(&keys::chunk(ino, index)))?

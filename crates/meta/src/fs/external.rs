@@ -44,6 +44,21 @@ impl Meta {
             ));
             off += n;
         }
+        if records.is_empty() {
+            // An empty object still gets its (empty) record: it is how a
+            // rerun of import knows the file is the object's.
+            records.push((
+                0,
+                SliceRecord {
+                    kind: crate::SliceKind::External,
+                    pos: 0,
+                    id,
+                    size: 0,
+                    off: 0,
+                    len: 0,
+                },
+            ));
+        }
         self.write_slices(ino, &records, obj.size)?;
         if let Some(t) = mtime {
             // The object's last change is the file's.
