@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The cache group, in one run. A 4 GiB file in a volume whose blocks live on
-# an S3-compatible server on loopback (rustfs); three `tessera cache-server`
+# an S3-compatible server on loopback (rustfs if built, else SeaweedFS); three `tessera cache-server`
 # members on 127.0.0.2-4 that hold it after `tessera warmup --cache-group`;
 # one client on the same machine:
 #
@@ -43,7 +43,6 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ "$(id -u)" = 0 ] || { echo "run as root: kernel caches are dropped between reads" >&2; exit 1; }
-need_rustfs
 need=()
 command -v iperf3 >/dev/null || need+=(iperf3)
 if [ -n "${PROFILE:-}" ]; then command -v perf >/dev/null || need+=(linux-perf); fi
@@ -182,7 +181,7 @@ mem_line=$(grep '^group' "$work/gbench_mem.out")
 disk_line=$(grep '^group' "$work/gbench.out")
 hot_line=$(grep '^group' "$work/gbench_hot.out")
 object_line=$(grep '^object' "$work/gbench2.out")
-printf '\nCache group: %s MiB file, 3 members on 127.0.0.2-4, one client, rustfs on loopback\n' "$size_mib"
+printf '\nCache group: %s MiB file, 3 members on 127.0.0.2-4, one client, %s on loopback\n' "$size_mib" "$s3_server"
 printf '| path | GB/s | vs iperf3 | client CPU s/GB | members CPU s/GB |\n|---|---:|---:|---:|---:|\n'
 row "iperf3 loopback, 3 streams" "$iperf_gbs" "" ""
 row "block client ($threads in flight), members' memory tiers ($member_mem)" "$(gbs_of "$mem_line")" "$(cpu_of "$mem_line")" "$(calc "round($mem_member_cpu, 3)")"

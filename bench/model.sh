@@ -22,7 +22,8 @@
 #
 #   bench/model.sh [--ckpt-mib 2048] [--adapters 200] [--adapter-mib 20] [--readers 4] [--rounds 3] [--local-copy]
 #
-# The S3 server: rustfs (bench/build-rustfs.sh), as in bench/peers.sh.
+# The S3 server: rustfs if bench/build-rustfs.sh built it, else SeaweedFS
+# from PyPI (installs in seconds), as in bench/peers.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/bench/lib.sh"
@@ -45,7 +46,6 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || { echo "run as root: kernel caches are dropped between reads" >&2; exit 1; }
 
-need_rustfs
 build_tessera
 
 scratch model
@@ -129,8 +129,8 @@ warm=$(median "${warms[@]}")
 local_s=$(median "${locals[@]}")
 
 gib=$(calc "$total_mib/1024")
-printf '\nModel loading: %s GiB (%s MiB checkpoint + %s x %s MiB adapters), %s adapter readers, rustfs on loopback%s\n' \
-    "$gib" "$ckpt_mib" "$adapters" "$adapter_mib" "$readers" "${warm_flags[*]:+, warmup ${warm_flags[*]}}"
+printf '\nModel loading: %s GiB (%s MiB checkpoint + %s x %s MiB adapters), %s adapter readers, %s on loopback%s\n' \
+    "$gib" "$ckpt_mib" "$adapters" "$adapter_mib" "$readers" "$s3_server" "${warm_flags[*]:+, warmup ${warm_flags[*]}}"
 printf '| read | seconds | GiB/s |\n|---|---:|---:|\n'
 for row in "cold (from the bucket):$cold" "after warmup (local disk cache), median:$warm" "local disk directly, median:$local_s"; do
     name=${row%:*}; s=${row##*:}

@@ -512,18 +512,6 @@ fn reread(m: &Mount, rel: &str, times: usize, expect: &[u8]) -> f64 {
     requests() - before
 }
 
-/// Run `cmd`; its standard output, or a failure with everything it said.
-fn output_of(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A model load over a far link: the test's Redis behind `tessera link`
 /// (20 ms each way, so every metadata round trip costs 40 ms). A first
 /// load (mmap loader, ten safetensors files) is counted — the docs state

@@ -12,17 +12,6 @@ use std::process::Command;
 
 use common::*;
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn have(tool: &str) -> bool {
     Command::new("sh")
         .arg("-c")
@@ -51,13 +40,13 @@ fn make_tree(root: &Path) {
         std::fs::write(root.join("a/b").join(format!("small{i}")), format!("{i}\n"))
             .expect("small");
     }
-    run(Command::new("chmod").args(["0600"]).arg(root.join("f0")));
-    run(Command::new("chmod").args(["0755"]).arg(root.join("a/f1")));
+    output_of(Command::new("chmod").args(["0600"]).arg(root.join("f0")));
+    output_of(Command::new("chmod").args(["0755"]).arg(root.join("a/f1")));
     std::fs::hard_link(root.join("a/f1"), root.join("a/b/c/hardlink")).expect("link");
     std::os::unix::fs::symlink("../f0", root.join("a/rel-link")).expect("symlink");
     std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).expect("symlink");
     // Times in the past, files first, then directories (as tar restores).
-    run(Command::new("find").arg(root).args([
+    output_of(Command::new("find").arg(root).args([
         "-exec",
         "touch",
         "-h",
@@ -76,9 +65,11 @@ fn listing(root: &Path, with_times_of_dirs: bool) -> String {
     } else {
         "%P %s %m %y %n %l\n"
     };
-    let out = run(Command::new("find")
-        .arg(root)
-        .args(["-mindepth", "1", "-printf", fmt]));
+    let out = output_of(
+        Command::new("find")
+            .arg(root)
+            .args(["-mindepth", "1", "-printf", fmt]),
+    );
     let mut lines: Vec<&str> = out.lines().collect();
     lines.sort_unstable();
     lines.join("\n")
@@ -90,12 +81,14 @@ fn tar_x_cp_a_and_rsync_keep_every_name_byte_mode_and_time() {
     let src = local.path().join("src");
     make_tree(&src);
     let tarball = local.path().join("tree.tar");
-    run(Command::new("tar")
-        .arg("-cf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&src)
-        .arg("."));
+    output_of(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&src)
+            .arg("."),
+    );
     let vol = Volume::new("tools");
     let m = vol.mount("mnt");
 
@@ -103,40 +96,49 @@ fn tar_x_cp_a_and_rsync_keep_every_name_byte_mode_and_time() {
     // of files and directories included.
     let on_disk = local.path().join("untar");
     std::fs::create_dir(&on_disk).expect("mkdir");
-    run(Command::new("tar")
-        .arg("-xf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&on_disk));
+    output_of(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&on_disk),
+    );
     let on_volume = m.join("untar");
     std::fs::create_dir(&on_volume).expect("mkdir");
-    run(Command::new("tar")
-        .arg("-xf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&on_volume));
+    output_of(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&on_volume),
+    );
     assert_eq!(listing(&on_volume, true), listing(&on_disk, true), "tar x");
-    run(Command::new("diff")
-        .args(["-r", "--no-dereference"])
-        .arg(&on_disk)
-        .arg(&on_volume));
+    output_of(
+        Command::new("diff")
+            .args(["-r", "--no-dereference"])
+            .arg(&on_disk)
+            .arg(&on_volume),
+    );
 
     // cp -a: nanosecond times, modes, the hard link and the symlinks.
     let copied = m.join("cp");
-    run(Command::new("cp").arg("-a").arg(&src).arg(&copied));
+    output_of(Command::new("cp").arg("-a").arg(&src).arg(&copied));
     assert_eq!(listing(&copied, true), listing(&src, true), "cp -a");
-    run(Command::new("diff")
-        .args(["-r", "--no-dereference"])
-        .arg(&src)
-        .arg(&copied));
+    output_of(
+        Command::new("diff")
+            .args(["-r", "--no-dereference"])
+            .arg(&src)
+            .arg(&copied),
+    );
 
     // rsync -a, then a dry run that must find nothing to do.
     if have("rsync") {
         let synced = m.join("rsync");
         let from = format!("{}/", src.display());
         let to = format!("{}/", synced.display());
-        run(Command::new("rsync").args(["-aH", &from, &to]));
-        let again = run(Command::new("rsync").args(["-aHn", "--itemize-changes", &from, &to]));
+        output_of(Command::new("rsync").args(["-aH", &from, &to]));
+        let again =
+            output_of(Command::new("rsync").args(["-aHn", "--itemize-changes", &from, &to]));
         assert_eq!(again.trim(), "", "rsync sees differences after rsync -a");
         assert_eq!(listing(&synced, false), listing(&src, false), "rsync -a");
     }
@@ -148,10 +150,12 @@ fn tar_x_cp_a_and_rsync_keep_every_name_byte_mode_and_time() {
         listing(&on_disk, true),
         "after remount"
     );
-    run(Command::new("diff")
-        .args(["-r", "--no-dereference"])
-        .arg(&src)
-        .arg(m.join("cp")));
+    output_of(
+        Command::new("diff")
+            .args(["-r", "--no-dereference"])
+            .arg(&src)
+            .arg(m.join("cp")),
+    );
 }
 
 #[test]
@@ -164,11 +168,13 @@ fn git_clone_and_fsck_on_a_volume() {
     let repo = local.path().join("repo");
     std::fs::create_dir(&repo).expect("mkdir");
     let git = |dir: &Path, args: &[&str]| {
-        run(Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
-            .args(args))
+        output_of(
+            Command::new("git")
+                .arg("-C")
+                .arg(dir)
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+                .args(args),
+        )
     };
     git(&repo, &["init", "-q"]);
     for i in 0..30 {
@@ -184,10 +190,12 @@ fn git_clone_and_fsck_on_a_volume() {
     let vol = Volume::new("gitvol");
     let m = vol.mount("mnt");
     let clone = m.join("clone");
-    run(Command::new("git")
-        .args(["clone", "-q", "--no-hardlinks"])
-        .arg(&repo)
-        .arg(&clone));
+    output_of(
+        Command::new("git")
+            .args(["clone", "-q", "--no-hardlinks"])
+            .arg(&repo)
+            .arg(&clone),
+    );
     git(&clone, &["fsck", "--full", "--strict"]);
     std::fs::write(clone.join("new"), b"on the volume").expect("write");
     git(&clone, &["add", "new"]);
@@ -242,13 +250,17 @@ fn sqlite_database_on_a_volume_passes_its_integrity_check() {
     m.unmount();
     let m = vol.mount_with("again", &["--cache-dir", "memory"]);
     let db = m.join("app.db");
-    let check = run(Command::new("sqlite3")
-        .arg(&db)
-        .arg("PRAGMA integrity_check;"));
+    let check = output_of(
+        Command::new("sqlite3")
+            .arg(&db)
+            .arg("PRAGMA integrity_check;"),
+    );
     assert_eq!(check.trim(), "ok");
-    let rows = run(Command::new("sqlite3")
-        .arg(&db)
-        .arg("SELECT count(*) FROM t;"));
+    let rows = output_of(
+        Command::new("sqlite3")
+            .arg(&db)
+            .arg("SELECT count(*) FROM t;"),
+    );
     let expected = (0..10_000)
         .filter(|k| !(0..20).any(|b| b % 5 == 4 && k / 500 <= b && k % 7 == b % 7))
         .count();
@@ -260,29 +272,31 @@ fn du_and_status_count_what_a_sparse_file_stores() {
     let vol = Volume::new("sparse");
     let m = vol.mount("mnt");
     let f = m.join("sparse.img");
-    run(Command::new("truncate").args(["-s", "10G"]).arg(&f));
+    output_of(Command::new("truncate").args(["-s", "10G"]).arg(&f));
     let du = |p: &Path| -> u64 {
-        run(Command::new("du").arg("-B1").arg(p))
+        output_of(Command::new("du").arg("-B1").arg(p))
             .split_whitespace()
             .next()
             .and_then(|n| n.parse().ok())
             .expect("du prints a number")
     };
     assert_eq!(du(&f), 0, "a 10 GiB hole stores nothing");
-    run(Command::new("dd")
-        .args([
-            "if=/dev/urandom",
-            "bs=1M",
-            "count=1",
-            "seek=5120",
-            "conv=notrunc,fsync",
-            "status=none",
-        ])
-        .arg(format!("of={}", f.display())));
+    output_of(
+        Command::new("dd")
+            .args([
+                "if=/dev/urandom",
+                "bs=1M",
+                "count=1",
+                "seek=5120",
+                "conv=notrunc,fsync",
+                "status=none",
+            ])
+            .arg(format!("of={}", f.display())),
+    );
     assert_eq!(du(&f), 1 << 20, "1 MiB written in the middle");
     assert_eq!(std::fs::metadata(&f).expect("stat").len(), 10 << 30);
     m.unmount();
-    let status = run(Command::new(bin()).args(["status", &vol.meta_url]));
+    let status = output_of(Command::new(bin()).args(["status", &vol.meta_url]));
     let used: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("used"))
@@ -323,16 +337,20 @@ fn posix_acls_are_kept_inherited_and_enforced_by_the_kernel() {
     let m = vol.mount("a");
     let root = m.join("");
     std::fs::write(m.join("secret"), b"for nobody\n").expect("write");
-    run(Command::new("chmod")
-        .args(["600", "secret"])
-        .current_dir(&root));
+    output_of(
+        Command::new("chmod")
+            .args(["600", "secret"])
+            .current_dir(&root),
+    );
     assert!(
         !as_nobody("cat secret", &root).status.success(),
         "mode 600 keeps nobody out"
     );
-    run(Command::new("setfacl")
-        .args(["-m", "u:nobody:r", "secret"])
-        .current_dir(&root));
+    output_of(
+        Command::new("setfacl")
+            .args(["-m", "u:nobody:r", "secret"])
+            .current_dir(&root),
+    );
     let read = as_nobody("cat secret", &root);
     assert_eq!(
         read.stdout,
@@ -344,48 +362,62 @@ fn posix_acls_are_kept_inherited_and_enforced_by_the_kernel() {
         !as_nobody("echo x >> secret", &root).status.success(),
         "read only"
     );
-    let listed = run(Command::new("ls").args(["-l", "secret"]).current_dir(&root));
+    let listed = output_of(Command::new("ls").args(["-l", "secret"]).current_dir(&root));
     assert!(listed.starts_with("-rw-r-----+"), "{listed}");
 
     // chmod narrows the mask: the named entry loses what the mask drops.
-    run(Command::new("chmod")
-        .args(["600", "secret"])
-        .current_dir(&root));
-    let acl = run(Command::new("getfacl")
-        .args(["-c", "secret"])
-        .current_dir(&root));
+    output_of(
+        Command::new("chmod")
+            .args(["600", "secret"])
+            .current_dir(&root),
+    );
+    let acl = output_of(
+        Command::new("getfacl")
+            .args(["-c", "secret"])
+            .current_dir(&root),
+    );
     assert!(acl.contains("mask::---"), "{acl}");
     assert!(
         !as_nobody("cat secret", &root).status.success(),
         "masked out"
     );
-    run(Command::new("setfacl")
-        .args(["-b", "secret"])
-        .current_dir(&root));
-    let listed = run(Command::new("ls").args(["-l", "secret"]).current_dir(&root));
+    output_of(
+        Command::new("setfacl")
+            .args(["-b", "secret"])
+            .current_dir(&root),
+    );
+    let listed = output_of(Command::new("ls").args(["-l", "secret"]).current_dir(&root));
     assert!(listed.starts_with("-rw------- "), "{listed}");
 
     // Default ACLs: inherited by files and directories, umask ignored.
     std::fs::create_dir(m.join("shared")).expect("mkdir");
-    run(Command::new("setfacl")
-        .args(["-d", "-m", "u:nobody:rwx", "-m", "o::---", "shared"])
-        .current_dir(&root));
-    run(Command::new("sh")
-        .args([
-            "-c",
-            "umask 077 && echo data > shared/f && mkdir shared/sub",
-        ])
-        .current_dir(&root));
-    let f_acl = run(Command::new("getfacl")
-        .args(["-c", "shared/f"])
-        .current_dir(&root));
+    output_of(
+        Command::new("setfacl")
+            .args(["-d", "-m", "u:nobody:rwx", "-m", "o::---", "shared"])
+            .current_dir(&root),
+    );
+    output_of(
+        Command::new("sh")
+            .args([
+                "-c",
+                "umask 077 && echo data > shared/f && mkdir shared/sub",
+            ])
+            .current_dir(&root),
+    );
+    let f_acl = output_of(
+        Command::new("getfacl")
+            .args(["-c", "shared/f"])
+            .current_dir(&root),
+    );
     assert!(
         f_acl.contains("user:nobody:rwx") && f_acl.contains("mask::rw-"),
         "{f_acl}"
     );
-    let sub_acl = run(Command::new("getfacl")
-        .args(["-c", "shared/sub"])
-        .current_dir(&root));
+    let sub_acl = output_of(
+        Command::new("getfacl")
+            .args(["-c", "shared/sub"])
+            .current_dir(&root),
+    );
     assert!(sub_acl.contains("default:user:nobody:rwx"), "{sub_acl}");
     let wrote = as_nobody("echo more >> shared/f && touch shared/sub/mine", &root);
     assert!(
@@ -395,17 +427,23 @@ fn posix_acls_are_kept_inherited_and_enforced_by_the_kernel() {
     );
 
     // cp -a carries the ACL; another mount sees what this one set.
-    run(Command::new("cp")
-        .args(["-a", "shared/f", "copy"])
-        .current_dir(&root));
-    let copy_acl = run(Command::new("getfacl")
-        .args(["-c", "copy"])
-        .current_dir(&root));
+    output_of(
+        Command::new("cp")
+            .args(["-a", "shared/f", "copy"])
+            .current_dir(&root),
+    );
+    let copy_acl = output_of(
+        Command::new("getfacl")
+            .args(["-c", "copy"])
+            .current_dir(&root),
+    );
     assert_eq!(copy_acl, f_acl);
     let other = vol.mount("b");
-    let seen = run(Command::new("getfacl")
-        .args(["-c", "shared/f"])
-        .current_dir(other.join("")));
+    let seen = output_of(
+        Command::new("getfacl")
+            .args(["-c", "shared/f"])
+            .current_dir(other.join("")),
+    );
     assert_eq!(seen, f_acl);
     drop(other);
     drop(m);
@@ -444,17 +482,21 @@ fn safetensors_models_load_through_mmap_cold_and_warm() {
     let script = LOADER_SCRIPT;
     let vol = Volume::new("models");
     let m = vol.mount("w");
-    run(Command::new(&py)
-        .args([script, "write"])
-        .arg(&m.path)
-        .arg("7"));
+    output_of(
+        Command::new(&py)
+            .args([script, "write"])
+            .arg(&m.path)
+            .arg("7"),
+    );
     m.unmount();
 
     let check = |m: &Mount| {
-        let said = run(Command::new(&py)
-            .args([script, "check"])
-            .arg(&m.path)
-            .arg("7"));
+        let said = output_of(
+            Command::new(&py)
+                .args([script, "check"])
+                .arg(&m.path)
+                .arg("7"),
+        );
         assert!(said.contains("checked 6 files, 144 tensors"), "{said}");
     };
     let cache = vol.dir.path().join("cache-reader");

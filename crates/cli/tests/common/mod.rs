@@ -371,3 +371,15 @@ pub const LOADER_SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/loaders/safetensors_check.py"
 );
+
+/// Run `cmd`; its standard output, or a failure with everything it said.
+pub fn output_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
