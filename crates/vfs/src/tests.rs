@@ -341,6 +341,22 @@ fn warm_check_evict_and_pin_a_file() {
     v.write(ino, fh, 1_200_000, &data[..1000]).expect("write");
     v.release(ino, fh, None).expect("close");
     let whole = u64::MAX;
+    // The two partial blocks (16,960 and 1,000 bytes) go to the disk cache
+    // after their upload, in the background: wait for them, or the evict
+    // could run first and they would land after it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while v
+        .cache_range(ino, 0, whole, CacheAction::Check)
+        .expect("check")
+        .disk
+        < 17_960
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partial blocks never reached the disk cache"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let r = v
         .cache_range(ino, 0, whole, CacheAction::Evict)
         .expect("evict");
