@@ -401,10 +401,23 @@ fn a_lazy_import_lists_each_directory_when_first_looked_up() {
     let relisted = listings();
     assert!((4.0..10.0).contains(&relisted), "{relisted} listings");
 
-    // Every object is there when walked.
-    let files = files_under(&m.join("repo"));
-    assert_eq!(files.len(), 10_000);
     m.unmount();
+
+    // A read-only mount lists too (the bucket's files are not its user's
+    // changes), and every object is there when walked.
+    std::fs::write(src.path().join("d9/s9/late"), "late").expect("add");
+    let ro = vol.mount_with("ro", &["--read-only"]);
+    assert_eq!(
+        std::fs::read(ro.join("repo/d9/s9/late")).expect("listed by a read-only mount"),
+        b"late"
+    );
+    assert!(
+        std::fs::write(ro.join("repo/d9/s9/mine"), "x").is_err(),
+        "still read-only for its users"
+    );
+    let files = files_under(&ro.join("repo"));
+    assert_eq!(files.len(), 10_001);
+    ro.unmount();
     assert_fsck_clean(&vol.meta_url, "after a lazy import");
 }
 

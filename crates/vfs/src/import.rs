@@ -301,6 +301,9 @@ pub(crate) struct LazyDirs {
     /// Every lazily listed directory met so far (imports and the
     /// directories their listings made), by inode.
     dirs: RwLock<HashMap<Ino, Arc<LazyDir>>>,
+    /// On a read-only mount, a handle on the engine that may write the
+    /// listed files' records.
+    twin: Mutex<Option<Arc<Meta>>>,
 }
 
 impl LazyDirs {
@@ -335,6 +338,22 @@ impl LazyDirs {
         Ok(())
     }
 
+    /// The metadata handle listings write through: the mount's own, or on
+    /// a read-only mount a writable twin of it (the bucket's changes are
+    /// not the mount's user's to refuse).
+    fn writer(&self, mount: &Arc<Meta>) -> Result<Arc<Meta>, MetaError> {
+        if !mount.is_read_only() {
+            return Ok(mount.clone());
+        }
+        let mut twin = self.twin.lock();
+        if let Some(t) = twin.as_ref() {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(mount.writable_twin()?);
+        *twin = Some(t.clone());
+        Ok(t)
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.roots.read().is_empty()
     }
@@ -366,14 +385,28 @@ impl crate::Vfs {
             }
         };
         let relist = Duration::try_from_secs_f64(d.how.relist_secs).unwrap_or(Duration::MAX);
+        let meta = match self.lazy.writer(&self.meta) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list a lazily imported directory");
+                *next = Some(Instant::now() + RETRY_FAILED);
+                return;
+            }
+        };
         let ignore = |_: &ObjectInfo| {};
         let syncer = Syncer {
-            meta: &self.meta,
+            meta: &meta,
             how: &d.how,
             threads: 8,
             progress: &ignore,
         };
-        match syncer.sync_dir(dir, &d.prefix, listing, d.root) {
+        let synced = syncer.sync_dir(dir, &d.prefix, listing, d.root);
+        if !Arc::ptr_eq(&meta, &self.meta) {
+            if let Err(e) = meta.flush_usage() {
+                tracing::warn!(error = %e, "updating the usage of a lazy listing failed");
+            }
+        }
+        match synced {
             Ok(report) => {
                 for r in &report.unlinked {
                     self.freed(r);

@@ -439,6 +439,16 @@ impl Meta {
         &*self.engine
     }
 
+    /// Another handle on the same engine that may write, for work that is
+    /// not the mount's user's to refuse: a read-only mount still lists
+    /// lazily imported directories. It keeps its own usage counters
+    /// (`flush_usage` them).
+    pub fn writable_twin(&self) -> Result<Meta> {
+        let twin = Meta::new(self.engine.clone(), MetaConfig { read_only: false });
+        twin.load()?;
+        Ok(twin)
+    }
+
     pub(crate) fn txn<T>(&self, mut f: impl FnMut(&mut dyn KvTxn) -> Result<T>) -> Result<T> {
         // Set aside what an enclosing transaction on this thread counted.
         let outer = TXN_USAGE.with(|u| std::mem::take(&mut *u.borrow_mut()));
@@ -493,6 +503,11 @@ impl Meta {
 
     pub(crate) fn read_txn<T>(&self, f: impl FnMut(&mut dyn KvTxn) -> Result<T>) -> Result<T> {
         run_txn(&*self.engine, true, f)
+    }
+
+    /// Whether this handle refuses changes (a read-only mount).
+    pub fn is_read_only(&self) -> bool {
+        self.config.read_only
     }
 
     pub(crate) fn writable(&self) -> Result<()> {
