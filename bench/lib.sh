@@ -50,6 +50,12 @@ scratch() {
 bench_cleanup() {
     for m in "${mounts[@]}"; do fusermount3 -uz "$m" 2>/dev/null || true; done
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    # Servers take a moment to stop; none outlives the bench.
+    local p t
+    for p in "${pids[@]}"; do
+        for t in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$p" 2>/dev/null || true
+    done
     rm -rf "$work"
 }
 

@@ -63,15 +63,34 @@ fn hundred_mib_round_trip_on_s3() {
     unsafe { std::env::remove_var("AWS_ENDPOINT_URL") };
     let status = common::tessera(&["status", &vol.meta_url]);
     let shown = String::from_utf8_lossy(&status.stdout).to_string();
+    let log = vol.dir.path().join("remount.log");
     let back = {
-        let m = vol.mount("mnt");
+        let path = vol.dir.path().join("mnt");
+        fs::create_dir_all(&path).expect("mountpoint");
+        let cache = vol.cache_dir("mnt");
+        let m = common::Mount::start_logged(
+            &vol.meta_url,
+            &path,
+            &[
+                "--cache-dir",
+                cache.to_str().expect("utf-8"),
+                "--metrics",
+                "none",
+            ],
+            &log,
+        );
         fs::read(m.join("ckpt.bin"))
     };
+    let said = fs::read_to_string(&log).unwrap_or_default();
     // SAFETY: as above.
     unsafe { std::env::set_var("AWS_ENDPOINT_URL", &endpoint) };
     assert!(
         shown.contains(&format!("endpoint    {endpoint}")),
         "status names the endpoint: {shown}"
+    );
+    assert!(
+        !said.contains("not reachable"),
+        "the mount found its store: {said}"
     );
     let back = back.expect("read back");
     assert_eq!(back.len(), data.len());

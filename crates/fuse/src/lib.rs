@@ -512,6 +512,12 @@ impl Filesystem for TesseraFs {
             Err(e) => return reply.error(self.fail("open", e)),
         };
         let passthrough = self.passthrough.load(std::sync::atomic::Ordering::Relaxed);
+        // Opened first: the local copy is then named from what the open
+        // read (no metadata round trip of its own).
+        let fh = match self.vfs.open(ino, flags.0) {
+            Ok((fh, _)) => fh,
+            Err(e) => return reply.error(self.fail("open", e)),
+        };
         let offered = if read_only && passthrough && matches!(current, OpenMode::Closed) {
             self.vfs
                 .local_copy(ino)
@@ -525,10 +531,6 @@ impl Filesystem for TesseraFs {
                 })
         } else {
             None
-        };
-        let fh = match self.vfs.open(ino, flags.0) {
-            Ok((fh, _)) => fh,
-            Err(e) => return reply.error(self.fail("open", e)),
         };
         match self.modes.register(ino, fh, read_only, offered) {
             Ok(Some(backing)) => {

@@ -31,18 +31,42 @@ impl Vfs {
     }
 
     /// The file's length and the name its copy has while it is unchanged.
+    /// A file open here (the FUSE open looks for a copy right after
+    /// opening) is named from what its open read, with no round trip of
+    /// its own; otherwise from the attributes and every chunk's records,
+    /// read together.
     fn copy_name(&self, ino: Ino) -> Result<(u64, String)> {
-        let attr = self.meta.getattr(ino)?;
-        if attr.typ != FileType::File {
-            return Err(VfsError::new(libc::EISDIR, "only files have local copies"));
-        }
-        let mut named = attr.length.to_le_bytes().to_vec();
-        for index in 0..attr.length.div_ceil(CHUNK_SIZE) {
-            let records = self.meta.read_chunk(ino, index as u32)?;
+        let open = self
+            .open_file(ino)
+            .filter(|of| !of.writer.has_dirty())
+            .map(|of| (of.length.load(std::sync::atomic::Ordering::Relaxed), of))
+            .filter(|(length, _)| *length > 0);
+        let (length, records) = match open {
+            Some((length, of)) => {
+                let records = (0..length.div_ceil(CHUNK_SIZE))
+                    .map(|index| of.chunk_records(&self.meta, ino, index as u32))
+                    .collect::<tessera_meta::Result<Vec<_>>>()?;
+                (length, records.iter().map(|r| r.as_ref().clone()).collect())
+            }
+            None => {
+                let (attr, mut records) = self.meta.getattr_with_chunks(ino, 4)?;
+                if attr.typ != FileType::File {
+                    return Err(VfsError::new(libc::EISDIR, "only files have local copies"));
+                }
+                let chunks = attr.length.div_ceil(CHUNK_SIZE);
+                if chunks > 4 {
+                    records.extend(self.meta.read_chunks(ino, 4..chunks as u32)?);
+                }
+                records.truncate(chunks as usize);
+                (attr.length, records)
+            }
+        };
+        let mut named = length.to_le_bytes().to_vec();
+        for (index, records) in records.iter().enumerate() {
             named.extend_from_slice(format!("{index}:{records:?}").as_bytes());
         }
         let tag = tessera_blockcache::checksum::crc32c(&named);
-        Ok((attr.length, format!("{tag:08x}-{}", attr.length)))
+        Ok((length, format!("{tag:08x}-{length}")))
     }
 
     /// The local copy of a file, if one matches the file as it is now.

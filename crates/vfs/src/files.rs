@@ -160,6 +160,7 @@ impl Vfs {
                         handles: AtomicU64::new(0),
                         records: Mutex::new(RecordCache::default()),
                         length: AtomicU64::new(0),
+                        length_at: Mutex::new(None),
                         parent: AtomicU64::new(attr.parent),
                         no_xattrs: std::sync::atomic::AtomicBool::new(false),
                     }),
@@ -180,7 +181,7 @@ impl Vfs {
         // unless --open-cache says to trust what this mount saw last.
         if !of.writer.has_dirty() && cached.is_none() {
             of.invalidate();
-            of.length.store(attr.length, Ordering::Relaxed);
+            of.set_length(attr.length);
             of.prime(records);
         }
         if cached.is_none()
@@ -382,8 +383,13 @@ impl Vfs {
                 return Ok(attr.length);
             }
         }
+        if buffered == 0 && !of.writer.has_dirty() {
+            if let Some(length) = of.recent_length() {
+                return Ok(length);
+            }
+        }
         let committed = self.meta.getattr(ino)?.length;
-        of.length.store(committed, Ordering::Relaxed);
+        of.set_length(committed);
         Ok(committed.max(buffered))
     }
 

@@ -173,6 +173,8 @@ pub struct OpenFile {
     /// within it need no metadata round trip; it is refreshed at open and
     /// whenever a read reaches past it.
     length: AtomicU64,
+    /// When `length` was read from metadata.
+    length_at: Mutex<Option<std::time::Instant>>,
     /// The directory the file was in at its latest open here: where its
     /// growth is checked against quotas.
     parent: AtomicU64,
@@ -196,7 +198,30 @@ const OPEN_CHUNKS: u32 = 4;
 /// Chunks whose records an open fetches at most (64 GiB of file).
 const MAX_OPEN_CHUNKS: u64 = 1024;
 
+/// A read that ends past the length read from metadata less than this ago
+/// takes that length as the end of the file instead of asking again (the
+/// kernel's last read of a file usually asks past its end). As long as the
+/// kernel trusts a file's size by default; another mount's growth of an
+/// open file shows within it, as it does to stat.
+const LENGTH_TRUST: Duration = Duration::from_secs(1);
+
 impl OpenFile {
+    /// The committed length, as just read from metadata.
+    fn set_length(&self, length: u64) {
+        self.length.store(length, Ordering::Relaxed);
+        *self.length_at.lock() = Some(std::time::Instant::now());
+    }
+
+    /// The committed length if it was read from metadata lately.
+    fn recent_length(&self) -> Option<u64> {
+        let known = self.length.load(Ordering::Relaxed);
+        let fresh = self
+            .length_at
+            .lock()
+            .is_some_and(|at| at.elapsed() < LENGTH_TRUST);
+        (known > 0 && fresh).then_some(known)
+    }
+
     /// Take the records of the first chunks, read with the attributes.
     fn prime(&self, chunks: Vec<Vec<SliceRecord>>) {
         let mut r = self.records.lock();

@@ -176,7 +176,7 @@ pub fn run(a: Args) -> Result<()> {
 /// seconds: a store that is down does not stop the mount (cached data stays
 /// readable), but the user hears of it now rather than at the first miss.
 fn warn_if_storage_is_down(format: &tessera_meta::Format, flags: &StorageFlags) -> Result<()> {
-    let store = tessera_object::open_store(&format.storage, &flags.options()?)?;
+    let store = tessera_object::open_store(&format.storage, &flags.options_for(format)?)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
