@@ -101,6 +101,8 @@ ip netns add "$compute"
 ip link add "tr$$" type veth peer name "tc$$"
 ip link set "tr$$" netns "$remote"
 ip link set "tc$$" netns "$compute"
+# (Servers started in the background call nsenter themselves, not these
+# functions, so that $! is the server's own PID: nsenter execs it.)
 in_remote() { nsenter --net="/run/netns/$remote" "$@"; }
 in_compute() { nsenter --net="/run/netns/$compute" "$@"; }
 in_remote ip addr add 198.18.0.1/24 dev "tr$$"
@@ -124,12 +126,12 @@ for flag in master.port master.port.grpc volume.port volume.port.grpc filer.port
     admin.port.grpc debug.port; do
     flags+=("-$flag=$(port)")
 done
-in_remote "$seaweedfs_venv/bin/weed" mini -dir="$work/s3data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+nsenter --net="/run/netns/$remote" "$seaweedfs_venv/bin/weed" mini -dir="$work/s3data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     "${flags[@]}" -admin.ui=false -s3.port=8333 -bucket=tessera,peers >"$work/s3.log" 2>&1 &
 pids+=($!)
 case $engine in
     redis)
-        in_remote redis-server --port 6379 --bind 127.0.0.1 --dir "$work/redis" --save '' \
+        nsenter --net="/run/netns/$remote" redis-server --port 6379 --bind 127.0.0.1 --dir "$work/redis" --save '' \
             --appendonly no >"$work/redis.log" 2>&1 &
         pids+=($!)
         meta_port=6379
@@ -139,7 +141,7 @@ case $engine in
         pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
         mkdir -p "$work/pg" && chown postgres "$work/pg"
         su postgres -c "$pgbin/initdb -D $work/pg/data -A trust -U postgres" >/dev/null
-        in_remote su postgres -c "$pgbin/postgres -D $work/pg/data -k $work/pg -h 127.0.0.1 -p 5432" >"$work/pg.log" 2>&1 &
+        nsenter --net="/run/netns/$remote" su postgres -c "exec $pgbin/postgres -D $work/pg/data -k $work/pg -h 127.0.0.1 -p 5432" >"$work/pg.log" 2>&1 &
         pids+=($!)
         for _ in $(seq 100); do in_remote su postgres -c "$pgbin/pg_isready -h 127.0.0.1 -p 5432" >/dev/null 2>&1 && break; sleep 0.2; done
         in_remote su postgres -c "$pgbin/psql -h 127.0.0.1 -p 5432 -c 'create database tessera'" >/dev/null
@@ -148,7 +150,7 @@ case $engine in
         ;;
     *) echo "unknown engine $engine" >&2; exit 2 ;;
 esac
-in_remote "$tessera" link --delay-ms "$delay" --rate-mbit 0 \
+nsenter --net="/run/netns/$remote" "$tessera" link --delay-ms "$delay" --rate-mbit 0 \
     --pair "198.18.0.1:9000=127.0.0.1:8333" --pair "198.18.0.1:$meta_port=127.0.0.1:$meta_port" \
     >"$work/link.log" 2>&1 &
 pids+=($!)
