@@ -182,7 +182,11 @@ impl Vfs {
         if !of.writer.has_dirty() && cached.is_none() {
             of.invalidate();
             of.set_length(attr.length);
-            of.prime(records);
+            // Only the first handle primes: with another open, a writer of
+            // this mount may have committed since the records were read.
+            if first {
+                of.prime(records);
+            }
         }
         if cached.is_none()
             && read_only
