@@ -49,15 +49,11 @@ impl Vfs {
                 (length, records.iter().map(|r| r.as_ref().clone()).collect())
             }
             None => {
-                let (attr, mut records) = self.meta.getattr_with_chunks(ino, 4)?;
+                // Every chunk: a change anywhere must change the name.
+                let (attr, records) = self.attr_and_records(ino, u64::from(u32::MAX))?;
                 if attr.typ != FileType::File {
                     return Err(VfsError::new(libc::EISDIR, "only files have local copies"));
                 }
-                let chunks = attr.length.div_ceil(CHUNK_SIZE);
-                if chunks > 4 {
-                    records.extend(self.meta.read_chunks(ino, 4..chunks as u32)?);
-                }
-                records.truncate(chunks as usize);
                 (attr.length, records)
             }
         };

@@ -111,22 +111,8 @@ impl Vfs {
         let (attr, records) = match (&cached, known) {
             (Some((attr, _)), _) => (*attr, Vec::new()),
             (None, Some(attr)) => (attr, Vec::new()),
-            (None, None) if read_only => self.meta.getattr_with_chunks(ino, OPEN_CHUNKS)?,
+            (None, None) if read_only => self.attr_and_records(ino, MAX_OPEN_CHUNKS)?,
             (None, None) => (self.meta.getattr(ino)?, Vec::new()),
-        };
-        let records = if attr.typ == FileType::File && !records.is_empty() {
-            let chunks = attr
-                .length
-                .div_ceil(tessera_meta::CHUNK_SIZE)
-                .min(MAX_OPEN_CHUNKS);
-            let mut records = records;
-            if chunks > u64::from(OPEN_CHUNKS) {
-                records.extend(self.meta.read_chunks(ino, OPEN_CHUNKS..chunks as u32)?);
-            }
-            records.truncate(chunks as usize);
-            records
-        } else {
-            Vec::new()
         };
         if attr.typ == FileType::Dir && is_write_open(flags) {
             return Err(VfsError::new(
@@ -372,6 +358,26 @@ impl Vfs {
         Ok(self
             .chunks
             .cache_range(off, end - off, &mut records, action)?)
+    }
+
+    /// A file's attributes and the slice records of its first `limit`
+    /// chunks: the first four read with the attributes, the rest in one
+    /// more round trip (none for a directory).
+    pub(crate) fn attr_and_records(
+        &self,
+        ino: Ino,
+        limit: u64,
+    ) -> Result<(Attr, Vec<Vec<SliceRecord>>)> {
+        let (attr, mut records) = self.meta.getattr_with_chunks(ino, OPEN_CHUNKS)?;
+        if attr.typ != FileType::File {
+            return Ok((attr, Vec::new()));
+        }
+        let chunks = attr.length.div_ceil(tessera_meta::CHUNK_SIZE).min(limit);
+        if chunks > u64::from(OPEN_CHUNKS) {
+            records.extend(self.meta.read_chunks(ino, OPEN_CHUNKS..chunks as u32)?);
+        }
+        records.truncate(chunks as usize);
+        Ok((attr, records))
     }
 
     /// The length a read up to `want` may see: buffered writes count, and

@@ -295,9 +295,9 @@ struct LazyDir {
 /// The lazily imported directories this mount has met.
 #[derive(Default)]
 pub(crate) struct LazyDirs {
-    /// The imports, by their directory: reloaded from the engine now and
-    /// then, so an import made while mounted is taken.
-    roots: RwLock<HashMap<Ino, Arc<LazyImport>>>,
+    /// Whether the volume has any lazy import (as of the last reload):
+    /// without one, a lookup pays nothing but this check.
+    any: std::sync::atomic::AtomicBool,
     /// Every lazily listed directory met so far (imports and the
     /// directories their listings made), by inode.
     dirs: RwLock<HashMap<Ino, Arc<LazyDir>>>,
@@ -316,10 +316,7 @@ impl LazyDirs {
             .collect();
         let mut dirs = self.dirs.write();
         // Directories of an import that went (or changed) are forgotten.
-        dirs.retain(|_, d| {
-            now.values()
-                .any(|how| Arc::ptr_eq(how, &d.how) || **how == *d.how)
-        });
+        dirs.retain(|_, d| now.values().any(|how| **how == *d.how));
         for (ino, how) in &now {
             let same = dirs.get(ino).is_some_and(|d| *d.how == **how);
             if !same {
@@ -334,7 +331,8 @@ impl LazyDirs {
                 );
             }
         }
-        *self.roots.write() = now;
+        self.any
+            .store(!now.is_empty(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -355,7 +353,7 @@ impl LazyDirs {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.roots.read().is_empty()
+        !self.any.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
