@@ -21,12 +21,21 @@
 #   local      the same files on the local disk
 #   cold       a new mount, empty cache, everything over the link
 #   prefetch   the same with --prefetch-on-open '*.safetensors' (each
-#              file fetched whole, blocks in parallel, when opened)
+#              file fetched whole, blocks in parallel, when opened; small
+#              ones when their directory is listed)
+#   tuned      cold again, with what a model-serving mount is given:
+#              --prefetch-on-open '*.safetensors' and --open-cache (with
+#              the kernel's caches as long), so each directory is read
+#              whole once and its files' lookups and opens cost nothing
 #   warm       a new mount over the cache `tessera warmup` filled
 #   localcopy  the same after `warmup --local-copy` (kernel passthrough)
-#   opencache  a second load in one mount with --open-cache (and the
-#              kernel's entry/attr caches as long), the page cache dropped
+#   first-open a new mount with --open-cache (and the kernel's caches
+#              as long) over the warm cache: its first load
+#   opencache  a second load in that mount, the page cache dropped
 #              (names kept): metadata and object requests counted
+#   group      a new mount with only a memory tier of its own and the
+#              open cache, over three cache-group members on the compute
+#              side (198.18.0.3-5) that `tessera warmup --cache-group` filled
 #   rclone, s3fs   the cold load of the same files through `rclone mount`
 #              (--vfs-cache-mode full) and s3fs, over the same link
 # Each load is checked tensor by tensor (untimed). Printed per phase and
@@ -36,7 +45,8 @@
 #
 #   bench/crosscloud.sh [--delay-ms 25] [--rate-mbit 1000] [--scale 1024]
 #                       [--adapters 128] [--rounds 3] [--engine redis|postgres]
-#                       [--no-peers]
+#                       [--no-peers] [--phases 'cold warm ...'] [--loaders 'mmap seq']
+# (--phases picks phases by name, as listed above; the default runs all.)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/bench/lib.sh"
@@ -47,6 +57,8 @@ adapters=128
 rounds=3
 engine=redis
 peers=1
+phases=all
+loaders="mmap seq"
 while [ $# -gt 0 ]; do
     case $1 in
         --delay-ms) delay=$2; shift 2 ;;
@@ -56,7 +68,9 @@ while [ $# -gt 0 ]; do
         --rounds) rounds=$2; shift 2 ;;
         --engine) engine=$2; shift 2 ;;
         --no-peers) peers=0; shift ;;
-        *) echo "usage: $0 [--delay-ms MS] [--rate-mbit N] [--scale N] [--adapters N] [--rounds N] [--engine redis|postgres] [--no-peers]" >&2; exit 2 ;;
+        --phases) phases=$2; shift 2 ;;
+        --loaders) loaders=$2; shift 2 ;;
+        *) echo "usage: $0 [--delay-ms MS] [--rate-mbit N] [--scale N] [--adapters N] [--rounds N] [--engine redis|postgres] [--no-peers] [--phases 'cold warm ...'] [--loaders 'mmap seq']" >&2; exit 2 ;;
     esac
 done
 [ "$(id -u)" = 0 ] || { echo "run as root: namespaces, qdiscs and dropped caches" >&2; exit 1; }
@@ -230,38 +244,87 @@ load() { # phase loader dir [pages: drop only the page cache, keep names]
     [ "$2" = seq ] && mode=seq
     before=$(counters)
     t0=$(now)
-    "$py" "$check" "$mode" "$3" 7 "$scale" >/dev/null
+    "$py" "$check" "$mode" "$3" 7 "$scale" >"$work/load.out"
     t1=$(now)
     after=$(counters)
-    echo "$1 $2 $(calc "$t1 - $t0") $before $after" >>"$work/results"
+    # parts checkpoint=S/B adapters=S/B -> S B S B
+    parts=$(sed -n 's/^parts checkpoint=\(.*\)s\/\(.*\)B adapters=\(.*\)s\/\(.*\)B$/\1 \2 \3 \4/p' "$work/load.out")
+    echo "$1 $2 $(calc "$t1 - $t0") $before $after $parts" >>"$work/results"
     # Every tensor compared, untimed.
     "$py" "$check" check "$3" 7 "$scale" "$adapters" >/dev/null
 }
 long_caches=(--open-cache 3600 --attr-cache 3600 --entry-cache 3600 --dir-entry-cache 3600)
+want() { [ "$phases" = all ] || [[ " $phases " == *" $1 "* ]]; }
+members=()
+start_members() { # three cache-group members on the compute side, own addresses
+    local i
+    for i in 3 4 5; do
+        in_compute ip addr add "198.18.0.$i/24" dev "tc$$" 2>/dev/null || true
+        nsenter --net="/run/netns/$compute" "$tessera" cache-server "$meta" --cache-group xc \
+            --group-listen "198.18.0.$i:7100" --cache-dir "$work/member$i" --cache-size 64G \
+            --free-space-ratio 0.02 --metrics none >>"$work/member$i.log" 2>&1 &
+        pids+=($!)
+        members+=($!)
+    done
+    sleep 3
+}
 for r in $(seq "$rounds"); do
-    for loader in mmap seq; do
+    for loader in $loaders; do
         mpid=
-        load local $loader "$work/local"
-        rm -rf "$work/cache"
-        mount_tessera "$work/cache"
-        load cold $loader "$mnt"
-        "$tessera" umount "$mnt"
-        rm -rf "$work/cache"
-        mount_tessera "$work/cache" --prefetch-on-open '*.safetensors'
-        load prefetch $loader "$mnt"
-        "$tessera" warmup "$mnt" --threads 16 >>"$work/warmup.log" 2>&1
-        "$tessera" umount "$mnt"
-        mount_tessera "$work/cache"
-        load warm $loader "$mnt"
-        "$tessera" warmup --local-copy "$mnt" >>"$work/warmup.log" 2>&1
-        "$tessera" umount "$mnt"
-        mount_tessera "$work/cache"
-        load localcopy $loader "$mnt"
-        "$tessera" umount "$mnt"
-        mount_tessera "$work/cache" "${long_caches[@]}"
-        load first-open $loader "$mnt"
-        load opencache $loader "$mnt" pages
-        "$tessera" umount "$mnt"
+        want local && load local $loader "$work/local"
+        if want cold; then
+            rm -rf "$work/cache"
+            mount_tessera "$work/cache"
+            load cold $loader "$mnt"
+            "$tessera" umount "$mnt"
+        fi
+        if want prefetch; then
+            rm -rf "$work/cache"
+            mount_tessera "$work/cache" --prefetch-on-open '*.safetensors'
+            load prefetch $loader "$mnt"
+            "$tessera" umount "$mnt"
+        fi
+        if want tuned; then
+            rm -rf "$work/cache"
+            mount_tessera "$work/cache" --prefetch-on-open '*.safetensors' "${long_caches[@]}"
+            load tuned $loader "$mnt"
+            "$tessera" umount "$mnt"
+        fi
+        if want warm || want localcopy; then
+            mount_tessera "$work/cache"
+            "$tessera" warmup "$mnt" --threads 16 >>"$work/warmup.log" 2>&1
+            "$tessera" umount "$mnt"
+            if want warm; then
+                mount_tessera "$work/cache"
+                load warm $loader "$mnt"
+                "$tessera" umount "$mnt"
+            fi
+            if want localcopy; then
+                mount_tessera "$work/cache"
+                "$tessera" warmup --local-copy "$mnt" >>"$work/warmup.log" 2>&1
+                "$tessera" umount "$mnt"
+                mount_tessera "$work/cache"
+                load localcopy $loader "$mnt"
+                "$tessera" umount "$mnt"
+            fi
+        fi
+        if want first-open || want opencache; then
+            mount_tessera "$work/cache" "${long_caches[@]}"
+            load first-open $loader "$mnt"
+            load opencache $loader "$mnt" pages
+            "$tessera" umount "$mnt"
+        fi
+        if want group; then
+            # Warm in the group's members (compute side), read by a mount
+            # that keeps only a memory tier of its own.
+            [ ${#members[@]} -gt 0 ] || start_members
+            mount_tessera memory --cache-group xc --no-sharing
+            "$tessera" warmup --cache-group xc "$mnt" >>"$work/warmup.log" 2>&1
+            "$tessera" umount "$mnt"
+            mount_tessera memory --cache-group xc --no-sharing "${long_caches[@]}"
+            load group $loader "$mnt"
+            "$tessera" umount "$mnt"
+        fi
         mpid=
         if [ "$peers" = 1 ]; then
             rm -rf "$work/rclone-cache"
@@ -296,9 +359,25 @@ for r in rows:
     if r[0] not in phases:
         phases.append(r[0])
 print(f"{gib:.2f} GiB in {files} files; link {float(sys.argv[4]):.0f} Mbit/s = {link_gib_s:.3f} GiB/s")
-print(f"{'phase':<11}{'loader':<6}{'s':>8}{'GiB/s':>7}{'x local':>9}{'% link':>8}{'txns':>7}{'GETs':>7}{'CPU s/GiB':>10}")
+print(f"{'phase':<11}{'loader':<6}{'s':>8}{'GiB/s':>7}{'x local':>9}{'% link':>8}{'txns':>7}{'GETs':>7}{'CPU s/GiB':>10}"
+      f"{'ckpt s':>8}{'% link':>7}{'adapt s':>8}{'% link':>7}")
+
+
+def part(rows, at):
+    """Median seconds of one part and its % of the link (fields at, at+1)."""
+    rows = [r for r in rows if len(r) > at + 1]
+    if not rows:
+        return ""
+    secs = statistics.median(float(r[at]) for r in rows)
+    nbytes = int(rows[0][at + 1])
+    return f"{secs:>8.2f}{100 * nbytes / 2**30 / secs / link_gib_s:>6.0f}%"
+
+
 for loader in ("mmap", "seq"):
-    local = statistics.median(float(r[2]) for r in rows if r[0] == "local" and r[1] == loader)
+    if not any(r[1] == loader for r in rows):
+        continue
+    local = [float(r[2]) for r in rows if r[0] == "local" and r[1] == loader]
+    local = statistics.median(local) if local else float("nan")
     for p in phases:
         mine = [r for r in rows if r[0] == p and r[1] == loader]
         if not mine:
@@ -310,5 +389,6 @@ for loader in ("mmap", "seq"):
         counted = p not in ("local", "rclone", "s3fs")
         print(f"{p:<11}{loader:<6}{secs:>8.2f}{gib / secs:>7.2f}{secs / local:>9.2f}"
               f"{100 * gib / secs / link_gib_s:>7.0f}%"
-              + (f"{txns:>7.0f}{gets:>7.0f}{cpu:>10.2f}" if counted else ""))
+              + (f"{txns:>7.0f}{gets:>7.0f}{cpu:>10.2f}" if counted else f"{'':>24}")
+              + part(mine, 9) + part(mine, 11))
 PY

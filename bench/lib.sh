@@ -56,6 +56,11 @@ bench_cleanup() {
         for t in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$p" 2>/dev/null || true
     done
+    # TESSERA_BENCH_KEEP=1 keeps the scratch directory (logs) to look at.
+    if [ -n "${TESSERA_BENCH_KEEP:-}" ]; then
+        echo "kept $work" >&2
+        return
+    fi
     rm -rf "$work"
 }
 

@@ -26,6 +26,11 @@ pub struct PeerTimeouts {
     /// The whole of one request: asking, the peer's own fetch on a miss,
     /// and the transfer.
     pub request: Duration,
+    /// The same for a warm-up request: the peer answers once it has the
+    /// block from object storage, which over a far link and behind the
+    /// warm-up's other blocks can take long; a reader is not waiting on
+    /// it, so it is not failed over early.
+    pub warm: Duration,
     /// How long a failed peer is left alone.
     pub down_for: Duration,
 }
@@ -35,6 +40,7 @@ impl Default for PeerTimeouts {
         PeerTimeouts {
             connect: Duration::from_millis(500),
             request: Duration::from_secs(5),
+            warm: Duration::from_secs(120),
             down_for: Duration::from_secs(10),
         }
     }
@@ -151,7 +157,13 @@ impl Peers {
             None => self.connect(addr)?,
         };
         let started = Instant::now();
-        let limit = self.timeouts.request;
+        let limit = if op == Op::Warm {
+            self.timeouts.warm
+        } else {
+            self.timeouts.request
+        };
+        // Per request: a pooled connection may have served the other kind.
+        conn.io.get_ref().tcp().set_read_timeout(Some(limit))?;
         let writer = conn.io.get_mut();
         proto::write_request(
             writer,

@@ -173,6 +173,52 @@ impl ChunkStore {
         Ok(blocks)
     }
 
+    /// Fetch the blocks behind `[off, off + len)` in the file's order, at
+    /// most `window` at a time, through the shared fetches a reader joins
+    /// (`--prefetch-on-open`): a reader that faults on a block being
+    /// fetched waits for that fetch instead of starting a second one, and
+    /// one that gets ahead of the window finds the link not filled with a
+    /// whole file's requests queued before its own. Blocking; returns what
+    /// was fetched and what failed.
+    pub fn prefetch(
+        self: &Arc<Self>,
+        off: u64,
+        len: u64,
+        records: &mut dyn FnMut(u32) -> Result<Arc<Vec<SliceRecord>>>,
+        window: usize,
+    ) -> Result<CacheReport> {
+        use futures::StreamExt;
+        let blocks = self.blocks_of(off, len, records)?;
+        let mut report = CacheReport {
+            bytes: blocks.iter().map(|b| b.visible).sum(),
+            ..CacheReport::default()
+        };
+        let missing: Vec<Block> = blocks
+            .into_iter()
+            .filter(|b| {
+                !self.mem.contains(&b.key)
+                    && !self.disk.as_ref().is_some_and(|d| d.contains(&b.key))
+            })
+            .collect();
+        let me = self.clone();
+        let results = self.rt.block_on(
+            futures::stream::iter(missing)
+                .map(|b| me.fetch(&b.key, b.len, true))
+                .buffered(window.max(1))
+                .collect::<Vec<_>>(),
+        );
+        for r in results {
+            match r {
+                Ok(data) => report.fetched += data.len() as u64,
+                Err(e) => {
+                    report.failed_blocks += 1;
+                    report.error.get_or_insert(e.to_string());
+                }
+            }
+        }
+        Ok(report)
+    }
+
     /// Fetch every block not cached locally, all at once, and store each
     /// in the disk tier (memory when there is no disk tier).
     fn warm(self: &Arc<Self>, blocks: &[Block], report: &mut CacheReport) {

@@ -190,7 +190,7 @@ impl ChunkStore {
     }
 
     /// Join or start the shared fetch of a block.
-    fn fetch(self: &Arc<Self>, key: &str, len: u64, readahead: bool) -> Fetch {
+    pub(crate) fn fetch(self: &Arc<Self>, key: &str, len: u64, readahead: bool) -> Fetch {
         if let Some(why) = self.failed_lately(key) {
             return futures::future::ready(Err(FetchError::Failed(why)))
                 .boxed()

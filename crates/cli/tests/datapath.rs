@@ -710,3 +710,53 @@ fn prefetch_on_open_reads_matching_files_whole() {
     assert!(!data.contains("(100.0%)"), "{data}");
     m.unmount();
 }
+
+/// `--prefetch-on-open` and a listing: small files the pattern names (a
+/// block or less, adapters) are fetched together when their directory is
+/// listed, before any is opened, so a loader walking them pays the link's
+/// latency about once, not once per file; files it does not name are not.
+#[test]
+fn a_listing_prefetches_the_small_files_the_pattern_names() {
+    let vol = Volume::new("listpref");
+    let adapters: Vec<Vec<u8>> = (0..20).map(|i| pseudo_random(100 << 10, 10 + i)).collect();
+    {
+        let m = vol.mount("writer");
+        std::fs::create_dir(m.join("adapters")).expect("mkdir");
+        for (i, data) in adapters.iter().enumerate() {
+            std::fs::write(m.join(&format!("adapters/lora-{i}.safetensors")), data).expect("write");
+        }
+        std::fs::write(m.join("adapters/notes.txt"), b"not an adapter").expect("write");
+        m.unmount();
+    }
+    let m = vol.mount_with("reader", &["--prefetch-on-open", "*.safetensors"]);
+    let gets = || {
+        stat(
+            &m.path,
+            "tessera_object_request_seconds_count{method=\"get\"}",
+        )
+    };
+    let before = gets();
+    let names = std::fs::read_dir(m.join("adapters")).expect("list").count();
+    assert_eq!(names, 21);
+    wait_for("the adapters fetched on listing", || {
+        gets() - before >= 20.0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let listed = gets() - before;
+    assert_eq!(listed, 20.0, "the 20 adapters, not the notes");
+    for (i, data) in adapters.iter().enumerate() {
+        let got = std::fs::read(m.join(&format!("adapters/lora-{i}.safetensors"))).expect("read");
+        assert!(&got == data, "adapter {i} intact");
+    }
+    assert_eq!(
+        gets() - before,
+        20.0,
+        "the loads found every adapter fetched"
+    );
+    assert_eq!(
+        std::fs::read(m.join("adapters/notes.txt")).expect("read"),
+        b"not an adapter"
+    );
+    assert_eq!(gets() - before, 21.0, "the notes fetched when read");
+    m.unmount();
+}

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use crate::kv::{run_txn, scan_prefix, KvEngine};
 use crate::slice::{SliceKind, SliceRecord};
 use crate::{
-    Compression, Ctx, FileType, FlockType, Format, Meta, MetaConfig, MetaError, SessionInfo,
-    ROOT_INO,
+    Attr, Compression, Ctx, FileType, FlockType, Format, Ino, Meta, MetaConfig, MetaError,
+    SessionInfo, ROOT_INO,
 };
 
 pub type Factory<'a> = &'a dyn Fn() -> Arc<dyn KvEngine>;
@@ -25,6 +25,7 @@ pub fn run_all(factory: Factory<'_>) {
     rename_rules(factory());
     hard_links_and_open_unlink(factory());
     data_records(factory());
+    directories_read_whole(factory());
     appends(factory());
     fsck_finds_and_repairs(factory());
     huge_offsets_and_sizes(factory());
@@ -698,6 +699,70 @@ fn hard_links_and_open_unlink(e: Arc<dyn KvEngine>) {
     assert!(m.close_inode(f).expect("close"));
     assert!(matches!(m.getattr(f), Err(MetaError::NotFound)));
     assert_eq!(m.pending_deletes(10).expect("pending"), vec![(f, 0)]);
+}
+
+/// `readdir_with_records`: every entry with its attributes, every chunk
+/// record of the files asked for, in the engine's key order; a directory
+/// past the limit comes back not complete.
+fn directories_read_whole(e: Arc<dyn KvEngine>) {
+    let m = formatted(e);
+    let (dir, _) = m
+        .mknod(&CTX, ROOT_INO, b"repo", FileType::Dir, 0o755, 0, None)
+        .expect("dir");
+    let rec = |id| SliceRecord {
+        kind: SliceKind::Internal,
+        pos: 0,
+        id,
+        size: 100,
+        off: 0,
+        len: 100,
+    };
+    let mut made = Vec::new();
+    for (name, chunks) in [(&b"a"[..], 1u64), (b"b", 3), (b"c", 0), (b"skip", 1)] {
+        let (f, _) = m
+            .mknod(&CTX, dir, name, FileType::File, 0o644, 0, None)
+            .expect("file");
+        let slices: Vec<(u32, SliceRecord)> = (0..chunks)
+            .map(|i| (i as u32, rec(m.new_slice_id().expect("id"))))
+            .collect();
+        if chunks > 0 {
+            m.write_slices(f, &slices, (chunks - 1) * crate::CHUNK_SIZE + 100)
+                .expect("write");
+        }
+        made.push((f, slices));
+    }
+    m.mknod(&CTX, dir, b"sub", FileType::Dir, 0o755, 0, None)
+        .expect("sub");
+    let wanted = |name: &[u8], _: &Attr| name != b"skip";
+    let whole = m
+        .readdir_with_records(dir, 10, 100, &wanted)
+        .expect("read whole");
+    assert!(whole.complete);
+    assert_eq!(whole.attr.typ, FileType::Dir);
+    let names: Vec<&[u8]> = whole.entries.iter().map(|e| e.name.as_slice()).collect();
+    assert_eq!(names, [&b"a"[..], b"b", b"c", b"skip", b"sub"]);
+    assert!(whole.entries.iter().all(|e| e.attr.is_some()));
+    assert_eq!(
+        whole.entries[1].attr.expect("b").length,
+        2 * crate::CHUNK_SIZE + 100
+    );
+    let by_ino: std::collections::HashMap<Ino, Vec<Vec<SliceRecord>>> =
+        whole.records.into_iter().collect();
+    assert_eq!(by_ino.len(), 3, "a, b and c; not skip, not the directory");
+    for (f, slices) in &made[..3] {
+        let want: Vec<Vec<SliceRecord>> = slices.iter().map(|(_, r)| vec![*r]).collect();
+        assert_eq!(by_ino[f], want);
+    }
+    // A budget of two chunk records: a's, then b's three do not fit.
+    let tight = m.readdir_with_records(dir, 10, 2, &wanted).expect("tight");
+    let got: Vec<Ino> = tight.records.iter().map(|(f, _)| *f).collect();
+    assert_eq!(got, [made[0].0, made[2].0]);
+    let large = m.readdir_with_records(dir, 4, 100, &wanted).expect("large");
+    assert!(!large.complete && large.entries.is_empty());
+    assert!(matches!(
+        m.readdir_with_records(made[0].0, 10, 100, &wanted),
+        Err(MetaError::NotDir)
+    ));
 }
 
 fn data_records(e: Arc<dyn KvEngine>) {

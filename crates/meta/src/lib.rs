@@ -28,8 +28,9 @@ use serde::{Deserialize, Serialize};
 pub use attr::{Attr, FileType};
 pub use check::FsckReport;
 pub use fs::{
-    Appended, CloneReport, Entry, ExternalObject, LazyImport, Meta, MetaConfig, Quota, QuotaCheck,
-    RemoveReport, SetAttr, StatFs, TruncateResult, UnlinkResult, TRASH_INO, TRASH_NAME,
+    Appended, CloneReport, DirWithRecords, Entry, ExternalObject, LazyImport, Meta, MetaConfig,
+    Quota, QuotaCheck, RemoveReport, SetAttr, StatFs, TruncateResult, UnlinkResult, TRASH_INO,
+    TRASH_NAME,
 };
 pub use group::MemberRecord;
 pub use kv::{KvEngine, KvTxn};

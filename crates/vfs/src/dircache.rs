@@ -23,12 +23,27 @@ struct Kept {
     generation: u64,
     attr: Attr,
     names: Arc<Vec<Entry>>,
+    /// Read whole with every entry's attributes: lookups in the directory
+    /// are answered from it, a name it lacks as absent.
+    answers_lookups: bool,
+}
+
+/// What a kept listing says of a name.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Answer {
+    Found(Ino, Attr),
+    Absent,
+    /// No listing that answers lookups: ask the engine.
+    Unknown,
 }
 
 #[derive(Default)]
 pub(crate) struct DirCache {
     generation: AtomicU64,
     dirs: Mutex<HashMap<Ino, Kept>>,
+    /// Directories too large to be read whole, and since when: lookups in
+    /// them go to the engine one by one.
+    large: Mutex<HashMap<Ino, Instant>>,
 }
 
 impl DirCache {
@@ -63,8 +78,54 @@ impl DirCache {
         }
     }
 
+    /// What `dir`'s kept listing says of `name`, if it was read whole
+    /// with attributes (by a listing that also primed the open cache): a
+    /// lookup then costs no round trip, and a name it lacks is absent for
+    /// as long as the listing is trusted (as the kernel's negative entries
+    /// are).
+    pub(crate) fn lookup(&self, dir: Ino, name: &[u8], ttl: Duration) -> Answer {
+        if ttl.is_zero() {
+            return Answer::Unknown;
+        }
+        let now = self.generation();
+        let dirs = self.dirs.lock();
+        let Some(k) = dirs
+            .get(&dir)
+            .filter(|k| k.answers_lookups && k.generation == now && k.at.elapsed() < ttl)
+        else {
+            return Answer::Unknown;
+        };
+        match k.names.iter().find(|e| e.name == name) {
+            Some(e) => e.attr.map_or(Answer::Unknown, |a| Answer::Found(e.ino, a)),
+            None => Answer::Absent,
+        }
+    }
+
+    /// `dir` was found too large to read whole (within `ttl`).
+    pub(crate) fn is_large(&self, dir: Ino, ttl: Duration) -> bool {
+        self.large
+            .lock()
+            .get(&dir)
+            .is_some_and(|at| at.elapsed() < ttl)
+    }
+
+    pub(crate) fn mark_large(&self, dir: Ino) {
+        let mut large = self.large.lock();
+        if large.len() >= MAX_DIRS {
+            large.clear();
+        }
+        large.insert(dir, Instant::now());
+    }
+
     /// Keep `dir`'s listing, taken at `generation`.
-    pub(crate) fn put(&self, dir: Ino, generation: u64, attr: Attr, names: Arc<Vec<Entry>>) {
+    pub(crate) fn put(
+        &self,
+        dir: Ino,
+        generation: u64,
+        attr: Attr,
+        names: Arc<Vec<Entry>>,
+        answers_lookups: bool,
+    ) {
         let mut dirs = self.dirs.lock();
         if dirs.len() >= MAX_DIRS {
             dirs.clear();
@@ -76,6 +137,7 @@ impl DirCache {
                 generation,
                 attr,
                 names,
+                answers_lookups,
             },
         );
     }
@@ -93,7 +155,7 @@ mod tests {
         let ttl = Duration::from_millis(200);
         assert!(c.get(1, ttl).is_none());
         let g = c.generation();
-        c.put(1, g, attr, names.clone());
+        c.put(1, g, attr, names.clone(), false);
         assert!(c.get(1, ttl).is_some());
         assert!(
             c.get(1, Duration::ZERO).is_none(),
@@ -104,10 +166,38 @@ mod tests {
         // A listing taken while a change was made is not trusted.
         let g = c.generation();
         c.changed();
-        c.put(2, g, attr, names.clone());
+        c.put(2, g, attr, names.clone(), false);
         assert!(c.get(2, ttl).is_none());
         let g = c.generation();
-        c.put(3, g, attr, names);
+        c.put(3, g, attr, names, false);
+        // A listing read whole with attributes answers lookups, a name it
+        // lacks as absent; one read by name only answers none.
+        let file = Attr::new(tessera_meta::FileType::File, 0o644, 0, 0, (0, 0));
+        let entry = |name: &[u8], attr| Entry {
+            name: name.to_vec(),
+            ino: 9,
+            typ: tessera_meta::FileType::File,
+            attr,
+        };
+        let listed = Arc::new(vec![entry(b"a", Some(file)), entry(b"b", None)]);
+        let g = c.generation();
+        c.put(4, g, attr, listed.clone(), true);
+        assert_eq!(c.lookup(4, b"a", ttl), Answer::Found(9, file));
+        assert_eq!(
+            c.lookup(4, b"b", ttl),
+            Answer::Unknown,
+            "gone between reads"
+        );
+        assert_eq!(c.lookup(4, b"c", ttl), Answer::Absent);
+        assert_eq!(c.lookup(4, b"c", Duration::ZERO), Answer::Unknown);
+        c.put(5, g, attr, listed, false);
+        assert_eq!(c.lookup(5, b"a", ttl), Answer::Unknown, "names only");
+        c.changed();
+        assert_eq!(
+            c.lookup(4, b"a", ttl),
+            Answer::Unknown,
+            "this mount changed"
+        );
         std::thread::sleep(Duration::from_millis(250));
         assert!(c.get(3, ttl).is_none(), "its time is up");
     }

@@ -32,13 +32,7 @@ impl Vfs {
         if attr.typ != FileType::File || self.config.prefetch_on_open.is_empty() {
             return;
         }
-        let name = String::from_utf8_lossy(name);
-        if self
-            .config
-            .prefetch_on_open
-            .iter()
-            .any(|p| crate::glob::glob_match(p, &name))
-        {
+        if self.prefetch_pattern_matches(name) {
             let mut next = self.prefetch_next.lock();
             if next.len() >= 65_536 {
                 next.clear();
@@ -47,17 +41,23 @@ impl Vfs {
         }
     }
 
-    /// Start reading a whole file into the cache on a background worker
-    /// (what `tessera warmup` does), if it was marked by its name.
-    fn maybe_prefetch(&self, ino: Ino, flags: i32, length: u64) {
+    /// Start reading a whole file into the cache on a background worker,
+    /// if it was marked by its name: in order, as many blocks in flight as
+    /// the readahead window holds, through the fetches the reader joins
+    /// (an mmap loader faulting on tensors in its own order waits for the
+    /// block's fetch, never starts a second one). The records come from
+    /// the open file (primed at open or from a listing), so a large file's
+    /// prefetch does not wait on one metadata round trip per chunk first.
+    fn maybe_prefetch(&self, ino: Ino, flags: i32, length: u64, of: &Arc<OpenFile>) {
         if is_write_only(flags) || length == 0 || !self.prefetch_next.lock().remove(&ino) {
             return;
         }
-        let (meta, chunks) = (self.meta.clone(), self.chunks.clone());
+        let (meta, chunks, of) = (self.meta.clone(), self.chunks.clone(), of.clone());
         let queued = self.control.background.submit(Box::new(move || {
-            let mut records = |index| Ok(Arc::new(meta.read_chunk(ino, index)?));
-            let warm = CacheAction::Warm { pin: None };
-            match chunks.cache_range(0, length, &mut records, warm) {
+            let mut records = |index| Ok(of.chunk_records(&meta, ino, index)?);
+            let config = chunks.config();
+            let window = (config.max_readahead / config.block_size.max(1)).max(4);
+            match chunks.prefetch(0, length, &mut records, window) {
                 Ok(r) if r.failed_blocks > 0 => {
                     warn!(
                         ino,
@@ -65,7 +65,7 @@ impl Vfs {
                         "prefetch on open could not fetch every block"
                     )
                 }
-                Ok(r) => tracing::debug!(ino, bytes = r.cached, "prefetched on open"),
+                Ok(r) => tracing::debug!(ino, bytes = r.fetched, "prefetched on open"),
                 Err(e) => warn!(ino, error = %e, "prefetch on open failed"),
             }
         }));
@@ -76,6 +76,39 @@ impl Vfs {
 
     pub fn open(&self, ino: Ino, flags: i32) -> Result<(u64, Attr)> {
         self.open_known(ino, flags, None)
+    }
+
+    pub(crate) fn new_open_file(&self, ino: Ino, attr: &Attr) -> Arc<OpenFile> {
+        Arc::new(OpenFile {
+            writer: FileWriter::new(ino, self.chunks.clone()),
+            handles: AtomicU64::new(0),
+            records: Mutex::new(RecordCache::default()),
+            length: AtomicU64::new(0),
+            length_at: Mutex::new(None),
+            parent: AtomicU64::new(attr.parent),
+            no_xattrs: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Remember an open for `--open-cache` (bounded: expired entries go
+    /// when it is full, and if that is not enough, all of them).
+    pub(crate) fn keep_open(&self, ino: Ino, attr: Attr, file: Arc<OpenFile>) {
+        let mut c = self.open_cache.lock();
+        if c.len() >= MAX_CACHED_OPENS {
+            let ttl = self.config.open_cache;
+            c.retain(|_, open| open.at.elapsed() < ttl);
+            if c.len() >= MAX_CACHED_OPENS {
+                c.clear();
+            }
+        }
+        c.insert(
+            ino,
+            CachedOpen {
+                attr,
+                at: std::time::Instant::now(),
+                file,
+            },
+        );
     }
 
     /// Open with the inode's attributes already in hand (`known`), as
@@ -141,15 +174,7 @@ impl Vfs {
                 .entry(ino)
                 .or_insert_with(|| match &cached {
                     Some((_, file)) => file.clone(),
-                    None => Arc::new(OpenFile {
-                        writer: FileWriter::new(ino, self.chunks.clone()),
-                        handles: AtomicU64::new(0),
-                        records: Mutex::new(RecordCache::default()),
-                        length: AtomicU64::new(0),
-                        length_at: Mutex::new(None),
-                        parent: AtomicU64::new(attr.parent),
-                        no_xattrs: std::sync::atomic::AtomicBool::new(false),
-                    }),
+                    None => self.new_open_file(ino, &attr),
                 })
                 .clone();
             let first = of.handles.fetch_add(1, Ordering::Relaxed) == 0;
@@ -180,24 +205,7 @@ impl Vfs {
             && !self.config.open_cache.is_zero()
             && !of.writer.has_dirty()
         {
-            {
-                let mut c = self.open_cache.lock();
-                if c.len() >= MAX_CACHED_OPENS {
-                    let ttl = self.config.open_cache;
-                    c.retain(|_, open| open.at.elapsed() < ttl);
-                    if c.len() >= MAX_CACHED_OPENS {
-                        c.clear();
-                    }
-                }
-                c.insert(
-                    ino,
-                    CachedOpen {
-                        attr,
-                        at: std::time::Instant::now(),
-                        file: of.clone(),
-                    },
-                );
-            }
+            self.keep_open(ino, attr, of.clone());
         }
         let handle = Handle::file(ino, flags);
         if self.config.atime != AtimeMode::NoAtime
@@ -211,7 +219,7 @@ impl Vfs {
         }
         let fh = self.new_handle(handle);
         let length = attr.length.max(of.writer.buffered_length());
-        self.maybe_prefetch(ino, flags, attr.length);
+        self.maybe_prefetch(ino, flags, attr.length, &of);
         Ok((fh, Attr { length, ..attr }))
     }
 
@@ -298,14 +306,25 @@ impl Vfs {
             self.chunks.readahead(ahead_from, ahead_len, &mut records);
         }
         let mut attempt = 0;
+        let mut n = n;
         let spans = loop {
             match self.chunks.read_committed(off, n, access, &mut records) {
                 // Compaction (here or in another mount) replaced the slices
-                // our cached records name: reload them and read again.
+                // our cached records name, or another mount rewrote the
+                // file: reload the records and the length with them (a
+                // length trusted by --open-cache is as stale as the
+                // records, and the new bytes must not be cut or padded to
+                // it), and read again.
                 Err(e) if e.is_missing_block() && attempt < 3 => {
                     debug!(ino, error = %e, "stale slice records, reloading");
                     attempt += 1;
                     of.invalidate();
+                    self.forget_open(ino);
+                    let length = self.read_length(ino, &of, off + size as u64)?;
+                    if off >= length {
+                        return Ok(Bytes::new());
+                    }
+                    n = (size as u64).min(length - off) as usize;
                 }
                 other => break other?,
             }

@@ -15,6 +15,7 @@ pub mod glob;
 mod handles;
 pub mod import;
 pub mod internal;
+mod listing;
 mod locks;
 mod namespace;
 pub mod open_modes;
@@ -224,9 +225,14 @@ impl OpenFile {
 
     /// Take the records of the first chunks, read with the attributes.
     fn prime(&self, chunks: Vec<Vec<SliceRecord>>) {
+        self.prime_shared(chunks.into_iter().map(Arc::new).collect());
+    }
+
+    /// Take the records of every chunk, read with a directory's listing.
+    fn prime_shared(&self, chunks: Vec<Arc<Vec<SliceRecord>>>) {
         let mut r = self.records.lock();
         for (index, records) in chunks.into_iter().enumerate() {
-            r.chunks.insert(index as u32, Arc::new(records));
+            r.chunks.insert(index as u32, records);
         }
     }
 

@@ -1077,3 +1077,118 @@ fn a_late_release_keeps_a_lock_the_process_took_again_after_its_close() {
         libc::EAGAIN
     );
 }
+
+/// With `--open-cache`, the first lookup in a directory reads it whole —
+/// names, attributes, every file's records — and lookups and opens of its
+/// files are then answered from that for the open-cache time: another
+/// mount's changes do not show within it (what the user asked for), this
+/// mount's own changes retire it at once, and a directory too large to read
+/// whole is looked up name by name.
+#[test]
+fn a_trusted_listing_answers_lookups_and_opens_of_its_directory() {
+    let f = fixture(64 << 10);
+    let other = &f.vfs;
+    let (dir, _) = other.mkdir(&CTX, ROOT_INO, b"repo", 0o755).expect("mkdir");
+    let write = |name: &[u8], data: &[u8]| {
+        let (ino, fh) = match other.lookup(dir, name) {
+            Ok((ino, _)) => (
+                ino,
+                other
+                    .open(ino, libc::O_RDWR | libc::O_TRUNC)
+                    .expect("open")
+                    .0,
+            ),
+            Err(_) => {
+                let (ino, _, fh) = other
+                    .create(&CTX, dir, name, 0o644, libc::O_RDWR)
+                    .expect("create");
+                (ino, fh)
+            }
+        };
+        other.write(ino, fh, 0, data).expect("write");
+        other.release(ino, fh, None).expect("release");
+        ino
+    };
+    let a = write(b"a", b"first bytes");
+    write(b"b", &vec![7u8; 200 << 10]);
+    let ttl = std::time::Duration::from_millis(1500);
+    let trusting = Vfs::new(
+        other.meta.clone(),
+        other.chunks.clone(),
+        VfsConfig {
+            open_cache: ttl,
+            ..VfsConfig::default()
+        },
+    );
+    let read_all = |v: &Vfs, ino| {
+        let (fh, attr) = v.open(ino, libc::O_RDONLY).expect("open");
+        let got = v.read(ino, fh, 0, attr.length as usize + 10).expect("read");
+        v.release(ino, fh, None).expect("release");
+        got
+    };
+    let (found, attr) = trusting.lookup(dir, b"a").expect("lookup");
+    assert_eq!((found, attr.length), (a, 11));
+    assert!(trusting.dir_cache.get(dir, ttl).is_some(), "listing kept");
+    assert!(
+        trusting.cached_open(a).is_some(),
+        "open primed by the listing"
+    );
+    assert_eq!(&read_all(&trusting, a)[..], b"first bytes");
+
+    // Another mount's changes: not seen within the time.
+    write(b"a", b"second");
+    other.unlink(dir, b"b").expect("unlink");
+    other
+        .create(&CTX, dir, b"c", 0o644, libc::O_RDWR)
+        .map(|(ino, _, fh)| other.release(ino, fh, None))
+        .expect("create c")
+        .expect("release");
+    assert!(trusting.lookup(dir, b"b").is_ok(), "b still listed");
+    let absent = trusting.lookup(dir, b"c").expect_err("c not listed yet");
+    assert_eq!(absent.errno, libc::ENOENT);
+    // The old bytes while they are stored, else the new ones whole (their
+    // blocks gone, the records and the length are read again): never the
+    // new bytes cut or padded to the old length.
+    let got = read_all(&trusting, a);
+    assert!(
+        &got[..] == b"first bytes" || &got[..] == b"second",
+        "{got:?}"
+    );
+
+    // Past the time, the directory is read again.
+    std::thread::sleep(ttl + std::time::Duration::from_millis(100));
+    assert!(trusting.lookup(dir, b"b").is_err(), "b gone");
+    assert!(trusting.lookup(dir, b"c").is_ok(), "c there");
+    assert_eq!(&read_all(&trusting, a)[..], b"second");
+
+    // This mount's own change retires the listing at once.
+    trusting
+        .create(&CTX, dir, b"d", 0o644, libc::O_RDWR)
+        .map(|(ino, _, fh)| trusting.release(ino, fh, None))
+        .expect("create d")
+        .expect("release");
+    other.unlink(dir, b"c").expect("unlink c");
+    assert!(trusting.lookup(dir, b"c").is_err(), "listing read again");
+    assert!(trusting.lookup(dir, b"d").is_ok());
+
+    // A directory larger than a listing is read whole is looked up by name.
+    let (big, _) = other.mkdir(&CTX, ROOT_INO, b"big", 0o755).expect("mkdir");
+    for i in 0..=crate::listing::MAX_TRUSTED_ENTRIES {
+        other
+            .mknod(
+                &CTX,
+                big,
+                format!("f{i}").as_bytes(),
+                libc::S_IFREG | 0o644,
+                0,
+            )
+            .expect("mknod");
+    }
+    assert!(trusting.lookup(big, b"f7").is_ok());
+    assert!(trusting.listing_too_large(big));
+    assert!(trusting.dir_cache.get(big, ttl).is_none());
+    other
+        .mknod(&CTX, big, b"late", libc::S_IFREG | 0o644, 0)
+        .expect("mknod");
+    assert!(trusting.lookup(big, b"late").is_ok(), "asked by name");
+}

@@ -28,6 +28,7 @@ tensor that differs is an error naming it.
 """
 import os
 import sys
+import time
 
 import numpy as np
 from safetensors import safe_open
@@ -62,17 +63,39 @@ def repository(seed, scale, adapters=4):
     return files
 
 
+class Parts:
+    """Seconds and bytes of the checkpoint and of the adapters, apart: the
+    bench reports each against the link (one is bandwidth-bound, the
+    other latency-bound)."""
+
+    def __init__(self):
+        self.seconds = {"checkpoint": 0.0, "adapters": 0.0}
+        self.bytes = {"checkpoint": 0, "adapters": 0}
+
+    def add(self, name, started, nbytes):
+        part = "adapters" if os.path.basename(os.path.dirname(name)) == "adapters" else "checkpoint"
+        self.seconds[part] += time.monotonic() - started
+        self.bytes[part] += nbytes
+
+    def __str__(self):
+        return " ".join(f"{p}={self.seconds[p]:.3f}s/{self.bytes[p]}B" for p in self.seconds)
+
+
 def sequential(root):
     """Read every file start to end, 1 MiB at a time."""
     nbytes = files = 0
+    parts = Parts()
     for d, _, fs in os.walk(root):
         for name in fs:
             if name.endswith(".safetensors"):
+                started, before = time.monotonic(), nbytes
                 with open(os.path.join(d, name), "rb") as f:
                     while block := f.read(1 << 20):
                         nbytes += len(block)
+                parts.add(os.path.join(d, name), started, nbytes - before)
                 files += 1
     print(f"read {files} files, {nbytes} bytes")
+    print(f"parts {parts}")
 
 
 def load(root, seed):
@@ -86,13 +109,17 @@ def load(root, seed):
         if f.endswith(".safetensors")
     )
     count = nbytes = 0
+    parts = Parts()
     for name in names:
+        started, before = time.monotonic(), nbytes
         with safe_open(os.path.join(root, name), framework="numpy") as f:
             keys = list(f.keys())
             for i in order.permutation(len(keys)):
                 nbytes += f.get_tensor(keys[i]).nbytes
                 count += 1
+        parts.add(name, started, nbytes - before)
     print(f"loaded {len(names)} files, {count} tensors, {nbytes} bytes")
+    print(f"parts {parts}")
 
 
 def main():

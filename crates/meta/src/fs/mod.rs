@@ -55,6 +55,21 @@ pub struct Entry {
     pub attr: Option<Attr>,
 }
 
+/// A directory read whole for a mount that trusts what it saw: see
+/// [`Meta::readdir_with_records`].
+#[derive(Debug, Clone)]
+pub struct DirWithRecords {
+    pub attr: Attr,
+    /// False when the directory had more entries than asked for: then
+    /// `entries` is empty.
+    pub complete: bool,
+    /// Entries; each carries its attributes unless it went away between
+    /// the reads.
+    pub entries: Vec<Entry>,
+    /// The slice records of every chunk of regular files, by inode.
+    pub records: Vec<(Ino, Vec<Vec<SliceRecord>>)>,
+}
+
 /// Which attributes a setattr changes. Times: `Some(None)` means "now".
 #[derive(Debug, Clone, Default)]
 pub struct SetAttr {

@@ -603,6 +603,104 @@ impl Meta {
         })
     }
 
+    /// A directory's attributes and entries with their attributes and, for
+    /// regular files, the slice records of their chunks: three batched
+    /// reads for the whole directory (the listing, every attribute, every
+    /// record) where opening each file would take one or two per file —
+    /// what a mount that trusts what it saw (`--open-cache`) keeps, so
+    /// that a loader walking a model repository over a far link waits for
+    /// its directories, not its files. A directory of more than
+    /// `max_entries` entries comes back empty and not `complete` (after a
+    /// scan of that many: a huge directory is not read whole for this);
+    /// past `max_chunks` chunk records in all, later files get none; only
+    /// files `wanted` accepts get theirs.
+    pub fn readdir_with_records(
+        &self,
+        ino: Ino,
+        max_entries: usize,
+        max_chunks: usize,
+        wanted: &dyn Fn(&[u8], &Attr) -> bool,
+    ) -> Result<DirWithRecords> {
+        self.read_txn(|tx| {
+            let dir = get_attr(tx, ino)?;
+            if dir.typ != FileType::Dir {
+                return Err(MetaError::NotDir);
+            }
+            let prefix = keys::dentry_prefix(ino);
+            let rows = tx.scan(&prefix, &crate::kv::prefix_end(&prefix), max_entries + 1)?;
+            if rows.len() > max_entries {
+                return Ok(DirWithRecords {
+                    attr: dir,
+                    complete: false,
+                    entries: Vec::new(),
+                    records: Vec::new(),
+                });
+            }
+            let mut entries = Vec::with_capacity(rows.len());
+            for (k, v) in rows {
+                if v.len() != 9 {
+                    return Err(MetaError::Corrupt("dentry value".into()));
+                }
+                entries.push(Entry {
+                    name: k[prefix.len()..].to_vec(),
+                    ino: keys::be_u64(&v, 0).unwrap_or(0),
+                    typ: FileType::from_u8(v[8])
+                        .ok_or_else(|| MetaError::Corrupt("dentry type".into()))?,
+                    attr: None,
+                });
+            }
+            let mut records = Vec::new();
+            if entries.is_empty() {
+                return Ok(DirWithRecords {
+                    attr: dir,
+                    complete: true,
+                    entries,
+                    records,
+                });
+            }
+            let owned: Vec<Vec<u8>> = entries.iter().map(|e| keys::attr(e.ino)).collect();
+            let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+            let attrs = tx.get_many(&refs)?;
+            let mut files = Vec::new();
+            let mut budget = max_chunks;
+            for (e, raw) in entries.iter_mut().zip(attrs) {
+                // Gone since the listing was read (another mount's unlink
+                // between the two reads of an engine without snapshots):
+                // no attributes, so no one trusts it.
+                let Some(raw) = raw else { continue };
+                let attr = Attr::decode(&raw)?;
+                if attr.typ == FileType::File && wanted(&e.name, &attr) {
+                    let chunks = attr.length.div_ceil(CHUNK_SIZE) as usize;
+                    if chunks <= budget {
+                        budget -= chunks;
+                        files.push((e.ino, chunks));
+                    }
+                }
+                e.attr = Some(attr);
+            }
+            let owned: Vec<Vec<u8>> = files
+                .iter()
+                .flat_map(|&(ino, chunks)| (0..chunks as u32).map(move |i| keys::chunk(ino, i)))
+                .collect();
+            let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+            let mut raw = tx.get_many(&refs)?.into_iter();
+            for (file, chunks) in files {
+                let file_records = raw
+                    .by_ref()
+                    .take(chunks)
+                    .map(|v| v.map_or(Ok(Vec::new()), |v| SliceRecord::decode_all(&v)))
+                    .collect::<Result<Vec<_>>>()?;
+                records.push((file, file_records));
+            }
+            Ok(DirWithRecords {
+                attr: dir,
+                complete: true,
+                entries,
+                records,
+            })
+        })
+    }
+
     /// All entries of a directory, without `.` and `..`.
     pub fn readdir(&self, ino: Ino, with_attrs: bool) -> Result<Vec<Entry>> {
         self.read_txn(|tx| {
