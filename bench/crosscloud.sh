@@ -28,7 +28,8 @@
 #              the kernel's caches as long), so each directory is read
 #              whole once and its files' lookups and opens cost nothing
 #   warm       a new mount over the cache `tessera warmup` filled
-#   localcopy  the same after `warmup --local-copy` (kernel passthrough)
+#   localcopy  a new mount with --open-cache over the same cache after
+#              `warmup --local-copy` (kernel passthrough)
 #   first-open a new mount with --open-cache (and the kernel's caches
 #              as long) over the warm cache: its first load
 #   opencache  a second load in that mount, the page cache dropped
@@ -153,6 +154,7 @@ case $engine in
         ;;
     postgres)
         pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+        chmod 755 "$work"
         mkdir -p "$work/pg" && chown postgres "$work/pg"
         su postgres -c "$pgbin/initdb -D $work/pg/data -A trust -U postgres" >/dev/null
         nsenter --net="/run/netns/$remote" su postgres -c "exec $pgbin/postgres -D $work/pg/data -k $work/pg -h 127.0.0.1 -p 5432" >"$work/pg.log" 2>&1 &
@@ -290,29 +292,32 @@ for r in $(seq "$rounds"); do
             load tuned $loader "$mnt"
             "$tessera" umount "$mnt"
         fi
-        if want warm || want localcopy; then
+        if want warm || want localcopy || want first-open || want opencache; then
             mount_tessera "$work/cache"
             "$tessera" warmup "$mnt" --threads 16 >>"$work/warmup.log" 2>&1
             "$tessera" umount "$mnt"
-            if want warm; then
-                mount_tessera "$work/cache"
-                load warm $loader "$mnt"
-                "$tessera" umount "$mnt"
-            fi
-            if want localcopy; then
-                mount_tessera "$work/cache"
-                "$tessera" warmup --local-copy "$mnt" >>"$work/warmup.log" 2>&1
-                "$tessera" umount "$mnt"
-                mount_tessera "$work/cache"
-                load localcopy $loader "$mnt"
-                "$tessera" umount "$mnt"
-            fi
+        fi
+        if want warm; then
+            mount_tessera "$work/cache"
+            load warm $loader "$mnt"
+            "$tessera" umount "$mnt"
         fi
         if want first-open || want opencache; then
             mount_tessera "$work/cache" "${long_caches[@]}"
             load first-open $loader "$mnt"
             load opencache $loader "$mnt" pages
             "$tessera" umount "$mnt"
+        fi
+        if want localcopy; then
+            # Local copies last: once made, every later mount over this
+            # cache reads through them.
+            mount_tessera "$work/cache"
+            "$tessera" warmup --local-copy "$mnt" >>"$work/warmup.log" 2>&1
+            "$tessera" umount "$mnt"
+            mount_tessera "$work/cache" "${long_caches[@]}"
+            load localcopy $loader "$mnt"
+            "$tessera" umount "$mnt"
+            rm -rf "$work/cache"
         fi
         if want group; then
             # Warm in the group's members (compute side), read by a mount

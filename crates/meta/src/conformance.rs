@@ -155,14 +155,7 @@ fn huge_offsets_and_sizes(engine: Arc<dyn KvEngine>) {
     efbig(m.fallocate(f, 0, max - 10, 11).map(drop));
     efbig(m.fallocate(f, 0, u64::MAX - 5, 10).map(drop));
     let id = m.new_slice_id().expect("id");
-    let rec = SliceRecord {
-        kind: SliceKind::Internal,
-        pos: 0,
-        id,
-        size: 100,
-        off: 0,
-        len: 100,
-    };
+    let rec = hundred_bytes(id);
     efbig(m.write_slices(f, &[(0, rec)], max + 1).map(drop));
     // The largest size itself is fine, and so is coming back from it: one
     // transaction each, whatever the logical size.
@@ -701,6 +694,18 @@ fn hard_links_and_open_unlink(e: Arc<dyn KvEngine>) {
     assert_eq!(m.pending_deletes(10).expect("pending"), vec![(f, 0)]);
 }
 
+/// The record of a 100-byte slice at the start of a chunk.
+fn hundred_bytes(id: u64) -> SliceRecord {
+    SliceRecord {
+        kind: SliceKind::Internal,
+        pos: 0,
+        id,
+        size: 100,
+        off: 0,
+        len: 100,
+    }
+}
+
 /// `readdir_with_records`: every entry with its attributes, every chunk
 /// record of the files asked for, in the engine's key order; a directory
 /// past the limit comes back not complete.
@@ -709,14 +714,7 @@ fn directories_read_whole(e: Arc<dyn KvEngine>) {
     let (dir, _) = m
         .mknod(&CTX, ROOT_INO, b"repo", FileType::Dir, 0o755, 0, None)
         .expect("dir");
-    let rec = |id| SliceRecord {
-        kind: SliceKind::Internal,
-        pos: 0,
-        id,
-        size: 100,
-        off: 0,
-        len: 100,
-    };
+    let rec = hundred_bytes;
     let mut made = Vec::new();
     for (name, chunks) in [(&b"a"[..], 1u64), (b"b", 3), (b"c", 0), (b"skip", 1)] {
         let (f, _) = m
@@ -731,8 +729,13 @@ fn directories_read_whole(e: Arc<dyn KvEngine>) {
         }
         made.push((f, slices));
     }
-    m.mknod(&CTX, dir, b"sub", FileType::Dir, 0o755, 0, None)
+    let (sub, _) = m
+        .mknod(&CTX, dir, b"sub", FileType::Dir, 0o755, 0, None)
         .expect("sub");
+    let empty = m
+        .readdir_with_records(sub, 10, 100, &|_, _| true)
+        .expect("empty directory");
+    assert!(empty.complete && empty.entries.is_empty() && empty.records.is_empty());
     let wanted = |name: &[u8], _: &Attr| name != b"skip";
     let whole = m
         .readdir_with_records(dir, 10, 100, &wanted)

@@ -44,12 +44,22 @@ pub(crate) struct DirCache {
     /// Directories too large to be read whole, and since when: lookups in
     /// them go to the engine one by one.
     large: Mutex<HashMap<Ino, Instant>>,
+    /// When this mount last changed something.
+    last_change: Mutex<Option<Instant>>,
 }
 
 impl DirCache {
     /// This mount is changing something: no kept listing stands.
     pub(crate) fn changed(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        *self.last_change.lock() = Some(Instant::now());
+    }
+
+    /// This mount changed nothing for `quiet`: it is reading, not writing.
+    pub(crate) fn quiet_for(&self, quiet: Duration) -> bool {
+        self.last_change
+            .lock()
+            .is_none_or(|at| at.elapsed() >= quiet)
     }
 
     /// The current generation, read before a listing is taken from the

@@ -25,11 +25,17 @@ use crate::dircache::Answer;
 pub(crate) const MAX_TRUSTED_ENTRIES: usize = 4096;
 /// Chunk records read with one listing at most.
 pub(crate) const MAX_TRUSTED_CHUNKS: usize = 16_384;
+/// A lookup reads its directory whole only when this mount has changed
+/// nothing for this long: each change retires the kept listings, and a
+/// mount that is writing (`tar x`, a checkpoint being saved) would read a
+/// growing directory whole at every lookup.
+const QUIET_BEFORE_LISTING: Duration = Duration::from_secs(1);
 
 impl Vfs {
-    /// Whether a listing is read with attributes and records: the open
-    /// cache keeps them, a prefetch pattern fetches the files they name.
-    pub(crate) fn trusts_listings(&self) -> bool {
+    /// Whether a listing is read whole, with attributes and records: the
+    /// open cache keeps them, a prefetch pattern fetches the files they
+    /// name.
+    pub(crate) fn reads_listings_whole(&self) -> bool {
         !self.config.open_cache.is_zero() || !self.config.prefetch_on_open.is_empty()
     }
 
@@ -109,16 +115,20 @@ impl Vfs {
     }
 
     /// A lookup answered from `parent`'s listing, read whole first if this
-    /// mount trusts listings (`--open-cache`) and has none of it: the first
-    /// lookup in a directory costs its listing's three round trips, every
-    /// later one (and the opens of its files) none. `None`: ask the engine.
+    /// mount trusts listings (`--open-cache`), has none of it and is not
+    /// busy changing things: the first lookup in a directory costs its
+    /// listing's three round trips, every later one (and the opens of its
+    /// files) none. `None`: ask the engine.
     pub(crate) fn trusted_lookup(&self, parent: Ino, name: &[u8]) -> Option<Result<(Ino, Attr)>> {
         let ttl = self.config.open_cache;
         if ttl.is_zero() || name == b"." || name == b".." {
             return None;
         }
         let answer = match self.dir_cache.lookup(parent, name, ttl) {
-            Answer::Unknown if !self.listing_too_large(parent) => {
+            Answer::Unknown
+                if !self.listing_too_large(parent)
+                    && self.dir_cache.quiet_for(QUIET_BEFORE_LISTING) =>
+            {
                 let generation = self.dir_cache.generation();
                 // An error (not a directory, gone) is the engine's to give
                 // by the plain lookup's rules.

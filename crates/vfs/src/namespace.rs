@@ -282,7 +282,7 @@ impl Vfs {
             return Ok(fresh);
         }
         let generation = self.dir_cache.generation();
-        if self.trusts_listings() && !self.listing_too_large(h.ino) {
+        if self.reads_listings_whole() && !self.listing_too_large(h.ino) {
             let whole = match self.read_listing(h.ino, generation) {
                 Ok(Some((attr, names))) => {
                     Some(self.listing_of(h.ino, &attr, names.as_ref().clone()))

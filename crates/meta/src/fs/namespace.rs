@@ -605,8 +605,8 @@ impl Meta {
 
     /// A directory's attributes and entries with their attributes and, for
     /// regular files, the slice records of their chunks: three batched
-    /// reads for the whole directory (the listing, every attribute, every
-    /// record) where opening each file would take one or two per file —
+    /// reads for the whole directory (the listing, every attribute with the
+    /// directory's own, every record) where opening each file would take one or two per file —
     /// what a mount that trusts what it saw (`--open-cache`) keeps, so
     /// that a loader walking a model repository over a far link waits for
     /// its directories, not its files. A directory of more than
@@ -621,16 +621,15 @@ impl Meta {
         max_chunks: usize,
         wanted: &dyn Fn(&[u8], &Attr) -> bool,
     ) -> Result<DirWithRecords> {
+        // The scan first, then the directory's own attributes with its
+        // entries' (a file has no entries, so its scan is empty and its
+        // attributes say NotDir): three round trips, not four.
         self.read_txn(|tx| {
-            let dir = get_attr(tx, ino)?;
-            if dir.typ != FileType::Dir {
-                return Err(MetaError::NotDir);
-            }
             let prefix = keys::dentry_prefix(ino);
             let rows = tx.scan(&prefix, &crate::kv::prefix_end(&prefix), max_entries + 1)?;
             if rows.len() > max_entries {
                 return Ok(DirWithRecords {
-                    attr: dir,
+                    attr: get_attr(tx, ino)?,
                     complete: false,
                     entries: Vec::new(),
                     records: Vec::new(),
@@ -650,17 +649,16 @@ impl Meta {
                 });
             }
             let mut records = Vec::new();
-            if entries.is_empty() {
-                return Ok(DirWithRecords {
-                    attr: dir,
-                    complete: true,
-                    entries,
-                    records,
-                });
-            }
-            let owned: Vec<Vec<u8>> = entries.iter().map(|e| keys::attr(e.ino)).collect();
+            let owned: Vec<Vec<u8>> = std::iter::once(ino)
+                .chain(entries.iter().map(|e| e.ino))
+                .map(keys::attr)
+                .collect();
             let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
-            let attrs = tx.get_many(&refs)?;
+            let mut attrs = tx.get_many(&refs)?.into_iter();
+            let dir = decode_attr(attrs.next().flatten())?;
+            if dir.typ != FileType::Dir {
+                return Err(MetaError::NotDir);
+            }
             let mut files = Vec::new();
             let mut budget = max_chunks;
             for (e, raw) in entries.iter_mut().zip(attrs) {
@@ -683,7 +681,11 @@ impl Meta {
                 .flat_map(|&(ino, chunks)| (0..chunks as u32).map(move |i| keys::chunk(ino, i)))
                 .collect();
             let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
-            let mut raw = tx.get_many(&refs)?.into_iter();
+            let mut raw = if refs.is_empty() {
+                Vec::new().into_iter()
+            } else {
+                tx.get_many(&refs)?.into_iter()
+            };
             for (file, chunks) in files {
                 let file_records = raw
                     .by_ref()
