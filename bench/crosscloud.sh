@@ -109,7 +109,9 @@ cleanup_net() {
     ip netns del "$remote" 2>/dev/null || true
     ip netns del "$compute" 2>/dev/null || true
 }
-trap 'bench_cleanup; cleanup_net' EXIT
+# The namespaces go even if the scratch clean-up stumbles (set -e holds
+# in a trap too).
+trap 'bench_cleanup || true; cleanup_net' EXIT
 trap 'exit 130' INT TERM
 ip netns add "$remote"
 ip netns add "$compute"
@@ -157,7 +159,9 @@ case $engine in
         chmod 755 "$work"
         mkdir -p "$work/pg" && chown postgres "$work/pg"
         su postgres -c "$pgbin/initdb -D $work/pg/data -A trust -U postgres" >/dev/null
-        nsenter --net="/run/netns/$remote" su postgres -c "exec $pgbin/postgres -D $work/pg/data -k $work/pg -h 127.0.0.1 -p 5432" >"$work/pg.log" 2>&1 &
+        # setpriv execs (su would stay as the parent): $! is postgres itself.
+        nsenter --net="/run/netns/$remote" setpriv --reuid=postgres --regid=postgres --clear-groups \
+            "$pgbin/postgres" -D "$work/pg/data" -k "$work/pg" -h 127.0.0.1 -p 5432 >"$work/pg.log" 2>&1 &
         pids+=($!)
         for _ in $(seq 100); do in_remote su postgres -c "$pgbin/pg_isready -h 127.0.0.1 -p 5432" >/dev/null 2>&1 && break; sleep 0.2; done
         in_remote su postgres -c "$pgbin/psql -h 127.0.0.1 -p 5432 -c 'create database tessera'" >/dev/null
