@@ -775,14 +775,7 @@ fn data_records(e: Arc<dyn KvEngine>) {
         .expect("f");
     let id = m.new_slice_id().expect("slice id");
     assert!(m.new_slice_id().expect("next") > id);
-    let rec = SliceRecord {
-        kind: SliceKind::Internal,
-        pos: 0,
-        id,
-        size: 100,
-        off: 0,
-        len: 100,
-    };
+    let rec = hundred_bytes(id);
     let far = SliceRecord {
         pos: 10,
         id: m.new_slice_id().expect("id"),
