@@ -44,22 +44,31 @@ pub(crate) struct DirCache {
     /// Directories too large to be read whole, and since when: lookups in
     /// them go to the engine one by one.
     large: Mutex<HashMap<Ino, Instant>>,
-    /// When this mount last changed something.
-    last_change: Mutex<Option<Instant>>,
+    /// When this mount last changed something, in milliseconds since
+    /// [`EPOCH`] plus one (0: never). An atomic, not a lock: every write
+    /// passes here.
+    last_change: AtomicU64,
+}
+
+/// The clock `last_change` counts from.
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn millis_since_epoch() -> u64 {
+    EPOCH.elapsed().as_millis() as u64 + 1
 }
 
 impl DirCache {
     /// This mount is changing something: no kept listing stands.
     pub(crate) fn changed(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        *self.last_change.lock() = Some(Instant::now());
+        self.last_change
+            .store(millis_since_epoch(), Ordering::Relaxed);
     }
 
     /// This mount changed nothing for `quiet`: it is reading, not writing.
     pub(crate) fn quiet_for(&self, quiet: Duration) -> bool {
-        self.last_change
-            .lock()
-            .is_none_or(|at| at.elapsed() >= quiet)
+        let last = self.last_change.load(Ordering::Relaxed);
+        last == 0 || millis_since_epoch().saturating_sub(last) >= quiet.as_millis() as u64
     }
 
     /// The current generation, read before a listing is taken from the
