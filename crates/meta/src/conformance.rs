@@ -749,8 +749,11 @@ fn directories_read_whole(e: Arc<dyn KvEngine>) {
         whole.entries[1].attr.expect("b").length,
         2 * crate::CHUNK_SIZE + 100
     );
-    let by_ino: std::collections::HashMap<Ino, Vec<Vec<SliceRecord>>> =
-        whole.records.into_iter().collect();
+    let by_ino: std::collections::HashMap<Ino, Vec<Vec<SliceRecord>>> = whole
+        .records
+        .into_iter()
+        .map(|(at, records)| (whole.entries[at].ino, records))
+        .collect();
     assert_eq!(by_ino.len(), 3, "a, b and c; not skip, not the directory");
     for (f, slices) in &made[..3] {
         let want: Vec<Vec<SliceRecord>> = slices.iter().map(|(_, r)| vec![*r]).collect();
@@ -758,7 +761,11 @@ fn directories_read_whole(e: Arc<dyn KvEngine>) {
     }
     // A budget of two chunk records: a's, then b's three do not fit.
     let tight = m.readdir_with_records(dir, 10, 2, &wanted).expect("tight");
-    let got: Vec<Ino> = tight.records.iter().map(|(f, _)| *f).collect();
+    let got: Vec<Ino> = tight
+        .records
+        .iter()
+        .map(|(at, _)| tight.entries[*at].ino)
+        .collect();
     assert_eq!(got, [made[0].0, made[2].0]);
     let large = m.readdir_with_records(dir, 4, 100, &wanted).expect("large");
     assert!(!large.complete && large.entries.is_empty());

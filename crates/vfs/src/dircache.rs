@@ -28,6 +28,13 @@ struct Kept {
     answers_lookups: bool,
 }
 
+impl Kept {
+    /// Taken at the current generation `now`, less than `ttl` ago.
+    fn stands(&self, now: u64, ttl: Duration) -> bool {
+        self.generation == now && self.at.elapsed() < ttl
+    }
+}
+
 /// What a kept listing says of a name.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Answer {
@@ -86,9 +93,7 @@ impl DirCache {
         let now = self.generation();
         let mut dirs = self.dirs.lock();
         match dirs.get(&dir) {
-            Some(k) if k.generation == now && k.at.elapsed() < ttl => {
-                Some((k.attr, k.names.clone()))
-            }
+            Some(k) if k.stands(now, ttl) => Some((k.attr, k.names.clone())),
             Some(_) => {
                 dirs.remove(&dir);
                 None
@@ -110,7 +115,7 @@ impl DirCache {
         let dirs = self.dirs.lock();
         let Some(k) = dirs
             .get(&dir)
-            .filter(|k| k.answers_lookups && k.generation == now && k.at.elapsed() < ttl)
+            .filter(|k| k.answers_lookups && k.stands(now, ttl))
         else {
             return Answer::Unknown;
         };

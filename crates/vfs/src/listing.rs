@@ -84,14 +84,10 @@ impl Vfs {
             self.dir_cache
                 .put(dir, generation, listed.attr, names.clone(), true);
         }
-        let attrs: HashMap<Ino, (&[u8], Attr)> = names
-            .iter()
-            .filter_map(|e| Some((e.ino, (e.name.as_slice(), e.attr?))))
-            .collect();
-        for (ino, records) in listed.records {
-            let Some(&(name, attr)) = attrs.get(&ino) else {
-                continue;
-            };
+        for (at, records) in listed.records {
+            let entry = &names[at];
+            let (ino, name) = (entry.ino, entry.name.as_slice());
+            let Some(attr) = entry.attr else { continue };
             let records: Vec<Arc<Vec<SliceRecord>>> = records.into_iter().map(Arc::new).collect();
             if attr.length > 0
                 && attr.length <= block

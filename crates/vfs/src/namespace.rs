@@ -276,42 +276,9 @@ impl Vfs {
             return Ok(entries);
         }
         self.refresh_lazy(h.ino);
-        if let Some((attr, names)) = self.dir_cache.get(h.ino, self.config.open_cache) {
-            let fresh = Arc::new(self.listing_of(h.ino, &attr, names.as_ref().clone()));
-            *h.entries.lock() = Some(fresh.clone());
-            return Ok(fresh);
-        }
-        let generation = self.dir_cache.generation();
-        if self.reads_listings_whole() && !self.listing_too_large(h.ino) {
-            let whole = match self.read_listing(h.ino, generation) {
-                Ok(Some((attr, names))) => {
-                    Some(self.listing_of(h.ino, &attr, names.as_ref().clone()))
-                }
-                // Too large to read whole: listed by name below.
-                Ok(None) => None,
-                Err(MetaError::NotFound) => {
-                    let mut only_dots = self.listing_of(h.ino, &opened, Vec::new());
-                    only_dots.truncate(2);
-                    Some(only_dots)
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if let Some(whole) = whole {
-                let fresh = Arc::new(whole);
-                *h.entries.lock() = Some(fresh.clone());
-                return Ok(fresh);
-            }
-        }
         // A directory removed while open lists as empty: `.` and `..` only.
-        let fresh = match self.meta.getattr(h.ino) {
-            Ok(attr) => {
-                let names = self.meta.readdir(h.ino, false)?;
-                if !self.config.open_cache.is_zero() {
-                    self.dir_cache
-                        .put(h.ino, generation, attr, Arc::new(names.clone()), false);
-                }
-                self.listing_of(h.ino, &attr, names)
-            }
+        let fresh = match self.directory_listing(h.ino) {
+            Ok((attr, names)) => self.listing_of(h.ino, &attr, names.as_ref().clone()),
             Err(MetaError::NotFound) => {
                 let mut only_dots = self.listing_of(h.ino, &opened, Vec::new());
                 only_dots.truncate(2);
@@ -322,6 +289,29 @@ impl Vfs {
         let fresh = Arc::new(fresh);
         *h.entries.lock() = Some(fresh.clone());
         Ok(fresh)
+    }
+
+    /// A directory's attributes and names: kept by `--open-cache`, read
+    /// whole (with attributes and records, to keep or prefetch), or read by
+    /// name.
+    fn directory_listing(&self, dir: Ino) -> tessera_meta::Result<(Attr, Arc<Vec<Entry>>)> {
+        if let Some(kept) = self.dir_cache.get(dir, self.config.open_cache) {
+            return Ok(kept);
+        }
+        let generation = self.dir_cache.generation();
+        if self.reads_listings_whole() && !self.listing_too_large(dir) {
+            // None: too large to read whole, listed by name below.
+            if let Some(whole) = self.read_listing(dir, generation)? {
+                return Ok(whole);
+            }
+        }
+        let attr = self.meta.getattr(dir)?;
+        let names = Arc::new(self.meta.readdir(dir, false)?);
+        if !self.config.open_cache.is_zero() {
+            self.dir_cache
+                .put(dir, generation, attr, names.clone(), false);
+        }
+        Ok((attr, names))
     }
 
     pub fn releasedir(&self, fh: u64) {

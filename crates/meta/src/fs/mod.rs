@@ -66,8 +66,9 @@ pub struct DirWithRecords {
     /// Entries; each carries its attributes unless it went away between
     /// the reads.
     pub entries: Vec<Entry>,
-    /// The slice records of every chunk of regular files, by inode.
-    pub records: Vec<(Ino, Vec<Vec<SliceRecord>>)>,
+    /// The slice records of every chunk of regular files, by their place
+    /// in `entries`.
+    pub records: Vec<(usize, Vec<Vec<SliceRecord>>)>,
 }
 
 /// Which attributes a setattr changes. Times: `Some(None)` means "now".

@@ -635,19 +635,10 @@ impl Meta {
                     records: Vec::new(),
                 });
             }
-            let mut entries = Vec::with_capacity(rows.len());
-            for (k, v) in rows {
-                if v.len() != 9 {
-                    return Err(MetaError::Corrupt("dentry value".into()));
-                }
-                entries.push(Entry {
-                    name: k[prefix.len()..].to_vec(),
-                    ino: keys::be_u64(&v, 0).unwrap_or(0),
-                    typ: FileType::from_u8(v[8])
-                        .ok_or_else(|| MetaError::Corrupt("dentry type".into()))?,
-                    attr: None,
-                });
-            }
+            let mut entries = rows
+                .iter()
+                .map(|(k, v)| decode_entry(&k[prefix.len()..], v))
+                .collect::<Result<Vec<_>>>()?;
             let mut records = Vec::new();
             let owned: Vec<Vec<u8>> = std::iter::once(ino)
                 .chain(entries.iter().map(|e| e.ino))
@@ -661,7 +652,7 @@ impl Meta {
             }
             let mut files = Vec::new();
             let mut budget = max_chunks;
-            for (e, raw) in entries.iter_mut().zip(attrs) {
+            for (at, (e, raw)) in entries.iter_mut().zip(attrs).enumerate() {
                 // Gone since the listing was read (another mount's unlink
                 // between the two reads of an engine without snapshots):
                 // no attributes, so no one trusts it.
@@ -671,14 +662,14 @@ impl Meta {
                     let chunks = attr.length.div_ceil(CHUNK_SIZE) as usize;
                     if chunks <= budget {
                         budget -= chunks;
-                        files.push((e.ino, chunks));
+                        files.push((at, e.ino, chunks));
                     }
                 }
                 e.attr = Some(attr);
             }
             let owned: Vec<Vec<u8>> = files
                 .iter()
-                .flat_map(|&(ino, chunks)| (0..chunks as u32).map(move |i| keys::chunk(ino, i)))
+                .flat_map(|&(_, ino, chunks)| (0..chunks as u32).map(move |i| keys::chunk(ino, i)))
                 .collect();
             let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
             let mut raw = if refs.is_empty() {
@@ -686,13 +677,13 @@ impl Meta {
             } else {
                 tx.get_many(&refs)?.into_iter()
             };
-            for (file, chunks) in files {
+            for (at, _, chunks) in files {
                 let file_records = raw
                     .by_ref()
                     .take(chunks)
                     .map(|v| v.map_or(Ok(Vec::new()), |v| SliceRecord::decode_all(&v)))
                     .collect::<Result<Vec<_>>>()?;
-                records.push((file, file_records));
+                records.push((at, file_records));
             }
             Ok(DirWithRecords {
                 attr: dir,
@@ -714,25 +705,27 @@ impl Meta {
             let rows = scan_prefix(tx, &prefix)?;
             let mut out = Vec::with_capacity(rows.len());
             for (k, v) in rows {
-                if v.len() != 9 {
-                    return Err(MetaError::Corrupt("dentry value".into()));
+                let mut entry = decode_entry(&k[prefix.len()..], &v)?;
+                if with_attrs {
+                    entry.attr = Some(get_attr(tx, entry.ino)?);
                 }
-                let child = keys::be_u64(&v, 0).unwrap_or(0);
-                let typ = FileType::from_u8(v[8])
-                    .ok_or_else(|| MetaError::Corrupt("dentry type".into()))?;
-                let attr = if with_attrs {
-                    Some(get_attr(tx, child)?)
-                } else {
-                    None
-                };
-                out.push(Entry {
-                    name: k[prefix.len()..].to_vec(),
-                    ino: child,
-                    typ,
-                    attr,
-                });
+                out.push(entry);
             }
             Ok(out)
         })
     }
+}
+
+/// A directory entry from its key's name part and its value (the child's
+/// inode number and type), without attributes.
+fn decode_entry(name: &[u8], value: &[u8]) -> Result<Entry> {
+    if value.len() != 9 {
+        return Err(MetaError::Corrupt("dentry value".into()));
+    }
+    Ok(Entry {
+        name: name.to_vec(),
+        ino: keys::be_u64(value, 0).unwrap_or(0),
+        typ: FileType::from_u8(value[8]).ok_or_else(|| MetaError::Corrupt("dentry type".into()))?,
+        attr: None,
+    })
 }
