@@ -59,6 +59,15 @@ impl ChunkStore {
         answer
     }
 
+    /// Whether `key` would be asked of another member of the group (this
+    /// process is in or reads through a group, and does not own it).
+    pub(crate) fn owned_by_a_peer(&self, key: &str) -> bool {
+        self.group
+            .get()
+            .and_then(|g| g.owner(key).map(|o| !g.is_me(&o)))
+            .unwrap_or(false)
+    }
+
     /// A block another member owns, from that member; None when this
     /// process owns it, there is no group, or the owner failed (then the
     /// caller reads object storage and the fallback is counted).

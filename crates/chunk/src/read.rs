@@ -573,15 +573,28 @@ impl ChunkStore {
     }
 
     /// Start fetching the blocks behind `[off, off + len)` that are not in
-    /// memory, without waiting. Blocks already cached or in flight are left
-    /// alone; errors are only logged (the reader will meet them itself).
+    /// memory, without waiting; `off` is where the reader is. Blocks already
+    /// in memory or in flight are left alone, and so are blocks near at
+    /// hand that are far ahead of the reader: those on the local disk more
+    /// than [`DISK_AHEAD_BLOCKS`] ahead, those a cache-group member serves
+    /// more than [`PEER_AHEAD_BLOCKS`] ahead. They take milliseconds, not a
+    /// round trip to the store, and a block read far ahead is often evicted
+    /// from memory before a reader that jumps about (an mmap loader, tensor
+    /// by tensor) comes to it, and then read, sent and checked a second
+    /// time. Errors are only logged (the reader will meet them itself).
     pub fn readahead(
         self: &Arc<Self>,
         off: u64,
         len: u64,
         records: &mut dyn FnMut(u32) -> Result<Arc<Vec<SliceRecord>>>,
     ) {
+        let block = self.config.block_size as u64;
+        let (disk_until, peer_until) = (
+            off + DISK_AHEAD_BLOCKS * block,
+            off + PEER_AHEAD_BLOCKS * block,
+        );
         let walked = for_each_chunk(off, len, |index, in_chunk, n| {
+            let chunk_at = u64::from(index) * CHUNK_SIZE + u64::from(in_chunk);
             let mut last = None;
             for p in self.plan(&records(index)?, in_chunk, n as usize)? {
                 if last == Some((p.id, p.index)) {
@@ -591,7 +604,11 @@ impl ChunkStore {
                 let len = self.block_len(p.size, p.index);
                 let key = self.piece_key(&p, len)?;
                 let known = self.mem.contains(&key) || self.inflight.lock().contains_key(&key);
-                if !known {
+                let at = chunk_at + p.out as u64;
+                let later = (at >= disk_until
+                    && self.disk.as_ref().is_some_and(|d| d.contains(&key)))
+                    || (at >= peer_until && self.owned_by_a_peer(&key));
+                if !known && !later {
                     drop(self.fetch(&key, len, true));
                 }
             }
@@ -602,6 +619,13 @@ impl ChunkStore {
         }
     }
 }
+
+/// How far ahead of a reader, in blocks, readahead fetches blocks that are
+/// on the local disk cache, and blocks a cache-group member serves (a
+/// member that lacks one fetches it from the store: a little more room);
+/// the full window applies to the rest.
+const DISK_AHEAD_BLOCKS: u64 = 2;
+const PEER_AHEAD_BLOCKS: u64 = 4;
 
 /// Call `f(chunk index, offset in chunk, length)` for each chunk that
 /// `[off, off + len)` of a file touches, in order.
@@ -618,4 +642,89 @@ pub(crate) fn for_each_chunk(
         pos += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_meta::SliceKind;
+
+    const BLOCK: u64 = 64 << 10;
+
+    /// Blocks fetched by readahead so far, once none is in flight.
+    fn fetched_ahead(chunks: &ChunkStore) -> u64 {
+        for _ in 0..500 {
+            if chunks.inflight.lock().is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        chunks.metrics().readahead_blocks.get()
+    }
+
+    /// Readahead goes a whole window ahead for blocks only the store has,
+    /// and only two blocks ahead of the reader for blocks on the local
+    /// disk; as the reader moves on, the disk blocks near it are fetched.
+    #[test]
+    fn readahead_reaches_far_for_the_store_and_near_for_the_disk_cache() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let meta = Arc::new(tessera_meta::Meta::new(
+            Arc::new(tessera_meta::engines::MemoryEngine::default()),
+            tessera_meta::MetaConfig::default(),
+        ));
+        meta.init(&tessera_meta::conformance::test_format())
+            .expect("format");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let chunks = ChunkStore::new(
+            tessera_object::open_store("mem://", &Default::default()).expect("store"),
+            meta,
+            rt.handle().clone(),
+            crate::ChunkConfig {
+                volume: "t".into(),
+                uuid: "uuid-readahead".into(),
+                block_size: BLOCK as usize,
+                disk_cache: Some(tessera_blockcache::DiskCacheConfig {
+                    dirs: vec![cache.path().to_path_buf()],
+                    capacity: 1 << 30,
+                    free_space_ratio: 0.0,
+                    expire: None,
+                    eviction: Default::default(),
+                }),
+                ..Default::default()
+            },
+            Arc::new(tessera_metrics::Metrics::new()),
+        )
+        .expect("chunk store");
+        // One slice of 32 blocks; the first 16 are on the local disk.
+        let size = 32 * BLOCK;
+        let records = Arc::new(vec![SliceRecord {
+            kind: SliceKind::Internal,
+            pos: 0,
+            id: 9,
+            size,
+            off: 0,
+            len: size as u32,
+        }]);
+        let disk = chunks.disk.as_ref().expect("disk tier");
+        for index in 0..16 {
+            let key = chunks.block_key(9, index, BLOCK);
+            disk.insert(&key, &vec![index as u8; BLOCK as usize])
+                .expect("cache a block");
+        }
+        let mut by_index = |_| Ok(records.clone());
+        // The reader at the start, a window of 8 blocks: two from disk.
+        chunks.readahead(0, 8 * BLOCK, &mut by_index);
+        assert_eq!(fetched_ahead(&chunks), DISK_AHEAD_BLOCKS);
+        // The reader four blocks on: two more, the rest left for later.
+        chunks.readahead(4 * BLOCK, 8 * BLOCK, &mut by_index);
+        assert_eq!(fetched_ahead(&chunks), 2 * DISK_AHEAD_BLOCKS);
+        // Past the cached part, the store's blocks: the whole window (the
+        // disk's two near the reader, then six the store alone has).
+        chunks.readahead(14 * BLOCK, 8 * BLOCK, &mut by_index);
+        assert_eq!(fetched_ahead(&chunks), 2 * DISK_AHEAD_BLOCKS + 8);
+    }
 }

@@ -41,8 +41,8 @@ struct ReadPattern {
     next: u64,
     /// Readahead window in bytes; 0 while reads look random.
     window: u64,
-    /// Readahead was already requested up to here.
-    ahead_until: u64,
+    /// Where the reader was when readahead was last asked for.
+    asked_at: u64,
 }
 
 /// Reads this close to the last one still count as sequential: the kernel
@@ -96,7 +96,11 @@ impl Handle {
     /// Record a read of `[off, off + len)`. The window starts at one block,
     /// doubles while reads stay sequential up to `max`, and shrinks fourfold
     /// per random read. Returns the access pattern and the range to fetch
-    /// ahead (empty when there is nothing new to ask for).
+    /// ahead: the window from the reader's end, asked for after a jump or
+    /// once the reader has moved a block on since the last ask (empty in
+    /// between). The range always starts at the reader, so blocks the store
+    /// leaves for later because they are near at hand (on the local disk)
+    /// are asked for again as the reader comes closer.
     pub fn track_read(&self, off: u64, len: u64, block: u64, max: u64) -> (Access, u64, u64) {
         let mut p = self.reads.lock();
         let end = off + len;
@@ -115,19 +119,16 @@ impl Handle {
                 p.window = 0;
             }
             p.next = end;
-            p.ahead_until = end;
         }
         if p.window == 0 {
             return (Access::Random, 0, 0);
         }
-        let from = p.ahead_until.max(end);
-        let to = end + p.window;
-        // Ask again only once a block's worth of new window has opened.
-        if to < from + block {
-            return (Access::Sequential, from, 0);
+        let asked_lately = sequential && p.asked_at > 0 && end < p.asked_at + block;
+        if asked_lately {
+            return (Access::Sequential, end, 0);
         }
-        p.ahead_until = to;
-        (Access::Sequential, from, to - from)
+        p.asked_at = end;
+        (Access::Sequential, end, p.window)
     }
 }
 
@@ -161,6 +162,29 @@ mod tests {
             (a, len),
             (Access::Random, 0),
             "random reads turn readahead off"
+        );
+    }
+
+    /// The range asked for starts at the reader every time (so the store
+    /// can leave blocks near at hand for later), once per block of progress.
+    #[test]
+    fn readahead_is_asked_from_the_reader_once_per_block() {
+        let h = Handle::file(2, 0);
+        let step = 1 << 20;
+        let asks: Vec<(u64, u64)> = (0..12)
+            .map(|i| h.track_read(i * step, step, B, 64 << 20))
+            .filter(|&(_, _, len)| len > 0)
+            .map(|(_, from, len)| (from, len))
+            .collect();
+        assert_eq!(
+            asks,
+            vec![(1 << 20, B), (5 << 20, 64 << 20), (9 << 20, 64 << 20)]
+        );
+        let (_, from, len) = h.track_read(40 << 20, 4096, B, 64 << 20);
+        assert_eq!(
+            (from, len),
+            ((40 << 20) + 4096, 16 << 20),
+            "a jump asks at once"
         );
     }
 
