@@ -49,7 +49,7 @@ pub use assemble::{DataPath, DataPathError, DataPathOptions};
 pub use backup::BackupReport;
 pub use cache::{CacheAction, CacheReport};
 pub use group::Serving;
-pub use read::{Access, Span};
+pub use read::{Access, Reach, Span};
 pub use writer::{FileWriter, Flushed};
 
 /// Errors of the data path.

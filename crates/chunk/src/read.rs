@@ -574,25 +574,32 @@ impl ChunkStore {
 
     /// Start fetching the blocks behind `[off, off + len)` that are not in
     /// memory, without waiting; `off` is where the reader is. Blocks already
-    /// in memory or in flight are left alone, and so are blocks near at
-    /// hand that are far ahead of the reader: those on the local disk more
+    /// in memory or in flight are left alone. With [`Reach::Near`] (a reader
+    /// that jumps about: an mmap loader, tensor by tensor) so are blocks
+    /// near at hand that are far ahead of it: those on the local disk more
     /// than [`DISK_AHEAD_BLOCKS`] ahead, those a cache-group member serves
     /// more than [`PEER_AHEAD_BLOCKS`] ahead. They take milliseconds, not a
-    /// round trip to the store, and a block read far ahead is often evicted
-    /// from memory before a reader that jumps about (an mmap loader, tensor
-    /// by tensor) comes to it, and then read, sent and checked a second
-    /// time. Errors are only logged (the reader will meet them itself).
+    /// round trip to the store, and a block read far ahead of such a reader
+    /// is often evicted from memory before it comes there, then read, sent
+    /// and checked a second time. A reader that has only gone forward gets
+    /// the whole window from every source (a deep queue is what makes a
+    /// disk fast). Errors are only logged (the reader will meet them
+    /// itself).
     pub fn readahead(
         self: &Arc<Self>,
         off: u64,
         len: u64,
+        reach: Reach,
         records: &mut dyn FnMut(u32) -> Result<Arc<Vec<SliceRecord>>>,
     ) {
         let block = self.config.block_size as u64;
-        let (disk_until, peer_until) = (
-            off + DISK_AHEAD_BLOCKS * block,
-            off + PEER_AHEAD_BLOCKS * block,
-        );
+        let (disk_until, peer_until) = match reach {
+            Reach::Full => (u64::MAX, u64::MAX),
+            Reach::Near => (
+                off + DISK_AHEAD_BLOCKS * block,
+                off + PEER_AHEAD_BLOCKS * block,
+            ),
+        };
         let walked = for_each_chunk(off, len, |index, in_chunk, n| {
             let chunk_at = u64::from(index) * CHUNK_SIZE + u64::from(in_chunk);
             let mut last = None;
@@ -620,10 +627,19 @@ impl ChunkStore {
     }
 }
 
-/// How far ahead of a reader, in blocks, readahead fetches blocks that are
-/// on the local disk cache, and blocks a cache-group member serves (a
-/// member that lacks one fetches it from the store: a little more room);
-/// the full window applies to the rest.
+/// How far readahead reaches for blocks near at hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// The whole window, from every source.
+    Full,
+    /// Blocks on the local disk or a group member only a few blocks ahead.
+    Near,
+}
+
+/// How far ahead of a reader that jumps about, in blocks, readahead fetches
+/// blocks that are on the local disk cache, and blocks a cache-group member
+/// serves (a member that lacks one fetches it from the store: a little
+/// more room); the full window applies to the rest.
 const DISK_AHEAD_BLOCKS: u64 = 2;
 const PEER_AHEAD_BLOCKS: u64 = 4;
 
@@ -663,8 +679,10 @@ mod tests {
     }
 
     /// Readahead goes a whole window ahead for blocks only the store has,
-    /// and only two blocks ahead of the reader for blocks on the local
-    /// disk; as the reader moves on, the disk blocks near it are fetched.
+    /// and, for a reader that jumps about, only two blocks ahead of it for
+    /// blocks on the local disk; as the reader moves on, the disk blocks
+    /// near it are fetched. A reader that only goes forward gets the whole
+    /// window from the disk too.
     #[test]
     fn readahead_reaches_far_for_the_store_and_near_for_the_disk_cache() {
         let cache = tempfile::tempdir().expect("tempdir");
@@ -717,14 +735,18 @@ mod tests {
         }
         let mut by_index = |_| Ok(records.clone());
         // The reader at the start, a window of 8 blocks: two from disk.
-        chunks.readahead(0, 8 * BLOCK, &mut by_index);
+        chunks.readahead(0, 8 * BLOCK, Reach::Near, &mut by_index);
         assert_eq!(fetched_ahead(&chunks), DISK_AHEAD_BLOCKS);
         // The reader four blocks on: two more, the rest left for later.
-        chunks.readahead(4 * BLOCK, 8 * BLOCK, &mut by_index);
+        chunks.readahead(4 * BLOCK, 8 * BLOCK, Reach::Near, &mut by_index);
         assert_eq!(fetched_ahead(&chunks), 2 * DISK_AHEAD_BLOCKS);
         // Past the cached part, the store's blocks: the whole window (the
         // disk's two near the reader, then six the store alone has).
-        chunks.readahead(14 * BLOCK, 8 * BLOCK, &mut by_index);
+        chunks.readahead(14 * BLOCK, 8 * BLOCK, Reach::Near, &mut by_index);
         assert_eq!(fetched_ahead(&chunks), 2 * DISK_AHEAD_BLOCKS + 8);
+        // A reader that only goes forward: the whole window from the disk
+        // (blocks 4 and 5 are in memory already, 6 to 11 are fetched).
+        chunks.readahead(4 * BLOCK, 8 * BLOCK, Reach::Full, &mut by_index);
+        assert_eq!(fetched_ahead(&chunks), 2 * DISK_AHEAD_BLOCKS + 8 + 6);
     }
 }

@@ -294,16 +294,17 @@ impl Vfs {
         }
         let n = (size as u64).min(length - off) as usize;
         let config = self.chunks.config();
-        let (access, ahead_from, ahead_len) = h.track_read(
+        let (access, ahead) = h.track_read(
             off,
             n as u64,
             config.block_size as u64,
             config.max_readahead as u64,
         );
         let mut records = |index| Ok(of.chunk_records(&self.meta, ino, index)?);
-        let ahead_len = ahead_len.min(length.saturating_sub(ahead_from));
+        let ahead_len = ahead.len.min(length.saturating_sub(ahead.from));
         if ahead_len > 0 {
-            self.chunks.readahead(ahead_from, ahead_len, &mut records);
+            self.chunks
+                .readahead(ahead.from, ahead_len, ahead.reach, &mut records);
         }
         let mut attempt = 0;
         let mut n = n;

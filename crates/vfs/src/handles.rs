@@ -3,7 +3,7 @@
 use parking_lot::Mutex;
 use std::sync::Arc;
 
-use tessera_chunk::Access;
+use tessera_chunk::{Access, Reach};
 use tessera_meta::{Entry, Ino};
 
 /// One open file description (what a file descriptor points at).
@@ -43,6 +43,17 @@ struct ReadPattern {
     window: u64,
     /// Where the reader was when readahead was last asked for.
     asked_at: u64,
+    /// A read has jumped (backwards, or past the slack) since the first.
+    jumped: bool,
+}
+
+/// What a read asks to be fetched ahead of it: `len` bytes from `from`
+/// (none when `len` is 0), as far as `reach` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ahead {
+    pub from: u64,
+    pub len: u64,
+    pub reach: Reach,
 }
 
 /// Reads this close to the last one still count as sequential: the kernel
@@ -100,8 +111,9 @@ impl Handle {
     /// once the reader has moved a block on since the last ask (empty in
     /// between). The range always starts at the reader, so blocks the store
     /// leaves for later because they are near at hand (on the local disk)
-    /// are asked for again as the reader comes closer.
-    pub fn track_read(&self, off: u64, len: u64, block: u64, max: u64) -> (Access, u64, u64) {
+    /// are asked for again as the reader comes closer; it does that only
+    /// for a handle whose reads have jumped ([`Reach::Near`]).
+    pub fn track_read(&self, off: u64, len: u64, block: u64, max: u64) -> (Access, Ahead) {
         let mut p = self.reads.lock();
         let end = off + len;
         let sequential =
@@ -119,16 +131,23 @@ impl Handle {
                 p.window = 0;
             }
             p.next = end;
+            p.jumped = true;
         }
+        let reach = if p.jumped { Reach::Near } else { Reach::Full };
+        let mut ahead = Ahead {
+            from: end,
+            len: 0,
+            reach,
+        };
         if p.window == 0 {
-            return (Access::Random, 0, 0);
+            return (Access::Random, ahead);
         }
         let asked_lately = sequential && p.asked_at > 0 && end < p.asked_at + block;
-        if asked_lately {
-            return (Access::Sequential, end, 0);
+        if !asked_lately {
+            p.asked_at = end;
+            ahead.len = p.window;
         }
-        p.asked_at = end;
-        (Access::Sequential, end, p.window)
+        (Access::Sequential, ahead)
     }
 }
 
@@ -141,25 +160,28 @@ mod tests {
     #[test]
     fn window_grows_while_sequential_and_shrinks_when_random() {
         let h = Handle::file(2, 0);
-        let (a, from, len) = h.track_read(0, 128 << 10, B, 64 << 20);
+        let (a, ahead) = h.track_read(0, 128 << 10, B, 64 << 20);
         assert_eq!(a, Access::Sequential);
-        assert_eq!((from, len), (128 << 10, B));
+        assert_eq!(
+            (ahead.from, ahead.len, ahead.reach),
+            (128 << 10, B, Reach::Full)
+        );
         let mut off = 128 << 10;
         let mut last = 0;
         for _ in 0..20 {
-            let (_, _, _) = h.track_read(off, 128 << 10, B, 64 << 20);
+            h.track_read(off, 128 << 10, B, 64 << 20);
             off += 128 << 10;
             last = h.reads.lock().window;
         }
         assert_eq!(last, 64 << 20, "window reaches the maximum");
-        let (a, _, len) = h.track_read(10 << 30, 4096, B, 64 << 20);
+        let (a, ahead) = h.track_read(10 << 30, 4096, B, 64 << 20);
         assert_eq!(a, Access::Sequential, "one jump keeps a window");
-        assert_eq!(len, 16 << 20);
+        assert_eq!((ahead.len, ahead.reach), (16 << 20, Reach::Near));
         h.track_read(3 << 30, 4096, B, 64 << 20);
         h.track_read(5 << 30, 4096, B, 64 << 20);
-        let (a, _, len) = h.track_read(1 << 30, 4096, B, 64 << 20);
+        let (a, ahead) = h.track_read(1 << 30, 4096, B, 64 << 20);
         assert_eq!(
-            (a, len),
+            (a, ahead.len),
             (Access::Random, 0),
             "random reads turn readahead off"
         );
@@ -172,26 +194,26 @@ mod tests {
         let h = Handle::file(2, 0);
         let step = 1 << 20;
         let asks: Vec<(u64, u64)> = (0..12)
-            .map(|i| h.track_read(i * step, step, B, 64 << 20))
-            .filter(|&(_, _, len)| len > 0)
-            .map(|(_, from, len)| (from, len))
+            .map(|i| h.track_read(i * step, step, B, 64 << 20).1)
+            .filter(|ahead| ahead.len > 0)
+            .map(|ahead| (ahead.from, ahead.len))
             .collect();
         assert_eq!(
             asks,
             vec![(1 << 20, B), (5 << 20, 64 << 20), (9 << 20, 64 << 20)]
         );
-        let (_, from, len) = h.track_read(40 << 20, 4096, B, 64 << 20);
+        let (_, ahead) = h.track_read(40 << 20, 4096, B, 64 << 20);
         assert_eq!(
-            (from, len),
-            ((40 << 20) + 4096, 16 << 20),
-            "a jump asks at once"
+            (ahead.from, ahead.len, ahead.reach),
+            ((40 << 20) + 4096, 16 << 20, Reach::Near),
+            "a jump asks at once, for blocks near at hand only near the reader"
         );
     }
 
     #[test]
     fn first_read_in_the_middle_is_random() {
         let h = Handle::file(2, 0);
-        let (a, _, len) = h.track_read(100 << 20, 4096, B, 64 << 20);
-        assert_eq!((a, len), (Access::Random, 0));
+        let (a, ahead) = h.track_read(100 << 20, 4096, B, 64 << 20);
+        assert_eq!((a, ahead.len), (Access::Random, 0));
     }
 }

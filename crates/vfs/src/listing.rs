@@ -96,7 +96,8 @@ impl Vfs {
             {
                 let mut by_index =
                     |index: u32| Ok(records.get(index as usize).cloned().unwrap_or_default());
-                self.chunks.readahead(0, attr.length, &mut by_index);
+                self.chunks
+                    .readahead(0, attr.length, tessera_chunk::Reach::Full, &mut by_index);
             }
             // Kept only if this mount changed nothing since the read began
             // and has no open of its own of the file (whose state is newer).

@@ -233,6 +233,10 @@ impl Vfs {
         self.metrics().op("opendir");
         let attr = match self.dir_cache.get(ino, self.config.open_cache) {
             Some((attr, _)) => attr,
+            // With --open-cache the listing is kept anyway: take it now,
+            // attributes included, so opendir and the readdir after it
+            // cost one round trip together instead of two.
+            None if !self.config.open_cache.is_zero() => self.directory_listing(ino)?.0,
             None => self.meta.getattr(ino)?,
         };
         Ok(self.new_handle(Handle::dir(ino, attr)))
