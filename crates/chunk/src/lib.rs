@@ -559,6 +559,32 @@ pub fn block_key(volume: &str, id: u64, index: u64, len: u64) -> String {
     )
 }
 
+/// A chunk store over a memory object store and a formatted volume in
+/// `engine`, with its runtime (kept alive by the caller), for unit tests.
+#[cfg(test)]
+pub(crate) fn store_for_tests(
+    engine: Arc<dyn tessera_meta::kv::KvEngine>,
+    config: ChunkConfig,
+) -> (Arc<ChunkStore>, tokio::runtime::Runtime) {
+    let meta = Arc::new(Meta::new(engine, tessera_meta::MetaConfig::default()));
+    meta.init(&tessera_meta::conformance::test_format())
+        .expect("format");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let chunks = ChunkStore::new(
+        tessera_object::open_store("mem://", &Default::default()).expect("store"),
+        meta,
+        rt.handle().clone(),
+        config,
+        Arc::new(Metrics::new()),
+    )
+    .expect("chunk store");
+    (chunks, rt)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

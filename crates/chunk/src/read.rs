@@ -686,21 +686,8 @@ mod tests {
     #[test]
     fn readahead_reaches_far_for_the_store_and_near_for_the_disk_cache() {
         let cache = tempfile::tempdir().expect("tempdir");
-        let meta = Arc::new(tessera_meta::Meta::new(
+        let (chunks, _rt) = crate::store_for_tests(
             Arc::new(tessera_meta::engines::MemoryEngine::default()),
-            tessera_meta::MetaConfig::default(),
-        ));
-        meta.init(&tessera_meta::conformance::test_format())
-            .expect("format");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let chunks = ChunkStore::new(
-            tessera_object::open_store("mem://", &Default::default()).expect("store"),
-            meta,
-            rt.handle().clone(),
             crate::ChunkConfig {
                 volume: "t".into(),
                 uuid: "uuid-readahead".into(),
@@ -714,9 +701,7 @@ mod tests {
                 }),
                 ..Default::default()
             },
-            Arc::new(tessera_metrics::Metrics::new()),
-        )
-        .expect("chunk store");
+        );
         // One slice of 32 blocks; the first 16 are on the local disk.
         let size = 32 * BLOCK;
         let records = Arc::new(vec![SliceRecord {

@@ -544,29 +544,14 @@ mod tests {
     #[test]
     fn a_write_fetching_slice_ids_leaves_the_writer_unlocked() {
         let engine = Arc::new(Gated::default());
-        let meta = Arc::new(tessera_meta::Meta::new(
+        let (chunks, _rt) = crate::store_for_tests(
             engine.clone(),
-            tessera_meta::MetaConfig::default(),
-        ));
-        meta.init(&tessera_meta::conformance::test_format())
-            .expect("format");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let chunks = ChunkStore::new(
-            tessera_object::open_store("mem://", &Default::default()).expect("store"),
-            meta,
-            rt.handle().clone(),
             crate::ChunkConfig {
                 volume: "t".into(),
                 uuid: "uuid-writer".into(),
                 ..Default::default()
             },
-            Arc::new(tessera_metrics::Metrics::new()),
-        )
-        .expect("chunk store");
+        );
         let writer = Arc::new(FileWriter::new(2, chunks));
         engine.set(true);
         let w = writer.clone();
