@@ -610,12 +610,17 @@ impl ChunkStore {
                 last = Some((p.id, p.index));
                 let len = self.block_len(p.size, p.index);
                 let key = self.piece_key(&p, len)?;
-                let known = self.mem.contains(&key) || self.inflight.lock().contains_key(&key);
+                // Most of a window asked for again is in memory already:
+                // that cheap check first, the disk index and the group's
+                // placement only for the blocks left.
+                if self.mem.contains(&key) || self.inflight.lock().contains_key(&key) {
+                    continue;
+                }
                 let at = chunk_at + p.out as u64;
                 let later = (at >= disk_until
                     && self.disk.as_ref().is_some_and(|d| d.contains(&key)))
                     || (at >= peer_until && self.owned_by_a_peer(&key));
-                if !known && !later {
+                if !later {
                     drop(self.fetch(&key, len, true));
                 }
             }
