@@ -274,8 +274,10 @@ impl ChunkStore {
             .ok()
             .flatten();
             if let Some(b) = found {
-                self.mem.insert(key, b.clone());
+                // The origin first: a reader may find the block in memory
+                // the moment it is there, and must count it for its tier.
                 self.note_origin(key, tier::DISK, b.len());
+                self.mem.insert(key, b.clone());
                 return Ok(b);
             }
         }
@@ -285,8 +287,8 @@ impl ChunkStore {
             return Ok(data);
         }
         let data = self.fetch_owned(key, len).await?;
-        self.mem.insert(key, data.clone());
         self.note_origin(key, tier::OBJECT, data.len());
+        self.mem.insert(key, data.clone());
         let partial = (len as usize) < self.config.block_size;
         let external = key.starts_with(crate::external::PREFIX);
         if self.disk.is_some() && (external || !self.config.cache_partial_only || partial) {
