@@ -19,6 +19,7 @@ pub type Factory<'a> = &'a dyn Fn() -> Arc<dyn KvEngine>;
 /// Run every check against fresh engines from `factory`.
 pub fn run_all(factory: Factory<'_>) {
     kv_basics(factory());
+    kv_nested_reads(factory());
     kv_rollback(factory());
     kv_concurrent_increments(factory());
     namespace(factory());
@@ -443,6 +444,97 @@ fn kv_basics(e: Arc<dyn KvEngine>) {
     }
     e.reset().expect("reset");
     assert_eq!(run_txn(&*e, true, |tx| tx.get(b"b")).expect("get"), None);
+}
+
+/// `read_nested`, where the engine has it: rows, the keys they point at,
+/// the rows under the prefixes they point at (tagged rows only, within
+/// the budget, a row's set whole or not at all), and `more` past the
+/// limit. Engines without it answer None.
+fn kv_nested_reads(e: Arc<dyn KvEngine>) {
+    use crate::kv::{Nested, NestedRow, Pointer};
+    run_txn(&*e, false, |tx| {
+        tx.set(b"head", b"H")?;
+        tx.set(b"r/1", b"x1\x01")?;
+        tx.set(b"r/2", b"x2\x02")?;
+        tx.set(b"r/3", b"x3\x01")?;
+        tx.set(b"r0", b"outside")?;
+        tx.set(b"fx1!", b"one")?;
+        tx.set(b"fx3!", b"three")?;
+        tx.set(b"ux1.a", b"1a")?;
+        tx.set(b"ux1.b", b"1b")?;
+        tx.set(b"ux2.a", b"2a")?;
+        tx.set(b"ux3.a", b"3a")?;
+        tx.set(b"ux3/", b"past the prefix")
+    })
+    .expect("write");
+    let request = |limit, under_limit| Nested {
+        head: b"head",
+        begin: b"r/",
+        end: b"r0",
+        limit,
+        follow: Pointer {
+            prefix: b"f",
+            at: 0,
+            len: 2,
+            suffix: b"!",
+        },
+        under: Pointer {
+            prefix: b"u",
+            at: 0,
+            len: 2,
+            suffix: b".",
+        },
+        tag_at: 2,
+        tag: 1,
+        under_limit,
+    };
+    let read = |limit, under_limit| {
+        run_txn(&*e, true, |tx| tx.read_nested(&request(limit, under_limit))).expect("nested")
+    };
+    let Some(whole) = read(10, 10) else {
+        return;
+    };
+    let row = |key: &[u8],
+               value: &[u8],
+               followed: Option<&[u8]>,
+               under: Option<&[(&[u8], &[u8])]>| NestedRow {
+        key: key.to_vec(),
+        value: value.to_vec(),
+        followed: followed.map(<[u8]>::to_vec),
+        under: under.map(|u| u.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()),
+    };
+    assert_eq!(whole.head.as_deref(), Some(&b"H"[..]));
+    assert!(!whole.more);
+    assert_eq!(
+        whole.rows,
+        [
+            row(
+                b"r/1",
+                b"x1\x01",
+                Some(b"one"),
+                Some(&[(b"ux1.a", b"1a"), (b"ux1.b", b"1b")])
+            ),
+            row(b"r/2", b"x2\x02", None, None),
+            row(
+                b"r/3",
+                b"x3\x01",
+                Some(b"three"),
+                Some(&[(b"ux3.a", b"3a")])
+            ),
+        ]
+    );
+    // A budget of one row under: r/1's two do not fit, r/3's one does.
+    let tight = read(10, 1).expect("tight");
+    let under: Vec<Option<usize>> = tight
+        .rows
+        .iter()
+        .map(|r| r.under.as_ref().map(Vec::len))
+        .collect();
+    assert_eq!(under, [None, None, Some(1)]);
+    let over = read(2, 10).expect("over");
+    assert!(over.more && over.rows.is_empty());
+    assert_eq!(over.head.as_deref(), Some(&b"H"[..]));
+    e.reset().expect("reset");
 }
 
 fn kv_rollback(e: Arc<dyn KvEngine>) {

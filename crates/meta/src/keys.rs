@@ -55,6 +55,14 @@ pub const DENTRY_TO_ATTR: crate::kv::Pointer<'static> = crate::kv::Pointer {
     len: 8,
     suffix: b"I",
 };
+/// The prefix of the chunk keys of the file a directory entry names: `A`
+/// + the inode number the entry holds + `C`.
+pub const DENTRY_TO_CHUNKS: crate::kv::Pointer<'static> = crate::kv::Pointer {
+    prefix: b"A",
+    at: 0,
+    len: 8,
+    suffix: b"C",
+};
 pub fn dentry(parent: Ino, name: &[u8]) -> Vec<u8> {
     inode_key(parent, b'D', name)
 }

@@ -32,6 +32,57 @@ pub trait KvTxn {
     fn get_follow(&mut self, key: &[u8], pointer: Pointer<'_>) -> Result<Followed> {
         follow_by_gets(self, key, pointer)
     }
+
+    /// A directory-shaped read in one step (see [`Nested`]), for engines
+    /// that can run it on the server in one round trip. `None`: this
+    /// engine (or this transaction) cannot; the caller reads the same
+    /// things with the plain calls.
+    fn read_nested(&mut self, request: &Nested<'_>) -> Result<Option<NestedRead>> {
+        let _ = request;
+        Ok(None)
+    }
+}
+
+/// What [`KvTxn::read_nested`] reads together: the key `head`, the rows of
+/// `[begin, end)` (at most `limit`), for every row the key its value
+/// points at (`follow`), and for every row whose value has the byte `tag`
+/// at `tag_at`, the rows under the prefix `under` points at (all keys
+/// starting with it; at most `under_limit` such rows over the whole read,
+/// a row's whole set or none of it). A directory's attributes, its
+/// entries, their attributes and its files' chunk records.
+#[derive(Debug, Clone, Copy)]
+pub struct Nested<'a> {
+    pub head: &'a [u8],
+    pub begin: &'a [u8],
+    pub end: &'a [u8],
+    pub limit: usize,
+    pub follow: Pointer<'a>,
+    pub under: Pointer<'a>,
+    pub tag_at: usize,
+    pub tag: u8,
+    pub under_limit: usize,
+}
+
+/// The answer to a [`Nested`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NestedRead {
+    /// The value of `head`.
+    pub head: Option<Vec<u8>>,
+    /// More than `limit` rows: `rows` is then empty.
+    pub more: bool,
+    pub rows: Vec<NestedRow>,
+}
+
+/// One row of a [`NestedRead`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NestedRow {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// The value of the key `follow` points at.
+    pub followed: Option<Vec<u8>>,
+    /// The rows under the prefix `under` points at, in key order: `None`
+    /// when the row lacks the tag, or its rows did not fit `under_limit`.
+    pub under: Option<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 /// [`KvTxn::get_follow`] as two plain reads, for engines that cannot follow

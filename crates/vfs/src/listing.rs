@@ -5,9 +5,9 @@
 //! metadata round trip, so a repository of a hundred adapters costs two
 //! hundred of them. With `--open-cache`, a directory's listing is read
 //! with every entry's attributes and every file's slice records in three
-//! batched reads ([`Meta::readdir_with_records`]), and kept: lookups in it
-//! and opens of its files are then answered from memory for the
-//! open-cache time, as reopening an already-opened file is. This mount's
+//! batched reads, one round trip on Redis ([`Meta::readdir_with_records`]),
+//! and kept: lookups in it and opens of its files are then answered from
+//! memory for the open-cache time, as reopening an already-opened file is. This mount's
 //! own changes retire all of it (the listing's generation and the open
 //! cache's own rules), other mounts' changes show once the time is up.
 //!
@@ -114,8 +114,8 @@ impl Vfs {
     /// A lookup answered from `parent`'s listing, read whole first if this
     /// mount trusts listings (`--open-cache`), has none of it and is not
     /// busy changing things: the first lookup in a directory costs its
-    /// listing's three round trips, every later one (and the opens of its
-    /// files) none. `None`: ask the engine.
+    /// listing's read (three round trips, one on Redis), every later one
+    /// (and the opens of its files) none. `None`: ask the engine.
     pub(crate) fn trusted_lookup(&self, parent: Ino, name: &[u8]) -> Option<Result<(Ino, Attr)>> {
         let ttl = self.config.open_cache;
         if ttl.is_zero() || name == b"." || name == b".." {

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use crate::acl;
 use crate::attr::{Attr, FileType};
 use crate::keys;
-use crate::kv::{run_txn, scan_prefix, KvEngine, KvTxn};
+use crate::kv::{run_txn, scan_prefix, KvEngine, KvTxn, Nested, NestedRead};
 use crate::slice::SliceRecord;
 use crate::{
     now, Ctx, Format, Ino, MetaError, Result, CHUNK_SIZE, MAX_FILE_SIZE, MAX_NAME_LEN, ROOT_INO,

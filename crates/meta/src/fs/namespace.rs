@@ -621,52 +621,45 @@ impl Meta {
         max_chunks: usize,
         wanted: &dyn Fn(&[u8], &Attr) -> bool,
     ) -> Result<DirWithRecords> {
-        // The scan first, then the directory's own attributes with its
-        // entries' (a file has no entries, so its scan is empty and its
-        // attributes say NotDir): three round trips, not four.
         self.read_txn(|tx| {
             let prefix = keys::dentry_prefix(ino);
-            let rows = tx.scan(&prefix, &crate::kv::prefix_end(&prefix), max_entries + 1)?;
+            let end = crate::kv::prefix_end(&prefix);
+            let head = keys::attr(ino);
+            // All of it in one round trip where the engine can.
+            let nested = Nested {
+                head: &head,
+                begin: &prefix,
+                end: &end,
+                limit: max_entries,
+                follow: keys::DENTRY_TO_ATTR,
+                under: keys::DENTRY_TO_CHUNKS,
+                tag_at: 8,
+                tag: FileType::File as u8,
+                under_limit: max_chunks,
+            };
+            if let Some(read) = tx.read_nested(&nested)? {
+                return listing_from_nested(ino, read, max_chunks, wanted);
+            }
+            // Else the scan first, then the directory's own attributes with
+            // its entries' (a file has no entries, so its scan is empty and
+            // its attributes say NotDir), then the records: three round
+            // trips, not four.
+            let rows = tx.scan(&prefix, &end, max_entries + 1)?;
             if rows.len() > max_entries {
-                return Ok(DirWithRecords {
-                    attr: get_attr(tx, ino)?,
-                    complete: false,
-                    entries: Vec::new(),
-                    records: Vec::new(),
-                });
+                return Ok(DirWithRecords::incomplete(get_attr(tx, ino)?));
             }
             let mut entries = rows
                 .iter()
                 .map(|(k, v)| decode_entry(&k[prefix.len()..], v))
                 .collect::<Result<Vec<_>>>()?;
-            let mut records = Vec::new();
             let owned: Vec<Vec<u8>> = std::iter::once(ino)
                 .chain(entries.iter().map(|e| e.ino))
                 .map(keys::attr)
                 .collect();
             let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
             let mut attrs = tx.get_many(&refs)?.into_iter();
-            let dir = decode_attr(attrs.next().flatten())?;
-            if dir.typ != FileType::Dir {
-                return Err(MetaError::NotDir);
-            }
-            let mut files = Vec::new();
-            let mut budget = max_chunks;
-            for (at, (e, raw)) in entries.iter_mut().zip(attrs).enumerate() {
-                // Gone since the listing was read (another mount's unlink
-                // between the two reads of an engine without snapshots):
-                // no attributes, so no one trusts it.
-                let Some(raw) = raw else { continue };
-                let attr = Attr::decode(&raw)?;
-                if attr.typ == FileType::File && wanted(&e.name, &attr) {
-                    let chunks = attr.length.div_ceil(CHUNK_SIZE) as usize;
-                    if chunks <= budget {
-                        budget -= chunks;
-                        files.push((at, e.ino, chunks));
-                    }
-                }
-                e.attr = Some(attr);
-            }
+            let dir = listed_dir_attr(attrs.next().flatten())?;
+            let files = attach_attrs(&mut entries, attrs, max_chunks, wanted)?;
             let owned: Vec<Vec<u8>> = files
                 .iter()
                 .flat_map(|&(_, ino, chunks)| (0..chunks as u32).map(move |i| keys::chunk(ino, i)))
@@ -677,6 +670,7 @@ impl Meta {
             } else {
                 tx.get_many(&refs)?.into_iter()
             };
+            let mut records = Vec::new();
             for (at, _, chunks) in files {
                 let file_records = raw
                     .by_ref()
@@ -718,6 +712,106 @@ impl Meta {
 
 /// A directory entry from its key's name part and its value (the child's
 /// inode number and type), without attributes.
+impl DirWithRecords {
+    /// A directory of more entries than asked for.
+    fn incomplete(attr: Attr) -> Self {
+        DirWithRecords {
+            attr,
+            complete: false,
+            entries: Vec::new(),
+            records: Vec::new(),
+        }
+    }
+}
+
+/// The attributes of a directory being listed whole.
+fn listed_dir_attr(raw: Option<Vec<u8>>) -> Result<Attr> {
+    let dir = decode_attr(raw)?;
+    if dir.typ != FileType::Dir {
+        return Err(MetaError::NotDir);
+    }
+    Ok(dir)
+}
+
+/// Give each listed entry its attributes (`attrs`, in the same order) and
+/// pick the files whose records are wanted, as many as `max_chunks`
+/// chunks allow: (place in `entries`, inode, chunks).
+fn attach_attrs(
+    entries: &mut [Entry],
+    attrs: impl Iterator<Item = Option<Vec<u8>>>,
+    max_chunks: usize,
+    wanted: &dyn Fn(&[u8], &Attr) -> bool,
+) -> Result<Vec<(usize, Ino, usize)>> {
+    let mut files = Vec::new();
+    let mut budget = max_chunks;
+    for (at, (e, raw)) in entries.iter_mut().zip(attrs).enumerate() {
+        // Gone since the listing was read (another mount's unlink between
+        // two reads of an engine without snapshots): no attributes, so no
+        // one trusts it.
+        let Some(raw) = raw else { continue };
+        let attr = Attr::decode(&raw)?;
+        if attr.typ == FileType::File && wanted(&e.name, &attr) {
+            let chunks = attr.length.div_ceil(CHUNK_SIZE) as usize;
+            if chunks <= budget {
+                budget -= chunks;
+                files.push((at, e.ino, chunks));
+            }
+        }
+        e.attr = Some(attr);
+    }
+    Ok(files)
+}
+
+/// A listing read in one step ([`KvTxn::read_nested`]) as the plain reads
+/// would have given it.
+fn listing_from_nested(
+    ino: Ino,
+    read: NestedRead,
+    max_chunks: usize,
+    wanted: &dyn Fn(&[u8], &Attr) -> bool,
+) -> Result<DirWithRecords> {
+    let dir = listed_dir_attr(read.head)?;
+    if read.more {
+        return Ok(DirWithRecords::incomplete(dir));
+    }
+    let prefix_len = keys::dentry_prefix(ino).len();
+    let mut entries = Vec::with_capacity(read.rows.len());
+    let mut attrs = Vec::with_capacity(read.rows.len());
+    let mut under = Vec::with_capacity(read.rows.len());
+    for row in read.rows {
+        entries.push(decode_entry(&row.key[prefix_len..], &row.value)?);
+        attrs.push(row.followed);
+        under.push(row.under);
+    }
+    let files = attach_attrs(&mut entries, attrs.into_iter(), max_chunks, wanted)?;
+    let mut records = Vec::new();
+    for (at, file, chunks) in files {
+        // Not read (the server's budget ran out first): no records, as for
+        // a file past the budget above.
+        let Some(rows) = under[at].take() else {
+            continue;
+        };
+        let chunk_prefix = keys::chunk_prefix(file).len();
+        let mut file_records = vec![Vec::new(); chunks];
+        for (key, value) in rows {
+            let index = key
+                .get(chunk_prefix..)
+                .and_then(|i| <[u8; 4]>::try_from(i).ok())
+                .map(|i| u32::from_be_bytes(i) as usize);
+            if let Some(slot) = index.and_then(|i| file_records.get_mut(i)) {
+                *slot = SliceRecord::decode_all(&value)?;
+            }
+        }
+        records.push((at, file_records));
+    }
+    Ok(DirWithRecords {
+        attr: dir,
+        complete: true,
+        entries,
+        records,
+    })
+}
+
 fn decode_entry(name: &[u8], value: &[u8]) -> Result<Entry> {
     if value.len() != 9 {
         return Err(MetaError::Corrupt("dentry value".into()));
