@@ -73,6 +73,13 @@ pub struct NestedRead {
     pub rows: Vec<NestedRow>,
 }
 
+/// Keys and values, in key order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One part of an engine's one-statement answer to a [`Nested`] read:
+/// (part, row, key, value); see [`nested_from_parts`].
+pub type NestedPart = (i16, Vec<u8>, Vec<u8>, Vec<u8>);
+
 /// One row of a [`NestedRead`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NestedRow {
@@ -82,7 +89,7 @@ pub struct NestedRow {
     pub followed: Option<Vec<u8>>,
     /// The rows under the prefix `under` points at, in key order: `None`
     /// when the row lacks the tag, or its rows did not fit `under_limit`.
-    pub under: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    pub under: Option<Rows>,
 }
 
 /// [`KvTxn::get_follow`] as two plain reads, for engines that cannot follow
@@ -125,6 +132,105 @@ impl Pointer<'_> {
         k.extend_from_slice(bytes);
         k.extend_from_slice(self.suffix);
         Some(k)
+    }
+}
+
+impl Nested<'_> {
+    /// Whether `value` (a row's) has the tag and is long enough to point
+    /// under.
+    pub fn tagged(&self, value: &[u8]) -> bool {
+        value.get(self.tag_at) == Some(&self.tag) && value.len() >= self.under.at + self.under.len
+    }
+}
+
+/// `suffix` with its last byte one higher: where the keys that start with
+/// a prefix ending in `suffix` end. None when it is empty or ends in 0xff.
+pub fn suffix_past(suffix: &[u8]) -> Option<Vec<u8>> {
+    let (&last, head) = suffix.split_last()?;
+    let mut past = head.to_vec();
+    past.push(last.checked_add(1)?);
+    Some(past)
+}
+
+/// Rows under tagged rows at most, over one [`Nested`] read, that an
+/// engine answering in one statement sends (each row's set is capped at
+/// `under_limit` + 1 by itself): a directory of very large files does not
+/// send all their records to find that they do not fit.
+pub fn nested_under_cap(request: &Nested<'_>) -> usize {
+    request.under_limit.saturating_mul(4).saturating_add(1)
+}
+
+/// A [`NestedRead`] from an engine's one-statement answer: (part, row,
+/// key, value), part 0 the head, 1 the rows (row = key), 2 the key a row
+/// points at, 3 a row under a row's prefix, in (row, key) order and cut
+/// after [`nested_under_cap`] of them; parts in any order. The budget is
+/// applied here as the Redis script applies it: in row order, a row's set
+/// whole while it fits, skipped when not.
+pub fn nested_from_parts(
+    request: &Nested<'_>,
+    parts: impl Iterator<Item = NestedPart>,
+) -> NestedRead {
+    use std::collections::BTreeMap;
+    let mut head = None;
+    let mut rows = BTreeMap::new();
+    let mut followed = BTreeMap::new();
+    let mut under: BTreeMap<Vec<u8>, Rows> = BTreeMap::new();
+    let mut under_count = 0;
+    for (part, row, key, value) in parts {
+        match part {
+            0 => head = Some(value),
+            1 => {
+                rows.insert(key, value);
+            }
+            2 => {
+                followed.insert(row, value);
+            }
+            _ => {
+                under_count += 1;
+                under.entry(row).or_default().push((key, value));
+            }
+        }
+    }
+    if rows.len() > request.limit {
+        return NestedRead {
+            head,
+            more: true,
+            rows: Vec::new(),
+        };
+    }
+    // Cut by the cap: the last row's set may be partial, later rows' absent.
+    let cut_from = (under_count >= nested_under_cap(request))
+        .then(|| under.keys().next_back().cloned())
+        .flatten();
+    let mut budget = request.under_limit;
+    let rows = rows
+        .into_iter()
+        .map(|(key, value)| {
+            let pointed = value.len() >= request.follow.at + request.follow.len;
+            let followed = followed.remove(&key).filter(|_| pointed);
+            let reached = cut_from.as_ref().is_none_or(|cut| key < *cut);
+            let under = if request.tagged(&value) && reached {
+                let mut set = under.remove(&key).unwrap_or_default();
+                set.sort();
+                (set.len() <= budget).then(|| {
+                    budget -= set.len();
+                    set
+                })
+            } else {
+                None
+            };
+            NestedRow {
+                key,
+                value,
+                followed,
+                under,
+            }
+        })
+        .collect();
+    NestedRead {
+        head,
+        more: false,
+        rows,
     }
 }
 
@@ -224,6 +330,89 @@ pub fn scan_prefix(tx: &mut dyn KvTxn, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Ve
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU32;
+
+    /// An SQL engine's answer cut by the cap: the row the cut fell in and
+    /// every row after it get no set (it may be partial), rows before keep
+    /// theirs; the budget skips a set too large and goes on.
+    #[test]
+    fn nested_parts_cut_by_the_cap_leave_no_partial_set() {
+        let pointer = Pointer {
+            prefix: b"u",
+            at: 0,
+            len: 1,
+            suffix: b".",
+        };
+        let request = Nested {
+            head: b"h",
+            begin: b"r/",
+            end: b"r0",
+            limit: 10,
+            follow: pointer,
+            under: pointer,
+            tag_at: 1,
+            tag: b'!',
+            under_limit: 2,
+        };
+        assert_eq!(nested_under_cap(&request), 9);
+        let part = |part: i16, row: &str, key: &str| {
+            (
+                part,
+                row.as_bytes().to_vec(),
+                key.as_bytes().to_vec(),
+                b"v".to_vec(),
+            )
+        };
+        let row_of = |key: &str, value: &str| {
+            (
+                1,
+                key.as_bytes().to_vec(),
+                key.as_bytes().to_vec(),
+                value.as_bytes().to_vec(),
+            )
+        };
+        let rows = || {
+            vec![
+                row_of("r/a", "a!"),
+                row_of("r/b", "b!"),
+                row_of("r/c", "c!"),
+                row_of("r/d", "d-"),
+            ]
+        };
+        let sets = |read: NestedRead| -> Vec<Option<usize>> {
+            read.rows
+                .iter()
+                .map(|r| r.under.as_ref().map(Vec::len))
+                .collect()
+        };
+        // a: 1 row, b: 3 (over the budget of 2, skipped), c: 1; d untagged.
+        let mut whole = rows();
+        whole.extend([
+            part(3, "r/a", "ua.1"),
+            part(3, "r/b", "ub.1"),
+            part(3, "r/b", "ub.2"),
+            part(3, "r/b", "ub.3"),
+            part(3, "r/c", "uc.1"),
+        ]);
+        assert_eq!(
+            sets(nested_from_parts(&request, whole.into_iter())),
+            [Some(1), None, Some(1), None]
+        );
+        // Nine rows under (the cap): b's set may go on past them.
+        let mut cut = rows();
+        cut.push(part(3, "r/a", "ua.1"));
+        cut.extend((0..8).map(|i| part(3, "r/b", &format!("ub.{i}"))));
+        assert_eq!(
+            sets(nested_from_parts(&request, cut.into_iter())),
+            [Some(1), None, None, None]
+        );
+        // More rows than the limit.
+        let over = Nested {
+            limit: 3,
+            ..request
+        };
+        let read = nested_from_parts(&over, rows().into_iter());
+        assert!(read.more && read.rows.is_empty());
+    }
 
     /// An engine whose first `conflicts` attempts report a conflict.
     struct Contended {

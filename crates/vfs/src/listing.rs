@@ -4,12 +4,13 @@
 //! every file in it. Over a far link each lookup and each open is a
 //! metadata round trip, so a repository of a hundred adapters costs two
 //! hundred of them. With `--open-cache`, a directory's listing is read
-//! with every entry's attributes and every file's slice records in three
-//! batched reads, one round trip on Redis ([`Meta::readdir_with_records`]),
-//! and kept: lookups in it and opens of its files are then answered from
-//! memory for the open-cache time, as reopening an already-opened file is. This mount's
-//! own changes retire all of it (the listing's generation and the open
-//! cache's own rules), other mounts' changes show once the time is up.
+//! with every entry's attributes and every file's slice records
+//! ([`Meta::readdir_with_records`]: one round trip on Redis and the SQL
+//! engines, three on etcd) and kept: lookups in it and opens of its files
+//! are then answered from memory for the open-cache time, as reopening an
+//! already-opened file is. This mount's own changes retire all of it (the
+//! listing's generation and the open cache's own rules), other mounts'
+//! changes show once the time is up.
 //!
 //! With `--prefetch-on-open`, the listing also starts fetching the small
 //! files the pattern names (at most one block each): those are the files
@@ -114,7 +115,7 @@ impl Vfs {
     /// A lookup answered from `parent`'s listing, read whole first if this
     /// mount trusts listings (`--open-cache`), has none of it and is not
     /// busy changing things: the first lookup in a directory costs its
-    /// listing's read (three round trips, one on Redis), every later one
+    /// listing's read (one round trip, three on etcd), every later one
     /// (and the opens of its files) none. `None`: ask the engine.
     pub(crate) fn trusted_lookup(&self, parent: Ino, name: &[u8]) -> Option<Result<(Ino, Attr)>> {
         let ttl = self.config.open_cache;

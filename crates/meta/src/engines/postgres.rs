@@ -15,7 +15,7 @@ use postgres::error::SqlState;
 use postgres::{Client, IsolationLevel, NoTls, Statement};
 
 use super::pool::Pool;
-use crate::kv::{Followed, KvEngine, KvTxn};
+use crate::kv::{Followed, KvEngine, KvTxn, Nested, NestedRead};
 use crate::{MetaError, Result};
 
 pub struct PostgresEngine {
@@ -39,6 +39,7 @@ struct Statements {
     scan: Statement,
     follow: Statement,
     many: Statement,
+    nested: Statement,
 }
 
 fn engine_err(e: postgres::Error) -> MetaError {
@@ -108,6 +109,7 @@ impl PostgresEngine {
                 "SELECT a.v, b.v FROM tessera_kv a LEFT JOIN tessera_kv b \
                  ON b.k = $2::bytea || substring(a.v from $3 for $4) || $5::bytea WHERE a.k = $1",
             )?,
+            nested: prepare(NESTED_SQL)?,
         };
         Ok(PgConn { client, stmts })
     }
@@ -120,6 +122,26 @@ impl PostgresEngine {
         self.pool.put_back(c);
     }
 }
+
+/// A directory read whole in one statement (see `KvTxn::read_nested`):
+/// part 0 the head, part 1 the rows, part 2 the key each row points at,
+/// part 3 the rows under each tagged row's prefix (at most `$14` per row,
+/// `$17` in all: `kv::nested_under_cap`), each with the row it belongs to;
+/// `$13` is the under pointer's suffix past its last byte (the prefix's
+/// end).
+const NESTED_SQL: &str = "\
+WITH rows AS (SELECT k, v FROM tessera_kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3) \
+SELECT 0::int2, k, k, v FROM tessera_kv WHERE k = $4 \
+UNION ALL SELECT 1::int2, k, k, v FROM rows \
+UNION ALL SELECT 2::int2, r.k, f.k, f.v FROM rows r JOIN tessera_kv f \
+  ON f.k = $5::bytea || substring(r.v from $6 for $7) || $8::bytea \
+UNION ALL (SELECT 3::int2, r.k, u.k, u.v FROM rows r CROSS JOIN LATERAL ( \
+  SELECT k, v FROM tessera_kv \
+  WHERE k >= $9::bytea || substring(r.v from $10 for $11) || $12::bytea \
+    AND k < $9::bytea || substring(r.v from $10 for $11) || $13::bytea \
+  ORDER BY k LIMIT $14) u \
+  WHERE length(r.v) > $15 AND get_byte(r.v, $15) = $16 \
+  ORDER BY r.k, u.k LIMIT $17)";
 
 /// A transaction, or for read-only work the client itself in autocommit
 /// mode (each statement its own snapshot, no BEGIN/COMMIT round trips).
@@ -164,6 +186,47 @@ impl<C: postgres::GenericClient> KvTxn for PgTxn<'_, C> {
             };
             (first, second)
         }))
+    }
+
+    fn read_nested(&mut self, request: &Nested<'_>) -> Result<Option<NestedRead>> {
+        let Some(under_end) = crate::kv::suffix_past(request.under.suffix) else {
+            return Ok(None);
+        };
+        let int = |n: usize| {
+            i32::try_from(n).map_err(|_| MetaError::Invalid("pointer out of range".into()))
+        };
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let (follow, under) = (request.follow, request.under);
+        let rows = self
+            .tx
+            .query(
+                &self.stmts.nested,
+                &[
+                    &request.begin,
+                    &request.end,
+                    &count(request.limit.saturating_add(1)),
+                    &request.head,
+                    &follow.prefix,
+                    &int(follow.at + 1)?,
+                    &int(follow.len)?,
+                    &follow.suffix,
+                    &under.prefix,
+                    &int(under.at + 1)?,
+                    &int(under.len)?,
+                    &under.suffix,
+                    &under_end.as_slice(),
+                    &count(request.under_limit.saturating_add(1)),
+                    &int(request.tag_at)?,
+                    &i32::from(request.tag),
+                    &count(crate::kv::nested_under_cap(request)),
+                ],
+            )
+            .map_err(engine_err)?;
+        let parts = rows.into_iter().map(|r| {
+            let part: i16 = r.get(0);
+            (part, r.get(1), r.get(2), r.get(3))
+        });
+        Ok(Some(crate::kv::nested_from_parts(request, parts)))
     }
 
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -259,5 +322,9 @@ mod tests {
             e.reset().expect("truncate");
             std::sync::Arc::new(e)
         });
+        let e = PostgresEngine::open(&url, &url).expect("connect");
+        e.reset().expect("truncate");
+        crate::conformance::nested_reads_in_one_step(&e);
+        e.reset().expect("truncate");
     }
 }
