@@ -695,6 +695,30 @@ fn namespace(e: Arc<dyn KvEngine>) {
     m.unlink(ROOT_INO, b"usage").expect("unlink");
     m.flush_usage().expect("flush usage");
     assert_eq!(other.statfs().expect("other's view").used_inodes, 0);
+    // A commit that leaves 64 MiB or more unsaved saves it at once: a
+    // process killed in the second after closing a large file would leave
+    // the counters behind by all of it.
+    let (large, _) = m
+        .mknod(&CTX, ROOT_INO, b"large", FileType::File, 0o644, 0, None)
+        .expect("create");
+    let whole_chunk = SliceRecord {
+        id: m.new_slice_id().expect("id"),
+        size: crate::CHUNK_SIZE,
+        len: crate::CHUNK_SIZE as u32,
+        ..data
+    };
+    m.write_slices(large, &[(0, whole_chunk)], crate::CHUNK_SIZE)
+        .expect("write");
+    let seen = other.statfs().expect("other's view");
+    assert_eq!(
+        (seen.used_inodes, seen.total_space - seen.avail_space),
+        (1, crate::CHUNK_SIZE),
+        "saved without waiting for the next flush"
+    );
+    m.unlink(ROOT_INO, b"large").expect("unlink");
+    let seen = other.statfs().expect("other's view");
+    assert_eq!(seen.total_space - seen.avail_space, 0, "its removal too");
+    m.flush_usage().expect("flush usage");
     // setgid directories pass their group and the bit on.
     let (g, _) = m
         .mknod(
