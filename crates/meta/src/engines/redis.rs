@@ -202,24 +202,41 @@ fn follow_script() -> &'static redis::Script {
     SCRIPT.get_or_init(|| redis::Script::new(FOLLOW_SCRIPT))
 }
 
+/// Lua shared by the scripts: `values(keys, keep_missing)` answers key,
+/// value, key, value… for `keys` (their values under `v`), a missing value
+/// as nil when `keep_missing`, else left out. MGET goes in slices: Lua's
+/// unpack takes a few thousand arguments at most.
+macro_rules! lua_values {
+    () => {
+        r"
+local function values(keys, keep_missing)
+  local out = {}
+  for i = 1, #keys, 1000 do
+    local vkeys = {}
+    for j = i, math.min(i + 999, #keys) do vkeys[#vkeys + 1] = 'v' .. keys[j] end
+    local vals = redis.call('MGET', unpack(vkeys))
+    for j = 1, #vkeys do
+      if vals[j] or keep_missing then
+        out[#out + 1] = keys[i + j - 1]
+        out[#out + 1] = vals[j]
+      end
+    end
+  end
+  return out
+end
+"
+    };
+}
+
 /// A range scan on the server (read-only transactions): the index range
 /// and the keys' values in one round trip instead of two. Answers key,
-/// value, key, value…, a missing value as nil. MGET goes in slices: Lua's
-/// unpack takes a few thousand arguments at most.
-const SCAN_SCRIPT: &str = r"
-local keys = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
-for i = 1, #keys, 1000 do
-  local vkeys = {}
-  for j = i, math.min(i + 999, #keys) do vkeys[#vkeys + 1] = 'v' .. keys[j] end
-  local vals = redis.call('MGET', unpack(vkeys))
-  for j = 1, #vkeys do
-    out[#out + 1] = keys[i + j - 1]
-    out[#out + 1] = vals[j]
-  end
-end
-return out
-";
+/// value, key, value…, a missing value as nil.
+const SCAN_SCRIPT: &str = concat!(
+    lua_values!(),
+    r"
+return values(redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, tonumber(ARGV[3])), true)
+"
+);
 
 /// Keys one scan script returns at most: a script holds the server for
 /// its whole run, so a longer scan goes on the plain way.
@@ -235,7 +252,9 @@ fn scan_script() -> &'static redis::Script {
 /// trip instead of three. Answers {head, more} when there are more rows
 /// than asked for, else {head, 0, rows}, each row {key, value, followed,
 /// under} with `under` a flat key, value, key, value… list or nil.
-const NESTED_SCRIPT: &str = r"
+const NESTED_SCRIPT: &str = concat!(
+    lua_values!(),
+    r"
 local limit = tonumber(ARGV[3])
 local names = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, limit + 1)
 local head = redis.call('GET', ARGV[4])
@@ -244,23 +263,8 @@ local fat, flen = tonumber(ARGV[6]), tonumber(ARGV[7])
 local uat, ulen = tonumber(ARGV[10]), tonumber(ARGV[11])
 local tat, tag = tonumber(ARGV[13]), tonumber(ARGV[14])
 local budget = tonumber(ARGV[15])
-local function values(keys)
-  local out = {}
-  for i = 1, #keys, 1000 do
-    local vkeys = {}
-    for j = i, math.min(i + 999, #keys) do vkeys[#vkeys + 1] = 'v' .. keys[j] end
-    local vals = redis.call('MGET', unpack(vkeys))
-    for j = 1, #vkeys do
-      if vals[j] then
-        out[#out + 1] = keys[i + j - 1]
-        out[#out + 1] = vals[j]
-      end
-    end
-  end
-  return out
-end
 local rows = {}
-local listed = values(names)
+local listed = values(names, false)
 for i = 1, #listed, 2 do
   local v = listed[i + 1]
   local followed = false
@@ -274,13 +278,14 @@ for i = 1, #listed, 2 do
     local ks = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. p, '(' .. e, 'LIMIT', 0, budget + 1)
     if #ks <= budget then
       budget = budget - #ks
-      under = values(ks)
+      under = values(ks, false)
     end
   end
   rows[#rows + 1] = {listed[i], v, followed, under}
 end
 return {head, 0, rows}
-";
+"
+);
 
 fn nested_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();

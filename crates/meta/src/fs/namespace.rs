@@ -679,12 +679,7 @@ impl Meta {
                     .collect::<Result<Vec<_>>>()?;
                 records.push((at, file_records));
             }
-            Ok(DirWithRecords {
-                attr: dir,
-                complete: true,
-                entries,
-                records,
-            })
+            Ok(DirWithRecords::whole(dir, entries, records))
         })
     }
 
@@ -713,6 +708,19 @@ impl Meta {
 /// A directory entry from its key's name part and its value (the child's
 /// inode number and type), without attributes.
 impl DirWithRecords {
+    fn whole(
+        attr: Attr,
+        entries: Vec<Entry>,
+        records: Vec<(usize, Vec<Vec<SliceRecord>>)>,
+    ) -> Self {
+        DirWithRecords {
+            attr,
+            complete: true,
+            entries,
+            records,
+        }
+    }
+
     /// A directory of more entries than asked for.
     fn incomplete(attr: Attr) -> Self {
         DirWithRecords {
@@ -804,12 +812,7 @@ fn listing_from_nested(
         }
         records.push((at, file_records));
     }
-    Ok(DirWithRecords {
-        attr: dir,
-        complete: true,
-        entries,
-        records,
-    })
+    Ok(DirWithRecords::whole(dir, entries, records))
 }
 
 fn decode_entry(name: &[u8], value: &[u8]) -> Result<Entry> {
