@@ -705,9 +705,8 @@ impl Meta {
     }
 }
 
-/// A directory entry from its key's name part and its value (the child's
-/// inode number and type), without attributes.
 impl DirWithRecords {
+    /// A directory read whole.
     fn whole(
         attr: Attr,
         entries: Vec<Entry>,
@@ -815,6 +814,8 @@ fn listing_from_nested(
     Ok(DirWithRecords::whole(dir, entries, records))
 }
 
+/// A directory entry from its key's name part and its value (the child's
+/// inode number and type), without attributes.
 fn decode_entry(name: &[u8], value: &[u8]) -> Result<Entry> {
     if value.len() != 9 {
         return Err(MetaError::Corrupt("dentry value".into()));
