@@ -195,6 +195,7 @@ fn out_of_range_numbers_are_refused_by_name() {
         ("--attr-cache=-1", ""),
         ("--entry-cache", "NaN"),
         ("--dir-entry-cache", "inf"),
+        ("--negative-entry-cache", "1e20"),
         ("--upload-limit", "1e-300"),
         ("--download-limit", "NaN"),
         ("--upload-limit=-1", ""),

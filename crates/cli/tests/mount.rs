@@ -265,6 +265,54 @@ fn two_mounts_of_one_sqlite_volume() {
     assert!(String::from_utf8_lossy(&status.stdout).contains("sessions    2"));
 }
 
+/// `--negative-entry-cache`: a name found absent is not asked for again
+/// within the time (the mount's lookups counted; a mount without the flag
+/// asks every time), this mount's own create over the kept miss shows at
+/// once, and another mount's create shows once the time is up.
+#[test]
+fn negative_entries_are_kept_for_their_time() {
+    let vol = Volume::new("negative");
+    // Positive entries long, so reading the counters costs no lookup.
+    let a = vol.mount_with("a", &["--negative-entry-cache", "3", "--entry-cache", "60"]);
+    let b = vol.mount_with("b", &["--entry-cache", "60"]);
+    let lookups = |m: &common::Mount| common::stat(&m.path, "tessera_ops_total{op=\"lookup\"}");
+    lookups(&a);
+    lookups(&b);
+    let missed = |m: &common::Mount, name: &str| {
+        let before = lookups(m);
+        for _ in 0..5 {
+            assert!(!m.join(name).exists(), "{name} is absent");
+        }
+        lookups(m) - before
+    };
+    assert_eq!(
+        missed(&b, "absent"),
+        5.0,
+        "without the flag every miss asks"
+    );
+    assert_eq!(missed(&a, "absent"), 1.0, "with it the first miss is kept");
+    // This mount's own create over its kept miss shows at once.
+    fs::write(a.join("absent"), b"mine").expect("create over a kept miss");
+    assert_eq!(fs::read(a.join("absent")).expect("read"), b"mine");
+    // Another mount's create: once the time is up.
+    assert!(!a.join("theirs").exists());
+    let missed_at = std::time::Instant::now();
+    fs::write(b.join("theirs"), b"b's").expect("write in b");
+    let unseen = !a.join("theirs").exists();
+    if missed_at.elapsed() < std::time::Duration::from_secs(2) {
+        assert!(unseen, "kept as absent within the time");
+    }
+    common::wait_for("a to see b's file once its miss expired", || {
+        a.join("theirs").exists()
+    });
+    assert!(
+        missed_at.elapsed() >= std::time::Duration::from_millis(2500),
+        "not before the time was up: {:?}",
+        missed_at.elapsed()
+    );
+    assert_eq!(fs::read(a.join("theirs")).expect("read"), b"b's");
+}
+
 #[test]
 fn subdir_and_read_only_mounts() {
     let vol = Volume::new("subdirs");

@@ -30,6 +30,8 @@ pub struct CacheTtls {
     pub attr: Duration,
     pub entry: Duration,
     pub dir_entry: Duration,
+    /// How long a name found absent stays absent (a negative entry).
+    pub negative: Duration,
 }
 
 /// How to mount.
@@ -321,11 +323,19 @@ impl Filesystem for TesseraFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(
-            "lookup",
-            reply,
-            self.vfs.lookup(self.i(parent), name.as_bytes()),
-        );
+        let found = self.vfs.lookup(self.i(parent), name.as_bytes());
+        match found {
+            // An entry of inode 0 is the kernel's negative entry: the name
+            // is absent, and stays so without asking for that long.
+            Err(e) if e.errno == libc::ENOENT && !self.ttls.negative.is_zero() => reply
+                .entry_with_ttls(
+                    &self.ttls.attr,
+                    &self.ttls.negative,
+                    &file_attr(0, &Attr::new(tessera_meta::FileType::File, 0, 0, 0, (0, 0))),
+                    Generation(0),
+                ),
+            found => self.reply_entry("lookup", reply, found),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

@@ -36,6 +36,13 @@ pub struct Args {
     /// Seconds the kernel caches directory name lookups.
     #[arg(long, value_parser = crate::common::parse_seconds, default_value_t = 1.0)]
     pub dir_entry_cache: f64,
+    /// Seconds the kernel remembers that a name does not exist (0: asks
+    /// every time). Saves a metadata round trip per repeated miss (loaders
+    /// and imports probe for files that are not there); a name another
+    /// mount creates meanwhile stays unseen here for that long. This
+    /// mount's own creates show at once.
+    #[arg(long, value_parser = crate::common::parse_seconds, default_value_t = 0.0)]
+    pub negative_entry_cache: f64,
     /// Mount read-only.
     #[arg(long)]
     pub read_only: bool,
@@ -358,5 +365,6 @@ fn cache_ttls(a: &Args) -> Result<CacheTtls> {
         attr: ttl("--attr-cache", a.attr_cache)?,
         entry: ttl("--entry-cache", a.entry_cache)?,
         dir_entry: ttl("--dir-entry-cache", a.dir_entry_cache)?,
+        negative: ttl("--negative-entry-cache", a.negative_entry_cache)?,
     })
 }
