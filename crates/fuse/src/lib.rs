@@ -327,13 +327,16 @@ impl Filesystem for TesseraFs {
         match found {
             // An entry of inode 0 is the kernel's negative entry: the name
             // is absent, and stays so without asking for that long.
-            Err(e) if e.errno == libc::ENOENT && !self.ttls.negative.is_zero() => reply
-                .entry_with_ttls(
+            Err(e) if e.errno == libc::ENOENT && !self.ttls.negative.is_zero() => {
+                // Logged and counted as any failed lookup.
+                self.fail("lookup", e);
+                reply.entry_with_ttls(
                     &self.ttls.attr,
                     &self.ttls.negative,
                     &file_attr(0, &Attr::new(tessera_meta::FileType::File, 0, 0, 0, (0, 0))),
                     Generation(0),
-                ),
+                )
+            }
             found => self.reply_entry("lookup", reply, found),
         }
     }

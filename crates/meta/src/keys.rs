@@ -47,6 +47,10 @@ pub fn attr(ino: Ino) -> Vec<u8> {
     inode_key(ino, b'I', &[])
 }
 
+/// Where a directory entry's value holds the child's type (after its
+/// inode number); the value is that long plus the type byte.
+pub const DENTRY_TYPE_AT: usize = 8;
+
 /// A directory entry's value starts with the child's inode number: the
 /// child's attribute key is `A` + those 8 bytes + `I`.
 pub const DENTRY_TO_ATTR: crate::kv::Pointer<'static> = crate::kv::Pointer {

@@ -633,7 +633,7 @@ impl Meta {
                 limit: max_entries,
                 follow: keys::DENTRY_TO_ATTR,
                 under: keys::DENTRY_TO_CHUNKS,
-                tag_at: 8,
+                tag_at: keys::DENTRY_TYPE_AT,
                 tag: FileType::File as u8,
                 under_limit: max_chunks,
             };
@@ -817,13 +817,14 @@ fn listing_from_nested(
 /// A directory entry from its key's name part and its value (the child's
 /// inode number and type), without attributes.
 fn decode_entry(name: &[u8], value: &[u8]) -> Result<Entry> {
-    if value.len() != 9 {
+    if value.len() != keys::DENTRY_TYPE_AT + 1 {
         return Err(MetaError::Corrupt("dentry value".into()));
     }
     Ok(Entry {
         name: name.to_vec(),
         ino: keys::be_u64(value, 0).unwrap_or(0),
-        typ: FileType::from_u8(value[8]).ok_or_else(|| MetaError::Corrupt("dentry type".into()))?,
+        typ: FileType::from_u8(value[keys::DENTRY_TYPE_AT])
+            .ok_or_else(|| MetaError::Corrupt("dentry type".into()))?,
         attr: None,
     })
 }
