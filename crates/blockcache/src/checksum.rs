@@ -133,10 +133,7 @@ pub fn read_trailer(file: &std::fs::File) -> Result<(usize, Vec<u32>), Damage> {
     let mut tail = [0u8; TAIL];
     file.read_exact_at(&mut tail, (size - TAIL) as u64)
         .map_err(|_| Damage::BadTrailer)?;
-    if &tail[4..] != MAGIC {
-        return Err(Damage::BadTrailer);
-    }
-    let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize;
+    let len = tail_len(&tail).ok_or(Damage::BadTrailer)?;
     if stored_len(len) != size {
         return Err(Damage::BadTrailer);
     }
@@ -166,16 +163,21 @@ impl std::fmt::Display for Damage {
 
 /// Length of the data in a stored block, from its trailer.
 pub fn data_len(stored: &[u8]) -> Result<usize, Damage> {
-    if stored.len() < TAIL || &stored[stored.len() - 4..] != MAGIC {
-        return Err(Damage::BadTrailer);
-    }
-    let mut len = [0u8; 4];
-    len.copy_from_slice(&stored[stored.len() - TAIL..stored.len() - 4]);
-    let len = u32::from_le_bytes(len) as usize;
+    let len = tail_len(stored).ok_or(Damage::BadTrailer)?;
     if stored_len(len) != stored.len() {
         return Err(Damage::BadTrailer);
     }
     Ok(len)
+}
+
+/// The data length that the last bytes of `stored` (a stored block, or
+/// its end) give, if they are a trailer's: the length, then the magic tag.
+pub fn tail_len(stored: &[u8]) -> Option<usize> {
+    let tail = stored.get(stored.len().checked_sub(TAIL)?..)?;
+    if &tail[4..] != MAGIC {
+        return None;
+    }
+    Some(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize)
 }
 
 /// Check a sealed block of the identity `tag` and return its data (no

@@ -3,6 +3,7 @@
 //! the FUSE reply without passing through the page cache: no copy into it,
 //! and no dirty pages for the kernel to write back on the reader's cores.
 
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
@@ -14,23 +15,36 @@ use tessera_buf::{AlignedBuf, ALIGN};
 /// Read all of `path` with O_DIRECT. EINVAL means the file system does not
 /// support it (tmpfs, for one); the caller falls back to buffered reads.
 pub fn read(path: &Path) -> std::io::Result<Bytes> {
-    let file = std::fs::OpenOptions::new()
+    let file = open(path)?;
+    let size = file.metadata()?.len() as usize;
+    read_at(&file, 0, size)
+}
+
+/// Open `path` for reading with O_DIRECT (EINVAL: not on this file system).
+pub fn open(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
-        .open(path)?;
-    let size = file.metadata()?.len() as usize;
-    let mut buf = AlignedBuf::with_capacity(size)?;
+        .open(path)
+}
+
+/// Up to `len` bytes of `file` from `off`, a multiple of [`ALIGN`], into a
+/// new page-aligned buffer; fewer where the file ends first. The file may
+/// be open with O_DIRECT: the kernel is asked for whole pages.
+pub fn read_at(file: &File, off: u64, len: usize) -> std::io::Result<Bytes> {
+    debug_assert_eq!(off % ALIGN as u64, 0);
+    let mut buf = AlignedBuf::with_capacity(len)?;
     let cap = buf.capacity();
     let mut filled = 0;
-    while filled < size {
+    while filled < len {
         // Reads stay aligned: every read but the last returns whole pages.
-        // SAFETY: the destination lies within the allocation (cap >= size).
+        // SAFETY: the destination lies within the allocation (cap >= len).
         let n = unsafe {
             libc::pread(
                 file.as_raw_fd(),
                 buf.as_mut_ptr().add(filled).cast(),
                 cap - filled,
-                filled as libc::off_t,
+                (off + filled as u64) as libc::off_t,
             )
         };
         match n {
@@ -45,7 +59,7 @@ pub fn read(path: &Path) -> std::io::Result<Bytes> {
         }
     }
     // SAFETY: pread wrote `filled` bytes from the start (within capacity).
-    unsafe { buf.assume_init(filled.min(size)) };
+    unsafe { buf.assume_init(filled.min(len)) };
     Ok(buf.freeze())
 }
 

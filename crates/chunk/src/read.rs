@@ -11,6 +11,8 @@
 //! Random reads of part of a block that is cached nowhere are served by a
 //! range GET of just those bytes; with `--prefetch` the whole block then
 //! follows in the background, so a reader that comes back finds it cached.
+//! Small random reads of a block on the disk cache read just the 32 KiB
+//! pieces that hold them, and those pieces' sums.
 
 use std::sync::Arc;
 
@@ -396,7 +398,13 @@ impl ChunkStore {
                         access == Access::Sequential || p.n * 2 > block_len as usize;
                     let in_flight = self.inflight.lock().contains_key(&key);
                     let on_disk = self.disk.as_ref().is_some_and(|d| d.contains(&key));
-                    if !whole_block_wanted
+                    let from_disk =
+                        (!whole_block_wanted && on_disk && !in_flight && p.n <= DISK_RANGE_MAX)
+                            .then(|| self.disk_range(&key, block_len, p.in_block, p.n))
+                            .flatten();
+                    if let Some(b) = from_disk {
+                        Part::Range(b)
+                    } else if !whole_block_wanted
                         && self.group.get().is_none()
                         && p.kind == SliceKind::Internal
                         && !in_flight
@@ -443,6 +451,20 @@ impl ChunkStore {
             spans.push(Span::Zero(len - at));
         }
         Ok(spans)
+    }
+
+    /// A small random read of a block on the disk cache: just the pieces
+    /// that hold the bytes, checked; the block stays out of memory, since a
+    /// reader that samples at random seldom comes back to the rest of it
+    /// (the kernel's page cache keeps what it did read). None when the
+    /// block is gone or fails its check: the caller fetches it whole.
+    fn disk_range(&self, key: &str, block_len: u64, in_block: usize, n: usize) -> Option<Bytes> {
+        let got = self
+            .disk
+            .as_ref()?
+            .get_range(key, block_len as usize, in_block, n)?;
+        self.metrics.tier_read(tier::DISK, n as u64);
+        Some(got)
     }
 
     /// A small random read of a block cached nowhere: fetch just the bytes
@@ -634,6 +656,13 @@ impl ChunkStore {
     }
 }
 
+/// The largest random read served from part of a block on the disk cache;
+/// a larger one loads the whole block into memory. Page faults of an mmap
+/// loader arrive as reads of up to 1 MiB (the kernel's readahead around
+/// the fault) and go on sequentially into the same block, which then wants
+/// all of it: reading part of it first would read those bytes twice.
+const DISK_RANGE_MAX: usize = 256 << 10;
+
 /// How far readahead reaches for blocks near at hand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reach {
@@ -674,6 +703,104 @@ mod tests {
 
     const BLOCK: u64 = 64 << 10;
 
+    /// A chunk store over memory metadata and a memory object store, with
+    /// a disk cache in `cache`.
+    fn disk_backed_store(
+        cache: &std::path::Path,
+        block: u64,
+    ) -> (Arc<ChunkStore>, tokio::runtime::Runtime) {
+        crate::store_for_tests(
+            Arc::new(tessera_meta::engines::MemoryEngine::default()),
+            crate::ChunkConfig {
+                volume: "t".into(),
+                uuid: "uuid-read-tests".into(),
+                block_size: block as usize,
+                disk_cache: Some(tessera_blockcache::DiskCacheConfig {
+                    dirs: vec![cache.to_path_buf()],
+                    capacity: 1 << 30,
+                    free_space_ratio: 0.0,
+                    expire: None,
+                    eviction: Default::default(),
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A chunk that is one slice, `id`, of `size` bytes.
+    fn one_slice(id: u64, size: u64) -> Vec<SliceRecord> {
+        vec![SliceRecord {
+            kind: SliceKind::Internal,
+            pos: 0,
+            id,
+            size,
+            off: 0,
+            len: size as u32,
+        }]
+    }
+
+    /// A small random read of a block on the disk cache reads only the
+    /// pieces that hold it and leaves the block out of memory; a larger
+    /// random read, or a sequential one, loads the whole block.
+    #[test]
+    fn small_random_reads_of_disk_blocks_take_only_their_pieces() {
+        const MIB: u64 = 1 << 20;
+        let cache = tempfile::tempdir().expect("tempdir");
+        let (chunks, _rt) = disk_backed_store(cache.path(), MIB);
+        let records = one_slice(7, 3 * MIB);
+        let content = |index: u64| -> Vec<u8> {
+            let mut x = index.wrapping_mul(0x9e37_79b9_7f4a_7c15) + 1;
+            (0..MIB)
+                .map(|_| {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    (x >> 56) as u8
+                })
+                .collect()
+        };
+        let disk = chunks.disk.as_ref().expect("disk tier");
+        let keys: Vec<String> = (0..3).map(|i| chunks.block_key(7, i, MIB)).collect();
+        for (i, key) in keys.iter().enumerate() {
+            disk.insert(key, &content(i as u64)).expect("cache a block");
+        }
+        let whole: Vec<u8> = (0..3).flat_map(content).collect();
+        let read = |off: u64, len: usize, access| -> Vec<u8> {
+            let spans = chunks
+                .read_spans(&records, off as u32, len, access)
+                .expect("read");
+            let mut out = Vec::new();
+            for s in spans {
+                match s {
+                    Span::Data(b) => out.extend_from_slice(&b),
+                    Span::Zero(n) => out.resize(out.len() + n, 0),
+                }
+            }
+            out
+        };
+        let ranges = || chunks.metrics().disk_range_reads.get();
+        // Small random reads, one across the boundary of blocks 0 and 1.
+        for (off, len) in [(MIB / 3, 4096), (MIB - 100, 200), (2 * MIB + 77, 1000)] {
+            let got = read(off, len, Access::Random);
+            assert_eq!(got, &whole[off as usize..off as usize + len], "{off}+{len}");
+        }
+        assert_eq!(ranges(), 4);
+        assert!(
+            keys.iter().all(|k| !chunks.mem.contains(k)),
+            "no block loaded whole"
+        );
+        // A random read larger than DISK_RANGE_MAX: block 1 whole.
+        let off = MIB + 1000;
+        let got = read(off, DISK_RANGE_MAX + 1, Access::Random);
+        assert_eq!(got, &whole[off as usize..off as usize + DISK_RANGE_MAX + 1]);
+        assert!(chunks.mem.contains(&keys[1]) && ranges() == 4);
+        // A small sequential read: block 2 whole.
+        assert_eq!(
+            read(2 * MIB, 10, Access::Sequential),
+            &whole[2 << 20..(2 << 20) + 10]
+        );
+        assert!(chunks.mem.contains(&keys[2]) && ranges() == 4);
+        assert!(!chunks.mem.contains(&keys[0]));
+    }
+
     /// Blocks fetched by readahead so far, once none is in flight.
     fn fetched_ahead(chunks: &ChunkStore) -> u64 {
         for _ in 0..500 {
@@ -693,32 +820,9 @@ mod tests {
     #[test]
     fn readahead_reaches_far_for_the_store_and_near_for_the_disk_cache() {
         let cache = tempfile::tempdir().expect("tempdir");
-        let (chunks, _rt) = crate::store_for_tests(
-            Arc::new(tessera_meta::engines::MemoryEngine::default()),
-            crate::ChunkConfig {
-                volume: "t".into(),
-                uuid: "uuid-readahead".into(),
-                block_size: BLOCK as usize,
-                disk_cache: Some(tessera_blockcache::DiskCacheConfig {
-                    dirs: vec![cache.path().to_path_buf()],
-                    capacity: 1 << 30,
-                    free_space_ratio: 0.0,
-                    expire: None,
-                    eviction: Default::default(),
-                }),
-                ..Default::default()
-            },
-        );
+        let (chunks, _rt) = disk_backed_store(cache.path(), BLOCK);
         // One slice of 32 blocks; the first 16 are on the local disk.
-        let size = 32 * BLOCK;
-        let records = Arc::new(vec![SliceRecord {
-            kind: SliceKind::Internal,
-            pos: 0,
-            id: 9,
-            size,
-            off: 0,
-            len: size as u32,
-        }]);
+        let records = Arc::new(one_slice(9, 32 * BLOCK));
         let disk = chunks.disk.as_ref().expect("disk tier");
         for index in 0..16 {
             let key = chunks.block_key(9, index, BLOCK);

@@ -13,6 +13,93 @@ const DISK_BLOCKS: &str = "tessera_cache_blocks{tier=\"disk\"}";
 const OBJECT_BYTES: &str = "tessera_tier_read_bytes_total{tier=\"object\"}";
 const DISK_BYTES: &str = "tessera_tier_read_bytes_total{tier=\"disk\"}";
 
+/// Small random reads of blocks on the disk cache read only the 32 KiB
+/// pieces that hold them (a 4 KiB read must not move 4 MiB off the disk),
+/// the blocks stay out of memory, and a damaged piece is never served: its
+/// block is dropped and fetched again from the store.
+#[test]
+fn small_random_reads_of_cached_blocks_read_only_their_pieces() {
+    use std::os::unix::fs::FileExt;
+    const RANGE_READS: &str = "tessera_disk_range_reads_total";
+    const MEMORY_BLOCKS: &str = "tessera_cache_blocks{tier=\"memory\"}";
+    let vol = Volume::new("rangevol");
+    let data = pseudo_random(10 << 20, 11);
+    {
+        let m = vol.mount("mnt");
+        std::fs::write(m.join("f"), &data).expect("write");
+        m.unmount();
+    }
+    let blocks = files_under(&vol.dir.path().join("objects"))
+        .iter()
+        .filter(|p| p.to_string_lossy().contains("/chunks/"))
+        .count();
+    {
+        let m = vol.mount("mnt");
+        assert_eq!(
+            digest(&std::fs::read(m.join("f")).expect("read")),
+            digest(&data)
+        );
+        wait_for("every block cached", || {
+            stat(&m.path, DISK_BLOCKS) == blocks as f64
+        });
+        m.unmount();
+    }
+    // Far apart and out of order, so the mount sees a reader that jumps.
+    let offsets = [
+        7_340_000usize,
+        1_234_567,
+        9_000_001,
+        3_000_000,
+        5_555_555,
+        222_222,
+    ];
+    let sample = |m: &Mount| {
+        let f = std::fs::File::open(m.join("f")).expect("open");
+        for &off in &offsets {
+            let mut buf = vec![0u8; 4096];
+            f.read_exact_at(&mut buf, off as u64).expect("pread");
+            assert!(buf == data[off..off + 4096], "4 KiB at {off}");
+        }
+    };
+    {
+        let m = vol.mount("mnt");
+        sample(&m);
+        assert!(stat(&m.path, RANGE_READS) >= offsets.len() as f64);
+        assert_eq!(stat(&m.path, MEMORY_BLOCKS), 0.0, "no block read whole");
+        assert_eq!(stat(&m.path, OBJECT_BYTES), 0.0);
+        m.unmount();
+    }
+    // A flipped bit in every piece of every cached block.
+    for path in files_under(&vol.cache_dir("mnt")) {
+        if !path.to_string_lossy().contains("/raw/") {
+            continue;
+        }
+        let len = block_len_of(&path) as usize;
+        let mut raw = std::fs::read(&path).expect("read cached block");
+        for at in (100..len).step_by(32 << 10) {
+            raw[at] ^= 0x04;
+        }
+        std::fs::write(&path, raw).expect("damage cached block");
+    }
+    {
+        let m = vol.mount("mnt");
+        sample(&m);
+        assert_eq!(stat(&m.path, RANGE_READS), 0.0, "no damaged piece served");
+        assert!(stat(&m.path, "tessera_corrupt_blocks_total") >= 1.0);
+        assert!(stat(&m.path, OBJECT_BYTES) > 0.0);
+        assert_eq!(
+            digest(&std::fs::read(m.join("f")).expect("read")),
+            digest(&data)
+        );
+        assert_eq!(
+            stat(&m.path, "tessera_corrupt_blocks_total"),
+            blocks as f64,
+            "each damaged block dropped once"
+        );
+        m.unmount();
+    }
+}
+
 #[test]
 fn disk_cache_survives_restart_and_drops_corrupt_blocks() {
     let vol = Volume::new("cachevol");

@@ -61,6 +61,9 @@ pub struct Metrics {
     pub cache_evictions: Family<Label, Counter>,
     /// Cached blocks whose checksum did not match; each was dropped and fetched again.
     pub corrupt_blocks: Counter,
+    /// Small random reads served from the pieces of a block on the disk
+    /// cache that hold them, without reading the rest of the block.
+    pub disk_range_reads: Counter,
     /// Blocks fetched from object storage whose checksum did not match (each
     /// fetch is retried once before the read fails).
     pub corrupt_objects: Counter,
@@ -127,6 +130,7 @@ impl Metrics {
             cache_bytes: Family::default(),
             cache_evictions: Family::default(),
             corrupt_blocks: Counter::default(),
+            disk_range_reads: Counter::default(),
             corrupt_objects: Counter::default(),
             object_latency: Family::new_with_constructor(LatencyBuckets),
             object_errors: Family::default(),
@@ -191,6 +195,11 @@ impl Metrics {
             "corrupt_blocks",
             "Cached blocks that failed their checksum and were fetched again",
             m.corrupt_blocks.clone(),
+        );
+        r.register(
+            "disk_range_reads",
+            "Small random reads served from part of a block on the disk cache",
+            m.disk_range_reads.clone(),
         );
         r.register(
             "corrupt_objects",

@@ -344,31 +344,12 @@ impl DiskCache {
 
     /// A cached block, checked. A damaged file is removed and counted.
     pub fn get(&self, key: &str) -> Option<Bytes> {
-        let dir = {
-            let mut guard = self.index.lock();
-            let index = &mut *guard;
-            let expire = self.config.expire.map(|d| d.as_secs());
-            let now = now_secs();
-            let e = index.entries.get_mut(key)?;
-            let stale = expire.is_some_and(|x| now.saturating_sub(e.used_at) > x);
-            if stale && !index.pins.contains_key(key) {
-                drop(guard);
-                self.remove(key);
-                return None;
-            }
-            e.used_at = now;
-            let dir = e.dir as usize;
-            index.policy.touch(key);
-            dir
-        };
-        let path = self.raw_path(dir, key);
+        let path = self.raw_path(self.use_entry(key)?, key);
         match self.read_file(&path) {
             Ok(stored) => match checksum::open_bytes(stored, self.tag(key)) {
                 Ok(b) => Some(b),
                 Err(damage) => {
-                    warn!(path = %path.display(), %damage, "corrupt cached block dropped; fetching it again");
-                    self.metrics.corrupt_blocks.inc();
-                    self.remove(key);
+                    self.drop_corrupt(&path, key, &damage);
                     None
                 }
             },
@@ -378,6 +359,99 @@ impl DiskCache {
                 None
             }
         }
+    }
+
+    /// Bytes `start..start + n` of the cached block `key`, `block_len`
+    /// bytes long: only the 32 KiB pieces that hold them and those pieces'
+    /// sums are read, and checked before any byte is returned. A small
+    /// random read (a record sampled from a large dataset, a page fault far
+    /// from the last) must not move a whole 4 MiB block off the disk for
+    /// the 4 KiB it asked for. None when the block is not here or fails its
+    /// check (then dropped and counted, as by [`Self::get`]).
+    pub fn get_range(&self, key: &str, block_len: usize, start: usize, n: usize) -> Option<Bytes> {
+        if n == 0 || start.checked_add(n)? > block_len {
+            return None;
+        }
+        let path = self.raw_path(self.use_entry(key)?, key);
+        match self.read_range(&path, key, block_len, start, n) {
+            Ok(Ok(b)) => Some(b),
+            Ok(Err(damage)) => {
+                self.drop_corrupt(&path, key, &damage);
+                None
+            }
+            Err(e) => {
+                debug!(path = %path.display(), error = %e, "cached block vanished");
+                self.remove(key);
+                None
+            }
+        }
+    }
+
+    fn read_range(
+        &self,
+        path: &Path,
+        key: &str,
+        block_len: usize,
+        start: usize,
+        n: usize,
+    ) -> std::io::Result<Result<Bytes, checksum::Damage>> {
+        use crate::direct::read_at;
+        use checksum::{Damage, PIECE};
+        let file = self.open_file(path)?;
+        let size = file.metadata()?.len() as usize;
+        if size != checksum::stored_len(block_len) {
+            return Ok(Err(Damage::BadTrailer));
+        }
+        let (first, end) = (start / PIECE, (start + n).div_ceil(PIECE));
+        let data_at = first * PIECE;
+        let data_len = (end * PIECE).min(block_len) - data_at;
+        // The sums asked for and the trailer's tail: from the page that
+        // holds the first of those sums to the end of the file.
+        let sums = checksum::sums_range(block_len, first, end - first);
+        let (sums_at, sums_end) = (sums.start as usize, sums.end as usize);
+        let trailer_at = sums_at / tessera_buf::ALIGN * tessera_buf::ALIGN;
+        let data = read_at(&file, data_at as u64, data_len)?;
+        let trailer = read_at(&file, trailer_at as u64, size - trailer_at)?;
+        if data.len() < data_len
+            || trailer.len() < size - trailer_at
+            || checksum::tail_len(&trailer) != Some(block_len)
+        {
+            return Ok(Err(Damage::BadTrailer));
+        }
+        let sums = checksum::decode_sums(&trailer[sums_at - trailer_at..sums_end - trailer_at]);
+        if let Err(damage) = checksum::check_pieces(&data[..data_len], first, &sums, self.tag(key))
+        {
+            return Ok(Err(damage));
+        }
+        self.metrics.disk_range_reads.inc();
+        let at = start - data_at;
+        Ok(Ok(data.slice(at..at + n)))
+    }
+
+    /// Where a cached block is, its use noted; None when it is not cached,
+    /// or has outlived `--cache-expire` (then it is removed).
+    fn use_entry(&self, key: &str) -> Option<usize> {
+        let mut guard = self.index.lock();
+        let index = &mut *guard;
+        let expire = self.config.expire.map(|d| d.as_secs());
+        let now = now_secs();
+        let e = index.entries.get_mut(key)?;
+        let stale = expire.is_some_and(|x| now.saturating_sub(e.used_at) > x);
+        if stale && !index.pins.contains_key(key) {
+            drop(guard);
+            self.remove(key);
+            return None;
+        }
+        e.used_at = now;
+        let dir = e.dir as usize;
+        index.policy.touch(key);
+        Some(dir)
+    }
+
+    fn drop_corrupt(&self, path: &Path, key: &str, damage: &checksum::Damage) {
+        warn!(path = %path.display(), %damage, "corrupt cached block dropped; fetching it again");
+        self.metrics.corrupt_blocks.inc();
+        self.remove(key);
     }
 
     /// A cached block's file, opened, with its data length and stored
@@ -419,14 +493,29 @@ impl DiskCache {
         if self.direct_io.load(Ordering::Relaxed) {
             match crate::direct::read(path) {
                 Ok(b) => return Ok(b),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    debug!(path = %path.display(), "no O_DIRECT here; reading through the page cache");
-                    self.direct_io.store(false, Ordering::Relaxed);
-                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.no_direct_io(path),
                 Err(e) => return Err(e),
             }
         }
         std::fs::read(path).map(Bytes::from)
+    }
+
+    /// A cached file opened for reading: with O_DIRECT where the file
+    /// system allows it (see [`Self::read_file`]).
+    fn open_file(&self, path: &Path) -> std::io::Result<std::fs::File> {
+        if self.direct_io.load(Ordering::Relaxed) {
+            match crate::direct::open(path) {
+                Ok(f) => return Ok(f),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.no_direct_io(path),
+                Err(e) => return Err(e),
+            }
+        }
+        std::fs::File::open(path)
+    }
+
+    fn no_direct_io(&self, path: &Path) {
+        debug!(path = %path.display(), "no O_DIRECT here; reading through the page cache");
+        self.direct_io.store(false, Ordering::Relaxed);
     }
 
     pub fn contains(&self, key: &str) -> bool {

@@ -279,3 +279,89 @@ fn staged_blocks_outlive_restart_and_move_into_the_cache() {
         Some(&b"0123456789"[..])
     );
 }
+
+/// Bytes that do not repeat with any short period, so a range read at the
+/// wrong offset cannot match by chance.
+fn varied(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn ranges_are_read_with_only_their_pieces_and_checked() {
+    use checksum::PIECE;
+    let d = tempfile::tempdir().unwrap();
+    let m = Arc::new(Metrics::new());
+    let c = DiskCache::open(config(vec![d.path().into()], 1 << 30), "v", m.clone()).unwrap();
+    // An unaligned length through the buffered write path, a page-aligned
+    // one through O_DIRECT (where the file system has it).
+    let odd = varied(1, 10 * PIECE + 1234);
+    c.insert("k/odd", &odd).unwrap();
+    let aligned = tessera_buf::AlignedBuf::copy_of(&varied(2, 1 << 20)[..])
+        .unwrap()
+        .freeze();
+    c.insert("k/aligned", &aligned).unwrap();
+    let mut reads = 0;
+    for (key, data) in [("k/odd", &odd[..]), ("k/aligned", &aligned[..])] {
+        let len = data.len();
+        for (start, n) in [
+            (0, 1),
+            (0, 4096),
+            (PIECE - 1, 2),             // across a piece boundary
+            (3 * PIECE + 5, 2 * PIECE), // three pieces
+            (len - 10, 10),             // the last, maybe short, piece
+            (len / 2, len / 2),         // to the end
+            (0, len),                   // all of it
+        ] {
+            let got = c.get_range(key, len, start, n);
+            assert_eq!(
+                got.as_deref(),
+                Some(&data[start..start + n]),
+                "{key} {start}+{n}"
+            );
+            reads += 1;
+        }
+        // Past the end, or nothing: refused, and the block is kept.
+        assert!(c.get_range(key, len, len - 1, 2).is_none());
+        assert!(c.get_range(key, len, 0, 0).is_none());
+        assert!(c.contains(key));
+    }
+    assert_eq!(m.disk_range_reads.get(), reads);
+    assert_eq!(m.corrupt_blocks.get(), 0);
+
+    // One flipped bit: ranges of other pieces are still served (each piece
+    // is checked on its own); a range over it is refused and the block
+    // dropped and counted.
+    let path = c.path_of("k/odd").unwrap();
+    let mut raw = std::fs::read(&path).unwrap();
+    raw[5 * PIECE + 77] ^= 0x10;
+    std::fs::write(&path, raw).unwrap();
+    assert_eq!(
+        c.get_range("k/odd", odd.len(), PIECE, 100).as_deref(),
+        Some(&odd[PIECE..PIECE + 100])
+    );
+    assert!(c.get_range("k/odd", odd.len(), 5 * PIECE, 100).is_none());
+    assert_eq!(m.corrupt_blocks.get(), 1);
+    assert!(!c.contains("k/odd") && !path.exists());
+
+    // Another block's file under this key (same length: only the sums'
+    // binding to the key tells them apart), then a truncated file.
+    c.insert("k/a", &varied(3, 3 * PIECE)).unwrap();
+    c.insert("k/b", &varied(4, 3 * PIECE)).unwrap();
+    std::fs::copy(c.path_of("k/b").unwrap(), c.path_of("k/a").unwrap()).unwrap();
+    assert!(c.get_range("k/a", 3 * PIECE, 10, 10).is_none());
+    assert_eq!(m.corrupt_blocks.get(), 2);
+    let path = c.path_of("k/b").unwrap();
+    let raw = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &raw[..raw.len() - 100]).unwrap();
+    assert!(c.get_range("k/b", 3 * PIECE, 10, 10).is_none());
+    assert_eq!(m.corrupt_blocks.get(), 3);
+    assert!(!c.contains("k/b") && !path.exists());
+}
