@@ -20,7 +20,8 @@ use bytes::Bytes;
 
 pub const PIECE: usize = 32 << 10;
 const MAGIC: &[u8; 4] = b"TSB2";
-const TAIL: usize = 8;
+/// The trailer's tail: the data length and the magic tag.
+pub const TAIL: usize = 8;
 
 fn pieces(len: usize) -> usize {
     len.div_ceil(PIECE)

@@ -365,3 +365,39 @@ fn ranges_are_read_with_only_their_pieces_and_checked() {
     assert_eq!(m.corrupt_blocks.get(), 3);
     assert!(!c.contains("k/b") && !path.exists());
 }
+
+#[test]
+fn range_reads_keep_a_blocks_sums_and_still_refuse_damage() {
+    use checksum::PIECE;
+    let d = tempfile::tempdir().unwrap();
+    let m = Arc::new(Metrics::new());
+    let c = DiskCache::open(config(vec![d.path().into()], 1 << 30), "v", m.clone()).unwrap();
+    let data = varied(5, 8 * PIECE);
+    c.insert("k/s", &data).unwrap();
+    assert!(c.get_range("k/s", data.len(), 10, 10).is_some());
+    // Its sums were read once and kept: the trailer on disk is no longer
+    // read (here: zeroed, and a range read is still served, each piece
+    // checked against the sums as they were)...
+    let path = c.path_of("k/s").unwrap();
+    let mut raw = std::fs::read(&path).unwrap();
+    for b in &mut raw[data.len()..data.len() + 4 * 8] {
+        *b = 0;
+    }
+    std::fs::write(&path, &raw).unwrap();
+    assert_eq!(
+        c.get_range("k/s", data.len(), 3 * PIECE, 100).as_deref(),
+        Some(&data[3 * PIECE..3 * PIECE + 100])
+    );
+    // ...and a damaged piece is refused against them all the same.
+    raw[6 * PIECE + 1] ^= 1;
+    std::fs::write(&path, &raw).unwrap();
+    assert!(c.get_range("k/s", data.len(), 6 * PIECE, 100).is_none());
+    assert_eq!(m.corrupt_blocks.get(), 1);
+    // Gone with its block: the same key cached again is read afresh.
+    c.insert("k/s", &data).unwrap();
+    assert_eq!(
+        c.get_range("k/s", data.len(), 7 * PIECE, 5).as_deref(),
+        Some(&data[7 * PIECE..7 * PIECE + 5])
+    );
+    assert_eq!(m.disk_range_reads.get(), 3);
+}
