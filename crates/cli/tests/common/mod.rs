@@ -136,11 +136,19 @@ impl Mount {
         env: &[(&str, &str)],
     ) -> Mount {
         let path = mountpoint.canonicalize().expect("canonical mountpoint");
+        // A mount given no cache directory gets one beside its mountpoint,
+        // in the test's own temporary directory: the default
+        // (/var/cache/tessera) is outside it.
+        let own_cache = path.with_extension("cache");
+        let mut args: Vec<&std::ffi::OsStr> = extra.iter().map(|a| a.as_ref()).collect();
+        if !extra.iter().any(|a| a.starts_with("--cache-dir")) {
+            args.extend(["--cache-dir".as_ref(), own_cache.as_os_str()]);
+        }
         let mut child = Command::new(bin())
             .arg("mount")
             .arg(meta_url)
             .arg(&path)
-            .args(extra)
+            .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
