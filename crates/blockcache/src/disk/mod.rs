@@ -355,21 +355,9 @@ impl DiskCache {
 
     /// A cached block, checked. A damaged file is removed and counted.
     pub fn get(&self, key: &str) -> Option<Bytes> {
-        let path = self.raw_path(self.use_entry(key)?, key);
-        match self.read_file(&path) {
-            Ok(stored) => match checksum::open_bytes(stored, self.tag(key)) {
-                Ok(b) => Some(b),
-                Err(damage) => {
-                    self.drop_corrupt(&path, key, &damage);
-                    None
-                }
-            },
-            Err(e) => {
-                debug!(path = %path.display(), error = %e, "cached block vanished");
-                self.remove(key);
-                None
-            }
-        }
+        self.checked_read(key, |path| {
+            Ok(checksum::open_bytes(self.read_file(path)?, self.tag(key)))
+        })
     }
 
     /// Bytes `start..start + n` of the cached block `key`, `block_len`
@@ -383,11 +371,23 @@ impl DiskCache {
         if n == 0 || start.checked_add(n)? > block_len {
             return None;
         }
+        self.checked_read(key, |path| self.read_range(path, key, block_len, start, n))
+    }
+
+    /// `read` of a cached block's file, its use noted: a damaged file is
+    /// dropped and counted, a vanished one forgotten.
+    fn checked_read(
+        &self,
+        key: &str,
+        read: impl FnOnce(&Path) -> std::io::Result<Result<Bytes, checksum::Damage>>,
+    ) -> Option<Bytes> {
         let path = self.raw_path(self.use_entry(key)?, key);
-        match self.read_range(&path, key, block_len, start, n) {
+        match read(&path) {
             Ok(Ok(b)) => Some(b),
             Ok(Err(damage)) => {
-                self.drop_corrupt(&path, key, &damage);
+                warn!(path = %path.display(), %damage, "corrupt cached block dropped; fetching it again");
+                self.metrics.corrupt_blocks.inc();
+                self.remove(key);
                 None
             }
             Err(e) => {
@@ -482,12 +482,6 @@ impl DiskCache {
         let dir = e.dir as usize;
         index.policy.touch(key);
         Some(dir)
-    }
-
-    fn drop_corrupt(&self, path: &Path, key: &str, damage: &checksum::Damage) {
-        warn!(path = %path.display(), %damage, "corrupt cached block dropped; fetching it again");
-        self.metrics.corrupt_blocks.inc();
-        self.remove(key);
     }
 
     /// A cached block's file, opened, with its data length and stored
