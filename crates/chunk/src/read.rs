@@ -394,21 +394,21 @@ impl ChunkStore {
             let part = match self.mem.get(&key) {
                 Some(b) => Part::Ready(b.slice(p.in_block..p.in_block + p.n)),
                 None => {
-                    let whole_block_wanted =
-                        access == Access::Sequential || p.n * 2 > block_len as usize;
-                    let in_flight = self.inflight.lock().contains_key(&key);
-                    let on_disk = self.disk.as_ref().is_some_and(|d| d.contains(&key));
-                    let from_disk =
-                        (!whole_block_wanted && on_disk && !in_flight && p.n <= DISK_RANGE_MAX)
-                            .then(|| self.disk_range(&key, block_len, p.in_block, p.n))
-                            .flatten();
+                    // A small random read of a block no one is loading:
+                    // just its bytes, from the disk cache (the lookup there
+                    // says whether it has the block) or else the store.
+                    let part_wanted = access == Access::Random
+                        && p.n * 2 <= block_len as usize
+                        && !self.inflight.lock().contains_key(&key);
+                    let from_disk = (part_wanted && p.n <= DISK_RANGE_MAX)
+                        .then(|| self.disk_range(&key, block_len, p.in_block, p.n))
+                        .flatten();
                     if let Some(b) = from_disk {
                         Part::Range(b)
-                    } else if !whole_block_wanted
+                    } else if part_wanted
                         && self.group.get().is_none()
                         && p.kind == SliceKind::Internal
-                        && !in_flight
-                        && !on_disk
+                        && !self.disk.as_ref().is_some_and(|d| d.contains(&key))
                         && self.config.compression == Compression::None
                         && self.config.cipher.is_none()
                     {

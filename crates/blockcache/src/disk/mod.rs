@@ -139,6 +139,23 @@ pub struct DiskCache {
 /// for 4 MiB blocks); emptied when full.
 const SUMS_KEPT: usize = 8192;
 
+/// Every piece sum of a stored block of `block_len` bytes whose file is
+/// `size` bytes: one read, from the page that holds the first sum to
+/// the end of the file, checked against the trailer's tail.
+fn read_sums(
+    file: &std::fs::File,
+    block_len: usize,
+    size: usize,
+) -> std::io::Result<Result<Arc<[u32]>, checksum::Damage>> {
+    let trailer_at = block_len / tessera_buf::ALIGN * tessera_buf::ALIGN;
+    let trailer = crate::direct::read_at(file, trailer_at as u64, size - trailer_at)?;
+    if trailer.len() < size - trailer_at || checksum::tail_len(&trailer) != Some(block_len) {
+        return Ok(Err(checksum::Damage::BadTrailer));
+    }
+    let sums = &trailer[block_len - trailer_at..size - trailer_at - checksum::TAIL];
+    Ok(Ok(checksum::decode_sums(sums).into()))
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -423,7 +440,7 @@ impl DiskCache {
         let kept = self.sums.lock().get(key).cloned();
         let sums = match kept {
             Some(sums) => sums,
-            None => match self.read_sums(&file, block_len, size)? {
+            None => match read_sums(&file, block_len, size)? {
                 Ok(sums) => {
                     let mut kept = self.sums.lock();
                     if kept.len() >= SUMS_KEPT {
@@ -444,24 +461,6 @@ impl DiskCache {
         self.metrics.disk_range_reads.inc();
         let at = start - data_at;
         Ok(Ok(data.slice(at..at + n)))
-    }
-
-    /// Every piece sum of a stored block of `block_len` bytes whose file is
-    /// `size` bytes: one read, from the page that holds the first sum to
-    /// the end of the file, checked against the trailer's tail.
-    fn read_sums(
-        &self,
-        file: &std::fs::File,
-        block_len: usize,
-        size: usize,
-    ) -> std::io::Result<Result<Arc<[u32]>, checksum::Damage>> {
-        let trailer_at = block_len / tessera_buf::ALIGN * tessera_buf::ALIGN;
-        let trailer = crate::direct::read_at(file, trailer_at as u64, size - trailer_at)?;
-        if trailer.len() < size - trailer_at || checksum::tail_len(&trailer) != Some(block_len) {
-            return Ok(Err(checksum::Damage::BadTrailer));
-        }
-        let sums = &trailer[block_len - trailer_at..size - trailer_at - checksum::TAIL];
-        Ok(Ok(checksum::decode_sums(sums).into()))
     }
 
     /// Where a cached block is, its use noted; None when it is not cached,
